@@ -1,0 +1,118 @@
+//! Artifacts: files a step produces, written atomically and listed with their
+//! SHA-256 digests.
+//!
+//! Architecture Invariant: no artifact ever exists under its final name
+//! half-written. Every writer goes through [`write_atomic`] or
+//! [`commit_temp`], which write to a temporary sibling, fsync, then rename.
+
+use crate::error::StepError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// One entry of an artifact manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactEntry {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Checks that `name` is a plain file name that cannot escape its folder:
+/// no separators, no `..`, no drive letters, no NUL, not empty, not too long.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A temporary sibling path for `final_path`, unique within this process.
+pub fn temp_path_for(final_path: &Path) -> PathBuf {
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    final_path.with_file_name(format!(".{name}.{}.part", &unique[..12]))
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_path_for(path);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Moves a finished temporary file to its final name after an fsync.
+pub fn commit_temp(tmp: &Path, final_path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(tmp)?.sync_all()?;
+    std::fs::rename(tmp, final_path)
+}
+
+/// SHA-256 (lower-case hex) and size of a file, streamed in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// SHA-256 (lower-case hex) of a byte slice.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Builds the manifest entry of a finished artifact in `dir`.
+pub fn entry_for(dir: &Path, name: &str) -> Result<ArtifactEntry, StepError> {
+    let path = dir.join(name);
+    let (sha256, size) =
+        sha256_file(&path).map_err(|e| StepError::io(format!("hashing artifact {name}"), e))?;
+    Ok(ArtifactEntry { name: name.to_string(), size, sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names() {
+        for ok in ["ffprobe.json", "frame_0001.jpg", "chunk_0001.wav", "worker.log"] {
+            assert!(is_safe_name(ok), "{ok}");
+        }
+        for bad in ["", "..", "../x", "a/b", "a\\b", "C:x", "x\0y", ".hidden", &"a".repeat(200)] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn atomic_write_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.txt");
+        write_atomic(&p, b"abc").unwrap();
+        let (sha, size) = sha256_file(&p).unwrap();
+        assert_eq!(size, 3);
+        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder: capability probe being written.

@@ -1,0 +1,260 @@
+//! Layered configuration: `config/default.toml` (compiled in, so a binary
+//! copied alone to another machine still has every default), an optional
+//! local file, `RAYVAULT_*` environment variables, then flags.
+//!
+//! Architecture Invariant: secrets are never part of [`Settings`]; they come
+//! from `RAYVAULT_CLUSTER_SECRET*` through [`crate::auth::Keyring`] only.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The committed defaults, embedded at compile time.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub worker: WorkerSettings,
+    pub controller: ControllerSettings,
+    pub tools: ToolSettings,
+    pub steps: BTreeMap<String, StepSettings>,
+    pub tts: TtsSettings,
+    pub postcheck: PostcheckThresholds,
+    pub frames: FrameSettings,
+    pub openclaw: OpenclawSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub skew_s: u64,
+    pub allow_plain_token: bool,
+    pub allow_any_bind: bool,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_blob_bytes: u64,
+    pub max_jobs_in_flight: usize,
+    pub max_wait_s: u64,
+    pub retention_days: u64,
+    pub on_interrupted: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ControllerSettings {
+    pub api_host: String,
+    pub api_port: u16,
+    pub probe_interval_s: u64,
+    pub probe_timeout_s: u64,
+    pub wait_poll_s: u64,
+    pub max_attempts: u32,
+    pub retry_backoff_ms: u64,
+    pub local_concurrency: usize,
+    pub auth_mode: String,
+    pub controller_only_steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolSettings {
+    pub ffmpeg: String,
+    pub ffprobe: String,
+    pub espeak: String,
+    pub say: String,
+    pub powershell: String,
+    pub piper: String,
+    pub python: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StepSettings {
+    pub concurrency: usize,
+    pub timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TtsSettings {
+    pub engine: String,
+    pub voice: String,
+    pub rate: i32,
+    pub parallel_chunks: usize,
+    pub max_chars: usize,
+    pub piper_model: String,
+    pub command_template: String,
+    pub chunk_timeout_s: u64,
+}
+
+/// AUDIO_POSTCHECK thresholds; a payload's `thresholds` object overrides any
+/// of these field by field.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostcheckThresholds {
+    pub target_lufs: f64,
+    pub lufs_tolerance: f64,
+    pub max_true_peak_dbtp: f64,
+    pub max_leading_silence_s: f64,
+    pub max_trailing_silence_s: f64,
+    pub max_internal_silence_s: f64,
+    pub silence_threshold_dbfs: f64,
+    pub expected_sample_rate: u32,
+    pub min_duration_s: f64,
+    pub parallel_files: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FrameSettings {
+    pub seek_cost_s: f64,
+    pub decode_cost_per_media_s: f64,
+    pub jpeg_quality: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenclawSettings {
+    pub command: String,
+}
+
+/// A configuration problem, reported with what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Loads defaults, then `local_file` (or `RAYVAULT_CONFIG`, or
+    /// `config/local.toml` if present), then the environment.
+    pub fn load(local_file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(local_file, &vars)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (for tests).
+    pub fn load_from(local_file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let local = local_file
+            .map(Path::to_path_buf)
+            .or_else(|| get("RAYVAULT_CONFIG").map(PathBuf::from));
+        match local {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(ConfigError(format!("config file {} does not exist", p.display())));
+                }
+                b = b.add_source(config::File::from(p).format(config::FileFormat::Toml));
+            }
+            None => {
+                b = b.add_source(config::File::with_name("config/local.toml").required(false));
+            }
+        }
+        // Nested keys: RAYVAULT_SECTION__KEY. Secrets are filtered out so they
+        // never enter the configuration tree.
+        let nested: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("RAYVAULT_") && k.contains("__") && !k.contains("SECRET"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        b = b.add_source(
+            config::Environment::with_prefix("RAYVAULT")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(nested)),
+        );
+        // The seed's own variable names.
+        for (var, key) in [
+            ("RAYVAULT_WORKER_ID", "worker.id"),
+            ("RAYVAULT_WORKER_HOST", "worker.host"),
+            ("RAYVAULT_WORKER_PORT", "worker.port"),
+            ("RAYVAULT_STATE_DIR", "state_dir"),
+        ] {
+            b = b.set_override_option(key, get(var)).map_err(|e| ConfigError(e.to_string()))?;
+        }
+        if get("RAYVAULT_ALLOW_PLAIN_FALLBACK").as_deref() == Some("1") {
+            b = b.set_override("controller.auth_mode", "allow_plain").map_err(|e| ConfigError(e.to_string()))?;
+        }
+        let cfg = b.build().map_err(|e| ConfigError(e.to_string()))?;
+        let mut s: Settings = cfg.try_deserialize().map_err(|e| ConfigError(e.to_string()))?;
+        // Environment keys arrive lower-case, so step tables are keyed in
+        // lower case everywhere (`[steps.ffmpeg_probe]`).
+        s.steps = s.steps.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, st) in &self.steps {
+            if st.concurrency == 0 {
+                return Err(ConfigError(format!("steps.{name}.concurrency must be at least 1")));
+            }
+        }
+        if !matches!(self.worker.on_interrupted.as_str(), "fail" | "rerun") {
+            return Err(ConfigError("worker.on_interrupted must be \"fail\" or \"rerun\"".into()));
+        }
+        if !matches!(self.controller.auth_mode.as_str(), "hmac_strict" | "allow_plain") {
+            return Err(ConfigError("controller.auth_mode must be \"hmac_strict\" or \"allow_plain\"".into()));
+        }
+        Ok(())
+    }
+
+    /// Settings of one step, falling back to a conservative default.
+    pub fn step(&self, step_name: &str) -> StepSettings {
+        self.steps
+            .get(&step_name.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or(StepSettings { concurrency: 1, timeout_s: 600 })
+    }
+
+    /// `$state_dir/worker`.
+    pub fn worker_dir(&self) -> PathBuf {
+        self.state_dir.join("worker")
+    }
+
+    /// `$state_dir/cluster`.
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.state_dir.join("cluster")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load_from(None, &[]).unwrap();
+        assert_eq!(s.worker.port, 8787);
+        assert_eq!(s.step("FFMPEG_PROBE").concurrency, 4);
+        assert_eq!(s.worker.skew_s, 300);
+    }
+
+    #[test]
+    fn env_layers_override() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("RAYVAULT_WORKER_PORT", "9999"),
+                ("RAYVAULT_WORKER_ID", "win-1"),
+                ("RAYVAULT_STATE_DIR", "/tmp/x"),
+                ("RAYVAULT_STEPS__FFMPEG_PROBE__CONCURRENCY", "7"),
+                ("RAYVAULT_POSTCHECK__TARGET_LUFS", "-23"),
+                ("RAYVAULT_CLUSTER_SECRET", "must-not-matter"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.port, 9999);
+        assert_eq!(s.worker.id, "win-1");
+        assert_eq!(s.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.step("FFMPEG_PROBE").concurrency, 7);
+        assert_eq!(s.postcheck.target_lufs, -23.0);
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let err = Settings::load_from(None, &env(&[("RAYVAULT_WORKER_PORT", "notaport")])).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+}

@@ -1,0 +1,104 @@
+//! Errors that cross a boundary: a step's failure, a wire error.
+//!
+//! Every failure a user can see carries a stable machine code (the
+//! [`ErrorCode`] enum, serialised in SCREAMING_SNAKE_CASE) beside a message
+//! that says what to do about it. Codes are part of the public contract and
+//! are listed in `docs/protocol.md`; never rename one.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Stable machine codes for step and job failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The payload is malformed or a field has the wrong type or value.
+    InputInvalid,
+    /// A file named by the payload does not exist or cannot be read.
+    InputNotFound,
+    /// ffmpeg or ffprobe is not installed or not runnable.
+    FfmpegUnavailable,
+    /// ffmpeg or ffprobe ran but failed.
+    FfmpegFailed,
+    /// No text-to-speech engine could be found for the request.
+    TtsUnavailable,
+    /// The text-to-speech engine ran but failed.
+    TtsFailed,
+    /// An audio file could not be decoded.
+    AudioDecodeFailed,
+    /// `OPENCLAW_TASK` needs an interactive desktop session and none is active.
+    UiSessionRequired,
+    /// No OpenClaw command is configured or installed.
+    OpenclawUnavailable,
+    /// The OpenClaw command ran but failed.
+    OpenclawFailed,
+    /// The step did not finish within its timeout.
+    Timeout,
+    /// The job was cancelled.
+    Cancelled,
+    /// The step name is not one this build knows.
+    StepUnknown,
+    /// The host cannot run this step (a required tool is missing).
+    StepUnavailable,
+    /// The process running the job died before it finished (crash, kill -9).
+    Interrupted,
+    /// Reading or writing local files failed.
+    IoError,
+    /// A bug: please report it with the job log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InputInvalid => "INPUT_INVALID",
+            ErrorCode::InputNotFound => "INPUT_NOT_FOUND",
+            ErrorCode::FfmpegUnavailable => "FFMPEG_UNAVAILABLE",
+            ErrorCode::FfmpegFailed => "FFMPEG_FAILED",
+            ErrorCode::TtsUnavailable => "TTS_UNAVAILABLE",
+            ErrorCode::TtsFailed => "TTS_FAILED",
+            ErrorCode::AudioDecodeFailed => "AUDIO_DECODE_FAILED",
+            ErrorCode::UiSessionRequired => "UI_SESSION_REQUIRED",
+            ErrorCode::OpenclawUnavailable => "OPENCLAW_UNAVAILABLE",
+            ErrorCode::OpenclawFailed => "OPENCLAW_FAILED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::StepUnknown => "STEP_UNKNOWN",
+            ErrorCode::StepUnavailable => "STEP_UNAVAILABLE",
+            ErrorCode::Interrupted => "INTERRUPTED",
+            ErrorCode::IoError => "IO_ERROR",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step failure: a stable code and a message that tells the user what to fix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct StepError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        StepError { code, message: message.into() }
+    }
+
+    /// Shorthand for a payload validation failure.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InputInvalid, message)
+    }
+
+    /// Wraps a local I/O failure, naming what was being done.
+    pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
+        Self::new(ErrorCode::IoError, format!("{what}: {err}"))
+    }
+}

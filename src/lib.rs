@@ -1,0 +1,28 @@
+//! RayVault Cluster: the distributed execution layer of the RayVault video
+//! pipeline.
+//!
+//! # Layout
+//!
+//! Core (this crate's `src/`, knows nothing of actors or HTTP servers):
+//! - [`error`]: stable error codes and the step error type.
+//! - [`config`]: layered settings (`config/default.toml`, local file, env).
+//! - [`artifacts`]: atomic writes, SHA-256 manifests, safe artifact names.
+//! - [`joblog`]: the per-job `worker.log`.
+//! - [`process`]: running external tools safely (scrubbed env, timeouts,
+//!   process-tree kill).
+//! - [`steps`]: the five RayVault steps.
+//! - [`caps`]: the host capability probe (`/caps`).
+//!
+//! Actors (the top-level `actors/` folder, included as [`actors`]): the
+//! controller's Supervisor, NodeProbe, Scheduler, JobRunner, ArtifactSync and
+//! LocalRunner, and the worker's per-step executor actors.
+//!
+//! Binaries (`src/bin/`): `rayvault-worker` and `rayvault-orchestrator`.
+
+pub mod artifacts;
+pub mod caps;
+pub mod config;
+pub mod error;
+pub mod joblog;
+pub mod process;
+pub mod steps;

@@ -1,0 +1,175 @@
+//! The five RayVault steps, as a library that both the worker's executor
+//! actors and the controller's LocalRunner call.
+//!
+//! A step takes a JSON payload and a [`StepContext`] (output folder, job log,
+//! cancellation, settings) and returns a [`StepOutput`]: result JSON plus the
+//! manifest of the artifacts it wrote into `ctx.out_dir`. Steps validate their
+//! payload first and fail with a [`StepError`] carrying a stable code.
+//!
+//! To add a step type: add a variant to [`StepName`] (with its legacy v0.5
+//! name), a module here with `pub async fn run(payload, ctx)`, a branch in
+//! [`run_step`], its defaults under `[steps.NAME]` in `config/default.toml`,
+//! and its availability check in [`crate::caps`].
+
+pub mod frames;
+pub mod openclaw;
+pub mod postcheck;
+pub mod probe;
+pub mod tts;
+
+use crate::artifacts::ArtifactEntry;
+use crate::config::Settings;
+use crate::error::{ErrorCode, StepError};
+use crate::joblog::JobLog;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The step types this build can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StepName {
+    #[serde(rename = "TTS_RENDER_CHUNKS")]
+    TtsRenderChunks,
+    #[serde(rename = "AUDIO_POSTCHECK")]
+    AudioPostcheck,
+    #[serde(rename = "FFMPEG_PROBE")]
+    FfmpegProbe,
+    #[serde(rename = "FRAME_SAMPLING")]
+    FrameSampling,
+    #[serde(rename = "OPENCLAW_TASK")]
+    OpenclawTask,
+}
+
+impl StepName {
+    pub const ALL: [StepName; 5] = [
+        StepName::TtsRenderChunks,
+        StepName::AudioPostcheck,
+        StepName::FfmpegProbe,
+        StepName::FrameSampling,
+        StepName::OpenclawTask,
+    ];
+
+    /// The name on the wire and in receipts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::TtsRenderChunks => "TTS_RENDER_CHUNKS",
+            StepName::AudioPostcheck => "AUDIO_POSTCHECK",
+            StepName::FfmpegProbe => "FFMPEG_PROBE",
+            StepName::FrameSampling => "FRAME_SAMPLING",
+            StepName::OpenclawTask => "OPENCLAW_TASK",
+        }
+    }
+
+    /// The lower-case name a v0.5 worker lists (the seed's mapping).
+    pub fn legacy_name(self) -> &'static str {
+        match self {
+            StepName::TtsRenderChunks => "tts_render_chunks",
+            StepName::AudioPostcheck => "audio_postcheck",
+            StepName::FfmpegProbe => "ffprobe_analyze",
+            StepName::FrameSampling => "frame_sampling",
+            StepName::OpenclawTask => "openclaw_task",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<StepName, StepError> {
+        StepName::ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(|| {
+            StepError::new(
+                ErrorCode::StepUnknown,
+                format!(
+                    "unknown step {name:?}; use one of {}",
+                    StepName::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for StepName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a step needs besides its payload.
+#[derive(Clone, Debug)]
+pub struct StepContext {
+    /// The job's id, for log lines.
+    pub job_id: String,
+    /// Artifacts are written here (created before the step starts).
+    pub out_dir: PathBuf,
+    pub log: JobLog,
+    /// Cancelled on job cancel, step timeout or shutdown; tools honour it.
+    pub cancel: CancellationToken,
+    pub settings: Arc<Settings>,
+}
+
+/// What a successful step returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOutput {
+    pub result: Value,
+    pub artifacts: Vec<ArtifactEntry>,
+}
+
+/// Runs one step under its configured timeout.
+pub async fn run_step(step: StepName, payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepError> {
+    let timeout = Duration::from_secs(ctx.settings.step(step.as_str()).timeout_s);
+    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| StepError::io("creating the job's output folder", e))?;
+    ctx.log.line("job", &format!("step {step} started"));
+    let fut = async {
+        match step {
+            StepName::FfmpegProbe => probe::run(payload, ctx).await,
+            StepName::FrameSampling => frames::run(payload, ctx).await,
+            StepName::TtsRenderChunks => tts::run(payload, ctx).await,
+            StepName::AudioPostcheck => postcheck::run(payload, ctx).await,
+            StepName::OpenclawTask => openclaw::run(payload, ctx).await,
+        }
+    };
+    let outcome = tokio::select! {
+        r = fut => r,
+        _ = tokio::time::sleep(timeout) => {
+            ctx.cancel.cancel();
+            Err(StepError::new(
+                ErrorCode::Timeout,
+                format!("{step} did not finish within {} s; raise steps.{}.timeout_s or split the work", timeout.as_secs(), step.as_str().to_ascii_lowercase()),
+            ))
+        }
+    };
+    match &outcome {
+        Ok(out) => ctx.log.line("job", &format!("step {step} succeeded with {} artifact(s)", out.artifacts.len())),
+        Err(e) => ctx.log.line("job", &format!("step {step} failed: {e}")),
+    }
+    outcome
+}
+
+/// Parses a payload into a step's typed form, turning serde's complaint into
+/// an `INPUT_INVALID` error that names the step.
+pub fn parse_payload<T: DeserializeOwned>(step: StepName, payload: &Value) -> Result<T, StepError> {
+    serde_json::from_value(payload.clone())
+        .map_err(|e| StepError::invalid(format!("{step} payload is invalid: {e}")))
+}
+
+/// Checks that an input file exists and is a readable regular file.
+pub fn require_input_file(path: &str) -> Result<PathBuf, StepError> {
+    let p = PathBuf::from(path);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => match std::fs::File::open(&p) {
+            Ok(_) => Ok(p),
+            Err(e) => Err(StepError::new(ErrorCode::InputNotFound, format!("{path} cannot be read: {e}"))),
+        },
+        Ok(_) => Err(StepError::new(ErrorCode::InputNotFound, format!("{path} is not a regular file"))),
+        Err(e) => Err(StepError::new(
+            ErrorCode::InputNotFound,
+            format!("{path} does not exist or cannot be read ({e}); check the path on the machine running the step"),
+        )),
+    }
+}
+
+/// Replaces non-finite numbers (from -inf loudness and the like) with null,
+/// since JSON has no representation for them.
+pub fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}

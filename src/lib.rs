@@ -26,3 +26,6 @@ pub mod error;
 pub mod joblog;
 pub mod process;
 pub mod steps;
+
+#[path = "../actors/mod.rs"]
+pub mod actors;

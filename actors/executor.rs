@@ -1,0 +1,1 @@
+//! Placeholder: the worker's per-step executor actor is being written.

@@ -20,11 +20,13 @@
 //! Binaries (`src/bin/`): `rayvault-worker` and `rayvault-orchestrator`.
 
 pub mod artifacts;
+pub mod auth;
 pub mod caps;
 pub mod config;
 pub mod error;
 pub mod joblog;
 pub mod process;
+pub mod protocol;
 pub mod steps;
 
 #[path = "../actors/mod.rs"]

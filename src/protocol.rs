@@ -1,0 +1,528 @@
+//! The worker's wire format: endpoints, headers, request and response bodies,
+//! error codes, the string that is signed and the `inputs_hash` definition.
+//!
+//! Architecture Invariant: this is the only module that knows the wire
+//! format. The worker's HTTP handlers, the signed client and the controller
+//! convert between these types and their own at the boundary. Everything
+//! here is described for other-language clients in `docs/protocol.md`; a
+//! change here is a change of [`CONTRACT`].
+
+use crate::artifacts::ArtifactEntry;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The contract version, named by `/health` and `/caps`.
+pub const CONTRACT: &str = "rayvault-worker/1";
+
+/// The scheme word that starts an HMAC `Authorization` header and the first
+/// line of every string to sign.
+pub const AUTH_SCHEME: &str = "RAYVAULT-HMAC-SHA256";
+
+/// The scheme of the plain-token fallback (`Authorization: Bearer <secret>`).
+pub const PLAIN_SCHEME: &str = "Bearer";
+
+/// Label of the HMAC that derives the request-signing key from a secret.
+pub const REQUEST_KEY_LABEL: &str = "rayvault-request-v1";
+
+/// Label of the HMAC from which a key id is derived.
+pub const KID_LABEL: &str = "rayvault-kid-v1";
+
+/// The message of every 401 for a bad credential (the seed's wording).
+pub const AUTH_INVALID_MESSAGE: &str = "auth_token invalid";
+
+/// The message of a 401 for a timestamp outside the allowed window.
+pub const SKEW_MESSAGE: &str = "timestamp outside allowed skew";
+
+/// Prefix of a payload string that names a staged blob by digest.
+pub const BLOB_REF_PREFIX: &str = "blob:sha256:";
+
+/// Largest chunk `GET /jobs/{id}/log` returns at once.
+pub const MAX_LOG_CHUNK: u64 = 256 * 1024;
+
+/// SHA-256 of the empty body, the body hash of every GET.
+pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// The parts of a request that are signed, exactly as sent on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedParts<'a> {
+    /// Upper-case method, e.g. `POST`.
+    pub method: &'a str,
+    /// The raw path as sent (not decoded, not normalised), e.g. `/jobs`.
+    pub path: &'a str,
+    /// The raw query without `?`, empty when there is none.
+    pub query: &'a str,
+    /// Unix seconds, the `ts` of the header, as decimal digits.
+    pub ts: &'a str,
+    /// The `nonce` of the header.
+    pub nonce: &'a str,
+    /// The id of the worker the request is meant for.
+    pub worker_id: &'a str,
+    /// Lower-case hex SHA-256 of the raw body bytes.
+    pub body_sha256: &'a str,
+}
+
+/// The exact string that is signed: eight lines joined by `\n`, no trailing
+/// newline.
+pub fn string_to_sign(p: &SignedParts<'_>) -> String {
+    [AUTH_SCHEME, p.method, p.path, p.query, p.ts, p.nonce, p.worker_id, p.body_sha256].join("\n")
+}
+
+/// A parsed `Authorization: RAYVAULT-HMAC-SHA256 kid=..., ts=..., nonce=..., sig=...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HmacHeader {
+    pub kid: String,
+    pub ts: u64,
+    pub ts_raw: String,
+    pub nonce: String,
+    pub sig: String,
+}
+
+impl HmacHeader {
+    /// Formats the header value.
+    pub fn format(kid: &str, ts: u64, nonce: &str, sig: &str) -> String {
+        format!("{AUTH_SCHEME} kid={kid}, ts={ts}, nonce={nonce}, sig={sig}")
+    }
+
+    /// Parses a header value strictly: the scheme, then exactly the four
+    /// fields in any order, each once, with the formats `docs/protocol.md`
+    /// gives. Returns why it was refused, for the server log only.
+    pub fn parse(value: &str) -> Result<HmacHeader, &'static str> {
+        let rest = value
+            .strip_prefix(AUTH_SCHEME)
+            .and_then(|r| r.strip_prefix(' '))
+            .ok_or("not the HMAC scheme")?;
+        let (mut kid, mut ts, mut nonce, mut sig) = (None, None, None, None);
+        for field in rest.split(',') {
+            let (k, v) = field.trim_start_matches(' ').split_once('=').ok_or("field without =")?;
+            let slot = match k {
+                "kid" => &mut kid,
+                "ts" => &mut ts,
+                "nonce" => &mut nonce,
+                "sig" => &mut sig,
+                _ => return Err("unknown field"),
+            };
+            if slot.replace(v.to_string()).is_some() {
+                return Err("field given twice");
+            }
+        }
+        let (kid, ts_raw, nonce, sig) = match (kid, ts, nonce, sig) {
+            (Some(a), Some(b), Some(c), Some(d)) => (a, b, c, d),
+            _ => return Err("missing field"),
+        };
+        if kid.len() != 16 || !is_lower_hex(&kid) {
+            return Err("kid is not 16 lower-case hex digits");
+        }
+        if sig.len() != 64 || !is_lower_hex(&sig) {
+            return Err("sig is not 64 lower-case hex digits");
+        }
+        if !(16..=64).contains(&nonce.len())
+            || !nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("nonce is not 16-64 characters of [A-Za-z0-9_-]");
+        }
+        if ts_raw.is_empty() || ts_raw.len() > 12 || !ts_raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("ts is not 1-12 decimal digits");
+        }
+        let ts = ts_raw.parse::<u64>().map_err(|_| "ts does not parse")?;
+        Ok(HmacHeader { kid, ts, ts_raw, nonce, sig })
+    }
+}
+
+/// True for a non-empty string of lower-case hex digits.
+pub fn is_lower_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// True for a SHA-256 digest as written on the wire: 64 lower-case hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && is_lower_hex(s)
+}
+
+/// Lower-case hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace,
+/// strings escaped as serde_json does, numbers as serde_json prints them.
+pub fn canonical_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// The idempotency hash of a job: lower-case hex SHA-256 of the canonical
+/// JSON of `{"payload": payload, "step_name": step_name}`. Staged inputs
+/// appear in the payload as `blob:sha256:<digest>`, so the hash covers their
+/// content, never a local path.
+pub fn inputs_hash(step_name: &str, payload: &Value) -> String {
+    let doc = serde_json::json!({ "step_name": step_name, "payload": payload });
+    sha256_hex(canonical_json(&doc).as_bytes())
+}
+
+/// Every blob digest a payload refers to (`"blob:sha256:<64 hex>"` string
+/// values anywhere in the JSON), or the first malformed reference.
+pub fn blob_refs(payload: &Value) -> Result<Vec<String>, String> {
+    fn walk(v: &Value, out: &mut Vec<String>) -> Result<(), String> {
+        match v {
+            Value::String(s) => {
+                if let Some(d) = s.strip_prefix(BLOB_REF_PREFIX) {
+                    if !is_sha256_hex(d) {
+                        return Err(format!("{s:?} is not blob:sha256: followed by 64 lower-case hex digits"));
+                    }
+                    out.push(d.to_string());
+                }
+                Ok(())
+            }
+            Value::Array(items) => items.iter().try_for_each(|i| walk(i, out)),
+            Value::Object(map) => map.values().try_for_each(|i| walk(i, out)),
+            _ => Ok(()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(payload, &mut out)?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Stable machine codes of HTTP-level errors (the `code` of an error body).
+/// Job failures use [`crate::error::ErrorCode`] inside a job's `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApiCode {
+    /// 401: missing, malformed, wrong, replayed or retired credential.
+    AuthInvalid,
+    /// 401: the signed timestamp is outside the allowed skew.
+    AuthSkew,
+    /// 400: malformed request (bad JSON, bad query, bad header).
+    BadRequest,
+    /// 400: unknown step name.
+    StepUnknown,
+    /// 404: no such route.
+    NotFound,
+    /// 404: no such job.
+    JobNotFound,
+    /// 404: no such artifact in the job's manifest.
+    ArtifactNotFound,
+    /// 400: an artifact name that could escape its folder.
+    ArtifactNameInvalid,
+    /// 422: a payload names a blob that was never uploaded.
+    BlobNotFound,
+    /// 422: uploaded bytes do not hash to the digest in the path.
+    DigestMismatch,
+    /// 422: the client's `inputs_hash` differs from the worker's.
+    InputsHashMismatch,
+    /// 405: method not allowed on this route.
+    MethodNotAllowed,
+    /// 409: the job is already finished (cancel) or not finished yet.
+    JobConflict,
+    /// 411: a blob upload without a body.
+    LengthRequired,
+    /// 413: body or blob larger than the configured limit.
+    PayloadTooLarge,
+    /// 416: a Range outside the artifact.
+    RangeNotSatisfiable,
+    /// 431: request headers larger than the configured limit.
+    HeadersTooLarge,
+    /// 429: too many jobs queued or running.
+    TooManyJobs,
+    /// 503: the worker is shutting down.
+    ShuttingDown,
+    /// 500: a bug or a local I/O failure; see the worker log.
+    Internal,
+}
+
+impl ApiCode {
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> u16 {
+        match self {
+            ApiCode::AuthInvalid | ApiCode::AuthSkew => 401,
+            ApiCode::BadRequest | ApiCode::StepUnknown | ApiCode::ArtifactNameInvalid => 400,
+            ApiCode::NotFound | ApiCode::JobNotFound | ApiCode::ArtifactNotFound => 404,
+            ApiCode::MethodNotAllowed => 405,
+            ApiCode::JobConflict => 409,
+            ApiCode::LengthRequired => 411,
+            ApiCode::PayloadTooLarge => 413,
+            ApiCode::RangeNotSatisfiable => 416,
+            ApiCode::BlobNotFound | ApiCode::DigestMismatch | ApiCode::InputsHashMismatch => 422,
+            ApiCode::TooManyJobs => 429,
+            ApiCode::HeadersTooLarge => 431,
+            ApiCode::Internal => 500,
+            ApiCode::ShuttingDown => 503,
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiCode::AuthInvalid => "AUTH_INVALID",
+            ApiCode::AuthSkew => "AUTH_SKEW",
+            ApiCode::BadRequest => "BAD_REQUEST",
+            ApiCode::StepUnknown => "STEP_UNKNOWN",
+            ApiCode::NotFound => "NOT_FOUND",
+            ApiCode::JobNotFound => "JOB_NOT_FOUND",
+            ApiCode::ArtifactNotFound => "ARTIFACT_NOT_FOUND",
+            ApiCode::ArtifactNameInvalid => "ARTIFACT_NAME_INVALID",
+            ApiCode::BlobNotFound => "BLOB_NOT_FOUND",
+            ApiCode::DigestMismatch => "DIGEST_MISMATCH",
+            ApiCode::InputsHashMismatch => "INPUTS_HASH_MISMATCH",
+            ApiCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiCode::JobConflict => "JOB_CONFLICT",
+            ApiCode::LengthRequired => "LENGTH_REQUIRED",
+            ApiCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ApiCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
+            ApiCode::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            ApiCode::TooManyJobs => "TOO_MANY_JOBS",
+            ApiCode::ShuttingDown => "SHUTTING_DOWN",
+            ApiCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub code: String,
+    /// Only on `AUTH_SKEW`: the worker's clock, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<u64>,
+}
+
+/// `GET /health` (no auth).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub worker_id: String,
+    pub contract: String,
+    pub version: String,
+}
+
+/// `GET /caps`: the host capability keys (`os`, `cpu`, `ram_gb`,
+/// `gpu_model`, `vram_gb`, `python_version`, `ffmpeg_version`,
+/// `davinci_available`, and whatever else the probe reports) plus the steps
+/// this worker runs, their concurrency and the contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Caps {
+    #[serde(flatten)]
+    pub host: serde_json::Map<String, Value>,
+    pub worker_id: String,
+    pub steps: Vec<String>,
+    pub concurrency: BTreeMap<String, usize>,
+    pub contract: String,
+}
+
+/// `POST /jobs` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub step_name: String,
+    pub payload: Value,
+    /// Optional: if given it must equal the worker's [`inputs_hash`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_hash: Option<String>,
+    /// Optional free label (e.g. the controller's run/job id), echoed back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// A job's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    /// Succeeded, failed and cancelled jobs never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// A failed job's error: a stable code (see [`crate::error::ErrorCode`]) and
+/// a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A job as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub job_id: String,
+    pub step_name: String,
+    pub state: JobState,
+    pub inputs_hash: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+    /// How many times the job was started (more than 1 after a rerun).
+    pub attempt: u32,
+    #[serde(default)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactEntry>,
+}
+
+/// `POST /jobs` response: the job, and whether it is an existing one
+/// returned for the same `step_name` + `inputs_hash` (status 200) rather
+/// than a new one (status 201).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub cached: bool,
+    pub job: JobView,
+}
+
+/// `GET /jobs/{id}/log?offset=N` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub job_id: String,
+    pub offset: u64,
+    /// Pass this as `offset` next time.
+    pub next_offset: u64,
+    /// The log's size when read.
+    pub size: u64,
+    /// The bytes read, as UTF-8 (invalid sequences replaced).
+    pub data: String,
+    /// True when the job is finished and `next_offset == size`.
+    pub complete: bool,
+}
+
+/// `GET /jobs/{id}/artifacts` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactManifest {
+    pub job_id: String,
+    pub state: JobState,
+    pub artifacts: Vec<ArtifactEntry>,
+}
+
+/// `PUT /blobs/{sha256}` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStored {
+    pub sha256: String,
+    pub size: u64,
+    /// False when the blob was already there (the upload was discarded).
+    pub created: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_sorts_and_strips() {
+        let v = json!({"b": [1, {"z": null, "a": "x\"y"}], "a": true, "é": 1.5});
+        assert_eq!(canonical_json(&v), r#"{"a":true,"b":[1,{"a":"x\"y","z":null}],"é":1.5}"#);
+    }
+
+    #[test]
+    fn inputs_hash_ignores_key_order_and_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"media_path": "/a.mp4", "x": {"q":1,"p":2}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"x":{"p":2,"q":1},"media_path":"/a.mp4"}"#).unwrap();
+        assert_eq!(inputs_hash("FFMPEG_PROBE", &a), inputs_hash("FFMPEG_PROBE", &b));
+        assert_ne!(inputs_hash("FFMPEG_PROBE", &a), inputs_hash("FRAME_SAMPLING", &a));
+        // The documented example in docs/protocol.md.
+        let p = json!({"media_path": "blob:sha256:".to_string() + &"ab".repeat(32)});
+        assert_eq!(
+            canonical_json(&json!({"step_name": "FFMPEG_PROBE", "payload": p})),
+            format!(r#"{{"payload":{{"media_path":"blob:sha256:{}"}},"step_name":"FFMPEG_PROBE"}}"#, "ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn blob_refs_found_and_checked() {
+        let d = "0f".repeat(32);
+        let v = json!({"a": [format!("blob:sha256:{d}"), "plain"], "b": {"c": format!("blob:sha256:{d}")}});
+        assert_eq!(blob_refs(&v).unwrap(), vec![d]);
+        assert!(blob_refs(&json!({"a": "blob:sha256:XYZ"})).is_err());
+        assert!(blob_refs(&json!({"a": format!("blob:sha256:{}", "AB".repeat(32))})).is_err());
+    }
+
+    #[test]
+    fn header_round_trip_and_strictness() {
+        let sig = "a".repeat(64);
+        let h = HmacHeader::format("0123456789abcdef", 1_700_000_000, "n0nce-n0nce-n0nce", &sig);
+        let p = HmacHeader::parse(&h).unwrap();
+        assert_eq!((p.kid.as_str(), p.ts, p.nonce.as_str()), ("0123456789abcdef", 1_700_000_000, "n0nce-n0nce-n0nce"));
+        let base = "RAYVAULT-HMAC-SHA256 kid=0123456789abcdef, nonce=n0nce-n0nce-n0nce";
+        for bad_tail in [
+            format!("ts=abc, sig={sig}"),
+            format!("ts=-5, sig={sig}"),
+            format!("ts=1.5, sig={sig}"),
+            format!("ts=99999999999999999999, sig={sig}"),
+            format!("ts=1, sig={}", &sig[..63]),
+            format!("ts=1, sig={}", "A".repeat(64)),
+            format!("ts=1, sig={}", "g".repeat(64)),
+            "ts=1, sig=".to_string(),
+            format!("ts=1, sig={sig}, sig={sig}"),
+            format!("ts=1, sig={sig}, extra=1"),
+            format!("ts=1"),
+        ] {
+            let v = format!("{base}, {bad_tail}");
+            assert!(HmacHeader::parse(&v).is_err(), "{v}");
+        }
+        assert!(HmacHeader::parse(&format!("{base}, ts=1, sig={sig}")).is_ok());
+        assert!(HmacHeader::parse(&format!("rayvault-hmac-sha256 kid=0123456789abcdef, ts=1, nonce=n0nce-n0nce-n0nce, sig={sig}")).is_err());
+    }
+
+    #[test]
+    fn codes_match_serde_and_status() {
+        for c in [ApiCode::AuthInvalid, ApiCode::InputsHashMismatch, ApiCode::HeadersTooLarge, ApiCode::Internal] {
+            assert_eq!(serde_json::to_value(c).unwrap(), Value::String(c.as_str().into()));
+        }
+        assert_eq!(ApiCode::AuthSkew.status(), 401);
+        assert_eq!(ApiCode::InputsHashMismatch.status(), 422);
+    }
+
+    #[test]
+    fn empty_sha_constant() {
+        assert_eq!(sha256_hex(b""), EMPTY_SHA256);
+    }
+}

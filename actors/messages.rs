@@ -1,0 +1,157 @@
+//! Messages and plain data types that several controller actors share.
+//!
+//! Each actor's own messages sit at the top of its file; what lives here is
+//! what crosses between actors: node snapshots (NodeProbe -> Scheduler and
+//! JobRunner), placements (Scheduler -> JobRunner), and job progress.
+//! These are plain Rust types; nothing here knows the wire format.
+
+use crate::receipt::NodeExplanation;
+use crate::steps::StepName;
+use actix::prelude::*;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Which worker contract a node speaks, detected by the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Compat {
+    /// The current contract (docs/protocol.md).
+    Current,
+    /// A v0.5 worker that accepted our v0.5 HMAC token.
+    LegacyHmacV05,
+    /// A v0.5 worker that only accepted the plain shared secret (allowed by
+    /// `RAYVAULT_ALLOW_PLAIN_FALLBACK=1`).
+    LegacyPlainToken,
+}
+
+impl Compat {
+    /// The `_compat_mode` / receipt `compat_mode` value; None for current.
+    pub fn mode_name(self) -> Option<&'static str> {
+        match self {
+            Compat::Current => None,
+            Compat::LegacyHmacV05 => Some("legacy_hmac_v05"),
+            Compat::LegacyPlainToken => Some("legacy_plain_token"),
+        }
+    }
+
+    pub fn is_legacy(self) -> bool {
+        self != Compat::Current
+    }
+}
+
+/// A set of steps as a bit mask over [`StepName::ALL`], so that the
+/// scheduler's per-node check is one AND.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepSet(u8);
+
+impl StepSet {
+    pub fn bit(step: StepName) -> u8 {
+        let idx = StepName::ALL.iter().position(|s| *s == step).unwrap_or(0);
+        1u8 << idx
+    }
+
+    pub fn insert(&mut self, step: StepName) {
+        self.0 |= Self::bit(step);
+    }
+
+    pub fn contains(self, step: StepName) -> bool {
+        self.0 & Self::bit(step) != 0
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        StepName::ALL.iter().filter(|s| self.contains(**s)).map(|s| s.as_str()).collect()
+    }
+}
+
+/// The scheduling-relevant part of a node's `/caps`, normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeCaps {
+    /// Lower case: `windows`, `macos`, `linux`.
+    pub os: String,
+    pub ram_gb: f64,
+    pub vram_gb: f64,
+    pub has_gpu: bool,
+    pub steps: StepSet,
+    pub compat: Compat,
+}
+
+/// Whether a node can be scheduled on right now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeHealth {
+    /// `enabled: false` in nodes.json.
+    Disabled,
+    /// Enabled but not probed yet.
+    Unprobed,
+    Up,
+    /// The reason the last probe failed, e.g. `unreachable (connection refused)`.
+    Down(Arc<str>),
+}
+
+/// One node as the scheduler sees it at a moment.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    pub node_id: Arc<str>,
+    pub health: NodeHealth,
+    pub caps: Option<NodeCaps>,
+    /// Jobs this controller has in flight on the node.
+    pub busy: u32,
+}
+
+/// The scheduler's decision for one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementReport {
+    /// Eligible node ids, best first.
+    pub ranked: Vec<Arc<str>>,
+    /// Per node: eligible or why not.
+    pub explanations: Vec<NodeExplanation>,
+    /// The step may only run on the controller (never placed remotely).
+    pub controller_only: bool,
+}
+
+impl PlacementReport {
+    /// The human-readable reason no node was used: each rejected node and its
+    /// reason, joined with "; " (e.g. `w1: os linux not in [windows]; w2:
+    /// unreachable (connection refused)`).
+    pub fn fallback_reason(&self) -> String {
+        if self.controller_only {
+            return "step runs only on the controller (architecture rule: the Mac owns it)".to_string();
+        }
+        if self.explanations.is_empty() {
+            return "no worker nodes configured (no enabled node in nodes.json)".to_string();
+        }
+        self.explanations
+            .iter()
+            .filter(|e| !e.eligible)
+            .map(|e| format!("{}: {}", e.node_id, e.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Asks NodeProbe for the current snapshot of every configured node.
+#[derive(Message)]
+#[rtype(result = "Vec<NodeSnapshot>")]
+pub struct GetNodes;
+
+/// Asks NodeProbe to probe now (one node or all), answering once done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProbeNow {
+    pub node_id: Option<String>,
+}
+
+/// Tells NodeProbe that a node failed mid-job, so it is marked down until
+/// the next successful probe.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodeLost {
+    pub node_id: String,
+    pub reason: String,
+}
+
+/// A line of progress about one job, for `submit`'s stderr and the daemon log.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct JobProgress {
+    pub key: String,
+    pub line: String,
+}

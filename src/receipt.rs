@@ -1,0 +1,249 @@
+//! Job specs and receipts: what a pipeline asked the controller to run, and
+//! the record of what happened, written to
+//! `$RAYVAULT_STATE_DIR/cluster/receipts/<run_id>/<job_id>/job_receipt.json`.
+//!
+//! Architecture Invariant: a receipt never holds a secret. It is built only
+//! from the job spec, the placement, and what the worker or the local step
+//! returned; none of those carry key material.
+
+use crate::error::{ErrorCode, StepError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Placement requirements, as given by `--requirements-json`. Every field is
+/// optional; none means any node fits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequirements {
+    /// Operating systems the step may run on (`windows`, `macos`, `linux`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_in: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ram_gb: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_vram_gb: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_required: Option<bool>,
+}
+
+impl JobRequirements {
+    /// Parses `--requirements-json`; the error says which key or value is wrong.
+    pub fn parse(text: &str) -> Result<JobRequirements, String> {
+        let req: JobRequirements = serde_json::from_str(text).map_err(|e| {
+            format!("--requirements-json is invalid: {e}; allowed keys are os_in (list), min_ram_gb, min_vram_gb (numbers), gpu_required (bool)")
+        })?;
+        for (name, v) in [("min_ram_gb", req.min_ram_gb), ("min_vram_gb", req.min_vram_gb)] {
+            if v.is_some_and(|x| !x.is_finite() || x < 0.0) {
+                return Err(format!("--requirements-json: {name} must be a number of at least 0"));
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// One job as a pipeline submits it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub run_id: String,
+    pub job_id: String,
+    pub step_name: String,
+    pub payload: Value,
+    #[serde(default)]
+    pub requirements: JobRequirements,
+    /// Fail instead of running locally when no worker can take the job.
+    #[serde(default)]
+    pub no_fallback: bool,
+    /// Whole-job deadline in seconds (None: the step's own timeout applies).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+impl JobSpec {
+    /// Checks ids are usable as folder names and the payload is an object.
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, v) in [("--run-id", &self.run_id), ("--job-id", &self.job_id)] {
+            if !crate::artifacts::is_safe_name(v) {
+                return Err(format!(
+                    "{flag} {v:?} is not usable as a folder name; use letters, digits, '_', '-' and '.' (not leading), at most 128"
+                ));
+            }
+        }
+        if self.step_name.is_empty() {
+            return Err("--step-name must not be empty".into());
+        }
+        if !self.payload.is_object() {
+            return Err("--payload-json must be a JSON object".into());
+        }
+        Ok(())
+    }
+
+    /// `run_id/job_id`, the job's key in the daemon's store and API.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.run_id, self.job_id)
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// The `error` object of a receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptError {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&StepError> for ReceiptError {
+    fn from(e: &StepError) -> Self {
+        ReceiptError { code: e.code.as_str().to_string(), message: e.message.clone() }
+    }
+}
+
+impl ReceiptError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ReceiptError { code: code.as_str().to_string(), message: message.into() }
+    }
+}
+
+/// An artifact copied (or written locally) into the receipt folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptArtifact {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Absolute path of the verified copy beside the receipt.
+    pub path: String,
+}
+
+/// Why one node was or was not chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeExplanation {
+    pub node_id: String,
+    pub eligible: bool,
+    pub reason: String,
+}
+
+/// One execution attempt (a node or the local runner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// `local` or a node id.
+    pub executed_on: String,
+    pub remote_job_id: Option<String>,
+    /// `succeeded`, `failed`, `cancelled`, or `abandoned` (node lost mid-job).
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub started_at: String,
+    pub ended_at: String,
+}
+
+/// Wall-clock timings, RFC 3339 UTC, plus durations in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub submitted_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    pub queue_ms: u64,
+    pub run_ms: u64,
+    pub sync_ms: u64,
+    pub total_ms: u64,
+}
+
+/// The receipt a pipeline trusts: what ran, where, why there, and what came out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub run_id: String,
+    pub job_id: String,
+    pub step_name: String,
+    pub inputs_hash: String,
+    pub status: JobStatus,
+    /// `local` or the node id that produced the result.
+    pub executed_on: String,
+    pub fallback_reason: Option<String>,
+    pub remote_job_id: Option<String>,
+    /// The worker returned an existing job for the same step and inputs.
+    pub cached: bool,
+    /// `null` for a current worker or a local run; `legacy_hmac_v05` or
+    /// `legacy_plain_token` for a v0.5 worker.
+    pub compat_mode: Option<String>,
+    pub error: Option<ReceiptError>,
+    pub result: Option<Value>,
+    pub artifacts: Vec<ReceiptArtifact>,
+    pub timings: Timings,
+    pub attempts: Vec<Attempt>,
+    pub placement: Vec<NodeExplanation>,
+    pub requirements: JobRequirements,
+}
+
+/// The receipt folder of a job.
+pub fn receipt_dir(cluster_dir: &Path, run_id: &str, job_id: &str) -> PathBuf {
+    cluster_dir.join("receipts").join(run_id).join(job_id)
+}
+
+/// `job_receipt.json` inside [`receipt_dir`].
+pub const RECEIPT_FILE: &str = "job_receipt.json";
+
+/// `worker.log` inside [`receipt_dir`].
+pub const LOG_FILE: &str = "worker.log";
+
+impl Receipt {
+    /// Writes the receipt atomically into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(RECEIPT_FILE);
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        crate::artifacts::write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Reads a receipt written by [`Receipt::write`].
+    pub fn read(dir: &Path) -> std::io::Result<Receipt> {
+        let bytes = std::fs::read(dir.join(RECEIPT_FILE))?;
+        serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// The process exit code for this receipt: 0 succeeded, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.status == JobStatus::Succeeded {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_reject_unknown_keys() {
+        assert!(JobRequirements::parse(r#"{"os_in":["windows"],"min_ram_gb":8}"#).is_ok());
+        let err = JobRequirements::parse(r#"{"os":"windows"}"#).unwrap_err();
+        assert!(err.contains("unknown field `os`"), "{err}");
+        assert!(JobRequirements::parse(r#"{"min_ram_gb":-1}"#).is_err());
+    }
+
+    #[test]
+    fn ids_must_be_folder_names() {
+        let mut spec = JobSpec {
+            run_id: "r1".into(),
+            job_id: "j1".into(),
+            step_name: "FFMPEG_PROBE".into(),
+            payload: serde_json::json!({}),
+            requirements: JobRequirements::default(),
+            no_fallback: false,
+            timeout_s: None,
+        };
+        assert!(spec.validate().is_ok());
+        spec.job_id = "../x".into();
+        assert!(spec.validate().is_err());
+    }
+}

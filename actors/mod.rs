@@ -7,3 +7,5 @@
 //! messages sit at the top of its file.
 
 pub mod executor;
+pub mod messages;
+pub mod scheduler;

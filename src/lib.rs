@@ -25,8 +25,10 @@ pub mod caps;
 pub mod config;
 pub mod error;
 pub mod joblog;
+pub mod nodes;
 pub mod process;
 pub mod protocol;
+pub mod receipt;
 pub mod steps;
 
 #[path = "../actors/mod.rs"]

@@ -30,6 +30,7 @@ pub mod process;
 pub mod protocol;
 pub mod receipt;
 pub mod steps;
+pub mod store;
 
 #[path = "../actors/mod.rs"]
 pub mod actors;

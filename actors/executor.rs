@@ -1,1 +1,310 @@
-//! Placeholder: the worker's per-step executor actor is being written.
+//! The worker's executor: one [`StepExecutor`] actor per step type, each
+//! running at most its configured number of jobs at once; further jobs wait
+//! in its queue (and, durably, as `queued` in the store).
+//!
+//! A job's life here: [`Enqueue`] -> (slot free) the store marks it running
+//! -> blob references are resolved to local paths -> [`steps::run_step`]
+//! with a cancellation token -> the store records the outcome. Store calls
+//! go through `spawn_blocking`, so the actor never blocks its thread.
+//! Every state change bumps [`ExecutorEnv::changes`], which wakes long-polls.
+
+use crate::error::{ErrorCode, StepError};
+use crate::joblog::JobLog;
+use crate::protocol::BLOB_REF_PREFIX;
+use crate::steps::{self, StepContext, StepName};
+use crate::store::{JobRecord, Store, WorkerPaths};
+use actix::prelude::*;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Queue a job (already recorded as `queued` in the store).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Enqueue {
+    pub job_id: String,
+}
+
+/// Stop a running job; answers whether it was running here.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "bool")]
+pub struct CancelRunning {
+    pub job_id: String,
+}
+
+/// Stop starting queued jobs (shutdown); queued jobs stay queued in the
+/// store and run after the next start. Answers a receiver of the number of
+/// jobs still running.
+#[derive(Message, Debug)]
+#[rtype(result = "watch::Receiver<usize>")]
+pub struct Drain;
+
+/// Hand over the jobs still running after the shutdown grace period, so the
+/// caller can record them as interrupted and then cancel them.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<(String, CancellationToken)>")]
+pub struct TakeRunning;
+
+/// How many jobs are queued and running here.
+#[derive(Message, Debug)]
+#[rtype(result = "(usize, usize)")]
+pub struct Load;
+
+/// What every executor shares with the HTTP handlers.
+#[derive(Debug)]
+pub struct ExecutorEnv {
+    pub store: Store,
+    pub paths: WorkerPaths,
+    pub settings: Arc<crate::config::Settings>,
+    /// Bumped after every job state change; long-polls wait on it.
+    pub changes: watch::Sender<u64>,
+}
+
+impl ExecutorEnv {
+    /// Wakes every long-poll so it re-reads its job.
+    pub fn notify(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// Runs the jobs of one step type.
+pub struct StepExecutor {
+    step: StepName,
+    /// Jobs of this step allowed to run at once (`steps.<name>.concurrency`).
+    concurrency: usize,
+    /// Jobs waiting for a slot, oldest first.
+    queue: VecDeque<String>,
+    /// Running jobs and the tokens that cancel them.
+    running: HashMap<String, CancellationToken>,
+    /// Set on shutdown: no new job starts.
+    draining: bool,
+    /// The number of running jobs, watched during shutdown.
+    running_count: watch::Sender<usize>,
+    env: Arc<ExecutorEnv>,
+}
+
+impl StepExecutor {
+    pub fn new(step: StepName, env: Arc<ExecutorEnv>) -> Self {
+        let concurrency = env.settings.step(step.as_str()).concurrency.max(1);
+        StepExecutor {
+            step,
+            concurrency,
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            draining: false,
+            running_count: watch::channel(0).0,
+            env,
+        }
+    }
+
+    /// Starts queued jobs while slots are free.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while !self.draining && self.running.len() < self.concurrency {
+            let Some(job_id) = self.queue.pop_front() else { break };
+            let token = CancellationToken::new();
+            self.running.insert(job_id.clone(), token.clone());
+            let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
+            let fut = run_job(self.env.clone(), self.step, job_id.clone(), token).instrument(span);
+            ctx.spawn(fut.into_actor(self).map(move |_, act, ctx| {
+                act.running.remove(&job_id);
+                act.running_count.send_replace(act.running.len());
+                act.pump(ctx);
+            }));
+        }
+        self.running_count.send_replace(self.running.len());
+    }
+}
+
+impl Actor for StepExecutor {
+    type Context = Context<Self>;
+}
+
+/// Queues the job and starts it if a slot is free.
+impl Handler<Enqueue> for StepExecutor {
+    type Result = ();
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
+        if !self.running.contains_key(&msg.job_id) && !self.queue.contains(&msg.job_id) {
+            self.queue.push_back(msg.job_id);
+        }
+        self.pump(ctx);
+    }
+}
+
+/// Cancels the job's token if it is running here.
+impl Handler<CancelRunning> for StepExecutor {
+    type Result = bool;
+    fn handle(&mut self, msg: CancelRunning, _: &mut Context<Self>) -> bool {
+        match self.running.get(&msg.job_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Stops starting jobs; answers the running-count receiver.
+impl Handler<Drain> for StepExecutor {
+    type Result = MessageResult<Drain>;
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        MessageResult(self.running_count.subscribe())
+    }
+}
+
+/// Hands over the still-running jobs.
+impl Handler<TakeRunning> for StepExecutor {
+    type Result = MessageResult<TakeRunning>;
+    fn handle(&mut self, _: TakeRunning, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.running.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+/// Reports (queued, running).
+impl Handler<Load> for StepExecutor {
+    type Result = MessageResult<Load>;
+    fn handle(&mut self, _: Load, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.queue.len(), self.running.len()))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// Runs a store operation off the actor's thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "store task panicked");
+            None
+        }
+    }
+}
+
+/// One job from `queued` to a final state.
+async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: CancellationToken) {
+    let store = env.store.clone();
+    let id = job_id.clone();
+    let rec = match blocking(move || store.mark_running(&id, now_ms())).await {
+        Some(Ok(Some(rec))) => rec,
+        Some(Ok(None)) => return, // Cancelled while it waited.
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot mark the job running");
+            return;
+        }
+        None => return,
+    };
+    env.notify();
+    tracing::info!(attempt = rec.attempt, "job started");
+    let outcome = execute(&env, step, &rec, token.clone()).await;
+    let outcome = match outcome {
+        Err(e) if token.is_cancelled() && e.code != ErrorCode::Cancelled => {
+            Err(StepError::new(ErrorCode::Cancelled, format!("cancelled while running ({e})")))
+        }
+        other => other,
+    };
+    match &outcome {
+        Ok(_) => tracing::info!("job succeeded"),
+        Err(e) => tracing::info!(code = %e.code, "job ended: {}", e.message),
+    }
+    let store = env.store.clone();
+    let id = job_id.clone();
+    let result = outcome.map(|o| (o.result, o.artifacts));
+    if let Some(Err(e)) = blocking(move || store.finish(&id, result, now_ms())).await {
+        tracing::error!(error = %e, "cannot record the job's outcome");
+    }
+    env.notify();
+}
+
+/// Opens the log, resolves staged inputs and runs the step.
+async fn execute(
+    env: &Arc<ExecutorEnv>,
+    step: StepName,
+    rec: &JobRecord,
+    cancel: CancellationToken,
+) -> Result<steps::StepOutput, StepError> {
+    let log_path = env.paths.log_path(&rec.job_id);
+    let out_dir = env.paths.artifacts_dir(&rec.job_id);
+    let attempt = rec.attempt;
+    let dir = out_dir.clone();
+    let log = blocking(move || -> std::io::Result<JobLog> {
+        // A re-run after a crash starts from an empty artifact folder, so no
+        // half-written file of the first attempt is ever served.
+        if attempt > 1 && dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        JobLog::open(&log_path)
+    })
+    .await
+    .ok_or_else(|| StepError::new(ErrorCode::Internal, "log task failed"))?
+    .map_err(|e| StepError::io("opening the job log", e))?;
+    log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
+    let payload = resolve_blobs(&rec.payload, &env.paths)?;
+    let ctx = StepContext { job_id: rec.job_id.clone(), out_dir, log: log.clone(), cancel, settings: env.settings.clone() };
+    let outcome = steps::run_step(step, &payload, &ctx).await;
+    if let Ok(out) = &outcome {
+        if let Some(bad) = out.artifacts.iter().find(|a| !crate::artifacts::is_safe_name(&a.name)) {
+            return Err(StepError::new(ErrorCode::Internal, format!("step produced an unsafe artifact name {:?}", bad.name)));
+        }
+    }
+    match &outcome {
+        Ok(o) => log.line("worker", &format!("job {} succeeded ({} artifact(s))", rec.job_id, o.artifacts.len())),
+        Err(e) => log.line("worker", &format!("job {} failed: {e}", rec.job_id)),
+    }
+    outcome
+}
+
+/// Replaces every `"blob:sha256:<digest>"` string with the staged blob's
+/// local path; a missing blob is `INPUT_NOT_FOUND`.
+pub fn resolve_blobs(payload: &Value, paths: &WorkerPaths) -> Result<Value, StepError> {
+    Ok(match payload {
+        Value::String(s) => match s.strip_prefix(BLOB_REF_PREFIX) {
+            Some(d) if crate::protocol::is_sha256_hex(d) => {
+                let p = paths.blob_path(d);
+                if !p.is_file() {
+                    return Err(StepError::new(ErrorCode::InputNotFound, format!("blob {d} is not staged on this worker; upload it with PUT /blobs/{d}")));
+                }
+                Value::String(p.to_string_lossy().into_owned())
+            }
+            Some(_) => return Err(StepError::invalid(format!("{s:?} is not a valid blob reference"))),
+            None => payload.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(|i| resolve_blobs(i, paths)).collect::<Result<_, _>>()?),
+        Value::Object(map) => Value::Object(
+            map.iter().map(|(k, v)| Ok((k.clone(), resolve_blobs(v, paths)?))).collect::<Result<_, StepError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Starts one executor per step type, each in the current arbiter.
+pub fn start_all(env: Arc<ExecutorEnv>) -> HashMap<StepName, Addr<StepExecutor>> {
+    StepName::ALL.into_iter().map(|s| (s, StepExecutor::new(s, env.clone()).start())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn blob_refs_resolve_to_staged_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = WorkerPaths::new(dir.path());
+        std::fs::create_dir_all(paths.blobs_dir()).unwrap();
+        let d = "ab".repeat(32);
+        std::fs::write(paths.blob_path(&d), b"x").unwrap();
+        let v = json!({"media_path": format!("blob:sha256:{d}"), "n": [1, "plain"]});
+        let r = resolve_blobs(&v, &paths).unwrap();
+        assert_eq!(r["media_path"], json!(paths.blob_path(&d).to_string_lossy()));
+        assert_eq!(r["n"], json!([1, "plain"]));
+        let missing = json!({"a": format!("blob:sha256:{}", "cd".repeat(32))});
+        assert_eq!(resolve_blobs(&missing, &paths).unwrap_err().code, ErrorCode::InputNotFound);
+    }
+}

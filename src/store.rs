@@ -20,7 +20,7 @@ use crate::protocol::{JobError, JobState, JobView};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -134,6 +134,60 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
+    }
+}
+
+/// The worker's folder layout under `$RAYVAULT_STATE_DIR/worker/`:
+/// `worker.redb`, `jobs/<job_id>/{worker.log, artifacts/}`, `blobs/<sha256>`.
+#[derive(Debug, Clone)]
+pub struct WorkerPaths {
+    root: PathBuf,
+}
+
+impl WorkerPaths {
+    pub fn new(root: &Path) -> Self {
+        WorkerPaths { root: root.to_path_buf() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("worker.redb")
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
+
+    /// A job's folder; callers pass only ids that [`is_job_id`] accepts.
+    pub fn job_dir(&self, job_id: &str) -> PathBuf {
+        self.jobs_dir().join(job_id)
+    }
+
+    pub fn log_path(&self, job_id: &str) -> PathBuf {
+        self.job_dir(job_id).join("worker.log")
+    }
+
+    pub fn artifacts_dir(&self, job_id: &str) -> PathBuf {
+        self.job_dir(job_id).join("artifacts")
+    }
+
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    /// A staged blob; callers pass only digests that
+    /// [`crate::protocol::is_sha256_hex`] accepts.
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.blobs_dir().join(sha256)
+    }
+
+    /// Creates the folders.
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.jobs_dir())?;
+        std::fs::create_dir_all(self.blobs_dir())
     }
 }
 

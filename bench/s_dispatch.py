@@ -1,0 +1,112 @@
+"""Scenario 1: dispatch overhead and throughput.
+
+Ours: small AUDIO_POSTCHECK jobs (distinct 0.5 s WAVs) submitted through the
+daemon's local API to one worker on loopback, auth and durable state on
+(see bench/ours.py and examples/bench_dispatch.rs). Per-job overhead is the
+end-to-end time minus the step's own run time as the receipt reports it.
+
+Floor: one keep-alive HTTP request to nginx on loopback plus one fsync
+(examples/bench_floor.rs, standard library only).
+
+Peer: Celery 5 + Redis with a no-op task: `delay().get()` latency and the
+throughput of N tasks submitted then collected (bench/celery_client.py).
+"""
+
+import json
+import os
+
+import ours
+from lib import OUT_DIR, NotMeasured, binary, log, percentile, run, summary, tree_rss_kib
+from peers import CeleryWorker, Nginx, Redis, venv_python
+from report import Row
+
+SCEN = "1 dispatch"
+
+
+def _ms(xs):
+    return [x * 1000.0 for x in xs]
+
+
+def floor(cfg):
+    exe = binary("bench_floor")
+    if not exe:
+        raise NotMeasured("examples/bench_floor was not built")
+    scratch = os.path.join(OUT_DIR, "scratch")
+    os.makedirs(scratch, exist_ok=True)
+    nginx = Nginx(scratch)
+    try:
+        p50s, p99s, rates = [], [], []
+        for _ in range(cfg["repeats"]):
+            out = json.loads(run([exe, "latency", str(nginx.port), str(cfg["seq_n"]),
+                                  os.path.join(scratch, "floor.rec")]).stdout)
+            lat = out["latency_s"]
+            p50s.append(percentile(lat, 50) * 1000)
+            p99s.append(percentile(lat, 99) * 1000)
+            out = json.loads(run([exe, "rate", str(nginx.port), "16", str(cfg["thr_n"]), scratch]).stdout)
+            rates.append(out["per_s"])
+        return {"p50": summary(p50s), "p99": summary(p99s), "rate": summary(rates)}
+    finally:
+        nginx.stop()
+
+
+def celery(cfg):
+    venv_python()
+    redis = Redis()
+    worker = None
+    try:
+        worker = CeleryWorker(redis, concurrency=os.cpu_count() or 2)
+        here = os.path.dirname(os.path.abspath(__file__))
+        cp = run([venv_python(), os.path.join(here, "celery_client.py"), str(cfg["seq_n"]),
+                  str(cfg["celery_thr_n"]), str(cfg["repeats"])],
+                 env={"BENCH_REDIS_URL": redis.url, "PYTHONPATH": here}, timeout_s=1800)
+        out = json.loads(cp.stdout)
+        p50s = [percentile(_ms(lat), 50) for lat in out["latency_s"]]
+        p99s = [percentile(_ms(lat), 99) for lat in out["latency_s"]]
+        # The peer's footprint after the run, for scenario 6's comparison:
+        # the Celery worker with its pool, and Redis.
+        return {"p50": summary(p50s), "p99": summary(p99s), "rate": summary(out["throughput_per_s"]),
+                "worker_rss_kib": tree_rss_kib(worker.proc.pid), "redis_rss_kib": tree_rss_kib(redis.proc.pid)}
+    finally:
+        if worker:
+            worker.stop()
+        redis.stop()
+
+
+def measure(cfg):
+    rows = []
+    details = {}
+    results = {}
+    for name, fn in (("floor", floor), ("celery", celery), ("ours", ours.dispatch)):
+        log(f"scenario 1: {name}")
+        try:
+            results[name] = fn(cfg)
+        except NotMeasured as e:
+            results[name] = None
+            details[f"{name}_not_measured"] = str(e)
+            log(f"scenario 1: {name} not measured: {e}")
+        except Exception as e:
+            results[name] = None
+            details[f"{name}_not_measured"] = f"failed: {e}"
+            log(f"scenario 1: {name} failed: {e}")
+    o, f, c = results.get("ours"), results.get("floor"), results.get("celery")
+    why = details.get("ours_not_measured")
+
+    def get(r, k):
+        return r[k] if r else None
+
+    for metric, key, unit, better, target in (
+        ("per-job overhead p50, sequential", "p50", "ms", "lower", ("<=", 1.0)),
+        ("per-job overhead p99, sequential", "p99", "ms", "lower", None),
+        ("throughput, concurrency 16", "rate", "jobs/s", "higher", (">=", 2500.0)),
+    ):
+        rows.append(Row(SCEN, metric, unit, better, ours=get(o, key), ours_note=why,
+                        baseline="floor: nginx keep-alive GET + fsync", base=get(f, key),
+                        base_note=details.get("floor_not_measured"), target=target))
+        rows.append(Row(SCEN, metric, unit, better, ours=get(o, key), ours_note=why,
+                        baseline="Celery 5 + Redis no-op", base=get(c, key),
+                        base_note=details.get("celery_not_measured"), target=target))
+    if o and o.get("extra"):
+        details["ours"] = o["extra"]
+    details["floor"] = f
+    details["celery"] = c
+    return rows, details

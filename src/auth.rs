@@ -85,6 +85,12 @@ impl Key {
         }
     }
 
+    /// The bare secret, only for the opt-in plain-token fallback (sent in a
+    /// header to a worker that cannot verify HMAC; never logged or stored).
+    pub fn plain_token(&self) -> &str {
+        self.plain.expose_secret()
+    }
+
     /// Constant-time comparison with a presented plain token.
     fn plain_matches(&self, token: &str) -> bool {
         bool::from(self.plain.expose_secret().as_bytes().ct_eq(token.as_bytes()))

@@ -46,6 +46,15 @@ pub enum ErrorCode {
     IoError,
     /// A bug: please report it with the job log.
     Internal,
+    /// The controller found no worker for the job and `--no-fallback` forbade
+    /// running it locally.
+    NoEligibleNode,
+    /// A remote job's artifacts could not be downloaded or failed their
+    /// SHA-256 check; `sync-artifacts` retries.
+    ArtifactSyncFailed,
+    /// The worker running the job became unreachable and no other node or
+    /// local fallback could take over.
+    WorkerLost,
 }
 
 impl ErrorCode {
@@ -69,6 +78,9 @@ impl ErrorCode {
             ErrorCode::Interrupted => "INTERRUPTED",
             ErrorCode::IoError => "IO_ERROR",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::NoEligibleNode => "NO_ELIGIBLE_NODE",
+            ErrorCode::ArtifactSyncFailed => "ARTIFACT_SYNC_FAILED",
+            ErrorCode::WorkerLost => "WORKER_LOST",
         }
     }
 }

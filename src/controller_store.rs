@@ -1,0 +1,189 @@
+//! The controller daemon's embedded transactional store (`redb`), at
+//! `$RAYVAULT_STATE_DIR/cluster/controller.redb`.
+//!
+//! It keeps every job the daemon accepted: its spec, whether it is queued,
+//! running or finished, the worker and remote job id once it has one, and
+//! its receipt at the end. Each change is one committed transaction, so a
+//! daemon killed with `kill -9` restarts knowing exactly which jobs were in
+//! flight and on which worker, and re-attaches to them instead of running
+//! them again.
+
+use crate::receipt::{JobSpec, Receipt};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_jobs");
+
+/// A store failure, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("controller store: {0}")]
+pub struct StoreError(pub String);
+
+impl<E: Into<redb::Error>> From<E> for StoreError {
+    fn from(e: E) -> Self {
+        StoreError(e.into().to_string())
+    }
+}
+
+/// A job already handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteRef {
+    pub node_id: String,
+    pub remote_job_id: String,
+}
+
+/// Where a job is in the daemon's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Queued,
+    Running,
+    Finished,
+}
+
+/// One job as the daemon remembers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredJob {
+    pub spec: JobSpec,
+    pub phase: Phase,
+    /// Unix milliseconds of the first submission.
+    pub submitted_at_ms: u64,
+    pub remote: Option<RemoteRef>,
+    pub receipt: Option<Receipt>,
+}
+
+/// The daemon's store.
+#[derive(Debug)]
+pub struct ControllerStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl ControllerStore {
+    /// `$state_dir/cluster/controller.redb`.
+    pub fn default_path(cluster_dir: &Path) -> PathBuf {
+        cluster_dir.join("controller.redb")
+    }
+
+    /// Opens (creating) the store. Blocking: call from `spawn_blocking` or
+    /// before the runtime starts.
+    pub fn open(path: &Path) -> Result<ControllerStore, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError(format!("creating {}: {e}", parent.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            StoreError(format!("cannot open {}: {e}; is another daemon running on this state dir?", path.display()))
+        })?;
+        let tx = db.begin_write()?;
+        tx.open_table(JOBS)?;
+        tx.commit()?;
+        Ok(ControllerStore { db, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Inserts or replaces a job record in one transaction.
+    pub fn put(&self, job: &StoredJob) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(job).map_err(|e| StoreError(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(JOBS)?.insert(job.spec.key().as_str(), bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads one job by `run_id/job_id`.
+    pub fn get(&self, key: &str) -> Result<Option<StoredJob>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(JOBS)?;
+        let Some(v) = table.get(key)? else { return Ok(None) };
+        decode(v.value()).map(Some)
+    }
+
+    /// Applies `f` to a job in one write transaction; false if absent.
+    pub fn update(&self, key: &str, f: impl FnOnce(&mut StoredJob)) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(JOBS)?;
+            let current = match table.get(key)? {
+                Some(v) => decode(v.value())?,
+                None => return Ok(false),
+            };
+            let mut job = current;
+            f(&mut job);
+            let bytes = serde_json::to_vec(&job).map_err(|e| StoreError(e.to_string()))?;
+            table.insert(key, bytes.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every job, in key order.
+    pub fn all(&self) -> Result<Vec<StoredJob>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(JOBS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (_, v) = item?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The jobs a restarted daemon must pick up again.
+    pub fn unfinished(&self) -> Result<Vec<StoredJob>, StoreError> {
+        Ok(self.all()?.into_iter().filter(|j| j.phase != Phase::Finished).collect())
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<StoredJob, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("a stored job does not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> StoredJob {
+        StoredJob {
+            spec: JobSpec {
+                run_id: "r".into(),
+                job_id: id.into(),
+                step_name: "FFMPEG_PROBE".into(),
+                payload: serde_json::json!({"media_path": "/x.mp4"}),
+                requirements: Default::default(),
+                no_fallback: false,
+                timeout_s: None,
+            },
+            phase: Phase::Queued,
+            submitted_at_ms: 1,
+            remote: None,
+            receipt: None,
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_tracks_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        {
+            let s = ControllerStore::open(&path).unwrap();
+            s.put(&job("a")).unwrap();
+            s.put(&job("b")).unwrap();
+            assert!(s.update("r/a", |j| {
+                j.phase = Phase::Running;
+                j.remote = Some(RemoteRef { node_id: "w1".into(), remote_job_id: "x".into() });
+            })
+            .unwrap());
+            assert!(s.update("r/b", |j| j.phase = Phase::Finished).unwrap());
+            assert!(!s.update("r/zz", |_| {}).unwrap());
+        }
+        let s = ControllerStore::open(&path).unwrap();
+        let left = s.unfinished().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].remote.as_ref().unwrap().remote_job_id, "x");
+        assert_eq!(s.all().unwrap().len(), 2);
+    }
+}

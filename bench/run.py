@@ -37,8 +37,10 @@ QUICK = {
 
 def scenarios():
     import s_dispatch
+    import s_scheduler
     return [
         ("1", "dispatch", s_dispatch.measure),
+        ("8", "scheduler", s_scheduler.measure),
     ]
 
 

@@ -40,6 +40,8 @@ pub struct WorkerSettings {
     pub max_wait_s: u64,
     pub retention_days: u64,
     pub on_interrupted: String,
+    pub shutdown_grace_s: u64,
+    pub http_workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,6 +12,8 @@
 //!   process-tree kill).
 //! - [`steps`]: the five RayVault steps.
 //! - [`caps`]: the host capability probe (`/caps`).
+//! - [`ui_session`]: is an interactive desktop session active (for
+//!   `OPENCLAW_TASK`).
 //!
 //! Actors (the top-level `actors/` folder, included as [`actors`]): the
 //! controller's Supervisor, NodeProbe, Scheduler, JobRunner, ArtifactSync and
@@ -22,6 +24,7 @@
 pub mod artifacts;
 pub mod auth;
 pub mod caps;
+pub mod client;
 pub mod config;
 pub mod controller_store;
 pub mod error;
@@ -33,6 +36,7 @@ pub mod protocol;
 pub mod receipt;
 pub mod steps;
 pub mod store;
+pub mod ui_session;
 
 #[path = "../actors/mod.rs"]
 pub mod actors;

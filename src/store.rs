@@ -125,6 +125,15 @@ pub enum InterruptedPolicy {
     Rerun,
 }
 
+/// What [`Store::recover`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    /// Jobs to hand to the executors, oldest first.
+    pub queued: Vec<JobRecord>,
+    /// Jobs that were running and are now failed with `INTERRUPTED`.
+    pub interrupted: Vec<String>,
+}
+
 /// A cheap, cloneable handle on the database.
 #[derive(Clone)]
 pub struct Store {
@@ -395,11 +404,13 @@ impl Store {
     }
 
     /// Startup recovery: jobs left `running` by a crash are failed with
-    /// `INTERRUPTED` or queued again, per `policy`. Returns every job that
-    /// is now queued, in submission order, for the executors.
-    pub fn recover(&self, policy: InterruptedPolicy, now_ms: u64) -> Result<Vec<JobRecord>, StoreError> {
+    /// `INTERRUPTED` or queued again, per `policy`. Reports every job that
+    /// is now queued, in submission order, for the executors, and the ids
+    /// of the jobs failed as interrupted.
+    pub fn recover(&self, policy: InterruptedPolicy, now_ms: u64) -> Result<Recovery, StoreError> {
         let tx = self.db.begin_write()?;
         let mut queued = Vec::new();
+        let mut interrupted = Vec::new();
         {
             let mut jobs = tx.open_table(JOBS)?;
             let mut active = tx.open_table(ACTIVE)?;
@@ -424,6 +435,7 @@ impl Store {
                             message: "the worker stopped while this job was running (crash or kill); submit it again to re-run it".into(),
                         });
                         active.remove(id.as_str())?;
+                        interrupted.push(id.clone());
                     }
                     (JobState::Running, InterruptedPolicy::Rerun) => {
                         rec.state = JobState::Queued;
@@ -440,7 +452,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(queued)
+        Ok(Recovery { queued, interrupted })
     }
 
     /// Deletes finished jobs that ended before `cutoff_ms`, with their
@@ -534,8 +546,9 @@ mod tests {
             (a, b)
         };
         let store = Store::open(&path).unwrap();
-        let queued = store.recover(InterruptedPolicy::Fail, 10).unwrap();
-        assert_eq!(queued.iter().map(|r| r.job_id.clone()).collect::<Vec<_>>(), vec![b.job_id.clone()]);
+        let rec = store.recover(InterruptedPolicy::Fail, 10).unwrap();
+        assert_eq!(rec.interrupted, vec![a.job_id.clone()]);
+        assert_eq!(rec.queued.iter().map(|r| r.job_id.clone()).collect::<Vec<_>>(), vec![b.job_id.clone()]);
         let a2 = store.get(&a.job_id).unwrap().unwrap();
         assert_eq!((a2.state, a2.error.unwrap().code.as_str()), (JobState::Failed, "INTERRUPTED"));
         assert_eq!(store.prune(11).unwrap(), vec![a.job_id.clone()]);
@@ -550,7 +563,7 @@ mod tests {
         let a = created(store.submit(new_job("h1"), 1, 10).unwrap());
         store.mark_running(&a.job_id, 2).unwrap().unwrap();
         let q = store.recover(InterruptedPolicy::Rerun, 3).unwrap();
-        assert_eq!(q.len(), 1);
+        assert_eq!((q.queued.len(), q.interrupted.len()), (1, 0));
         let again = store.mark_running(&a.job_id, 4).unwrap().unwrap();
         assert_eq!(again.attempt, 2);
     }

@@ -1,1 +1,218 @@
-fn main() {}
+//! `rayvault-worker`: the authenticated, idempotent, durable worker daemon.
+//!
+//! `main` parses flags, loads the layered settings, reads the keyring from
+//! the environment, applies the bind policy, recovers the job store, then
+//! serves until Ctrl-C/SIGTERM. Every refusal to start exits with code 2
+//! and a message saying what to change.
+//!
+//! Modules: `guard` (limits + authentication middleware), `handlers` (JSON
+//! endpoints), `files` (log, artifact download, blob upload), `bind` (bind
+//! policy), `maintenance` (pruning, capability refresh), `shutdown`
+//! (graceful stop), `state`, `apierror`.
+
+mod apierror;
+mod bind;
+mod files;
+mod guard;
+mod handlers;
+mod maintenance;
+mod shutdown;
+mod state;
+
+use actix_web::{middleware::from_fn, web, App, HttpServer};
+use anyhow::{bail, Context};
+use clap::Parser;
+use rayvault::actors::executor::{self, Enqueue, ExecutorEnv};
+use rayvault::auth::{Keyring, Verifier};
+use rayvault::config::Settings;
+use rayvault::steps::StepName;
+use rayvault::store::{InterruptedPolicy, Recovery, Store, WorkerPaths};
+use state::{AppState, Limits};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Command-line flags; they override the configuration file and the
+/// environment. Secrets are never accepted as flags.
+#[derive(Debug, Parser)]
+#[command(name = "rayvault-worker", version, about = "RayVault worker daemon (HMAC-authenticated job API)")]
+struct Args {
+    /// Address to bind: loopback or this host's Tailscale IP.
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on.
+    #[arg(long)]
+    port: Option<u16>,
+    /// A local configuration file layered over config/default.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Allow binding outside loopback and the Tailscale ranges (dangerous).
+    #[arg(long)]
+    allow_any_bind: bool,
+    /// Accept the bare secret as `Authorization: Bearer` (compatibility only).
+    #[arg(long)]
+    allow_plain_token: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    match prepare(args) {
+        Ok(ready) => match actix_rt::System::new().block_on(serve(ready)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("rayvault-worker: {e:#}");
+    ExitCode::from(2)
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Everything checked and opened before the server starts.
+struct Ready {
+    settings: Settings,
+    keyring: Keyring,
+    ip: IpAddr,
+    store: Store,
+    paths: WorkerPaths,
+    recovery: Recovery,
+}
+
+/// Synchronous start-up: settings, secrets, bind policy, store recovery.
+fn prepare(args: Args) -> anyhow::Result<Ready> {
+    let mut settings = Settings::load(args.config.as_deref())?;
+    if let Some(h) = args.host {
+        settings.worker.host = h;
+    }
+    if let Some(p) = args.port {
+        settings.worker.port = p;
+    }
+    settings.worker.allow_any_bind |= args.allow_any_bind;
+    settings.worker.allow_plain_token |= args.allow_plain_token;
+
+    let keyring = Keyring::from_env()?;
+    tracing::info!(kid = keyring.current.kid(), "cluster key loaded");
+    if let Some(prev) = &keyring.previous {
+        tracing::warn!(kid = prev.kid(), "RAYVAULT_CLUSTER_SECRET_PREVIOUS is set: requests signed with the previous key are accepted until it is removed");
+    }
+    if settings.worker.allow_plain_token {
+        tracing::warn!("plain-token fallback ENABLED: `Authorization: Bearer <secret>` is accepted; use only during a migration");
+    }
+
+    let ip = bind::parse_host(&settings.worker.host).map_err(anyhow::Error::msg)?;
+    match bind::check(ip, settings.worker.allow_any_bind) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Err(refusal) => bail!(refusal),
+    }
+
+    let paths = WorkerPaths::new(&settings.worker_dir());
+    paths.create().with_context(|| format!("cannot create {}", paths.root().display()))?;
+    let store = Store::open(&paths.db_path()).with_context(|| {
+        format!("cannot open {} (is another worker running on this state folder?)", paths.db_path().display())
+    })?;
+    let policy = match settings.worker.on_interrupted.as_str() {
+        "rerun" => InterruptedPolicy::Rerun,
+        _ => InterruptedPolicy::Fail,
+    };
+    let recovery = store.recover(policy, handlers::now_ms())?;
+    for id in &recovery.interrupted {
+        if let Ok(log) = rayvault::joblog::JobLog::open(&paths.log_path(id)) {
+            log.line("worker", "the worker stopped while this job was running; marked failed with code INTERRUPTED");
+        }
+    }
+    if !recovery.interrupted.is_empty() || !recovery.queued.is_empty() {
+        tracing::warn!(
+            interrupted = recovery.interrupted.len(),
+            requeued = recovery.queued.len(),
+            policy = %settings.worker.on_interrupted,
+            "recovered jobs from the previous run"
+        );
+    }
+    Ok(Ready { settings, keyring, ip, store, paths, recovery })
+}
+
+/// Starts the executors and the HTTP server, and runs until a signal.
+async fn serve(ready: Ready) -> anyhow::Result<()> {
+    let Ready { settings, keyring, ip, store, paths, recovery } = ready;
+    let w = settings.worker.clone();
+    let verifier = Arc::new(Verifier::new(keyring, w.id.clone(), w.skew_s, w.allow_plain_token));
+    let env = Arc::new(ExecutorEnv { store, paths, settings: Arc::new(settings), changes: tokio::sync::watch::channel(0).0 });
+    let executors = executor::start_all(env.clone());
+    for rec in recovery.queued {
+        match StepName::parse(&rec.step_name) {
+            Ok(step) => executors.get(&step).map(|a| a.do_send(Enqueue { job_id: rec.job_id })).unwrap_or(()),
+            Err(e) => tracing::error!(job_id = %rec.job_id, "cannot requeue: {e}"),
+        }
+    }
+    let state = web::Data::new(AppState {
+        worker_id: w.id.clone(),
+        env: env.clone(),
+        verifier,
+        executors,
+        limits: Limits {
+            max_header_bytes: w.max_header_bytes,
+            max_body_bytes: w.max_body_bytes,
+            max_blob_bytes: w.max_blob_bytes,
+            max_jobs_in_flight: w.max_jobs_in_flight as u64,
+            max_wait_s: w.max_wait_s,
+        },
+        host_caps: Arc::new(RwLock::new(serde_json::Map::new())),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    });
+    maintenance::spawn(state.clone());
+
+    let app_state = state.clone();
+    let max_body = w.max_body_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| apierror::ApiError::bad_request(format!("bad query string: {e}")).into()))
+            .app_data(web::PathConfig::default().error_handler(|e, _| apierror::ApiError::bad_request(format!("bad path: {e}")).into()))
+            .wrap(from_fn(guard::guard))
+            .configure(routes)
+    })
+    .workers(w.http_workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(5)
+    .client_request_timeout(Duration::from_secs(10))
+    .max_connections(1024)
+    .bind((ip, w.port))
+    .with_context(|| format!("cannot listen on {ip}:{} (is it an address of this host, and is the port free?)", w.port))?
+    .run();
+    tracing::info!(worker_id = %w.id, addr = %format!("{ip}:{}", w.port), contract = rayvault::protocol::CONTRACT, state_dir = %env.paths.root().display(), "rayvault-worker listening");
+    shutdown::run_until_signal(server, state, Duration::from_secs(w.shutdown_grace_s)).await
+}
+
+/// The endpoint table (docs/protocol.md lists the same).
+fn routes(cfg: &mut web::ServiceConfig) {
+    use handlers::method_not_allowed as na;
+    cfg.service(web::resource("/health").route(web::get().to(handlers::health)).default_service(web::to(na)))
+        .service(web::resource("/caps").route(web::get().to(handlers::caps)).default_service(web::to(na)))
+        .service(web::resource("/jobs").route(web::post().to(handlers::submit)).default_service(web::to(na)))
+        .service(web::resource("/jobs/{id}").route(web::get().to(handlers::get_job)).default_service(web::to(na)))
+        .service(web::resource("/jobs/{id}/cancel").route(web::post().to(handlers::cancel)).default_service(web::to(na)))
+        .service(web::resource("/jobs/{id}/log").route(web::get().to(files::log)).default_service(web::to(na)))
+        .service(web::resource("/jobs/{id}/artifacts").route(web::get().to(handlers::artifacts)).default_service(web::to(na)))
+        .service(web::resource("/jobs/{id}/artifacts/{name}").route(web::get().to(files::download)).default_service(web::to(na)))
+        .service(web::resource("/blobs/{sha256}").route(web::put().to(files::put_blob)).default_service(web::to(na)))
+        .default_service(web::to(handlers::not_found));
+}

@@ -1,0 +1,288 @@
+//! Endpoints that move files: the job log (tailing by offset), artifact
+//! download (streamed, with single-range `Range` for resuming) and blob
+//! upload (streamed to a temporary file, digest verified, stored once).
+
+use crate::apierror::ApiError;
+use crate::handlers::{load_job, Data};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use rayvault::artifacts::{is_safe_name, temp_path_for};
+use rayvault::protocol::{self, ApiCode, BlobStored, LogChunk, MAX_LOG_CHUNK};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+
+/// Query of `GET /jobs/{id}/log`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// `GET /jobs/{id}/log?offset=N[&max_bytes=M]`: the log from byte `offset`.
+pub async fn log(st: Data, id: web::Path<String>, q: web::Query<LogQuery>) -> Result<HttpResponse, ApiError> {
+    let rec = load_job(&st, &id).await?;
+    let path = st.env.paths.log_path(&rec.job_id);
+    let offset = q.offset;
+    let max = q.max_bytes.unwrap_or(MAX_LOG_CHUNK).clamp(1, MAX_LOG_CHUNK);
+    let read = web::block(move || -> std::io::Result<(u64, Vec<u8>)> {
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+            Err(e) => return Err(e),
+        };
+        let size = f.metadata()?.len();
+        if offset >= size {
+            return Ok((size, Vec::new()));
+        }
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.take(max).read_to_end(&mut buf)?;
+        Ok((size, buf))
+    })
+    .await?
+    .map_err(|e| ApiError::internal("reading the job log", e))?;
+    let (size, mut bytes) = read;
+    if offset > size {
+        return Err(ApiError::new(ApiCode::RangeNotSatisfiable, format!("offset {offset} is past the end of the log ({size} bytes)")));
+    }
+    // Never split a UTF-8 sequence: stop before an incomplete one at the end
+    // so the next read starts on a character boundary.
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        if e.error_len().is_none() && e.valid_up_to() > 0 {
+            bytes.truncate(e.valid_up_to());
+        }
+    }
+    let next_offset = offset + bytes.len() as u64;
+    Ok(HttpResponse::Ok().json(LogChunk {
+        job_id: rec.job_id,
+        offset,
+        next_offset,
+        size,
+        data: String::from_utf8_lossy(&bytes).into_owned(),
+        complete: rec.state.is_terminal() && next_offset >= size,
+    }))
+}
+
+/// A parsed single `Range: bytes=` request against a file of `size` bytes:
+/// the inclusive first and last byte.
+pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let num = |s: &str| -> Result<u64, ()> {
+        if s.is_empty() || s.len() > 19 || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(());
+        }
+        s.parse().map_err(|_| ())
+    };
+    let (start, end) = if a.is_empty() {
+        let n = num(b)?;
+        if n == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size.checked_sub(1).ok_or(())?)
+    } else {
+        let start = num(a)?;
+        let end = if b.is_empty() { size.checked_sub(1).ok_or(())? } else { num(b)?.min(size.saturating_sub(1)) };
+        (start, end)
+    };
+    if start >= size || start > end {
+        return Err(());
+    }
+    Ok((start, end))
+}
+
+/// `GET /jobs/{id}/artifacts/{name}`: the artifact's bytes, whole or the
+/// requested range (206), with its digest in `X-Content-SHA256`.
+pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    if !is_safe_name(&name) {
+        return Err(ApiError::new(
+            ApiCode::ArtifactNameInvalid,
+            "artifact names are plain file names (letters, digits, '.', '_', '-'; at most 128 characters)",
+        ));
+    }
+    let rec = load_job(&st, &id).await?;
+    let Some(entry) = rec.artifacts.iter().find(|a| a.name == name).cloned() else {
+        return Err(ApiError::new(ApiCode::ArtifactNotFound, format!("job {} has no artifact {name:?}; list them with GET /jobs/{}/artifacts", rec.job_id, rec.job_id)));
+    };
+    let file_path = st.env.paths.artifacts_dir(&rec.job_id).join(&entry.name);
+    let file = tokio::fs::File::open(&file_path).await.map_err(|e| ApiError::internal("opening the artifact", e))?;
+    let size = file.metadata().await.map_err(|e| ApiError::internal("reading the artifact's size", e))?.len();
+    let range = match req.headers().get(header::RANGE) {
+        None => None,
+        Some(v) => {
+            let parsed = v.to_str().ok().and_then(|s| parse_range(s, size).ok());
+            match parsed {
+                Some(r) => Some(r),
+                None => {
+                    return Ok(HttpResponse::RangeNotSatisfiable()
+                        .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
+                        .json(protocol::ErrorBody {
+                            error: format!("Range must be one 'bytes=start-[end]' or 'bytes=-suffix' inside the {size}-byte artifact"),
+                            code: ApiCode::RangeNotSatisfiable.as_str().into(),
+                            server_time: None,
+                        }))
+                }
+            }
+        }
+    };
+    let (start, len) = match range {
+        Some((s, e)) => (s, e - s + 1),
+        None => (0, size),
+    };
+    let mut builder = match range {
+        Some((s, e)) => {
+            let mut b = HttpResponse::PartialContent();
+            b.insert_header((header::CONTENT_RANGE, format!("bytes {s}-{e}/{size}")));
+            b
+        }
+        None => HttpResponse::Ok(),
+    };
+    builder
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .insert_header(("X-Content-SHA256", entry.sha256.clone()))
+        .no_chunking(len);
+    Ok(builder.streaming(file_stream(file, start, len)))
+}
+
+/// Streams `len` bytes of `file` from `start` in 64 KiB chunks.
+fn file_stream(
+    file: tokio::fs::File,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    futures_util::stream::unfold((file, start, len, false), |(mut f, pos, left, sought)| async move {
+        if left == 0 {
+            return None;
+        }
+        if !sought {
+            if let Err(e) = f.seek(SeekFrom::Start(pos)).await {
+                return Some((Err(e), (f, pos, 0, true)));
+            }
+        }
+        let mut buf = vec![0u8; left.min(64 * 1024) as usize];
+        match f.read(&mut buf).await {
+            Ok(0) => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "artifact shrank")), (f, pos, 0, true))),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(web::Bytes::from(buf)), (f, pos + n as u64, left - n as u64, true)))
+            }
+            Err(e) => Some((Err(e), (f, pos, 0, true))),
+        }
+    })
+}
+
+/// `PUT /blobs/{sha256}`: stores the body under its digest once. The bytes
+/// are written to a temporary file and hashed as they arrive (in blocking
+/// tasks, a MiB at a time); only a matching digest is renamed into place.
+pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut body: web::Payload) -> Result<HttpResponse, ApiError> {
+    let digest = digest.into_inner();
+    if !protocol::is_sha256_hex(&digest) {
+        return Err(ApiError::bad_request("the blob path must be /blobs/<sha256 as 64 lower-case hex digits>"));
+    }
+    let max = st.limits.max_blob_bytes;
+    let too_large = || ApiError::new(ApiCode::PayloadTooLarge, format!("the blob exceeds {max} bytes (worker.max_blob_bytes)"));
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len = len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
+        if len > max {
+            return Err(too_large());
+        }
+    }
+    let final_path = st.env.paths.blob_path(&digest);
+    if tokio::fs::try_exists(&final_path).await.unwrap_or(false) {
+        let size = tokio::fs::metadata(&final_path).await.map(|m| m.len()).unwrap_or(0);
+        return Ok(HttpResponse::Ok().json(BlobStored { sha256: digest, size, created: false }));
+    }
+    let tmp = temp_path_for(&final_path);
+    let t = tmp.clone();
+    let file = web::block(move || std::fs::File::create(&t)).await?.map_err(|e| ApiError::internal("creating the blob file", e))?;
+    let mut sink = Some((file, Sha256::new()));
+    let mut pending = web::BytesMut::new();
+    let mut total = 0u64;
+    let result: Result<(), ApiError> = async {
+        loop {
+            let next = body.next().await;
+            if let Some(chunk) = &next {
+                let chunk = chunk.as_ref().map_err(|e| ApiError::bad_request(format!("reading the upload failed: {e}")))?;
+                total += chunk.len() as u64;
+                if total > max {
+                    return Err(too_large());
+                }
+                pending.extend_from_slice(chunk);
+            }
+            if pending.len() >= (1 << 20) || (next.is_none() && !pending.is_empty()) {
+                let data = pending.split().freeze();
+                let (mut f, mut h) = sink.take().ok_or_else(|| ApiError::internal("blob upload", "sink lost"))?;
+                let (f, h) = web::block(move || -> std::io::Result<_> {
+                    h.update(&data);
+                    f.write_all(&data)?;
+                    Ok((f, h))
+                })
+                .await?
+                .map_err(|e| ApiError::internal("writing the blob", e))?;
+                sink = Some((f, h));
+            }
+            if next.is_none() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    let finish = match (result, sink) {
+        (Ok(()), Some((f, h))) => {
+            let got = hex::encode(h.finalize());
+            if got != digest {
+                Err(ApiError::new(ApiCode::DigestMismatch, format!("the uploaded bytes hash to {got}, not {digest}; the upload was discarded")))
+            } else {
+                let (t, fp) = (tmp.clone(), final_path.clone());
+                web::block(move || -> std::io::Result<()> {
+                    f.sync_all()?;
+                    drop(f);
+                    std::fs::rename(&t, &fp)
+                })
+                .await?
+                .map_err(|e| ApiError::internal("storing the blob", e))
+            }
+        }
+        (Err(e), _) => Err(e),
+        (Ok(()), None) => Err(ApiError::internal("blob upload", "sink lost")),
+    };
+    if let Err(e) = finish {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tracing::info!(sha256 = %digest, size = total, "blob stored");
+    Ok(HttpResponse::Created().json(BlobStored { sha256: digest, size: total, created: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        let check = |v: &str, size: u64, want: Result<(u64, u64), ()>| assert_eq!(parse_range(v, size), want, "{v}");
+        check("bytes=0-9", 100, Ok((0, 9)));
+        check("bytes=10-", 100, Ok((10, 99)));
+        check("bytes=-10", 100, Ok((90, 99)));
+        check("bytes=90-200", 100, Ok((90, 99)));
+        check("bytes=100-", 100, Err(()));
+        check("bytes=5-4", 100, Err(()));
+        check("bytes=0-1,5-6", 100, Err(()));
+        check("bytes=a-b", 100, Err(()));
+        check("bytes=-0", 100, Err(()));
+        check("items=0-1", 100, Err(()));
+        check("bytes=0-", 0, Err(()));
+        check("bytes=99999999999999999999-", 100, Err(()));
+    }
+}

@@ -1,0 +1,157 @@
+//! The middleware every request passes first: header-size limit, body-size
+//! limit, then authentication. Only `GET /health` skips authentication;
+//! loopback callers get no exemption.
+//!
+//! The body is read here (up to `worker.max_body_bytes`) because the
+//! signature covers its hash; it is put back for the handler. A blob upload
+//! is the exception: its body can be gigabytes, so the signed body hash is
+//! the digest named in the path, and the handler refuses the upload unless
+//! the bytes hash to exactly that digest.
+
+use crate::apierror::ApiError;
+use crate::state::AppState;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::web::{self, Bytes};
+use actix_web::{Error, HttpMessage};
+use futures_util::StreamExt;
+use rayvault::auth::{AuthError, Verified};
+use rayvault::protocol::{self, ApiCode};
+
+/// Query parameters that look like a credential; refused outright because
+/// URLs end up in logs.
+const CREDENTIAL_PARAMS: [&str; 5] = ["token", "access_token", "auth", "secret", "auth_token"];
+
+/// Runs the checks, then the handler.
+pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return Err(ApiError::internal("request setup", "application state missing").into());
+    };
+    check_header_size(&req, state.limits.max_header_bytes)?;
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    if method == "GET" && path == "/health" {
+        return next.call(req).await;
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    if has_credential_param(&query) {
+        // The value is never logged, only the fact.
+        tracing::warn!(%path, "refused a request carrying a credential in the query string");
+        return Err(ApiError::auth_invalid().into());
+    }
+    let body_sha256 = match blob_upload_digest(&method, &path) {
+        Some(d) => d,
+        None => {
+            let body = read_limited(&mut req, state.limits.max_body_bytes).await?;
+            let digest = if body.len() > 64 * 1024 {
+                let b = body.clone();
+                web::block(move || protocol::sha256_hex(&b)).await.map_err(ApiError::from)?
+            } else {
+                protocol::sha256_hex(&body)
+            };
+            req.set_payload(actix_web::dev::Payload::from(body));
+            digest
+        }
+    };
+    let auth: Vec<&[u8]> = req.headers().get_all(header::AUTHORIZATION).map(|v| v.as_bytes()).collect();
+    let now = rayvault::auth::unix_now();
+    match state.verifier.verify(&auth, &method, &path, &query, &body_sha256, now) {
+        Ok(Verified::Hmac { kid, previous: true }) => {
+            tracing::warn!(%kid, "request signed with the PREVIOUS cluster key; finish the rotation by updating the controller's RAYVAULT_CLUSTER_SECRET")
+        }
+        Ok(Verified::Hmac { .. }) => {}
+        Ok(Verified::Plain) => {
+            tracing::warn!(%path, "request authenticated with the plain-token fallback; switch the controller to HMAC (unset RAYVAULT_ALLOW_PLAIN_FALLBACK)")
+        }
+        Err(AuthError::Invalid(reason)) => {
+            tracing::warn!(%method, %path, peer = ?req.peer_addr(), reason, "refused: {}", protocol::AUTH_INVALID_MESSAGE);
+            return Err(ApiError::auth_invalid().into());
+        }
+        Err(AuthError::Skew { server_time }) => {
+            tracing::warn!(%method, %path, server_time, "refused: {}", protocol::SKEW_MESSAGE);
+            let mut e = ApiError::new(
+                ApiCode::AuthSkew,
+                format!("{} (server time {server_time}); sync the clocks with NTP", protocol::SKEW_MESSAGE),
+            );
+            e.server_time = Some(server_time);
+            return Err(e.into());
+        }
+    }
+    req.extensions_mut().insert(Authenticated);
+    next.call(req).await
+}
+
+/// Marker put into a request's extensions once it is authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated;
+
+fn check_header_size(req: &ServiceRequest, max: usize) -> Result<(), ApiError> {
+    let total: usize = req.uri().to_string().len()
+        + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+    if total > max {
+        return Err(ApiError::new(
+            ApiCode::HeadersTooLarge,
+            format!("request line and headers take {total} bytes; the limit is {max} (worker.max_header_bytes)"),
+        ));
+    }
+    Ok(())
+}
+
+fn has_credential_param(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("");
+        CREDENTIAL_PARAMS.iter().any(|c| key.eq_ignore_ascii_case(c))
+    })
+}
+
+/// `Some(digest)` for `PUT /blobs/<64 lower-case hex>`.
+fn blob_upload_digest(method: &str, path: &str) -> Option<String> {
+    let d = path.strip_prefix("/blobs/")?;
+    (method == "PUT" && protocol::is_sha256_hex(d)).then(|| d.to_string())
+}
+
+/// Reads the whole body, refusing more than `max` bytes whether or not a
+/// Content-Length announced them (chunked bodies are counted as they come).
+async fn read_limited(req: &mut ServiceRequest, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::new(ApiCode::PayloadTooLarge, format!("the body exceeds {max} bytes (worker.max_body_bytes); stage large inputs with PUT /blobs/{{sha256}}"));
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len = len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    let mut payload = req.take_payload();
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_params_detected() {
+        assert!(has_credential_param("token=abc"));
+        assert!(has_credential_param("wait_s=1&TOKEN=abc"));
+        assert!(!has_credential_param("offset=10"));
+        assert!(!has_credential_param(""));
+    }
+
+    #[test]
+    fn blob_digest_only_for_put_blobs() {
+        let d = "ab".repeat(32);
+        assert_eq!(blob_upload_digest("PUT", &format!("/blobs/{d}")), Some(d.clone()));
+        assert_eq!(blob_upload_digest("GET", &format!("/blobs/{d}")), None);
+        assert_eq!(blob_upload_digest("PUT", "/blobs/xyz"), None);
+        assert_eq!(blob_upload_digest("PUT", &format!("/blobs/{d}/x")), None);
+    }
+}

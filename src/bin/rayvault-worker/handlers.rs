@@ -1,0 +1,197 @@
+//! JSON endpoints: health, caps, submit, job status (with long-poll),
+//! cancel, and the artifact manifest. Files (log, artifact download, blob
+//! upload) are in `files.rs`.
+
+use crate::apierror::ApiError;
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use rayvault::actors::executor::{CancelRunning, Enqueue};
+use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, Health, JobView, SubmitJob, Submitted};
+use rayvault::steps::StepName;
+use rayvault::store::{is_job_id, Cancellation, JobRecord, NewJob, Submission};
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub type Data = web::Data<AppState>;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// `GET /health`: liveness without auth; nothing secret.
+pub async fn health(st: Data) -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+        worker_id: st.worker_id.clone(),
+        contract: protocol::CONTRACT.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// `GET /caps`: host capabilities, steps, their concurrency, contract.
+pub async fn caps(st: Data) -> Result<HttpResponse, ApiError> {
+    let host = st.host_caps.read().map(|m| m.clone()).unwrap_or_default();
+    let settings = &st.env.settings;
+    Ok(HttpResponse::Ok().json(Caps {
+        host,
+        worker_id: st.worker_id.clone(),
+        steps: StepName::ALL.iter().map(|s| s.as_str().to_string()).collect(),
+        concurrency: StepName::ALL.iter().map(|s| (s.as_str().to_string(), settings.step(s.as_str()).concurrency)).collect(),
+        contract: protocol::CONTRACT.into(),
+    }))
+}
+
+/// Loads a job by a path id, answering 404 for ids we could not have made.
+pub async fn load_job(st: &AppState, id: &str) -> Result<JobRecord, ApiError> {
+    let not_found = || ApiError::new(ApiCode::JobNotFound, format!("no job {id:?} on this worker (it may have been pruned)"));
+    if !is_job_id(id) {
+        return Err(not_found());
+    }
+    let store = st.env.store.clone();
+    let id2 = id.to_string();
+    web::block(move || store.get(&id2)).await??.ok_or_else(not_found)
+}
+
+/// `POST /jobs`: validates, computes `inputs_hash`, and queues the job
+/// unless the same step + inputs is already queued, running or succeeded.
+pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    if st.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::new(ApiCode::ShuttingDown, "the worker is shutting down; submit again after it restarts"));
+    }
+    let req: SubmitJob = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the job body is not valid: {e}")))?;
+    let step = StepName::parse(&req.step_name).map_err(|e| ApiError::new(ApiCode::StepUnknown, e.message))?;
+    if !req.payload.is_object() {
+        return Err(ApiError::bad_request("payload must be a JSON object"));
+    }
+    if let Some(label) = &req.label {
+        if label.len() > 200 || label.chars().any(char::is_control) {
+            return Err(ApiError::bad_request("label must be at most 200 characters without control characters"));
+        }
+    }
+    let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
+    let paths = st.env.paths.clone();
+    let payload = req.payload.clone();
+    let step_name = step.as_str().to_string();
+    let (hash, missing) = web::block(move || {
+        let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
+        (protocol::inputs_hash(&step_name, &payload), missing)
+    })
+    .await?;
+    if let Some(d) = missing.first() {
+        return Err(ApiError::new(ApiCode::BlobNotFound, format!("the payload names blob {d}, which is not staged here; upload it first with PUT /blobs/{d}")));
+    }
+    if let Some(client_hash) = &req.inputs_hash {
+        if client_hash != &hash {
+            return Err(ApiError::new(
+                ApiCode::InputsHashMismatch,
+                format!("inputs_hash {client_hash:?} does not match the worker's {hash} for this step and payload; compute it as docs/protocol.md says, or omit it"),
+            ));
+        }
+    }
+    let store = st.env.store.clone();
+    let new = NewJob { step_name: step.as_str().to_string(), inputs_hash: hash, payload: req.payload, label: req.label };
+    let max = st.limits.max_jobs_in_flight;
+    let outcome = web::block(move || store.submit(new, now_ms(), max)).await??;
+    match outcome {
+        Submission::Created(rec) => {
+            let log_path = st.env.paths.log_path(&rec.job_id);
+            let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
+            web::block(move || rayvault::joblog::JobLog::open(&log_path).map(|l| l.line("worker", &line))).await?
+                .map_err(|e| ApiError::internal("creating the job log", e))?;
+            if let Some(addr) = st.executors.get(&step) {
+                addr.do_send(Enqueue { job_id: rec.job_id.clone() });
+            }
+            st.env.notify();
+            tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "job queued");
+            Ok(HttpResponse::Created().json(Submitted { cached: false, job: rec.view() }))
+        }
+        Submission::Existing(rec) => {
+            tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "duplicate submission: returning the existing job");
+            Ok(HttpResponse::Ok().json(Submitted { cached: true, job: rec.view() }))
+        }
+        Submission::Full => Err(ApiError::new(
+            ApiCode::TooManyJobs,
+            format!("{max} jobs are already queued or running (worker.max_jobs_in_flight); retry later"),
+        )),
+    }
+}
+
+/// Query of `GET /jobs/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// Long-poll: wait up to this many seconds for the job to finish.
+    #[serde(default)]
+    pub wait_s: Option<u64>,
+}
+
+/// `GET /jobs/{id}[?wait_s=N]`: the job; with `wait_s` it answers as soon
+/// as the job is finished, or after `wait_s` (capped by worker.max_wait_s).
+pub async fn get_job(st: Data, id: web::Path<String>, q: web::Query<JobQuery>) -> Result<HttpResponse, ApiError> {
+    let wait = Duration::from_secs(q.wait_s.unwrap_or(0).min(st.limits.max_wait_s));
+    let view = wait_for_job(&st, &id, wait).await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// Reads the job, and while it is not finished waits for state changes
+/// until `wait` has passed.
+pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<JobView, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before reading, so a change between the read and the wait
+    // is not missed.
+    let mut changes = st.env.changes.subscribe();
+    loop {
+        let rec = load_job(st, id).await?;
+        if rec.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(rec.view());
+        }
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            return Ok(load_job(st, id).await?.view());
+        }
+    }
+}
+
+/// `POST /jobs/{id}/cancel`: a queued job is cancelled at once; a running
+/// one is told to stop and the answer waits briefly for it.
+pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let rec = load_job(&st, &id).await?;
+    let store = st.env.store.clone();
+    let job_id = rec.job_id.clone();
+    match web::block(move || store.cancel(&job_id, now_ms())).await?? {
+        Cancellation::Cancelled(rec) => {
+            st.env.notify();
+            Ok(HttpResponse::Ok().json(rec.view()))
+        }
+        Cancellation::Running(rec) => {
+            if let Ok(step) = StepName::parse(&rec.step_name) {
+                if let Some(addr) = st.executors.get(&step) {
+                    addr.do_send(CancelRunning { job_id: rec.job_id.clone() });
+                }
+            }
+            let view = wait_for_job(&st, &rec.job_id, Duration::from_secs(10)).await?;
+            Ok(HttpResponse::Ok().json(view))
+        }
+        Cancellation::Finished(rec) => Err(ApiError::new(
+            ApiCode::JobConflict,
+            format!("job {} already finished ({:?}); nothing to cancel", rec.job_id, rec.state),
+        )),
+        Cancellation::NotFound => Err(ApiError::new(ApiCode::JobNotFound, format!("no job {:?} on this worker", id.as_str()))),
+    }
+}
+
+/// `GET /jobs/{id}/artifacts`: the manifest (empty until the job succeeded).
+pub async fn artifacts(st: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let rec = load_job(&st, &id).await?;
+    Ok(HttpResponse::Ok().json(ArtifactManifest { job_id: rec.job_id, state: rec.state, artifacts: rec.artifacts }))
+}
+
+/// Any other path.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ApiCode::NotFound, "no such endpoint; see docs/protocol.md"))
+}
+
+/// A known path with another method.
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ApiCode::MethodNotAllowed, "method not allowed on this endpoint; see docs/protocol.md"))
+}

@@ -1,0 +1,79 @@
+//! Background upkeep: pruning finished jobs (and their folders) and old
+//! blobs after `worker.retention_days`, and refreshing the host
+//! capabilities that `/caps` serves.
+
+use crate::state::AppState;
+use actix_web::web;
+use std::time::{Duration, SystemTime};
+
+/// Starts the upkeep tasks on the current arbiter.
+pub fn spawn(state: web::Data<AppState>) {
+    let s = state.clone();
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            prune(&s).await;
+        }
+    });
+    actix_rt::spawn(async move {
+        let caps = host_caps().await;
+        if let Ok(mut m) = state.host_caps.write() {
+            *m = caps;
+        }
+    });
+}
+
+/// Removes finished jobs older than the retention, their folders, and
+/// blobs not touched for as long.
+async fn prune(state: &web::Data<AppState>) {
+    let days = state.env.settings.worker.retention_days;
+    let keep = Duration::from_secs(days.saturating_mul(86_400));
+    let cutoff = SystemTime::now().checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
+    let cutoff_ms = cutoff.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let store = state.env.store.clone();
+    let paths = state.env.paths.clone();
+    let result = web::block(move || -> Result<(usize, usize), rayvault::store::StoreError> {
+        let removed = store.prune(cutoff_ms)?;
+        for id in &removed {
+            let _ = std::fs::remove_dir_all(paths.job_dir(id));
+        }
+        let mut blobs = 0;
+        if let Ok(entries) = std::fs::read_dir(paths.blobs_dir()) {
+            for e in entries.flatten() {
+                let old = e.metadata().and_then(|m| m.modified()).map(|t| t < cutoff).unwrap_or(false);
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    blobs += 1;
+                }
+            }
+        }
+        Ok((removed.len(), blobs))
+    })
+    .await;
+    match result {
+        Ok(Ok((0, 0))) => {}
+        Ok(Ok((jobs, blobs))) => tracing::info!(jobs, blobs, retention_days = days, "pruned old jobs and blobs"),
+        Ok(Err(e)) => tracing::error!(error = %e, "pruning failed"),
+        Err(e) => tracing::error!(error = %e, "pruning task failed"),
+    }
+}
+
+/// The host capability keys. Until the full probe (`rayvault::caps`) is
+/// available this reports what the standard library knows and leaves the
+/// other normalised keys null rather than guessing.
+async fn host_caps() -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{json, Value};
+    let os = match std::env::consts::OS {
+        "macos" => "macos",
+        "windows" => "windows",
+        other => other,
+    };
+    let cpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut m = serde_json::Map::new();
+    m.insert("os".into(), json!(os));
+    m.insert("cpu".into(), json!(cpu));
+    for key in ["ram_gb", "gpu_model", "vram_gb", "python_version", "ffmpeg_version", "davinci_available"] {
+        m.insert(key.into(), Value::Null);
+    }
+    m
+}

@@ -1,0 +1,35 @@
+//! What the HTTP handlers share: the job store and paths (through the
+//! executors' environment), the verifier, the executor addresses and the
+//! limits.
+
+use actix::Addr;
+use rayvault::actors::executor::{ExecutorEnv, StepExecutor};
+use rayvault::auth::Verifier;
+use rayvault::steps::StepName;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+
+/// Request limits from `[worker]` in the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_blob_bytes: u64,
+    pub max_jobs_in_flight: u64,
+    pub max_wait_s: u64,
+}
+
+/// Shared by every handler (inside `web::Data`).
+pub struct AppState {
+    pub worker_id: String,
+    pub env: Arc<ExecutorEnv>,
+    pub verifier: Arc<Verifier>,
+    pub executors: HashMap<StepName, Addr<StepExecutor>>,
+    pub limits: Limits,
+    /// The host capability keys served by `/caps`, refreshed in the
+    /// background so that `/caps` never waits on a probe.
+    pub host_caps: Arc<RwLock<serde_json::Map<String, serde_json::Value>>>,
+    /// Set once shutdown starts: new jobs are refused with 503.
+    pub shutting_down: Arc<AtomicBool>,
+}

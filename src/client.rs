@@ -1,0 +1,372 @@
+//! A signed HTTP client for every worker endpoint (awc-based, so it runs
+//! inside an actix system: the controller's JobRunner and ArtifactSync use
+//! it, and so do the tests).
+//!
+//! Every request except `/health` carries an HMAC `Authorization` header
+//! made by [`crate::auth::Keyring`] over the exact bytes sent; the header
+//! value is marked sensitive. Errors keep the worker's `code` so callers can
+//! tell a transient failure (connect error, 5xx, 429) from a final one.
+
+use crate::artifacts::{sha256_file, ArtifactEntry};
+use crate::auth::{Keyring, RequestTarget};
+use crate::protocol::{
+    self, ArtifactManifest, BlobStored, Caps, ErrorBody, Health, JobView, LogChunk, SubmitJob, Submitted,
+};
+use awc::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RANGE};
+use awc::http::{Method, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Largest JSON response the client accepts.
+const MAX_JSON: usize = 16 * 1024 * 1024;
+
+/// A failure talking to a worker.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The worker could not be reached, or the connection broke.
+    #[error("cannot reach the worker at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    /// The worker answered with an error body.
+    #[error("worker answered {status} {code}: {message}")]
+    Api { status: u16, code: String, message: String, server_time: Option<u64> },
+    /// The worker answered something the protocol does not allow.
+    #[error("unexpected answer from the worker: {0}")]
+    Protocol(String),
+    /// A local file could not be read or written.
+    #[error("local file error: {0}")]
+    Io(String),
+    /// A downloaded artifact does not hash to its manifest digest.
+    #[error("artifact {name} has sha256 {actual}, the manifest says {expected}; the download was discarded")]
+    Digest { name: String, expected: String, actual: String },
+}
+
+impl ClientError {
+    /// True when retrying may help: connection failures, 5xx and 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// The worker's error code, if the worker answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Io(format!("{what}: {e}"))
+}
+
+/// A raw answer: status, selected headers and the body.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl RawResponse {
+    /// The first header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The error body, if the answer is one.
+    pub fn error_body(&self) -> Option<ErrorBody> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// A client for one worker.
+pub struct WorkerClient {
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    /// The worker's id: signed into every request so a signature made for
+    /// one worker is useless on another.
+    worker_id: String,
+    keyring: Arc<Keyring>,
+    http: awc::Client,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for WorkerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerClient").field("base", &self.base).field("worker_id", &self.worker_id).finish()
+    }
+}
+
+impl WorkerClient {
+    /// A client for the worker at `base` (e.g. `http://100.101.102.103:8787`)
+    /// whose id is `worker_id`.
+    pub fn new(base: &str, worker_id: &str, keyring: Arc<Keyring>) -> Self {
+        let timeout = Duration::from_secs(30);
+        WorkerClient {
+            base: base.trim_end_matches('/').to_string(),
+            worker_id: worker_id.to_string(),
+            keyring,
+            http: awc::Client::builder().disable_redirects().timeout(timeout).finish(),
+            timeout,
+        }
+    }
+
+    /// Sets the time allowed for a response head (long-polls add their wait).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Unreachable { url: self.base.clone(), message: e.to_string() }
+    }
+
+    /// The signed `Authorization` value for a request.
+    pub fn authorization(&self, method: &str, path_and_query: &str, body_sha256: &str) -> String {
+        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        self.keyring.authorization(&RequestTarget { method, path, query, worker_id: &self.worker_id, body_sha256 })
+    }
+
+    fn request(&self, method: Method, path_and_query: &str, body_sha256: &str, extra: Duration) -> Result<awc::ClientRequest, ClientError> {
+        let auth = self.authorization(method.as_str(), path_and_query, body_sha256);
+        let mut value = HeaderValue::from_str(&auth).map_err(|e| ClientError::Protocol(format!("bad header: {e}")))?;
+        value.set_sensitive(true);
+        Ok(self
+            .http
+            .request(method, format!("{}{}", self.base, path_and_query))
+            .timeout(self.timeout + extra)
+            .insert_header((AUTHORIZATION, value)))
+    }
+
+    /// Sends a signed request and reads the whole answer, whatever its
+    /// status (tests use this for hostile variants).
+    pub async fn send_raw(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<RawResponse, ClientError> {
+        let sha = protocol::sha256_hex(&body);
+        let req = self.request(method, path_and_query, &sha, Duration::ZERO)?;
+        let req = if body.is_empty() { req } else { req.insert_header((CONTENT_TYPE, "application/json")) };
+        let mut res = req.send_body(body).await.map_err(|e| self.unreachable(e))?;
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        Ok(RawResponse { status: res.status().as_u16(), headers, body })
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path_and_query: &str, body: Option<Bytes>, extra: Duration) -> Result<T, ClientError> {
+        let body = body.unwrap_or_default();
+        let sha = protocol::sha256_hex(&body);
+        let mut req = self.request(method, path_and_query, &sha, extra)?;
+        if !body.is_empty() {
+            req = req.insert_header((CONTENT_TYPE, "application/json"));
+        }
+        let mut res = req.send_body(body).await.map_err(|e| self.unreachable(e))?;
+        let status = res.status();
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        decode(status, &bytes)
+    }
+
+    /// `GET /health` (unsigned).
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        let mut res = self.http.get(format!("{}/health", self.base)).send().await.map_err(|e| self.unreachable(e))?;
+        let status = res.status();
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        decode(status, &bytes)
+    }
+
+    /// `GET /caps`.
+    pub async fn caps(&self) -> Result<Caps, ClientError> {
+        self.call(Method::GET, "/caps", None, Duration::ZERO).await
+    }
+
+    /// `POST /jobs`: a new job, or the existing one for the same inputs.
+    pub async fn submit(&self, job: &SubmitJob) -> Result<Submitted, ClientError> {
+        let body = serde_json::to_vec(job).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call(Method::POST, "/jobs", Some(Bytes::from(body)), Duration::ZERO).await
+    }
+
+    /// `GET /jobs/{id}`, long-polling up to `wait_s` seconds for completion.
+    pub async fn job(&self, job_id: &str, wait_s: u64) -> Result<JobView, ClientError> {
+        let path = if wait_s > 0 { format!("/jobs/{job_id}?wait_s={wait_s}") } else { format!("/jobs/{job_id}") };
+        self.call(Method::GET, &path, None, Duration::from_secs(wait_s)).await
+    }
+
+    /// Long-polls until the job is finished or `timeout` passes, `poll_s`
+    /// seconds per request; returns the last state seen.
+    pub async fn wait(&self, job_id: &str, timeout: Duration, poll_s: u64) -> Result<JobView, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs();
+            let view = self.job(job_id, left.min(poll_s.max(1))).await?;
+            if view.state.is_terminal() || left == 0 {
+                return Ok(view);
+            }
+        }
+    }
+
+    /// `GET /jobs/{id}/log?offset=N`.
+    pub async fn log(&self, job_id: &str, offset: u64) -> Result<LogChunk, ClientError> {
+        self.call(Method::GET, &format!("/jobs/{job_id}/log?offset={offset}"), None, Duration::ZERO).await
+    }
+
+    /// The whole log, read chunk by chunk.
+    pub async fn full_log(&self, job_id: &str) -> Result<String, ClientError> {
+        let mut out = String::new();
+        let mut offset = 0;
+        loop {
+            let chunk = self.log(job_id, offset).await?;
+            out.push_str(&chunk.data);
+            if chunk.next_offset == offset || chunk.next_offset >= chunk.size {
+                return Ok(out);
+            }
+            offset = chunk.next_offset;
+        }
+    }
+
+    /// `GET /jobs/{id}/artifacts`.
+    pub async fn artifacts(&self, job_id: &str) -> Result<ArtifactManifest, ClientError> {
+        self.call(Method::GET, &format!("/jobs/{job_id}/artifacts"), None, Duration::ZERO).await
+    }
+
+    /// `POST /jobs/{id}/cancel`.
+    pub async fn cancel(&self, job_id: &str) -> Result<JobView, ClientError> {
+        self.call(Method::POST, &format!("/jobs/{job_id}/cancel"), None, Duration::from_secs(15)).await
+    }
+
+    /// Downloads an artifact to `dest`, resuming from `dest` + `.part` if a
+    /// previous attempt left one, and checks the manifest digest before the
+    /// file gets its final name. Returns the bytes transferred this time.
+    pub async fn download_artifact(&self, job_id: &str, entry: &ArtifactEntry, dest: &Path) -> Result<u64, ClientError> {
+        let part = dest.with_file_name(format!(
+            "{}.part",
+            dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| entry.name.clone())
+        ));
+        let mut have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+        if have > entry.size {
+            tokio::fs::remove_file(&part).await.map_err(|e| io_err("removing a stale partial download", e))?;
+            have = 0;
+        }
+        let mut transferred = 0;
+        if have < entry.size {
+            let path = format!("/jobs/{job_id}/artifacts/{}", entry.name);
+            let mut req = self.request(Method::GET, &path, protocol::EMPTY_SHA256, Duration::ZERO)?;
+            if have > 0 {
+                req = req.insert_header((RANGE, format!("bytes={have}-")));
+            }
+            let mut res = req.send().await.map_err(|e| self.unreachable(e))?;
+            let status = res.status();
+            let append = match status {
+                StatusCode::PARTIAL_CONTENT if have > 0 => true,
+                StatusCode::OK => false,
+                _ => {
+                    let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+                    return Err(decode::<serde_json::Value>(status, &bytes).err().unwrap_or_else(|| {
+                        ClientError::Protocol(format!("artifact download answered {status}"))
+                    }));
+                }
+            };
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(&part)
+                .await
+                .map_err(|e| io_err("opening the partial download", e))?;
+            while let Some(chunk) = res.next().await {
+                let chunk = chunk.map_err(|e| self.unreachable(e))?;
+                file.write_all(&chunk).await.map_err(|e| io_err("writing the download", e))?;
+                transferred += chunk.len() as u64;
+            }
+            file.sync_all().await.map_err(|e| io_err("syncing the download", e))?;
+        }
+        let p = part.clone();
+        let (actual, size) = tokio::task::spawn_blocking(move || sha256_file(&p))
+            .await
+            .map_err(|e| io_err("hashing the download", e))?
+            .map_err(|e| io_err("hashing the download", e))?;
+        if actual != entry.sha256 || size != entry.size {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(ClientError::Digest { name: entry.name.clone(), expected: entry.sha256.clone(), actual });
+        }
+        tokio::fs::rename(&part, dest).await.map_err(|e| io_err("moving the download into place", e))?;
+        Ok(transferred)
+    }
+
+    /// `PUT /blobs/{sha256}` from bytes in memory.
+    pub async fn upload_bytes(&self, data: Bytes) -> Result<BlobStored, ClientError> {
+        let sha = protocol::sha256_hex(&data);
+        let path = format!("/blobs/{sha}");
+        let mut res = self.request(Method::PUT, &path, &sha, Duration::ZERO)?.send_body(data).await.map_err(|e| self.unreachable(e))?;
+        let status = res.status();
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        decode(status, &bytes)
+    }
+
+    /// `PUT /blobs/{sha256}` streaming a local file; returns the stored
+    /// blob (use `blob:sha256:<digest>` in a payload to refer to it).
+    pub async fn upload_file(&self, file: &Path) -> Result<BlobStored, ClientError> {
+        let f = file.to_path_buf();
+        let (sha, size) = tokio::task::spawn_blocking(move || sha256_file(&f))
+            .await
+            .map_err(|e| io_err("hashing the input", e))?
+            .map_err(|e| io_err(&format!("reading {}", file.display()), e))?;
+        let path = format!("/blobs/{sha}");
+        let handle = tokio::fs::File::open(file).await.map_err(|e| io_err(&format!("opening {}", file.display()), e))?;
+        let stream = futures_util::stream::unfold(handle, |mut h| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            match h.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), h))
+                }
+                Err(e) => Some((Err(e), h)),
+            }
+        });
+        let body = awc::body::SizedStream::new(size, stream.boxed_local());
+        let mut res = self
+            .request(Method::PUT, &path, &sha, Duration::from_secs(3600))?
+            .send_body(body)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = res.status();
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        decode(status, &bytes)
+    }
+}
+
+/// Decodes a JSON answer, or the protocol's error body for a 4xx/5xx.
+fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
+    if status.is_success() {
+        return serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol(format!("{status}: {e}")));
+    }
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => Err(ClientError::Api { status: status.as_u16(), code: b.code, message: b.error, server_time: b.server_time }),
+        Err(_) => Err(ClientError::Api {
+            status: status.as_u16(),
+            code: "UNKNOWN".into(),
+            message: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            server_time: None,
+        }),
+    }
+}

@@ -92,9 +92,20 @@ def speech_chunks(count, seconds=10.0):
     return paths
 
 
-def tts_texts(count, seconds=8.0):
-    """`count` chunk texts for TTS, each about `seconds` when spoken."""
-    return [spoken_text(5000 + i, seconds) for i in range(count)]
+def tts_texts(count, max_chars=240):
+    """`count` chunk texts for TTS, each just under `max_chars` (the
+    `[tts] max_chars` a chunker fills chunks up to), cut at a sentence end."""
+    texts = []
+    for i in range(count):
+        sentences = spoken_text(5000 + i, 60).split(". ")
+        text = ""
+        for s in sentences:
+            candidate = (text + " " + s.rstrip(".") + ".").strip()
+            if len(candidate) > max_chars:
+                break
+            text = candidate
+        texts.append(text)
+    return texts
 
 
 def video(seconds, width=1280, height=720, fps=30):

@@ -36,10 +36,18 @@ QUICK = {
 
 
 def scenarios():
+    import s_audioqc
     import s_dispatch
+    import s_frames
     import s_scheduler
+    import s_sync
+    import s_tts
     return [
         ("1", "dispatch", s_dispatch.measure),
+        ("2", "artifact sync", s_sync.measure),
+        ("3", "audio QC", s_audioqc.measure),
+        ("4", "frames", s_frames.measure),
+        ("5", "TTS", s_tts.measure),
         ("8", "scheduler", s_scheduler.measure),
     ]
 

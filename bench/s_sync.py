@@ -1,0 +1,94 @@
+"""Scenario 2: artifact sync of a large file, SHA-256 verified.
+
+Ours: `rayvault-orchestrator sync-artifacts` pulling the artifact of a
+finished job from a worker on loopback, checking its SHA-256 against the
+manifest and writing it to the receipts folder (bench/ours.py). Its peak
+RSS is read from the kernel (wait4's ru_maxrss) for a small and a large
+artifact: memory must not grow with the size.
+
+Baselines, nginx serving the same file on loopback:
+- `curl -s URL | sha256sum`, what a user would script;
+- `curl -s -o /dev/null URL`, the floor (no hashing, no disk write).
+"""
+
+import os
+import subprocess
+import time
+
+import media
+import ours
+from lib import OUT_DIR, NotMeasured, log, summary
+from peers import Nginx
+from report import Row
+
+SCEN = "2 artifact sync"
+
+
+def curl_rate(url, size, verify):
+    if verify:
+        cmd = f"curl -sSf '{url}' | sha256sum"
+    else:
+        cmd = f"curl -sSf -o /dev/null '{url}'"
+    t0 = time.perf_counter()
+    cp = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], stdin=subprocess.DEVNULL,
+                        capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - t0
+    if cp.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {cp.stderr[-300:]}")
+    return size / 1e6 / elapsed, cp.stdout.split()[0] if verify else None
+
+
+def measure(cfg):
+    folder = os.path.join(OUT_DIR, "media", "artifacts")
+    big_mib, small_mib = cfg["artifact_mib"], cfg["artifact_small_mib"]
+    big = os.path.join(folder, f"artifact-{big_mib}m.bin")
+    big_sha = media.big_file(big, big_mib)
+    small = os.path.join(folder, f"artifact-{small_mib}m.bin")
+    small_sha = media.big_file(small, small_mib)
+    size = os.path.getsize(big)
+    nginx = Nginx(folder)
+    plain, verified = [], []
+    try:
+        url = f"{nginx.url}/{os.path.basename(big)}"
+        curl_rate(url, size, verify=False)  # warm-up: page cache
+        for r in range(cfg["repeats"]):
+            plain.append(curl_rate(url, size, verify=False)[0])
+            rate, digest = curl_rate(url, size, verify=True)
+            if digest != big_sha:
+                raise RuntimeError("curl | sha256sum disagrees with the file's SHA-256")
+            verified.append(rate)
+            log(f"scenario 2: repeat {r + 1}: curl {plain[-1]:.0f} MB/s, curl | sha256sum {verified[-1]:.0f} MB/s")
+    finally:
+        nginx.stop()
+
+    ours_rates, rss_big, rss_small = [], [], []
+    why = None
+    try:
+        for r in range(cfg["repeats"]):
+            t, peak_kib = ours.sync_artifact(big, big_sha)
+            ours_rates.append(size / 1e6 / t)
+            rss_big.append(peak_kib / 1024)
+            _, peak_kib = ours.sync_artifact(small, small_sha)
+            rss_small.append(peak_kib / 1024)
+            log(f"scenario 2: repeat {r + 1}: ours {ours_rates[-1]:.0f} MB/s, peak RSS {rss_big[-1]:.1f} MiB "
+                f"({big_mib} MiB file) vs {rss_small[-1]:.1f} MiB ({small_mib} MiB file)")
+    except NotMeasured as e:
+        why = str(e)
+    except Exception as e:
+        why = f"failed: {e}"
+    o = summary(ours_rates) if ours_rates else None
+    metric = f"{big_mib} MiB pulled and SHA-256 verified"
+    growth = [b - s for b, s in zip(rss_big, rss_small)]
+    rows = [
+        Row(SCEN, metric, "MB/s", "higher", ours=o, ours_note=why,
+            baseline="curl | sha256sum from nginx", base=summary(verified), target=(">=", 1500.0)),
+        Row(SCEN, metric, "MB/s", "higher", ours=o, ours_note=why,
+            baseline="floor: curl -o /dev/null from nginx", base=summary(plain)),
+        Row(SCEN, f"controller peak RSS, {big_mib} MiB file", "MiB", "lower",
+            ours=summary(rss_big) if rss_big else None, ours_note=why),
+        Row(SCEN, f"peak RSS growth {small_mib} -> {big_mib} MiB", "MiB", "lower",
+            ours=summary(growth) if growth else None, ours_note=why, target=("<=", 5.0)),
+    ]
+    if not plain:
+        raise NotMeasured("curl did not run")
+    return rows, {"bytes": size}

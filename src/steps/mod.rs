@@ -11,7 +11,9 @@
 //! [`run_step`], its defaults under `[steps.NAME]` in `config/default.toml`,
 //! and its availability check in [`crate::caps`].
 
+pub mod frame_extract;
 pub mod frames;
+pub mod image_header;
 pub mod openclaw;
 pub mod postcheck;
 pub mod probe;

@@ -6,6 +6,11 @@
 //! Messages that several actors share live in [`messages`]; each actor's own
 //! messages sit at the top of its file.
 
+pub mod artifact_sync;
 pub mod executor;
+pub mod job_runner;
+pub mod local_runner;
 pub mod messages;
+pub mod node_probe;
 pub mod scheduler;
+pub mod supervisor;

@@ -212,6 +212,8 @@ impl Actor for Scheduler {
     type Context = Context<Self>;
 }
 
+impl actix::Supervised for Scheduler {}
+
 /// Answers with the placement for one job.
 impl Handler<PlaceJob> for Scheduler {
     type Result = MessageResult<PlaceJob>;

@@ -1,0 +1,141 @@
+//! ArtifactSync: copies a remote job's artifacts and `worker.log` into the
+//! receipt folder.
+//!
+//! Each artifact is downloaded into a hidden `.<name>.partial` beside its
+//! final name, resumed from where it stopped when the worker supports Range
+//! requests, checked against the manifest's size and SHA-256, and only then
+//! renamed into place. A file under a final name is therefore always whole
+//! and verified; a digest mismatch discards the partial file and downloads
+//! once more from the start.
+
+use super::job_runner::remote::{self, NodeClient};
+use super::messages::Compat;
+use super::node_probe::NodeHandle;
+use crate::artifacts::{is_safe_name, ArtifactEntry};
+use crate::auth::Keyring;
+use crate::receipt::ReceiptArtifact;
+use actix::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Downloads and verifies a remote job's artifacts and log into `dest`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ReceiptArtifact>, String>")]
+pub struct SyncArtifacts {
+    pub node: NodeHandle,
+    pub remote_job_id: String,
+    /// The manifest; None asks the worker for it first.
+    pub artifacts: Option<Vec<ArtifactEntry>>,
+    pub dest: PathBuf,
+}
+
+/// The ArtifactSync actor.
+pub struct ArtifactSync {
+    keyring: Option<Arc<Keyring>>,
+    /// Per-request timeout for the download connection (not the transfer).
+    timeout: Duration,
+    /// Attempts per artifact before giving up (resuming between them).
+    max_attempts: u32,
+    backoff: Duration,
+}
+
+impl ArtifactSync {
+    pub fn new(keyring: Option<Arc<Keyring>>, timeout: Duration, max_attempts: u32, backoff: Duration) -> Self {
+        ArtifactSync { keyring, timeout, max_attempts: max_attempts.max(1), backoff }
+    }
+}
+
+impl Actor for ArtifactSync {
+    type Context = Context<Self>;
+}
+
+impl actix::Supervised for ArtifactSync {}
+
+/// Syncs every artifact, then the log; answers with the verified copies.
+impl Handler<SyncArtifacts> for ArtifactSync {
+    type Result = ResponseFuture<Result<Vec<ReceiptArtifact>, String>>;
+
+    fn handle(&mut self, msg: SyncArtifacts, _: &mut Context<Self>) -> Self::Result {
+        let keyring = self.keyring.clone();
+        let (timeout, attempts, backoff) = (self.timeout, self.max_attempts, self.backoff);
+        Box::pin(async move {
+            let keyring = keyring.ok_or("no cluster secret is set, so the worker cannot be asked for artifacts")?;
+            let client = NodeClient::new(&msg.node, keyring, timeout);
+            tokio::fs::create_dir_all(&msg.dest).await.map_err(|e| format!("creating {}: {e}", msg.dest.display()))?;
+            let manifest = match msg.artifacts {
+                Some(m) => m,
+                None => client.manifest(&msg.remote_job_id).await.map_err(|e| e.to_string())?,
+            };
+            let mut out = Vec::with_capacity(manifest.len());
+            for entry in &manifest {
+                let path = sync_one(&client, &msg.remote_job_id, entry, &msg.dest, attempts, backoff).await?;
+                out.push(ReceiptArtifact {
+                    name: entry.name.clone(),
+                    size: entry.size,
+                    sha256: entry.sha256.clone(),
+                    path: super::job_runner::abs(path),
+                });
+            }
+            // The log is best effort: a job whose log cannot be fetched still
+            // has a valid, verified result.
+            if let Err(e) = remote::fetch_log(&client, &msg.remote_job_id, &msg.dest.join(crate::receipt::LOG_FILE)).await {
+                tracing::warn!(job = %msg.remote_job_id, "could not fetch worker.log: {e}");
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Downloads one artifact with resume and verification; returns its final path.
+async fn sync_one(
+    client: &NodeClient,
+    job_id: &str,
+    entry: &ArtifactEntry,
+    dest: &Path,
+    attempts: u32,
+    backoff: Duration,
+) -> Result<PathBuf, String> {
+    if !is_safe_name(&entry.name) || entry.name == crate::receipt::LOG_FILE || entry.name == crate::receipt::RECEIPT_FILE {
+        return Err(format!("the worker listed an artifact named {:?}, which is not a safe file name; refusing it", entry.name));
+    }
+    let final_path = dest.join(&entry.name);
+    if verified(&final_path, entry).await {
+        return Ok(final_path);
+    }
+    let partial = dest.join(format!(".{}.partial", entry.name));
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        let have = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
+        // A partial file longer than the artifact cannot be a prefix of it.
+        let offset = if have > entry.size || client.compat() != Compat::Current { 0 } else { have };
+        match client.download(job_id, &entry.name, &partial, offset).await {
+            Ok(()) => {
+                if verified(&partial, entry).await {
+                    crate::artifacts::commit_temp(&partial, &final_path)
+                        .map_err(|e| format!("moving {} into place: {e}", entry.name))?;
+                    return Ok(final_path);
+                }
+                last = format!("{} does not match its manifest (size {} / sha256 {}); downloading again", entry.name, entry.size, entry.sha256);
+                tracing::warn!("{last}");
+                let _ = tokio::fs::remove_file(&partial).await;
+            }
+            Err(e) => {
+                last = format!("downloading {} failed (attempt {attempt}/{attempts}): {e}", entry.name);
+                tracing::warn!("{last}");
+            }
+        }
+        tokio::time::sleep(backoff * attempt).await;
+    }
+    Err(last)
+}
+
+/// True when `path` exists with the entry's size and SHA-256 (hashed off the
+/// actor thread).
+async fn verified(path: &Path, entry: &ArtifactEntry) -> bool {
+    let p = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || crate::artifacts::sha256_file(&p)).await {
+        Ok(Ok((sha, size))) => size == entry.size && sha == entry.sha256,
+        _ => false,
+    }
+}

@@ -1,0 +1,480 @@
+//! JobRunner: takes a job from submission to receipt.
+//!
+//! For each job it asks NodeProbe for a node snapshot and the Scheduler for a
+//! placement, then runs the job on the best node (see [`remote`]: staging by
+//! digest, submit, long-poll, artifact sync), moving on to the next node when
+//! one is lost or fails for an environmental reason, and finally falling back
+//! to the LocalRunner unless `--no-fallback` forbids it. A step that
+//! succeeded anywhere is never run again: after a success only artifact
+//! synchronisation is retried.
+
+pub mod node_client;
+pub mod remote;
+pub mod staging;
+
+use super::artifact_sync::SyncArtifacts;
+use super::local_runner::RunLocal;
+use super::messages::{GetNodes, JobProgress, NodeLost, PlacementReport};
+use super::node_probe::NodeDirectory;
+use super::scheduler::{NodeLoad, PlaceJob};
+use crate::auth::Keyring;
+use crate::config::Settings;
+pub use crate::controller_store::RemoteRef;
+use crate::controller_store::ControllerStore;
+use crate::error::{ErrorCode, StepError};
+use crate::joblog::{format_utc, JobLog};
+use crate::receipt::{
+    receipt_dir, Attempt, JobSpec, JobStatus, NodeExplanation, Receipt, ReceiptArtifact, ReceiptError, Timings,
+};
+use crate::steps::StepName;
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Runs one job to its end and answers with the receipt (also written to
+/// the receipt folder).
+#[derive(Message)]
+#[rtype(result = "Receipt")]
+pub struct SubmitJob {
+    pub spec: JobSpec,
+    /// Re-attach to a job already submitted to a node (daemon restart).
+    pub resume: Option<RemoteRef>,
+    /// When the job was first submitted (kept across daemon restarts).
+    pub submitted_at: SystemTime,
+}
+
+/// Cancels a running job; answers whether it was running here.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct CancelJob {
+    pub key: String,
+}
+
+/// Lists the keys of the jobs in flight.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct ListRunning;
+
+/// Everything a job's future needs, cheap to clone.
+#[derive(Clone)]
+pub struct JobDeps {
+    pub settings: Arc<Settings>,
+    pub nodes: Recipient<GetNodes>,
+    pub node_lost: Recipient<NodeLost>,
+    pub directory: Recipient<NodeDirectory>,
+    pub place: Recipient<PlaceJob>,
+    pub load: Recipient<NodeLoad>,
+    pub local: Recipient<RunLocal>,
+    pub sync: Recipient<SyncArtifacts>,
+    pub progress: Option<Recipient<JobProgress>>,
+    /// None when no secret is set: remote execution is then impossible and
+    /// every job runs locally with that reason.
+    pub keyring: Option<Arc<Keyring>>,
+    /// The daemon's store, to record remote job ids as soon as they exist.
+    pub store: Option<Arc<ControllerStore>>,
+}
+
+/// The JobRunner actor.
+pub struct JobRunner {
+    deps: JobDeps,
+    /// Cancellation handles of the jobs in flight, by `run_id/job_id`.
+    running: HashMap<String, CancellationToken>,
+}
+
+impl JobRunner {
+    pub fn new(deps: JobDeps) -> Self {
+        JobRunner { deps, running: HashMap::new() }
+    }
+}
+
+impl Actor for JobRunner {
+    type Context = Context<Self>;
+}
+
+impl actix::Supervised for JobRunner {}
+
+/// Runs the job in the background of the actor (never blocking it).
+impl Handler<SubmitJob> for JobRunner {
+    type Result = ResponseActFuture<Self, Receipt>;
+
+    fn handle(&mut self, msg: SubmitJob, _: &mut Context<Self>) -> Self::Result {
+        let key = msg.spec.key();
+        let cancel = CancellationToken::new();
+        if let Some(old) = self.running.insert(key.clone(), cancel.clone()) {
+            // A second submission of a job already in flight here replaces
+            // the tracking handle but must not orphan the first one's cancel.
+            let c = cancel.clone();
+            actix::spawn(async move {
+                c.cancelled().await;
+                old.cancel();
+            });
+        }
+        let deps = self.deps.clone();
+        let fut = run_job(deps, msg.spec, msg.resume, msg.submitted_at, cancel);
+        Box::pin(fut.into_actor(self).map(move |receipt, act, _| {
+            act.running.remove(&key);
+            receipt
+        }))
+    }
+}
+
+/// Cancels a job in flight (local step or remote job).
+impl Handler<CancelJob> for JobRunner {
+    type Result = bool;
+    fn handle(&mut self, msg: CancelJob, _: &mut Context<Self>) -> bool {
+        match self.running.get(&msg.key) {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Lists the jobs in flight.
+impl Handler<ListRunning> for JobRunner {
+    type Result = MessageResult<ListRunning>;
+    fn handle(&mut self, _: ListRunning, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.running.keys().cloned().collect())
+    }
+}
+
+/// What a job collects on its way, turned into the receipt at the end.
+pub struct Trace {
+    pub key: String,
+    pub submitted_at: SystemTime,
+    pub started: Instant,
+    pub started_at: Option<SystemTime>,
+    pub run_ms: u64,
+    pub sync_ms: u64,
+    pub attempts: Vec<Attempt>,
+    pub placement: Vec<NodeExplanation>,
+    /// Why each remote attempt or node was given up, in order.
+    pub remote_failures: Vec<String>,
+    pub progress: Option<Recipient<JobProgress>>,
+}
+
+impl Trace {
+    pub fn say(&self, line: impl Into<String>) {
+        let line = line.into();
+        tracing::info!(job = %self.key, "{line}");
+        if let Some(p) = &self.progress {
+            p.do_send(JobProgress { key: self.key.clone(), line });
+        }
+    }
+
+    pub fn attempt(&mut self, executed_on: &str, remote_job_id: Option<String>, outcome: &str, detail: Option<String>, began: SystemTime) {
+        self.attempts.push(Attempt {
+            executed_on: executed_on.to_string(),
+            remote_job_id,
+            outcome: outcome.to_string(),
+            detail,
+            started_at: format_utc(began),
+            ended_at: format_utc(SystemTime::now()),
+        });
+    }
+}
+
+/// The end state of a job before it becomes a receipt.
+pub struct Ending {
+    pub status: JobStatus,
+    pub executed_on: String,
+    pub remote_job_id: Option<String>,
+    pub cached: bool,
+    pub compat_mode: Option<String>,
+    pub error: Option<ReceiptError>,
+    pub result: Option<serde_json::Value>,
+    pub artifacts: Vec<ReceiptArtifact>,
+    pub fallback_reason: Option<String>,
+}
+
+impl Ending {
+    pub fn failed(code: ErrorCode, message: impl Into<String>, executed_on: &str) -> Ending {
+        Ending {
+            status: if code == ErrorCode::Cancelled { JobStatus::Cancelled } else { JobStatus::Failed },
+            executed_on: executed_on.to_string(),
+            remote_job_id: None,
+            cached: false,
+            compat_mode: None,
+            error: Some(ReceiptError::new(code, message)),
+            result: None,
+            artifacts: Vec::new(),
+            fallback_reason: None,
+        }
+    }
+}
+
+/// The whole life of one job; always ends in a receipt (written to disk).
+pub async fn run_job(
+    deps: JobDeps,
+    spec: JobSpec,
+    resume: Option<RemoteRef>,
+    submitted_at: SystemTime,
+    cancel: CancellationToken,
+) -> Receipt {
+    let mut trace = Trace {
+        key: spec.key(),
+        submitted_at,
+        started: Instant::now(),
+        started_at: None,
+        run_ms: 0,
+        sync_ms: 0,
+        attempts: Vec::new(),
+        placement: Vec::new(),
+        remote_failures: Vec::new(),
+        progress: deps.progress.clone(),
+    };
+    let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
+    // The whole-job deadline: cancelling on expiry reaches the worker the
+    // same way a user's cancel does.
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(t) = spec.timeout_s {
+        let (c, flag) = (cancel.clone(), timed_out.clone());
+        actix::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(t)) => {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    c.cancel();
+                }
+                _ = c.cancelled() => {}
+            }
+        });
+    }
+    let staged = {
+        let payload = spec.payload.clone();
+        tokio::task::spawn_blocking(move || staging::stage(&payload)).await
+    };
+    let (inputs_hash, ending) = match staged {
+        Ok(Ok(staged)) => {
+            let hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
+            let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace).await;
+            (hash, ending)
+        }
+        Ok(Err(e)) => (
+            crate::protocol::inputs_hash(&spec.step_name, &spec.payload),
+            Ending::failed(ErrorCode::InputNotFound, format!("reading an input file failed: {e}"), "local"),
+        ),
+        Err(e) => (
+            crate::protocol::inputs_hash(&spec.step_name, &spec.payload),
+            Ending::failed(ErrorCode::Internal, format!("staging task failed: {e}"), "local"),
+        ),
+    };
+    let mut ending = ending;
+    if timed_out.load(std::sync::atomic::Ordering::SeqCst) && ending.status != JobStatus::Succeeded {
+        ending.status = JobStatus::Failed;
+        ending.error = Some(ReceiptError::new(
+            ErrorCode::Timeout,
+            format!("the job did not finish within --timeout {} s; it was cancelled", spec.timeout_s.unwrap_or(0)),
+        ));
+    }
+    let receipt = build_receipt(&spec, inputs_hash, ending, &trace);
+    let write = {
+        let (r, d) = (receipt.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || r.write(&d)).await
+    };
+    match write {
+        Ok(Ok(path)) => trace.say(format!("{} on {}; receipt {}", status_word(receipt.status), receipt.executed_on, path.display())),
+        Ok(Err(e)) => trace.say(format!("could not write the receipt into {}: {e}", dir.display())),
+        Err(e) => trace.say(format!("receipt writer task failed: {e}")),
+    }
+    receipt
+}
+
+fn status_word(s: JobStatus) -> &'static str {
+    match s {
+        JobStatus::Succeeded => "succeeded",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+    }
+}
+
+/// Placement, remote attempts and fallback.
+async fn execute(
+    deps: &JobDeps,
+    spec: &JobSpec,
+    resume: Option<RemoteRef>,
+    staged: &staging::Staged,
+    dir: &std::path::Path,
+    cancel: &CancellationToken,
+    trace: &mut Trace,
+) -> Ending {
+    let mut tried: Vec<String> = Vec::new();
+    if let Some(r) = resume {
+        trace.say(format!("re-attaching to {} on {}", r.remote_job_id, r.node_id));
+        tried.push(r.node_id.clone());
+        match remote::resume(deps, spec, &r, staged, dir, cancel, trace).await {
+            remote::Outcome::Done(ending) => return ending,
+            remote::Outcome::NodeFailed(reason) => trace.remote_failures.push(format!("{}: {reason}", r.node_id)),
+        }
+    }
+    let report = match placement(deps, spec).await {
+        Ok(r) => r,
+        Err(e) => return Ending::failed(ErrorCode::Internal, e, "local"),
+    };
+    trace.placement = report.explanations.clone();
+    if report.ranked.is_empty() {
+        trace.say(format!("no worker fits: {}", report.fallback_reason()));
+    }
+    for node_id in report.ranked.iter() {
+        if tried.iter().any(|t| t == node_id.as_ref()) || cancel.is_cancelled() {
+            continue;
+        }
+        tried.push(node_id.to_string());
+        trace.say(format!("placing on {node_id}"));
+        match remote::run_on(deps, spec, node_id, staged, dir, cancel, trace).await {
+            remote::Outcome::Done(ending) => return ending,
+            remote::Outcome::NodeFailed(reason) => {
+                trace.say(format!("{node_id} could not run it: {reason}"));
+                trace.remote_failures.push(format!("{node_id}: {reason}"));
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        return Ending::failed(ErrorCode::Cancelled, "the job was cancelled", "local");
+    }
+    let reason = fallback_reason(&report, &trace.remote_failures);
+    if spec.no_fallback {
+        return Ending::failed(
+            if trace.remote_failures.is_empty() { ErrorCode::NoEligibleNode } else { ErrorCode::WorkerLost },
+            format!("no worker could run {} and --no-fallback forbids running it locally: {reason}", spec.step_name),
+            "local",
+        );
+    }
+    trace.say(format!("running locally: {reason}"));
+    let mut ending = run_local(deps, spec, dir, cancel, trace).await;
+    ending.fallback_reason = Some(reason);
+    ending
+}
+
+/// Joins the scheduler's rejections with the failures of remote attempts.
+fn fallback_reason(report: &PlacementReport, remote_failures: &[String]) -> String {
+    let rejected = if report.ranked.is_empty() || report.controller_only { Some(report.fallback_reason()) } else { None };
+    let rejected_nodes: Vec<String> = report
+        .explanations
+        .iter()
+        .filter(|e| !e.eligible)
+        .map(|e| format!("{}: {}", e.node_id, e.reason))
+        .collect();
+    let mut parts: Vec<String> = match rejected {
+        Some(r) => vec![r],
+        None => rejected_nodes,
+    };
+    parts.extend(remote_failures.iter().cloned());
+    parts.retain(|p| !p.is_empty());
+    if parts.is_empty() {
+        "no worker could run the job".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<PlacementReport, String> {
+    let nodes = deps.nodes.send(GetNodes).await.map_err(|e| format!("node probe unavailable: {e}"))?;
+    deps.place
+        .send(PlaceJob { step_name: spec.step_name.clone(), requirements: spec.requirements.clone(), nodes })
+        .await
+        .map_err(|e| format!("scheduler unavailable: {e}"))
+}
+
+/// Runs the job on the controller through the LocalRunner.
+async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel: &CancellationToken, trace: &mut Trace) -> Ending {
+    let step = match StepName::parse(&spec.step_name) {
+        Ok(s) => s,
+        Err(e) => return Ending::failed(e.code, e.message, "local"),
+    };
+    let log_path = dir.join(crate::receipt::LOG_FILE);
+    let log = match JobLog::open(&log_path) {
+        Ok(l) => l,
+        Err(e) => return Ending::failed(ErrorCode::IoError, format!("cannot open {}: {e}", log_path.display()), "local"),
+    };
+    let began = SystemTime::now();
+    trace.started_at.get_or_insert(began);
+    let t0 = Instant::now();
+    let msg = RunLocal {
+        job_key: spec.key(),
+        step,
+        payload: spec.payload.clone(),
+        out_dir: dir.to_path_buf(),
+        log,
+        cancel: cancel.clone(),
+    };
+    let out = deps
+        .local
+        .send(msg)
+        .await
+        .unwrap_or_else(|e| Err(StepError::new(ErrorCode::Internal, format!("local runner unavailable: {e}"))));
+    trace.run_ms += t0.elapsed().as_millis() as u64;
+    match out {
+        Ok(out) => {
+            trace.attempt("local", None, "succeeded", None, began);
+            let artifacts = out
+                .artifacts
+                .iter()
+                .map(|a| ReceiptArtifact {
+                    name: a.name.clone(),
+                    size: a.size,
+                    sha256: a.sha256.clone(),
+                    path: abs(dir.join(&a.name)),
+                })
+                .collect();
+            Ending {
+                status: JobStatus::Succeeded,
+                executed_on: "local".into(),
+                remote_job_id: None,
+                cached: false,
+                compat_mode: None,
+                error: None,
+                result: Some(out.result),
+                artifacts,
+                fallback_reason: None,
+            }
+        }
+        Err(e) => {
+            let outcome = if e.code == ErrorCode::Cancelled { "cancelled" } else { "failed" };
+            trace.attempt("local", None, outcome, Some(e.to_string()), began);
+            Ending::failed(e.code, e.message, "local")
+        }
+    }
+}
+
+/// An absolute form of a path for receipts (relative state dirs are common).
+pub(crate) fn abs(p: PathBuf) -> String {
+    std::path::absolute(&p).unwrap_or(p).to_string_lossy().into_owned()
+}
+
+fn build_receipt(spec: &JobSpec, inputs_hash: String, e: Ending, trace: &Trace) -> Receipt {
+    let now = SystemTime::now();
+    let ms = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default().as_millis() as u64;
+    let started = trace.started_at;
+    Receipt {
+        run_id: spec.run_id.clone(),
+        job_id: spec.job_id.clone(),
+        step_name: spec.step_name.clone(),
+        inputs_hash,
+        status: e.status,
+        executed_on: e.executed_on,
+        fallback_reason: e.fallback_reason,
+        remote_job_id: e.remote_job_id,
+        cached: e.cached,
+        compat_mode: e.compat_mode,
+        error: e.error,
+        result: e.result,
+        artifacts: e.artifacts,
+        timings: Timings {
+            submitted_at: format_utc(trace.submitted_at),
+            started_at: started.map(format_utc),
+            finished_at: format_utc(now),
+            queue_ms: started.map(|s| ms(trace.submitted_at, s)).unwrap_or(0),
+            run_ms: trace.run_ms,
+            sync_ms: trace.sync_ms,
+            total_ms: ms(trace.submitted_at, now).max(trace.started.elapsed().as_millis() as u64),
+        },
+        attempts: trace.attempts.clone(),
+        placement: trace.placement.clone(),
+        requirements: spec.requirements.clone(),
+    }
+}

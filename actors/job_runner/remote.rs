@@ -1,0 +1,415 @@
+//! Running a job on a worker: probing, staging, submit, waiting, cancel,
+//! artifact sync, and the decision to give a node up.
+
+pub use super::node_client::{CallError, NodeClient};
+use super::super::artifact_sync::SyncArtifacts;
+use super::super::messages::{Compat, NodeCaps, NodeLost, StepSet};
+use super::super::node_probe::{NodeDirectory, NodeHandle};
+use super::super::scheduler::NodeLoad;
+use super::node_client::CurrentClient;
+use super::staging::Staged;
+use super::{Ending, JobDeps, Trace};
+use crate::auth::Keyring;
+use crate::controller_store::{Phase, RemoteRef};
+use crate::error::ErrorCode;
+use crate::legacy_v05::{self, LegacyAuth, LegacyClient};
+use crate::nodes::NodeConfig;
+use crate::receipt::{JobSpec, JobStatus, ReceiptError};
+use crate::steps::StepName;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// What one probe found.
+pub struct ProbeResult {
+    pub health: Option<Value>,
+    /// The normalised caps and the raw `/caps`, or why the node is down.
+    pub outcome: Result<(NodeCaps, Value), String>,
+}
+
+/// Probes `/health`, detects the contract, then fetches `/caps` with the
+/// right credential.
+pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Duration, allow_plain: bool) -> ProbeResult {
+    let Some(keyring) = keyring else {
+        return ProbeResult { health: None, outcome: Err("no cluster secret set (RAYVAULT_CLUSTER_SECRET), so workers cannot be used".into()) };
+    };
+    let current = CurrentClient::new(cfg.base_url(), cfg.node_id.clone(), keyring.clone(), timeout);
+    let health = match current.health().await {
+        Ok(h) => h,
+        Err(e) => return ProbeResult { health: None, outcome: Err(e.to_string()) },
+    };
+    let outcome = if legacy_v05::is_legacy_health(&health) {
+        probe_legacy(&cfg, keyring, timeout, allow_plain).await
+    } else {
+        match current.caps().await {
+            Ok(raw) => Ok((node_caps(&raw, Compat::Current), raw)),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    ProbeResult { health: Some(health), outcome }
+}
+
+async fn probe_legacy(cfg: &NodeConfig, keyring: Arc<Keyring>, timeout: Duration, allow_plain: bool) -> Result<(NodeCaps, Value), String> {
+    let hmac = LegacyClient::new(cfg, keyring.clone(), LegacyAuth::Hmac, timeout);
+    match hmac.caps().await.map_err(CallError::from) {
+        Ok(raw) => Ok((node_caps(&raw, Compat::LegacyHmacV05), raw)),
+        Err(CallError::Auth(reason)) if allow_plain => {
+            let plain = LegacyClient::new(cfg, keyring, LegacyAuth::Plain, timeout);
+            match plain.caps().await.map_err(CallError::from) {
+                Ok(raw) => {
+                    tracing::warn!(node = %cfg.node_id, "v0.5 worker rejected HMAC ({reason}); using the plain token because RAYVAULT_ALLOW_PLAIN_FALLBACK=1");
+                    Ok((node_caps(&raw, Compat::LegacyPlainToken), raw))
+                }
+                Err(e) => Err(format!("{reason}; plain token also refused: {e}")),
+            }
+        }
+        Err(CallError::Auth(reason)) => Err(format!("{reason} (a v0.5 worker; RAYVAULT_ALLOW_PLAIN_FALLBACK=1 would allow the plain token)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Normalises a `/caps` body: seed keys plus the steps the node runs.
+pub fn node_caps(raw: &Value, compat: Compat) -> NodeCaps {
+    let num = |k: &str| raw.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let gpu = raw.get("gpu_model").and_then(Value::as_str).unwrap_or("");
+    let mut steps = StepSet::default();
+    if compat.is_legacy() {
+        let listed = legacy_v05::listed_steps(raw);
+        for s in StepName::ALL {
+            if listed.iter().any(|l| l == s.legacy_name()) {
+                steps.insert(s);
+            }
+        }
+    } else if let Some(list) = raw.get("steps").and_then(Value::as_array) {
+        for s in list.iter().filter_map(Value::as_str) {
+            if let Ok(step) = StepName::parse(s) {
+                steps.insert(step);
+            }
+        }
+    }
+    NodeCaps {
+        os: raw.get("os").and_then(Value::as_str).unwrap_or("unknown").to_ascii_lowercase(),
+        ram_gb: num("ram_gb"),
+        vram_gb: num("vram_gb"),
+        has_gpu: !gpu.is_empty() && !gpu.eq_ignore_ascii_case("none"),
+        steps,
+        compat,
+    }
+}
+
+/// How a remote attempt ended.
+pub enum Outcome {
+    /// The job is settled (succeeded, failed for a reason a local run would
+    /// share, or cancelled): this becomes the receipt.
+    Done(Ending),
+    /// This node could not run it; try another or run locally.
+    NodeFailed(String),
+}
+
+/// Keeps the scheduler's load count right however the attempt ends.
+struct LoadGuard(actix::Recipient<NodeLoad>, String);
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.do_send(NodeLoad { node_id: self.1.clone(), delta: -1 });
+    }
+}
+
+async fn connect(deps: &JobDeps, node_id: &str) -> Result<(NodeHandle, NodeClient), String> {
+    let keyring = deps.keyring.clone().ok_or("no cluster secret set")?;
+    let handle = deps
+        .directory
+        .send(NodeDirectory { node_id: node_id.to_string() })
+        .await
+        .map_err(|e| format!("node directory unavailable: {e}"))?
+        .ok_or("no longer in nodes.json")?;
+    let timeout = Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1) * 3);
+    let client = NodeClient::new(&handle, keyring, timeout);
+    Ok((handle, client))
+}
+
+/// Retries a call on transient failures with exponential backoff.
+async fn retry<T, F, Fut>(deps: &JobDeps, cancel: &CancellationToken, mut f: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let max = deps.settings.controller.max_attempts.max(1);
+    let mut delay = Duration::from_millis(deps.settings.controller.retry_backoff_ms);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() && attempt < max && !cancel.is_cancelled() => {
+                tracing::debug!("transient failure (attempt {attempt}/{max}): {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs the job on `node_id` from the start (staging, submit, wait, sync).
+pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Staged, dir: &Path, cancel: &CancellationToken, trace: &mut Trace) -> Outcome {
+    let (handle, client) = match connect(deps, node_id).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::NodeFailed(e),
+    };
+    deps.load.do_send(NodeLoad { node_id: node_id.to_string(), delta: 1 });
+    let _load = LoadGuard(deps.load.clone(), node_id.to_string());
+    let began = SystemTime::now();
+    trace.started_at.get_or_insert(began);
+    let inputs_hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
+    let submitted = match &client {
+        NodeClient::Current(c) => {
+            for blob in &staged.blobs {
+                trace.say(format!("staging {} ({} bytes) to {node_id}", blob.original, blob.size));
+                if let Err(e) = retry(deps, cancel, || c.put_blob(&blob.sha256, &blob.path, blob.size)).await {
+                    return give_up(deps, node_id, None, format!("staging {} failed: {e}", blob.original), trace, began, matches!(e, CallError::Unreachable(_)));
+                }
+            }
+            let label = spec.key();
+            retry(deps, cancel, || c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label))
+                .await
+                .map(|s| (s.job.job_id, s.cached))
+        }
+        NodeClient::Legacy(l) => {
+            let Ok(step) = StepName::parse(&spec.step_name) else {
+                return Outcome::NodeFailed(format!("unknown step {}", spec.step_name));
+            };
+            // v0.5 has no blob upload: paths go as given, and must be valid
+            // on the worker (documented in docs/protocol.md).
+            retry(deps, cancel, || async { l.submit(step.legacy_name(), &spec.payload, &inputs_hash).await.map_err(CallError::from) })
+                .await
+                .map(|j| (j.job_id, j.cached))
+        }
+    };
+    let (remote_job_id, cached) = match submitted {
+        Ok(s) => s,
+        Err(e) => return give_up(deps, node_id, None, format!("submit failed: {e}"), trace, began, matches!(e, CallError::Unreachable(_))),
+    };
+    trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
+    record_remote(deps, spec, node_id, &remote_job_id).await;
+    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began).await
+}
+
+/// Re-attaches to a job a previous daemon handed to a node.
+pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Staged, dir: &Path, cancel: &CancellationToken, trace: &mut Trace) -> Outcome {
+    let (handle, client) = match connect(deps, &r.node_id).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::NodeFailed(e),
+    };
+    deps.load.do_send(NodeLoad { node_id: r.node_id.clone(), delta: 1 });
+    let _load = LoadGuard(deps.load.clone(), r.node_id.clone());
+    let began = SystemTime::now();
+    trace.started_at.get_or_insert(began);
+    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began).await
+}
+
+async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job_id: &str) {
+    let Some(store) = deps.store.clone() else { return };
+    let (key, r) = (spec.key(), RemoteRef { node_id: node_id.into(), remote_job_id: remote_job_id.into() });
+    let res = tokio::task::spawn_blocking(move || {
+        store.update(&key, |j| {
+            j.phase = Phase::Running;
+            j.remote = Some(r);
+        })
+    })
+    .await;
+    if let Ok(Err(e)) = res {
+        tracing::error!("could not record the remote job id: {e}");
+    }
+}
+
+fn give_up(deps: &JobDeps, node_id: &str, remote_job_id: Option<String>, reason: String, trace: &mut Trace, began: SystemTime, lost: bool) -> Outcome {
+    if lost {
+        deps.node_lost.do_send(NodeLost { node_id: node_id.into(), reason: reason.clone() });
+    }
+    trace.attempt(node_id, remote_job_id, "abandoned", Some(reason.clone()), began);
+    Outcome::NodeFailed(reason)
+}
+
+/// Job error codes that say something about the node rather than the job:
+/// another node or a local run may well succeed.
+fn environmental(code: &str) -> bool {
+    matches!(
+        code,
+        "STEP_UNAVAILABLE" | "STEP_UNKNOWN" | "FFMPEG_UNAVAILABLE" | "TTS_UNAVAILABLE" | "OPENCLAW_UNAVAILABLE" | "UI_SESSION_REQUIRED" | "INTERRUPTED" | "IO_ERROR" | "INPUT_NOT_FOUND" | "BLOB_NOT_FOUND"
+    )
+}
+
+/// One poll of the job's state, in either contract's terms.
+struct Polled {
+    state: &'static str,
+    result: Option<Value>,
+    error: Option<ReceiptError>,
+    artifacts: Vec<crate::artifacts::ArtifactEntry>,
+}
+
+async fn poll(client: &NodeClient, job_id: &str, wait_s: u64) -> Result<Polled, CallError> {
+    match client {
+        NodeClient::Current(c) => {
+            use crate::protocol::JobState;
+            let v = c.wait(job_id, wait_s).await?;
+            let state = match v.state {
+                JobState::Queued | JobState::Running => "running",
+                JobState::Succeeded => "succeeded",
+                JobState::Failed => "failed",
+                JobState::Cancelled => "cancelled",
+            };
+            let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
+            Ok(Polled { state, result: v.result, error, artifacts: v.artifacts })
+        }
+        NodeClient::Legacy(l) => {
+            // v0.5 has no long-poll: wait a little between polls instead.
+            let j = l.job(job_id).await.map_err(CallError::from)?;
+            if !j.is_terminal() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let state = match j.status.as_str() {
+                "succeeded" => "succeeded",
+                "failed" => "failed",
+                "cancelled" => "cancelled",
+                _ => "running",
+            };
+            Ok(Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts })
+        }
+    }
+}
+
+async fn cancel_remote(client: &NodeClient, job_id: &str) {
+    let r = match client {
+        NodeClient::Current(c) => c.cancel(job_id).await,
+        NodeClient::Legacy(l) => l.cancel(job_id).await.map_err(Into::into),
+    };
+    if let Err(e) = r {
+        tracing::warn!("cancelling remote job {job_id} failed: {e}");
+    }
+}
+
+/// Waits for the remote job to end, then syncs its artifacts and log.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    deps: &JobDeps,
+    spec: &JobSpec,
+    handle: &NodeHandle,
+    client: &NodeClient,
+    job_id: &str,
+    cached: bool,
+    staged: &Staged,
+    dir: &Path,
+    cancel: &CancellationToken,
+    trace: &mut Trace,
+    began: SystemTime,
+) -> Outcome {
+    let node_id = handle.config.node_id.as_str();
+    let wait_s = deps.settings.controller.wait_poll_s.max(1);
+    let max = deps.settings.controller.max_attempts.max(1);
+    let mut failures = 0u32;
+    let t0 = Instant::now();
+    let polled = loop {
+        let r = tokio::select! {
+            r = poll(client, job_id, wait_s) => r,
+            _ = cancel.cancelled() => {
+                trace.say(format!("cancelling {job_id} on {node_id}"));
+                cancel_remote(client, job_id).await;
+                // Wait briefly for the worker to confirm, so the log we fetch
+                // shows the cancellation.
+                let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2)).await;
+                let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", node_id) };
+                trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
+                return Outcome::Done(with_compat(ending, handle.compat));
+            }
+        };
+        match r {
+            Ok(p) if p.state != "running" => break p,
+            Ok(_) => failures = 0,
+            Err(e) if e.is_transient() => {
+                failures += 1;
+                trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));
+                if failures >= max {
+                    return give_up(deps, node_id, Some(job_id.into()), format!("unreachable mid-job ({e})"), trace, began, true);
+                }
+                let backoff = Duration::from_millis(deps.settings.controller.retry_backoff_ms) * 2u32.pow(failures.min(6));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+            Err(e) => return give_up(deps, node_id, Some(job_id.into()), format!("lost track of job {job_id}: {e}"), trace, began, false),
+        }
+    };
+    trace.run_ms += t0.elapsed().as_millis() as u64;
+    let sync_t0 = Instant::now();
+    let synced = deps
+        .sync
+        .send(SyncArtifacts {
+            node: handle.clone(),
+            remote_job_id: job_id.into(),
+            artifacts: (polled.state == "succeeded").then(|| polled.artifacts.clone()).or(Some(Vec::new())),
+            dest: dir.to_path_buf(),
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("artifact sync unavailable: {e}")));
+    trace.sync_ms += sync_t0.elapsed().as_millis() as u64;
+    let mut ending = Ending {
+        status: JobStatus::Failed,
+        executed_on: node_id.into(),
+        remote_job_id: Some(job_id.into()),
+        cached,
+        compat_mode: None,
+        error: polled.error.clone(),
+        result: polled.result.clone(),
+        artifacts: Vec::new(),
+        fallback_reason: None,
+    };
+    match polled.state {
+        "succeeded" => match synced {
+            Ok(artifacts) => {
+                let pairs: Vec<(String, String)> = artifacts.iter().map(|a| (a.name.clone(), a.path.clone())).collect();
+                if let Some(r) = &mut ending.result {
+                    super::staging::map_back(r, &staged.blobs, &pairs);
+                }
+                ending.status = JobStatus::Succeeded;
+                ending.artifacts = artifacts;
+                trace.attempt(node_id, Some(job_id.into()), "succeeded", None, began);
+            }
+            Err(e) => {
+                // The step succeeded; it must not run again. Report the sync
+                // failure so `sync-artifacts` can finish the copy.
+                ending.error = Some(ReceiptError::new(ErrorCode::ArtifactSyncFailed, format!("{e}; retry with: rayvault-orchestrator sync-artifacts --run-id {} --job-id {} --node-id {node_id}", spec.run_id, spec.job_id)));
+                trace.attempt(node_id, Some(job_id.into()), "succeeded", Some("artifact sync failed".into()), began);
+            }
+        },
+        "cancelled" => {
+            ending.status = JobStatus::Cancelled;
+            trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
+        }
+        _ => {
+            let err = polled.error.clone().unwrap_or_else(|| ReceiptError::new(ErrorCode::Internal, "the worker reported a failure without an error"));
+            if environmental(&err.code) {
+                return give_up(deps, node_id, Some(job_id.into()), format!("job failed there with {}: {}", err.code, err.message), trace, began, false);
+            }
+            trace.attempt(node_id, Some(job_id.into()), "failed", Some(format!("{}: {}", err.code, err.message)), began);
+        }
+    }
+    Outcome::Done(with_compat(ending, handle.compat))
+}
+
+fn with_compat(mut e: Ending, compat: Compat) -> Ending {
+    e.compat_mode = compat.mode_name().map(str::to_string);
+    e
+}
+
+/// Fetches a remote job's whole log into `dest`, atomically.
+pub async fn fetch_log(client: &NodeClient, job_id: &str, dest: &Path) -> Result<(), String> {
+    let bytes = client.whole_log(job_id).await.map_err(|e| e.to_string())?;
+    let d = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::artifacts::write_atomic(&d, &bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("writing {}: {e}", dest.display()))
+}

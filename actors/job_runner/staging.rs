@@ -1,0 +1,124 @@
+//! Staging: turning local input paths in a payload into content-addressed
+//! blob references, and mapping results back.
+//!
+//! The worker engineer's convention: a payload string `blob:sha256:<hex>`
+//! names a blob uploaded with `PUT /blobs/{sha256}`. The controller replaces
+//! local file paths in the known input fields with such references, so the
+//! `inputs_hash` covers file content rather than a path, and a worker on
+//! another machine can read the inputs.
+
+use crate::protocol::BLOB_REF_PREFIX;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// Payload fields that hold one input file path.
+const PATH_FIELDS: [&str; 2] = ["media_path", "audio_path"];
+/// Payload fields that hold a list of input file paths.
+const PATH_LIST_FIELDS: [&str; 1] = ["audio_paths"];
+
+/// One local file to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    pub sha256: String,
+    pub size: u64,
+    pub path: PathBuf,
+    /// The payload string it replaced.
+    pub original: String,
+}
+
+/// A payload with its local inputs replaced by blob references.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Staged {
+    pub payload: Value,
+    pub blobs: Vec<Blob>,
+}
+
+/// Hashes every existing local file named by a known input field and
+/// returns the payload with those fields rewritten. Paths that do not exist
+/// here are left alone (they may name a file on the worker). Reads files:
+/// call it from `spawn_blocking`.
+pub fn stage(payload: &Value) -> std::io::Result<Staged> {
+    let mut out = payload.clone();
+    let mut blobs = Vec::new();
+    if let Value::Object(map) = &mut out {
+        for field in PATH_FIELDS {
+            if let Some(v) = map.get_mut(field) {
+                stage_value(v, &mut blobs)?;
+            }
+        }
+        for field in PATH_LIST_FIELDS {
+            if let Some(Value::Array(items)) = map.get_mut(field) {
+                for v in items {
+                    stage_value(v, &mut blobs)?;
+                }
+            }
+        }
+    }
+    blobs.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    blobs.dedup_by(|a, b| a.sha256 == b.sha256);
+    Ok(Staged { payload: out, blobs })
+}
+
+fn stage_value(v: &mut Value, blobs: &mut Vec<Blob>) -> std::io::Result<()> {
+    let Value::String(s) = v else { return Ok(()) };
+    if s.starts_with(BLOB_REF_PREFIX) {
+        return Ok(());
+    }
+    let path = PathBuf::from(s.as_str());
+    if !path.is_file() {
+        return Ok(());
+    }
+    let (sha256, size) = crate::artifacts::sha256_file(&path)?;
+    let original = std::mem::replace(s, format!("{BLOB_REF_PREFIX}{sha256}"));
+    blobs.push(Blob { sha256, size, path, original });
+    Ok(())
+}
+
+/// Rewrites a remote result for the receipt: blob references become the
+/// local paths they stood for, and worker paths ending in a synced
+/// artifact's name become the local copy's path.
+pub fn map_back(result: &mut Value, blobs: &[Blob], artifacts: &[(String, String)]) {
+    match result {
+        Value::String(s) => {
+            if let Some(digest) = s.strip_prefix(BLOB_REF_PREFIX) {
+                if let Some(b) = blobs.iter().find(|b| b.sha256 == digest) {
+                    *s = b.original.clone();
+                }
+                return;
+            }
+            if s.contains(['/', '\\']) {
+                let file = s.rsplit(['/', '\\']).next().unwrap_or_default();
+                if let Some((_, local)) = artifacts.iter().find(|(name, _)| name == file) {
+                    *s = local.clone();
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| map_back(i, blobs, artifacts)),
+        Value::Object(map) => map.values_mut().for_each(|i| map_back(i, blobs, artifacts)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stages_known_fields_and_maps_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.wav");
+        std::fs::write(&f, b"abc").unwrap();
+        let fp = f.to_string_lossy().to_string();
+        let payload = json!({"media_path": fp, "audio_paths": [fp, "/nonexistent/b.wav"], "text": fp});
+        let staged = stage(&payload).unwrap();
+        let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(staged.payload["media_path"], json!(format!("blob:sha256:{digest}")));
+        assert_eq!(staged.payload["audio_paths"][1], json!("/nonexistent/b.wav"));
+        assert_eq!(staged.payload["text"], json!(fp), "unknown fields are never rewritten");
+        assert_eq!(staged.blobs.len(), 1);
+        let mut result = json!({"media_path": format!("blob:sha256:{digest}"), "frames": ["C:\\w\\jobs\\1\\frame_0001.jpg"]});
+        map_back(&mut result, &staged.blobs, &[("frame_0001.jpg".into(), "/r/frame_0001.jpg".into())]);
+        assert_eq!(result, json!({"media_path": fp, "frames": ["/r/frame_0001.jpg"]}));
+    }
+}

@@ -1,0 +1,84 @@
+//! LocalRunner: runs steps on the controller itself, through the same step
+//! library the workers use, with its own concurrency limit
+//! (`controller.local_concurrency`). This is the seed's fallback: "If worker
+//! is unavailable, controller falls back to local execution."
+
+use crate::config::Settings;
+use crate::error::StepError;
+use crate::joblog::JobLog;
+use crate::steps::{self, StepContext, StepName, StepOutput};
+use actix::prelude::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Runs one step locally; answers when it ends (or is cancelled).
+#[derive(Message)]
+#[rtype(result = "Result<StepOutput, StepError>")]
+pub struct RunLocal {
+    pub job_key: String,
+    pub step: StepName,
+    pub payload: Value,
+    /// Where artifacts are written: the job's receipt folder.
+    pub out_dir: PathBuf,
+    /// The job's `worker.log` in the receipt folder.
+    pub log: JobLog,
+    pub cancel: CancellationToken,
+}
+
+/// The LocalRunner actor.
+pub struct LocalRunner {
+    settings: Arc<Settings>,
+    /// Bounds how many steps run on the controller at once, so that a burst
+    /// of fallbacks cannot starve the machine that also owns the final render.
+    slots: Arc<Semaphore>,
+}
+
+impl LocalRunner {
+    pub fn new(settings: Arc<Settings>) -> Self {
+        let n = settings.controller.local_concurrency.max(1);
+        LocalRunner { settings, slots: Arc::new(Semaphore::new(n)) }
+    }
+}
+
+impl Actor for LocalRunner {
+    type Context = Context<Self>;
+}
+
+impl actix::Supervised for LocalRunner {}
+
+/// Waits for a free slot, then runs the step under its timeout.
+impl Handler<RunLocal> for LocalRunner {
+    type Result = ResponseFuture<Result<StepOutput, StepError>>;
+
+    fn handle(&mut self, msg: RunLocal, _: &mut Context<Self>) -> Self::Result {
+        let slots = self.slots.clone();
+        let settings = self.settings.clone();
+        Box::pin(async move {
+            let _permit = tokio::select! {
+                p = slots.acquire_owned() => p.map_err(|_| StepError::new(crate::error::ErrorCode::Cancelled, "the controller is shutting down"))?,
+                _ = msg.cancel.cancelled() => return Err(StepError::new(crate::error::ErrorCode::Cancelled, "cancelled before it started")),
+            };
+            msg.log.line("controller", &format!("running {} locally on the controller", msg.step));
+            let ctx = StepContext {
+                job_id: msg.job_key.clone(),
+                out_dir: msg.out_dir.clone(),
+                log: msg.log.clone(),
+                cancel: msg.cancel.clone(),
+                settings,
+            };
+            let out = steps::run_step(msg.step, &msg.payload, &ctx).await;
+            if msg.cancel.is_cancelled() {
+                if let Ok(o) = &out {
+                    // A step that finished just as it was cancelled still
+                    // succeeded; keep its result rather than lying.
+                    return Ok(o.clone());
+                }
+                return Err(StepError::new(crate::error::ErrorCode::Cancelled, "the job was cancelled"));
+            }
+            out
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! NodeProbe: knows the nodes of `nodes.json` and how each one is doing.
+//!
+//! It re-reads `nodes.json` when the file changes (checked every second, so
+//! a running daemon notices edits without a restart), probes every enabled
+//! node's `/health` and `/caps` on `controller.probe_interval_s` and on
+//! demand, caches the caps with their age, marks nodes up or down with a
+//! human-readable reason, and detects whether a node speaks the current
+//! contract or the legacy v0.5 one.
+
+use super::job_runner::remote::{self, ProbeResult};
+use super::messages::{Compat, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeNow};
+use crate::auth::Keyring;
+use crate::config::Settings;
+use crate::nodes::{self, NodeConfig};
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Looks up how to reach one node (for the JobRunner and ArtifactSync).
+#[derive(Message)]
+#[rtype(result = "Option<NodeHandle>")]
+pub struct NodeDirectory {
+    pub node_id: String,
+}
+
+/// Everything needed to talk to a node.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub config: NodeConfig,
+    pub compat: Compat,
+}
+
+/// Describes every node for `health`, `caps` and `status`.
+#[derive(Message)]
+#[rtype(result = "NodesReport")]
+pub struct DescribeNodes;
+
+/// What `health`, `caps` and `status` print about the nodes.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodesReport {
+    pub nodes_file: String,
+    /// Problem with nodes.json (None when fine or absent).
+    pub nodes_error: Option<String>,
+    pub nodes: Vec<NodeReport>,
+}
+
+/// One node's state, as printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub node_id: String,
+    pub host: String,
+    pub port: u16,
+    pub enabled: bool,
+    /// `up`, `down`, `disabled` or `unprobed`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub contract: Option<String>,
+    pub compat_mode: Option<String>,
+    pub health: Option<Value>,
+    /// The node's `/caps` (with `_compat_mode` added for a legacy node).
+    pub caps: Option<Value>,
+    pub caps_age_s: Option<f64>,
+}
+
+struct NodeEntry {
+    config: NodeConfig,
+    health: NodeHealth,
+    caps: Option<NodeCaps>,
+    raw_health: Option<Value>,
+    raw_caps: Option<Value>,
+    probed_at: Option<Instant>,
+}
+
+impl NodeEntry {
+    fn new(config: NodeConfig) -> Self {
+        let health = if config.enabled { NodeHealth::Unprobed } else { NodeHealth::Disabled };
+        NodeEntry { config, health, caps: None, raw_health: None, raw_caps: None, probed_at: None }
+    }
+}
+
+/// The NodeProbe actor.
+pub struct NodeProbe {
+    settings: Arc<Settings>,
+    keyring: Option<Arc<Keyring>>,
+    path: PathBuf,
+    /// The file's modification time and length when last read, to notice edits.
+    file_stamp: Option<(SystemTime, u64)>,
+    file_error: Option<String>,
+    entries: Vec<NodeEntry>,
+}
+
+impl NodeProbe {
+    /// Reads `nodes.json` once; a malformed file leaves no nodes and the
+    /// error is reported by `health`, `status` and the daemon log.
+    pub fn new(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> Self {
+        let path = nodes::nodes_path(&settings.cluster_dir());
+        let mut p = NodeProbe { settings, keyring, path, file_stamp: None, file_error: None, entries: Vec::new() };
+        p.reload_if_changed();
+        p
+    }
+
+    fn stamp(&self) -> Option<(SystemTime, u64)> {
+        std::fs::metadata(&self.path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    }
+
+    /// Re-reads the file if its stamp changed; true when the node list changed.
+    fn reload_if_changed(&mut self) -> bool {
+        let stamp = self.stamp();
+        if stamp == self.file_stamp && (stamp.is_some() || self.entries.is_empty()) {
+            return false;
+        }
+        self.file_stamp = stamp;
+        let loaded = match nodes::load(&self.path) {
+            Ok(v) => {
+                self.file_error = None;
+                v.unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                self.file_error = Some(e.to_string());
+                // Keep the last good list: a half-saved edit must not take
+                // every worker away from running jobs.
+                return false;
+            }
+        };
+        let mut next = Vec::with_capacity(loaded.len());
+        for cfg in loaded {
+            // A node whose address and switch are unchanged keeps its probe
+            // state; anything else starts over.
+            match self.entries.iter().position(|e| e.config == cfg) {
+                Some(i) => next.push(self.entries.swap_remove(i)),
+                None => next.push(NodeEntry::new(cfg)),
+            }
+        }
+        let changed = !self.entries.is_empty() || next.iter().any(|e| e.probed_at.is_none());
+        self.entries = next;
+        tracing::info!(nodes = self.entries.len(), "nodes.json loaded from {}", self.path.display());
+        changed
+    }
+
+    fn snapshot(&self) -> Vec<NodeSnapshot> {
+        self.entries
+            .iter()
+            .map(|e| NodeSnapshot { node_id: e.config.node_id.as_str().into(), health: e.health.clone(), caps: e.caps.clone(), busy: 0 })
+            .collect()
+    }
+
+    /// A future probing the given enabled nodes; results are applied by the
+    /// caller on the actor.
+    fn probe_futures(&self, only: Option<&str>) -> Vec<(NodeConfig, std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult>>>)> {
+        let timeout = Duration::from_secs(self.settings.controller.probe_timeout_s.max(1));
+        let allow_plain = self.settings.controller.auth_mode == "allow_plain";
+        self.entries
+            .iter()
+            .filter(|e| e.config.enabled && only.map_or(true, |id| id == e.config.node_id))
+            .map(|e| {
+                let cfg = e.config.clone();
+                let fut = remote::probe(cfg.clone(), self.keyring.clone(), timeout, allow_plain);
+                (cfg, Box::pin(fut) as std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult>>>)
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, cfg: &NodeConfig, r: ProbeResult) {
+        let Some(e) = self.entries.iter_mut().find(|e| &e.config == cfg) else { return };
+        e.probed_at = Some(Instant::now());
+        e.raw_health = r.health;
+        match r.outcome {
+            Ok((caps, raw)) => {
+                if e.health != NodeHealth::Up {
+                    tracing::info!(node = %cfg.node_id, "node is up");
+                }
+                e.health = NodeHealth::Up;
+                e.caps = Some(caps);
+                e.raw_caps = Some(raw);
+            }
+            Err(reason) => {
+                if e.health != NodeHealth::Down(reason.as_str().into()) {
+                    tracing::warn!(node = %cfg.node_id, "node is down: {reason}");
+                }
+                e.health = NodeHealth::Down(reason.into());
+            }
+        }
+    }
+
+    fn probe_all(&mut self, ctx: &mut Context<Self>) {
+        for (cfg, fut) in self.probe_futures(None) {
+            ctx.spawn(fut.into_actor(self).map(move |r, act, _| act.apply(&cfg, r)));
+        }
+    }
+}
+
+impl Actor for NodeProbe {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.probe_all(ctx);
+        let every = Duration::from_secs(self.settings.controller.probe_interval_s.max(1));
+        ctx.run_interval(every, |act, ctx| act.probe_all(ctx));
+        // Edits to nodes.json are noticed within a second; only new or
+        // changed nodes need a probe, but probing all is cheap and simple.
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            if act.reload_if_changed() {
+                act.probe_all(ctx);
+            }
+        });
+    }
+}
+
+impl actix::Supervised for NodeProbe {}
+
+/// Answers with the current view of every node.
+impl Handler<GetNodes> for NodeProbe {
+    type Result = MessageResult<GetNodes>;
+    fn handle(&mut self, _: GetNodes, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}
+
+/// Probes now (all nodes or one) and answers when every probe has finished.
+impl Handler<ProbeNow> for NodeProbe {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: ProbeNow, _: &mut Context<Self>) -> Self::Result {
+        self.reload_if_changed();
+        let (cfgs, futs): (Vec<_>, Vec<_>) = self.probe_futures(msg.node_id.as_deref()).into_iter().unzip();
+        Box::pin(futures_util::future::join_all(futs).into_actor(self).map(move |results, act, _| {
+            for (cfg, r) in cfgs.iter().zip(results) {
+                act.apply(cfg, r);
+            }
+        }))
+    }
+}
+
+/// Marks a node down after it failed mid-job, until the next good probe.
+impl Handler<NodeLost> for NodeProbe {
+    type Result = ();
+    fn handle(&mut self, msg: NodeLost, _: &mut Context<Self>) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.config.node_id == msg.node_id) {
+            e.health = NodeHealth::Down(msg.reason.into());
+        }
+    }
+}
+
+/// Answers with how to reach one node.
+impl Handler<NodeDirectory> for NodeProbe {
+    type Result = Option<NodeHandle>;
+    fn handle(&mut self, msg: NodeDirectory, _: &mut Context<Self>) -> Self::Result {
+        let e = self.entries.iter().find(|e| e.config.node_id == msg.node_id)?;
+        Some(NodeHandle { config: e.config.clone(), compat: e.caps.as_ref().map_or(Compat::Current, |c| c.compat) })
+    }
+}
+
+/// Answers with a printable report of every node.
+impl Handler<DescribeNodes> for NodeProbe {
+    type Result = MessageResult<DescribeNodes>;
+    fn handle(&mut self, _: DescribeNodes, _: &mut Context<Self>) -> Self::Result {
+        let nodes = self
+            .entries
+            .iter()
+            .map(|e| {
+                let compat = e.caps.as_ref().map(|c| c.compat);
+                let mut caps = e.raw_caps.clone();
+                if let (Some(Value::Object(m)), Some(mode)) = (&mut caps, compat.and_then(Compat::mode_name)) {
+                    m.insert("_compat_mode".into(), Value::String(mode.into()));
+                }
+                let (status, reason) = match &e.health {
+                    NodeHealth::Up => ("up", None),
+                    NodeHealth::Down(r) => ("down", Some(r.to_string())),
+                    NodeHealth::Disabled => ("disabled", Some("disabled in nodes.json".to_string())),
+                    NodeHealth::Unprobed => ("unprobed", None),
+                };
+                NodeReport {
+                    node_id: e.config.node_id.clone(),
+                    host: e.config.host.clone(),
+                    port: e.config.port,
+                    enabled: e.config.enabled,
+                    status: status.into(),
+                    reason,
+                    contract: e.raw_health.as_ref().and_then(|h| h.get("contract")).and_then(Value::as_str).map(str::to_string).or_else(|| compat.filter(|c| c.is_legacy()).map(|_| "v0.5".to_string())),
+                    compat_mode: compat.and_then(Compat::mode_name).map(str::to_string),
+                    health: e.raw_health.clone(),
+                    caps,
+                    caps_age_s: e.probed_at.filter(|_| e.raw_caps.is_some()).map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+                }
+            })
+            .collect();
+        MessageResult(NodesReport { nodes_file: self.path.display().to_string(), nodes_error: self.file_error.clone(), nodes })
+    }
+}

@@ -11,12 +11,16 @@
 //! [`run_step`], its defaults under `[steps.NAME]` in `config/default.toml`,
 //! and its availability check in [`crate::caps`].
 
+pub mod audio_io;
 pub mod frame_extract;
 pub mod frames;
 pub mod image_header;
+pub mod loudness;
 pub mod openclaw;
 pub mod postcheck;
 pub mod probe;
+pub mod silence;
+pub mod true_peak;
 pub mod tts;
 
 use crate::artifacts::ArtifactEntry;

@@ -1,0 +1,309 @@
+//! `daemon`: the long-running controller. It serves an authenticated API on
+//! loopback through which `submit`, `status`, `cancel` and pipelines hand it
+//! jobs, keeps every job in its redb store (so a restart, even after
+//! `kill -9`, re-attaches to the jobs in flight), and shuts down gracefully
+//! on Ctrl-C or SIGTERM.
+//!
+//! API (every route authenticated with the workers' HMAC scheme, target id
+//! `controller`; loopback callers get no exemption):
+//! - `GET /v1/health`
+//! - `POST /v1/jobs` (a job spec) -> accepted
+//! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]
+//! - `POST /v1/jobs/{run_id}/{job_id}/cancel`
+//! - `GET /v1/status`
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::{bail, Context as _};
+use dashmap::DashMap;
+use rayvault::actors::job_runner::{CancelJob, SubmitJob};
+use rayvault::actors::messages::JobProgress;
+use rayvault::actors::node_probe::DescribeNodes;
+use rayvault::actors::supervisor::{Controller, ControllerOptions, ControllerSupervisor, Shutdown};
+use rayvault::auth::{AuthError, Keyring, Verifier};
+use rayvault::config::Settings;
+use rayvault::controller_store::{ControllerStore, Phase, RemoteRef, StoredJob};
+use rayvault::protocol;
+use rayvault::receipt::{JobSpec, Receipt};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+/// The target id requests to the daemon are signed for.
+pub const DAEMON_ID: &str = "controller";
+
+/// A job as `GET /v1/jobs/{run_id}/{job_id}` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobView {
+    pub key: String,
+    pub phase: Phase,
+    pub remote: Option<RemoteRef>,
+    /// Present once the job has ended.
+    pub receipt: Option<Receipt>,
+    /// Progress lines from `progress_from` on.
+    pub progress: Vec<String>,
+    pub progress_next: usize,
+}
+
+struct ApiState {
+    verifier: Verifier,
+    store: Arc<ControllerStore>,
+    controller: Controller,
+    /// Woken whenever a job ends or reports progress, for long-polls.
+    changed: Arc<Notify>,
+    progress: Arc<DashMap<String, Vec<String>>>,
+}
+
+type Data = web::Data<ApiState>;
+
+/// Collects job progress lines for the API and the daemon log.
+struct ProgressSink {
+    lines: Arc<DashMap<String, Vec<String>>>,
+    changed: Arc<Notify>,
+}
+
+impl Actor for ProgressSink {
+    type Context = Context<Self>;
+}
+
+/// Records one progress line.
+impl Handler<JobProgress> for ProgressSink {
+    type Result = ();
+    fn handle(&mut self, msg: JobProgress, _: &mut Context<Self>) {
+        let mut entry = self.lines.entry(msg.key).or_default();
+        // Bounded: a chatty job must not grow the daemon without limit.
+        if entry.len() < 10_000 {
+            entry.push(msg.line);
+        }
+        drop(entry);
+        self.changed.notify_waiters();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// Runs the daemon until Ctrl-C/SIGTERM.
+pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
+    let host: std::net::IpAddr = settings
+        .controller
+        .api_host
+        .parse()
+        .with_context(|| format!("controller.api_host {:?} is not an IP address", settings.controller.api_host))?;
+    if !host.is_loopback() {
+        bail!("controller.api_host {host} is not a loopback address; the daemon API only listens on loopback (127.0.0.1)");
+    }
+    let verifier_keys = Keyring::from_env().context("the daemon authenticates its API with the cluster secret")?;
+    let keyring = Arc::new(Keyring::from_env()?);
+    let store_path = ControllerStore::default_path(&settings.cluster_dir());
+    let store = Arc::new(ControllerStore::open(&store_path)?);
+    let port = settings.controller.api_port;
+    System::new().block_on(async move {
+        let changed = Arc::new(Notify::new());
+        let progress = Arc::new(DashMap::new());
+        let sink = ProgressSink { lines: progress.clone(), changed: changed.clone() }.start();
+        let controller = ControllerSupervisor::start(ControllerOptions {
+            settings: settings.clone(),
+            keyring: Some(keyring),
+            store: Some(store.clone()),
+            progress: Some(sink.recipient()),
+        });
+        let state = web::Data::new(ApiState {
+            verifier: Verifier::new(verifier_keys, DAEMON_ID.into(), settings.worker.skew_s, false),
+            store: store.clone(),
+            controller: controller.clone(),
+            changed,
+            progress,
+        });
+        resume_unfinished(&state).await?;
+        let st = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(st.clone())
+                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .route("/v1/health", web::get().to(health))
+                .route("/v1/jobs", web::post().to(submit))
+                .route("/v1/jobs/{run_id}/{job_id}", web::get().to(job))
+                .route("/v1/jobs/{run_id}/{job_id}/cancel", web::post().to(cancel))
+                .route("/v1/status", web::get().to(status))
+        })
+        .workers(1)
+        .shutdown_timeout(5)
+        .bind((host, port))
+        .with_context(|| format!("cannot listen on {host}:{port}; is another daemon running? (controller.api_port)"))?;
+        tracing::info!("controller daemon listening on {host}:{port}, store {}", store.path().display());
+        server.run().await.context("API server failed")?;
+        tracing::info!("API stopped; jobs in flight stay recorded and resume at the next start");
+        let _ = controller.supervisor.send(Shutdown).await;
+        Ok(0)
+    })
+}
+
+/// Picks up the jobs a previous daemon left unfinished: re-attaching to
+/// remote ones, running local ones again (they never completed).
+async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
+    let store = state.store.clone();
+    let jobs = web::block(move || store.unfinished()).await??;
+    for job in jobs {
+        tracing::info!(job = %job.spec.key(), remote = ?job.remote, "resuming a job from the previous run");
+        let at = UNIX_EPOCH + Duration::from_millis(job.submitted_at_ms);
+        dispatch(state.clone(), job.spec, job.remote, at);
+    }
+    Ok(())
+}
+
+/// Hands a job to the JobRunner and records its end.
+fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at: SystemTime) {
+    let key = spec.key();
+    actix::spawn(async move {
+        let receipt = state.controller.runner.send(SubmitJob { spec, resume, submitted_at }).await;
+        let Ok(receipt) = receipt else {
+            tracing::error!(job = %key, "the job runner stopped before the job ended; it resumes at the next start");
+            return;
+        };
+        let store = state.store.clone();
+        let k = key.clone();
+        let saved = web::block(move || {
+            store.update(&k, |j| {
+                j.phase = Phase::Finished;
+                j.receipt = Some(receipt);
+            })
+        })
+        .await;
+        if !matches!(saved, Ok(Ok(true))) {
+            tracing::error!(job = %key, "could not record the end of the job: {saved:?}");
+        }
+        state.changed.notify_waiters();
+    });
+}
+
+fn error(status: u16, code: &str, message: impl Into<String>, server_time: Option<u64>) -> HttpResponse {
+    let body = protocol::ErrorBody { error: message.into(), code: code.into(), server_time };
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)).json(body)
+}
+
+/// Checks the request's signature over the raw body.
+fn authorize(state: &ApiState, req: &HttpRequest, body: &[u8]) -> Result<(), HttpResponse> {
+    let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
+    let sha = protocol::sha256_hex(body);
+    let query = req.uri().query().unwrap_or("");
+    match state.verifier.verify(&auth, req.method().as_str(), req.uri().path(), query, &sha, rayvault::auth::unix_now()) {
+        Ok(_) => Ok(()),
+        Err(AuthError::Skew { server_time }) => Err(error(401, "AUTH_SKEW", protocol::SKEW_MESSAGE, Some(server_time))),
+        Err(AuthError::Invalid(why)) => {
+            tracing::warn!("refused an API request: {why}");
+            Err(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None))
+        }
+    }
+}
+
+async fn health(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return r;
+    }
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "pid": std::process::id()}))
+}
+
+async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return r;
+    }
+    let spec: JobSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return error(400, "BAD_REQUEST", format!("not a job spec: {e}"), None),
+    };
+    if let Err(e) = spec.validate() {
+        return error(400, "BAD_REQUEST", e, None);
+    }
+    let (store, key) = (state.store.clone(), spec.key());
+    let record = StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: now_ms(), remote: None, receipt: None };
+    // One transaction decides whether this is new work or a job in flight.
+    let outcome = web::block(move || -> Result<bool, rayvault::controller_store::StoreError> {
+        match store.get(&key)? {
+            Some(j) if j.phase != Phase::Finished => Ok(false),
+            _ => store.put(&record).map(|_| true),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(true)) => {
+            state.progress.remove(&spec.key());
+            let key = spec.key();
+            dispatch(state.clone(), spec, None, SystemTime::now());
+            HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": key, "already_running": false}))
+        }
+        Ok(Ok(false)) => HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": spec.key(), "already_running": true})),
+        Ok(Err(e)) => error(500, "INTERNAL", e.to_string(), None),
+        Err(e) => error(500, "INTERNAL", e.to_string(), None),
+    }
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    wait_s: u64,
+    #[serde(default)]
+    progress_from: usize,
+}
+
+async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>, q: web::Query<WaitQuery>) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return r;
+    }
+    let key = format!("{}/{}", path.0, path.1);
+    let deadline = Instant::now() + Duration::from_secs(q.wait_s.min(60));
+    loop {
+        // Register interest before reading, so a change in between is not missed.
+        let notified = state.changed.notified();
+        let store = state.store.clone();
+        let k = key.clone();
+        let job = match web::block(move || store.get(&k)).await {
+            Ok(Ok(Some(j))) => j,
+            Ok(Ok(None)) => return error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None),
+            Ok(Err(e)) => return error(500, "INTERNAL", e.to_string(), None),
+            Err(e) => return error(500, "INTERNAL", e.to_string(), None),
+        };
+        let lines: Vec<String> = state.progress.get(&key).map(|l| l.iter().skip(q.progress_from).cloned().collect()).unwrap_or_default();
+        let now = Instant::now();
+        if job.phase == Phase::Finished || !lines.is_empty() || now >= deadline {
+            let progress_next = q.progress_from + lines.len();
+            return HttpResponse::Ok().json(JobView { key, phase: job.phase, remote: job.remote, receipt: job.receipt, progress: lines, progress_next });
+        }
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), notified).await;
+    }
+}
+
+async fn cancel(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return r;
+    }
+    let key = format!("{}/{}", path.0, path.1);
+    match state.controller.runner.send(CancelJob { key: key.clone() }).await {
+        Ok(true) => HttpResponse::Ok().json(serde_json::json!({"key": key, "cancelling": true})),
+        Ok(false) => error(409, "JOB_CONFLICT", format!("{key} is not running in this daemon"), None),
+        Err(e) => error(500, "INTERNAL", e.to_string(), None),
+    }
+}
+
+async fn status(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return r;
+    }
+    let store = state.store.clone();
+    let jobs = match web::block(move || store.all()).await {
+        Ok(Ok(j)) => j,
+        Ok(Err(e)) => return error(500, "INTERNAL", e.to_string(), None),
+        Err(e) => return error(500, "INTERNAL", e.to_string(), None),
+    };
+    let nodes = match state.controller.probe.send(DescribeNodes).await {
+        Ok(n) => n,
+        Err(e) => return error(500, "INTERNAL", e.to_string(), None),
+    };
+    HttpResponse::Ok().json(serde_json::json!({
+        "daemon": {"pid": std::process::id()},
+        "jobs": jobs.iter().map(crate::commands::job_line).collect::<Vec<_>>(),
+        "nodes": nodes,
+    }))
+}

@@ -1,11 +1,217 @@
-"""Placeholder: the RayVault side of the scenarios (filled in as the worker
-and the daemon land)."""
+"""The RayVault side of the scenarios: starting `rayvault-worker` and the
+`rayvault-orchestrator` daemon on loopback with a fresh state folder, a
+random shared secret and defaults otherwise (what a user gets), and running
+our binaries and drivers the way a user would.
 
-from lib import NotMeasured
+Every process is started through lib.Proc (stopped by PID); every state
+folder lives under target/bench/ and is removed afterwards.
+"""
+
+import json
+import os
+import secrets
+import statistics
+import shutil
+import subprocess
+import tempfile
+import time
+
+import media
+from lib import (OUT_DIR, NotMeasured, Proc, binary, free_port, http_ok, log, percentile, rss_kib, summary,
+                 wait_until)
+
+# One random secret per run, given to our processes through the environment
+# (never on a command line), as the seed prescribes.
+SECRET = secrets.token_hex(32)
 
 
-def _missing(*_args):
+def need(name, what):
+    exe = binary(name)
+    if not exe:
+        raise NotMeasured(f"{name} was not built ({what}); run scripts/bench.sh, which builds it")
+    return exe
+
+
+def base_env(state_dir):
+    return {
+        "RAYVAULT_CLUSTER_SECRET": SECRET,
+        "RAYVAULT_STATE_DIR": state_dir,
+        "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn"),
+        "NO_COLOR": "1",
+    }
+
+
+def fresh_state(prefix):
+    return tempfile.mkdtemp(prefix=prefix, dir=OUT_DIR)
+
+
+class Worker:
+    """`rayvault-worker` on 127.0.0.1 with its own state folder."""
+
+    def __init__(self, worker_id="bench-worker", extra_env=None, state_dir=None):
+        exe = need("rayvault-worker", "the worker binary")
+        self.id = worker_id
+        self.port = free_port()
+        self.state_dir = state_dir or fresh_state("worker-")
+        self.own_state = state_dir is None
+        env = base_env(self.state_dir)
+        env.update({"RAYVAULT_WORKER_ID": worker_id, "RAYVAULT_WORKER_HOST": "127.0.0.1",
+                    "RAYVAULT_WORKER_PORT": str(self.port)})
+        env.update(extra_env or {})
+        self.proc = Proc(f"worker-{worker_id}", [exe], env=env, cwd=self.state_dir)
+        self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            wait_until("rayvault-worker /health", 30, lambda: http_ok(self.url + "/health"))
+        except RuntimeError:
+            raise RuntimeError(f"rayvault-worker did not start: {self.proc.tail()}")
+
+    def rss_kib(self):
+        return rss_kib(self.proc.pid)
+
+    def stop(self):
+        self.proc.stop()
+        if self.own_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def write_payloads(path, payloads):
+    with open(path, "w") as f:
+        for p in payloads:
+            f.write(json.dumps(p) + "\n")
+
+
+def step_times(step, payloads, n):
+    """The executor's own run time of `step`, in-process (seconds)."""
+    exe = need("bench_dispatch", "examples/bench_dispatch.rs")
+    fd, path = tempfile.mkstemp(prefix="payloads-", suffix=".jsonl", dir=OUT_DIR)
+    os.close(fd)
+    try:
+        write_payloads(path, payloads)
+        cp = subprocess.run([exe, "step", step, path, str(n)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **base_env(OUT_DIR)}, cwd=OUT_DIR)
+        if cp.returncode != 0:
+            raise RuntimeError(cp.stderr.strip()[-500:])
+        return json.loads(cp.stdout)["step_s"]
+    finally:
+        os.remove(path)
+
+
+def dispatch_via_worker(worker, step, payloads, n_seq, n_rate, concurrency):
+    exe = need("bench_dispatch", "examples/bench_dispatch.rs")
+    fd, path = tempfile.mkstemp(prefix="payloads-", suffix=".jsonl", dir=OUT_DIR)
+    os.close(fd)
+    try:
+        write_payloads(path, payloads)
+        env = {**os.environ, **base_env(OUT_DIR)}
+        cp = subprocess.run([exe, "worker", worker.url, worker.id, step, path, str(n_seq), str(n_rate),
+                             str(concurrency)], capture_output=True, text=True, timeout=1800, env=env)
+        if cp.returncode != 0:
+            raise RuntimeError(cp.stderr.strip()[-500:])
+        return json.loads(cp.stdout)
+    finally:
+        os.remove(path)
+
+
+def submit_local(step, payload, timeout_s=1800):
+    """Runs one job with `rayvault-orchestrator submit` and no workers
+    configured (local execution, zero configuration), as a user would.
+    Returns (wall seconds, receipt dict)."""
+    exe = need("rayvault-orchestrator", "the controller binary")
+    state = fresh_state("submit-")
+    try:
+        env = {**os.environ, **base_env(state)}
+        run_id, job_id = "bench", f"{step.lower()}-{time.time_ns()}"
+        t0 = time.perf_counter()
+        cp = subprocess.run([exe, "submit", "--run-id", run_id, "--job-id", job_id, "--step-name", step,
+                             "--payload-json", json.dumps(payload)],
+                            capture_output=True, text=True, timeout=timeout_s, env=env, cwd=state,
+                            stdin=subprocess.DEVNULL)
+        elapsed = time.perf_counter() - t0
+        if cp.returncode != 0:
+            raise RuntimeError(f"submit exited {cp.returncode}: {(cp.stderr or cp.stdout).strip()[-600:]}")
+        receipt = find_receipt(state, run_id, job_id, cp.stdout)
+        return elapsed, receipt
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def find_receipt(state, run_id, job_id, stdout):
+    path = os.path.join(state, "cluster", "receipts", run_id, job_id, "job_receipt.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    try:
+        return json.loads(stdout)
+    except ValueError:
+        raise RuntimeError(f"no receipt at {path} and stdout is not JSON")
+
+
+def receipt_result(receipt):
+    """The step's result object inside a receipt."""
+    for key in ("result", "step_result"):
+        if isinstance(receipt.get(key), dict):
+            return receipt[key]
+    raise RuntimeError(f"the receipt has no result (keys: {sorted(receipt)})")
+
+
+def postcheck(files):
+    """Scenario 3: one AUDIO_POSTCHECK job over `files`; returns (seconds,
+    {path: integrated LUFS})."""
+    t, receipt = submit_local("AUDIO_POSTCHECK", {"audio_paths": files})
+    res = receipt_result(receipt)
+    return t, {f["path"]: f.get("integrated_lufs") for f in res["files"]}
+
+
+def frames(clip, n):
+    """Scenario 4: one FRAME_SAMPLING job; returns (seconds, strategy)."""
+    t, receipt = submit_local("FRAME_SAMPLING", {"media_path": clip, "count": n})
+    res = receipt_result(receipt)
+    got = res.get("frames")
+    if isinstance(got, list) and len(got) != n:
+        raise RuntimeError(f"FRAME_SAMPLING wrote {len(got)} frames, expected {n}")
+    return t, res.get("strategy", "?")
+
+
+def tts(texts):
+    raise NotMeasured("TTS_RENDER_CHUNKS has not landed")
+
+
+def sync_artifact(path, sha):
     raise NotMeasured("not integrated yet")
 
 
-dispatch = postcheck = frames = tts = sync_artifact = _missing
+def dispatch(cfg):
+    """Scenario 1, ours: per-job overhead (end-to-end minus the step's own
+    run time, measured in-process on the same files) sequentially, and
+    jobs/s at concurrency 16."""
+    n_seq, n_rate = cfg["seq_n"], cfg["thr_n"]
+    wavs = media.short_wavs(n_seq + n_rate + 20)
+    payloads = [{"audio_paths": [w]} for w in wavs]
+    step = "AUDIO_POSTCHECK"
+    own = step_times(step, payloads[:50], 300)
+    own_med = statistics.median(own)
+    p50s, p99s, rates, rec_p50s = [], [], [], []
+    for r in range(cfg["repeats"]):
+        # A fresh worker and state folder per repeat, so the same files are
+        # new jobs again (no idempotency hits) and the store starts empty.
+        worker = Worker()
+        try:
+            warm = dispatch_via_worker(worker, step, payloads[-20:], 20, 0, 1)
+            del warm
+            out = dispatch_via_worker(worker, step, payloads[: n_seq + n_rate], n_seq, n_rate, 16)
+        finally:
+            worker.stop()
+        over = [(t - own_med) * 1000 for t in out["seq_e2e_s"]]
+        p50s.append(percentile(over, 50))
+        p99s.append(percentile(over, 99))
+        rates.append(out["rate_per_s"])
+        rec = [t * 1000 - ms for t, ms in zip(out["seq_e2e_s"], out["seq_step_ms"])]
+        rec_p50s.append(percentile(rec, 50) if rec else None)
+        log(f"scenario 1: ours repeat {r + 1}: overhead p50 {p50s[-1]:.2f} ms, p99 {p99s[-1]:.2f} ms, "
+            f"{rates[-1]:.0f} jobs/s (step itself {own_med * 1000:.2f} ms)")
+    return {
+        "p50": summary(p50s), "p99": summary(p99s), "rate": summary(rates),
+        "extra": {"path": "worker API (POST /jobs + long-poll GET /jobs/{id})",
+                  "step_own_median_ms": own_med * 1000,
+                  "overhead_p50_from_worker_timestamps_ms": rec_p50s},
+    }

@@ -60,6 +60,11 @@ def main():
     cfg = dict(QUICK if args.quick else FULL)
     mode = "quick" if args.quick else "full"
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+    # The caller's RayVault settings and secrets must not change what is
+    # measured (or leak into it): our processes get only what bench/ours.py
+    # gives them.
+    for k in [k for k in os.environ if k.startswith("RAYVAULT_")]:
+        del os.environ[k]
     started = time.time()
     load_before = os.getloadavg()
     rows, details = [], {"config": cfg, "load_before": load_before}

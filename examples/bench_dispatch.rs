@@ -1,0 +1,188 @@
+//! Benchmark driver for scenario 1 (see docs/benchmarks.md): dispatch
+//! overhead and throughput of small jobs.
+//!
+//! The payloads come from a file with one JSON payload per line, written by
+//! bench/ours.py (each names a distinct WAV, so no job hits the idempotency
+//! cache). The shared secret comes from `RAYVAULT_CLUSTER_SECRET`, as for
+//! the real binaries. Prints JSON on stdout.
+//!
+//! ```text
+//! bench_dispatch step STEP PAYLOADS N
+//!     runs the step in-process N times: the executor's own run time
+//!     -> {"step_s": [..]}
+//! bench_dispatch worker BASE_URL WORKER_ID STEP PAYLOADS N_SEQ N_RATE CONCURRENCY
+//!     submits through the worker API (POST /jobs + long-poll GET /jobs/{id})
+//!     -> {"seq_e2e_s": [..], "seq_step_ms": [..], "rate_per_s": x, "rate_jobs": n}
+//! ```
+
+use futures_util::future::join_all;
+use rayvault::auth::Keyring;
+use rayvault::client::WorkerClient;
+use rayvault::config::Settings;
+use rayvault::joblog::JobLog;
+use rayvault::protocol::{JobState, SubmitJob};
+use rayvault::steps::{run_step, StepContext, StepName};
+use serde_json::{json, Value};
+use std::cell::Cell;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long one job may take before the driver gives up on it.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn read_payloads(path: &str) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad payload line in {path}: {e}")))
+        .collect()
+}
+
+/// Runs the step in this process, the way the worker's executor does, and
+/// times each run.
+async fn step_times(step: StepName, payloads: &[Value], n: usize) -> Result<Value, String> {
+    let settings = Arc::new(Settings::load(None).map_err(|e| e.to_string())?);
+    let scratch = std::env::temp_dir().join(format!("rayvault-bench-step-{}", std::process::id()));
+    let mut out = Vec::with_capacity(n);
+    for (i, payload) in payloads.iter().cycle().take(n).enumerate() {
+        let out_dir = scratch.join(format!("job-{i}"));
+        std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+        let log = JobLog::open(&scratch.join(format!("job-{i}.log"))).map_err(|e| e.to_string())?;
+        let ctx = StepContext {
+            job_id: format!("bench-{i}"),
+            out_dir,
+            log,
+            cancel: CancellationToken::new(),
+            settings: settings.clone(),
+        };
+        let t0 = Instant::now();
+        run_step(step, payload, &ctx).await.map_err(|e| format!("{step} failed in-process: {e}"))?;
+        out.push(t0.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(json!({ "step_s": out }))
+}
+
+/// Submits one job and long-polls it to the end; returns the end-to-end
+/// time and the run time the worker recorded (milliseconds).
+async fn one_job(client: &WorkerClient, step: &str, payload: Value) -> Result<(f64, Option<u64>), String> {
+    let t0 = Instant::now();
+    let job = SubmitJob { step_name: step.to_string(), payload, inputs_hash: None, label: None };
+    let submitted = client.submit(&job).await.map_err(|e| e.to_string())?;
+    if submitted.cached {
+        return Err("a job hit the idempotency cache; the harness must give distinct payloads".into());
+    }
+    let view = if submitted.job.state.is_terminal() {
+        submitted.job
+    } else {
+        client.wait(&submitted.job.job_id, JOB_TIMEOUT, 20).await.map_err(|e| e.to_string())?
+    };
+    let e2e = t0.elapsed().as_secs_f64();
+    if view.state != JobState::Succeeded {
+        return Err(format!("job {} ended {:?}: {:?}", view.job_id, view.state, view.error));
+    }
+    let ran = match (view.started_at_ms, view.finished_at_ms) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    Ok((e2e, ran))
+}
+
+async fn worker(args: &WorkerArgs, payloads: Vec<Value>) -> Result<Value, String> {
+    let keyring = Keyring::from_env().map_err(|e| e.to_string())?;
+    let client = Rc::new(WorkerClient::new(&args.base, &args.worker_id, Arc::new(keyring)));
+    if payloads.len() < args.n_seq + args.n_rate {
+        return Err(format!("need {} payloads, got {}", args.n_seq + args.n_rate, payloads.len()));
+    }
+    let (seq, rest) = payloads.split_at(args.n_seq);
+    let mut e2e = Vec::with_capacity(seq.len());
+    let mut ran = Vec::with_capacity(seq.len());
+    for p in seq {
+        let (t, r) = one_job(&client, &args.step, p.clone()).await?;
+        e2e.push(t);
+        ran.extend(r);
+    }
+
+    // Concurrency: a fixed number of loops, each taking the next payload.
+    let rate_payloads = Rc::new(rest[..args.n_rate].to_vec());
+    let next = Rc::new(Cell::new(0usize));
+    let t0 = Instant::now();
+    let loops = (0..args.concurrency).map(|_| {
+        let (client, payloads, next, step) = (client.clone(), rate_payloads.clone(), next.clone(), args.step.clone());
+        async move {
+            loop {
+                let i = next.get();
+                if i >= payloads.len() {
+                    return Ok::<(), String>(());
+                }
+                next.set(i + 1);
+                one_job(&client, &step, payloads[i].clone()).await?;
+            }
+        }
+    });
+    for r in join_all(loops).await {
+        r?;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "seq_e2e_s": e2e,
+        "seq_step_ms": ran,
+        "rate_per_s": args.n_rate as f64 / elapsed,
+        "rate_jobs": args.n_rate,
+    }))
+}
+
+struct WorkerArgs {
+    base: String,
+    worker_id: String,
+    step: String,
+    n_seq: usize,
+    n_rate: usize,
+    concurrency: usize,
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T, String> {
+    args.get(i).and_then(|s| s.parse().ok()).ok_or_else(|| format!("argument {i} ({what}) is missing or invalid"))
+}
+
+fn run(args: &[String]) -> Result<Value, String> {
+    let system = actix_rt::System::new();
+    match args.get(1).map(String::as_str) {
+        Some("step") => {
+            let step = StepName::parse(&arg::<String>(args, 2, "STEP")?).map_err(|e| e.to_string())?;
+            let payloads = read_payloads(&arg::<String>(args, 3, "PAYLOADS")?)?;
+            let n = arg(args, 4, "N")?;
+            system.block_on(step_times(step, &payloads, n))
+        }
+        Some("worker") => {
+            let wa = WorkerArgs {
+                base: arg(args, 2, "BASE_URL")?,
+                worker_id: arg(args, 3, "WORKER_ID")?,
+                step: arg(args, 4, "STEP")?,
+                n_seq: arg(args, 6, "N_SEQ")?,
+                n_rate: arg(args, 7, "N_RATE")?,
+                concurrency: arg(args, 8, "CONCURRENCY")?,
+            };
+            let payloads = read_payloads(&arg::<String>(args, 5, "PAYLOADS")?)?;
+            system.block_on(worker(&wa, payloads))
+        }
+        _ => Err("usage: bench_dispatch step STEP PAYLOADS N | worker BASE_URL WORKER_ID STEP PAYLOADS N_SEQ N_RATE CONCURRENCY".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match run(&args) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench_dispatch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Job endpoints of the real worker, driven with the signed client:
+//! lifecycle, long-poll, log tailing, artifact manifest and Range resume,
+//! blob staging, idempotency (including concurrent duplicates and a wrong
+//! client hash), cancel, per-step concurrency, and hostile artifact names.
+//!
+//! OPENCLAW_TASK with a configured plain command (`cat`, or a shell that
+//! sleeps) is the deterministic step: its output is the task text.
+
+mod common;
+mod worker_harness;
+
+use rayvault::client::ClientError;
+use rayvault::protocol::{self, JobState, SubmitJob};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use worker_harness::{wait_until_async, Opts, Worker};
+
+fn openclaw(task: &str) -> SubmitJob {
+    SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": task }), inputs_hash: None, label: None }
+}
+
+/// A worker whose OPENCLAW_TASK sleeps `secs` (reading the task first).
+fn sleepy_worker(secs: u32) -> Worker {
+    Worker::start(Opts {
+        env: vec![("RAYVAULT_OPENCLAW__COMMAND".into(), format!("sh -c 'cat >/dev/null; sleep {secs}'"))],
+        ..Opts::default()
+    })
+}
+
+#[actix_rt::test]
+async fn lifecycle_long_poll_log_and_artifacts() {
+    let w = Worker::start(Opts::default());
+    let c = w.client();
+    assert_eq!(c.health().await.unwrap().worker_id, "worker-test");
+    let caps = c.caps().await.unwrap();
+    assert_eq!(caps.contract, protocol::CONTRACT);
+
+    // A task big enough that the artifact spans several download chunks.
+    let task: String = (0..6000).map(|i| format!("line {i} of the task text\n")).collect();
+    let sub = c.submit(&SubmitJob { label: Some("run-1/job-1".into()), ..openclaw(&task) }).await.unwrap();
+    assert!(!sub.cached);
+    assert_eq!(sub.job.inputs_hash, protocol::inputs_hash("OPENCLAW_TASK", &json!({ "task": task })));
+    assert_eq!(sub.job.label.as_deref(), Some("run-1/job-1"));
+
+    // The long-poll answers when the job finishes, well before wait_s.
+    let t0 = Instant::now();
+    let done = c.job(&sub.job.job_id, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_eq!(done.attempt, 1);
+
+    // The log: lifecycle lines plus the step's own lines, tailable by offset.
+    let log = c.full_log(&done.job_id).await.unwrap();
+    assert!(log.contains("queued") && log.contains("started (attempt 1)") && log.contains("succeeded"), "{log}");
+    let tail = c.log(&done.job_id, 10).await.unwrap();
+    assert_eq!(tail.offset, 10);
+    assert!(tail.complete);
+    assert_eq!(&log.as_bytes()[10..10 + tail.data.len()], tail.data.as_bytes());
+
+    // Manifest with digests; whole download matches.
+    let manifest = c.artifacts(&done.job_id).await.unwrap();
+    assert_eq!(manifest.artifacts.len(), 1);
+    let entry = manifest.artifacts[0].clone();
+    assert_eq!(entry.name, "openclaw_output.txt");
+    let dir = common::tempdir();
+    let dest = dir.path().join("out.txt");
+    let n = c.download_artifact(&done.job_id, &entry, &dest).await.unwrap();
+    assert_eq!(n, entry.size);
+    let bytes = std::fs::read(&dest).unwrap();
+    assert_eq!(protocol::sha256_hex(&bytes), entry.sha256);
+    assert!(String::from_utf8_lossy(&bytes).contains("line 5999 of the task text"));
+
+    // Range resume: a partial file from an interrupted download is
+    // continued, not restarted, and the result still matches the digest.
+    let dest2 = dir.path().join("again.txt");
+    let cut = entry.size as usize / 3;
+    std::fs::write(dir.path().join("again.txt.part"), &bytes[..cut]).unwrap();
+    let n = c.download_artifact(&done.job_id, &entry, &dest2).await.unwrap();
+    assert_eq!(n, entry.size - cut as u64, "only the missing tail is transferred");
+    assert_eq!(std::fs::read(&dest2).unwrap(), bytes);
+    // A corrupt partial file is caught by the digest check.
+    let dest3 = dir.path().join("bad.txt");
+    std::fs::write(dir.path().join("bad.txt.part"), vec![b'#'; cut]).unwrap();
+    let err = c.download_artifact(&done.job_id, &entry, &dest3).await.unwrap_err();
+    assert!(matches!(err, ClientError::Digest { .. }), "{err}");
+    assert!(!dest3.exists());
+
+    // Raw Range answers.
+    let path = format!("/jobs/{}/artifacts/{}", done.job_id, entry.name);
+    let auth = w.sign("GET", &path, "", b"");
+    let r = w.request("GET", &path, &[("Authorization", auth), ("Range", "bytes=10-19".into())], b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some(format!("bytes 10-19/{}", entry.size).as_str()));
+    assert_eq!(r.body, bytes[10..20]);
+    let auth = w.sign("GET", &path, "", b"");
+    let r = w.request("GET", &path, &[("Authorization", auth), ("Range", format!("bytes={}-", entry.size))], b"");
+    assert_eq!((r.status, r.code().as_str()), (416, "RANGE_NOT_SATISFIABLE"));
+}
+
+#[actix_rt::test]
+async fn idempotency_and_inputs_hash() {
+    let w = Worker::start(Opts::default());
+    let c = w.client();
+    let first = c.submit(&openclaw("same task")).await.unwrap();
+    let again = c.submit(&openclaw("same task")).await.unwrap();
+    assert!(again.cached);
+    assert_eq!(again.job.job_id, first.job.job_id);
+    let done = c.wait(&first.job.job_id, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    let after = c.submit(&openclaw("same task")).await.unwrap();
+    assert!(after.cached, "a succeeded job is returned, not re-run");
+    assert_eq!(after.job.job_id, first.job.job_id);
+
+    // The client's hash must agree with the worker's.
+    let good = SubmitJob { inputs_hash: Some(first.job.inputs_hash.clone()), ..openclaw("same task") };
+    assert_eq!(c.submit(&good).await.unwrap().job.job_id, first.job.job_id);
+    let bad = SubmitJob { inputs_hash: Some("0".repeat(64)), ..openclaw("same task") };
+    let err = c.submit(&bad).await.unwrap_err();
+    assert_eq!(err.code(), Some("INPUTS_HASH_MISMATCH"), "{err}");
+    // The same claimed hash with another body is refused too.
+    let other = SubmitJob { inputs_hash: Some(first.job.inputs_hash.clone()), ..openclaw("another task") };
+    assert_eq!(c.submit(&other).await.unwrap_err().code(), Some("INPUTS_HASH_MISMATCH"));
+
+    // A failed job runs anew on resubmission.
+    let probe = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": "/definitely/not/here.mp4"}), inputs_hash: None, label: None };
+    let f1 = c.submit(&probe).await.unwrap();
+    let f1 = c.wait(&f1.job.job_id, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(f1.state, JobState::Failed);
+    assert_eq!(f1.error.as_ref().unwrap().code, "INPUT_NOT_FOUND");
+    let f2 = c.submit(&probe).await.unwrap();
+    assert!(!f2.cached);
+    assert_ne!(f2.job.job_id, f1.job_id);
+}
+
+#[actix_rt::test]
+async fn concurrent_duplicates_run_once() {
+    let w = sleepy_worker(1);
+    let c = std::rc::Rc::new(w.client());
+    let futures: Vec<_> = (0..12)
+        .map(|_| {
+            let c = c.clone();
+            async move { c.submit(&openclaw("concurrent duplicate")).await.unwrap() }
+        })
+        .collect();
+    let results = futures_util::future::join_all(futures).await;
+    let created: Vec<_> = results.iter().filter(|r| !r.cached).collect();
+    assert_eq!(created.len(), 1, "exactly one submission creates the job");
+    assert!(results.iter().all(|r| r.job.job_id == created[0].job.job_id));
+    let done = c.wait(&created[0].job.job_id, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!((done.state, done.attempt), (JobState::Succeeded, 1));
+    let log = c.full_log(&done.job_id).await.unwrap();
+    assert_eq!(log.matches("started (attempt").count(), 1, "{log}");
+}
+
+#[actix_rt::test]
+async fn blob_staging_by_digest() {
+    let w = Worker::start(Opts::default());
+    let c = w.client();
+    let dir = common::tempdir();
+    let video = common::make_video(dir.path(), "in.mp4", 1.0, 160, 120, 10);
+    let stored = c.upload_file(&video).await.unwrap();
+    assert!(stored.created);
+    let (sha, size) = rayvault::artifacts::sha256_file(&video).unwrap();
+    assert_eq!((stored.sha256.clone(), stored.size), (sha.clone(), size));
+    assert!(!c.upload_file(&video).await.unwrap().created, "stored once");
+
+    let job = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{sha}")}), inputs_hash: None, label: None };
+    let sub = c.submit(&job).await.unwrap();
+    let done = c.wait(&sub.job.job_id, Duration::from_secs(60), 10).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert!(done.artifacts.iter().any(|a| a.name == "ffprobe.json"));
+
+    // Bytes that do not hash to the path's digest are discarded.
+    let wrong = "ab".repeat(32);
+    let path = format!("/blobs/{wrong}");
+    let r = w.request("PUT", &path, &[("Authorization", w.sign("PUT", &path, "", b"hello"))], b"hello");
+    assert_eq!(r.status, 401, "the signature covers the digest named in the path, not the bytes");
+    let ring = w.keyring();
+    let target = rayvault::auth::RequestTarget { method: "PUT", path: &path, query: "", worker_id: "worker-test", body_sha256: &wrong };
+    let r = w.request("PUT", &path, &[("Authorization", ring.authorization(&target))], b"hello");
+    assert_eq!((r.status, r.code().as_str()), (422, "DIGEST_MISMATCH"));
+    assert!(!w.state_dir.join("worker/blobs").join(&wrong).exists());
+    // A payload naming a blob never uploaded.
+    let missing = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{wrong}")}), inputs_hash: None, label: None };
+    assert_eq!(c.submit(&missing).await.unwrap_err().code(), Some("BLOB_NOT_FOUND"));
+    let malformed = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": "blob:sha256:../../etc/passwd"}), inputs_hash: None, label: None };
+    assert_eq!(c.submit(&malformed).await.unwrap_err().code(), Some("BAD_REQUEST"));
+}
+
+#[actix_rt::test]
+async fn cancel_queue_and_concurrency() {
+    let w = sleepy_worker(30);
+    let c = w.client();
+    // OPENCLAW_TASK runs one job at a time (steps.openclaw_task.concurrency = 1).
+    let a = c.submit(&openclaw("first")).await.unwrap().job;
+    let b = c.submit(&openclaw("second")).await.unwrap().job;
+    wait_until_async("first job running", Duration::from_secs(20), || async {
+        c.job(&a.job_id, 0).await.unwrap().state == JobState::Running
+    })
+    .await;
+    assert_eq!(c.job(&b.job_id, 0).await.unwrap().state, JobState::Queued, "second waits for the slot");
+
+    // Cancel the queued one: immediate.
+    let b2 = c.cancel(&b.job_id).await.unwrap();
+    assert_eq!(b2.state, JobState::Cancelled);
+    // Cancel the running one: its process is stopped.
+    let t0 = Instant::now();
+    let a2 = c.cancel(&a.job_id).await.unwrap();
+    assert_eq!(a2.state, JobState::Cancelled, "{a2:?}");
+    assert_eq!(a2.error.as_ref().unwrap().code, "CANCELLED");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    // Cancelling a finished job is a conflict; a cancelled job runs anew.
+    assert_eq!(c.cancel(&a.job_id).await.unwrap_err().code(), Some("JOB_CONFLICT"));
+    let again = c.submit(&openclaw("first")).await.unwrap();
+    assert!(!again.cached);
+    c.cancel(&again.job.job_id).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn hostile_artifact_names() {
+    let w = Worker::start(Opts::default());
+    let c = w.client();
+    let sub = c.submit(&openclaw("artifact names")).await.unwrap();
+    let id = c.wait(&sub.job.job_id, Duration::from_secs(30), 10).await.unwrap().job_id;
+    let long = "a".repeat(300);
+    for name in ["..", "%2e%2e", "..%2Fworker.log", "..%2F..%2Fworker.redb", "a%5Cb", "C:x", "C%3A%5Cwindows", "x%00y", ".hidden", long.as_str()] {
+        let r = w.signed("GET", &format!("/jobs/{id}/artifacts/{name}"), b"");
+        assert_eq!((r.status, r.code().as_str()), (400, "ARTIFACT_NAME_INVALID"), "{name}");
+    }
+    for target in [format!("/jobs/{id}/artifacts/../worker.log"), format!("/jobs/{id}/artifacts/a/b")] {
+        let r = w.signed("GET", &target, b"");
+        assert_eq!(r.status, 404, "{target}");
+    }
+    let r = w.signed("GET", &format!("/jobs/{id}/artifacts/worker.log"), b"");
+    assert_eq!((r.status, r.code().as_str()), (404, "ARTIFACT_NOT_FOUND"));
+}

@@ -1,0 +1,150 @@
+//! Durability and process-level behaviour of the real worker: kill -9 in the
+//! middle of a job and restart (both `on_interrupted` policies), graceful
+//! SIGTERM, jobs and the idempotency index surviving restarts, retention
+//! pruning, start-up refusals (bind address, missing secret), idle memory.
+
+mod common;
+mod worker_harness;
+
+use rayvault::protocol::{JobState, SubmitJob};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+use worker_harness::{base_command, wait_until_async, Opts, Worker};
+
+fn task(text: &str) -> SubmitJob {
+    SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": text }), inputs_hash: None, label: None }
+}
+
+fn opts_in(state: &std::path::Path, secret: &str, env: &[(&str, &str)]) -> Opts {
+    Opts {
+        state_dir: Some(state.to_path_buf()),
+        secret: secret.into(),
+        env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        ..Opts::default()
+    }
+}
+
+const SLOW: &str = "sh -c 'cat >/dev/null; sleep 3'";
+
+/// Starts a slow job, waits until it is running, kills the worker with
+/// SIGKILL, restarts it with `policy`, and returns the job as seen after.
+async fn kill_mid_job(policy: &str) -> (rayvault::protocol::JobView, String) {
+    let dir = common::tempdir();
+    let secret = "restart-secret-value";
+    let env = [("RAYVAULT_OPENCLAW__COMMAND", SLOW), ("RAYVAULT_WORKER__ON_INTERRUPTED", policy)];
+    let mut w = Worker::start(opts_in(dir.path(), secret, &env));
+    let c = w.client();
+    let id = c.submit(&task("long job")).await.unwrap().job.job_id;
+    wait_until_async("job running", Duration::from_secs(20), || async { c.job(&id, 0).await.unwrap().state == JobState::Running }).await;
+    w.kill9();
+    drop(c);
+
+    let w2 = Worker::start(opts_in(dir.path(), secret, &env));
+    let c2 = w2.client();
+    let view = c2.wait(&id, Duration::from_secs(30), 10).await.unwrap();
+    let log = c2.full_log(&id).await.unwrap();
+    (view, log)
+}
+
+#[actix_rt::test]
+async fn kill9_mid_job_fails_it_as_interrupted_by_default() {
+    let (view, log) = kill_mid_job("fail").await;
+    assert_eq!(view.state, JobState::Failed, "{view:?}");
+    assert_eq!(view.error.as_ref().unwrap().code, "INTERRUPTED");
+    assert!(view.result.is_none() && view.artifacts.is_empty(), "never reported as succeeded");
+    assert!(log.contains("INTERRUPTED"), "{log}");
+}
+
+#[actix_rt::test]
+async fn kill9_mid_job_reruns_it_with_the_rerun_policy() {
+    let (view, log) = kill_mid_job("rerun").await;
+    assert_eq!(view.state, JobState::Succeeded, "{view:?}");
+    assert_eq!(view.attempt, 2);
+    assert!(log.contains("started (attempt 2)"), "{log}");
+}
+
+#[actix_rt::test]
+async fn jobs_and_idempotency_survive_a_restart_and_retention_prunes() {
+    let dir = common::tempdir();
+    let secret = "durable-secret-value";
+    let mut w = Worker::start(opts_in(dir.path(), secret, &[]));
+    let c = w.client();
+    let sub = c.submit(&task("durable")).await.unwrap();
+    let done = c.wait(&sub.job.job_id, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    w.kill9();
+
+    let mut w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    let c2 = w2.client();
+    assert_eq!(c2.job(&done.job_id, 0).await.unwrap(), done, "same record after restart");
+    let again = c2.submit(&task("durable")).await.unwrap();
+    assert!(again.cached && again.job.job_id == done.job_id, "idempotency index survived");
+    assert_eq!(c2.artifacts(&done.job_id).await.unwrap().artifacts, done.artifacts);
+    w2.kill9();
+
+    // Retention 0 days: the finished job, its folder and its log go.
+    let w3 = Worker::start(opts_in(dir.path(), secret, &[("RAYVAULT_WORKER__RETENTION_DAYS", "0")]));
+    let c3 = w3.client();
+    let job_dir: PathBuf = dir.path().join("worker/jobs").join(&done.job_id);
+    wait_until_async("job pruned", Duration::from_secs(20), || async { !job_dir.exists() }).await;
+    assert_eq!(c3.job(&done.job_id, 0).await.unwrap_err().code(), Some("JOB_NOT_FOUND"));
+}
+
+#[cfg(unix)]
+#[actix_rt::test]
+async fn sigterm_records_running_jobs_as_interrupted_after_the_grace() {
+    let dir = common::tempdir();
+    let secret = "graceful-secret-value";
+    let env = [("RAYVAULT_OPENCLAW__COMMAND", "sh -c 'cat >/dev/null; sleep 60'"), ("RAYVAULT_WORKER__SHUTDOWN_GRACE_S", "1")];
+    let mut w = Worker::start(opts_in(dir.path(), secret, &env));
+    let c = w.client();
+    let id = c.submit(&task("will be interrupted")).await.unwrap().job.job_id;
+    wait_until_async("job running", Duration::from_secs(20), || async { c.job(&id, 0).await.unwrap().state == JobState::Running }).await;
+    let status = w.terminate(Duration::from_secs(30));
+    assert!(status.success(), "graceful exit: {status} {}", w.stderr());
+    assert!(w.stderr().contains("job interrupted by shutdown"));
+
+    let w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    let view = w2.client().job(&id, 0).await.unwrap();
+    assert_eq!(view.state, JobState::Failed);
+    assert_eq!(view.error.unwrap().code, "INTERRUPTED");
+}
+
+fn refused_start(opts: Opts, args: &[&str]) -> (i32, String) {
+    let dir = common::tempdir();
+    let out = base_command(dir.path(), common::free_port(), &opts).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn refuses_unsafe_binds_and_missing_secrets() {
+    for host in ["0.0.0.0", "::", "192.0.2.10", "100.115.92.1"] {
+        let (code, err) = refused_start(Opts::default(), &["--host", host]);
+        assert_eq!(code, 2, "{host}: {err}");
+        assert!(err.contains("refusing to bind") && err.contains("--allow-any-bind"), "{host}: {err}");
+    }
+    let (code, err) = refused_start(Opts { secret: String::new(), ..Opts::default() }, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("RAYVAULT_CLUSTER_SECRET"), "{err}");
+    let (code, err) = refused_start(Opts::default(), &["--host", "not-an-ip"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn two_workers_cannot_share_a_state_folder() {
+    let dir = common::tempdir();
+    let _w = Worker::start(opts_in(dir.path(), "shared-state-secret", &[]));
+    let out = base_command(dir.path(), common::free_port(), &opts_in(dir.path(), "shared-state-secret", &[])).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another worker"));
+}
+
+#[test]
+fn idle_memory_is_small() {
+    let w = Worker::start(Opts::default());
+    if let Some(kib) = w.rss_kib() {
+        eprintln!("idle worker RSS: {kib} KiB");
+        assert!(kib <= 20 * 1024, "idle RSS {kib} KiB exceeds the 20 MiB target");
+    }
+}

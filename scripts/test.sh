@@ -13,17 +13,7 @@ started=$(date +%s)
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   step "installing system packages and Rust targets"
-  need=()
-  for pkg in ffmpeg espeak-ng gcc-mingw-w64-x86-64 wine wine64 faketime python3 curl ca-certificates procps; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-  done
-  if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  fi
-  rustup component add clippy >/dev/null 2>&1 || true
-  rustup target add x86_64-pc-windows-gnu aarch64-apple-darwin >/dev/null
+  bash scripts/install_deps.sh
 fi
 
 export CARGO_TERM_COLOR=never

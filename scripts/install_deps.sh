@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what RayVault Cluster's tests and demo need on a fresh Debian
+# machine: media tools, the Windows cross toolchain and Wine, faketime, and the
+# Rust targets. Only missing packages are installed.
+set -euo pipefail
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+need=()
+for pkg in ffmpeg espeak-ng gcc-mingw-w64-x86-64 wine wine64 faketime python3 curl ca-certificates procps; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+rustup component add clippy >/dev/null 2>&1 || true
+rustup target add x86_64-pc-windows-gnu aarch64-apple-darwin >/dev/null 2>&1

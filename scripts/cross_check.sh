@@ -30,17 +30,35 @@ require_target() {
     fi
 }
 
+# Fails naming the crates that would compile C for `triple`: anything that
+# build-depends on cc, cmake, pkg-config or bindgen. This catches a C
+# dependency before the compiler does, and says which crate brought it in.
+refuse_c_builds() {
+    local triple="$1" tool users found=""
+    for tool in cc cmake pkg-config bindgen; do
+        if users=$(cargo tree -q --target "$triple" -e normal,build -i "$tool" --depth 1 --prefix none 2>/dev/null); then
+            users=$(echo "$users" | tail -n +2 | sort -u | tr '\n' ' ')
+            found="$found\n  $tool, needed by: $users"
+        fi
+    done
+    if [ -n "$found" ]; then
+        die "$(printf "dependencies for %s compile C (every dependency must be pure Rust):%b" "$triple" "$found")"
+    fi
+}
+
 check_mac() {
     require_target aarch64-apple-darwin
+    refuse_c_builds aarch64-apple-darwin
     echo "== cargo check --target aarch64-apple-darwin --lib --bins"
     local start=$SECONDS
     cargo check --target aarch64-apple-darwin --lib --bins ||
-        die "macOS check failed (if a crate's build script compiles C, that crate is the culprit: keep dependencies pure Rust)"
+        die "macOS check failed; see the compiler errors above"
     echo "== macOS check passed in $((SECONDS - start)) s"
 }
 
 check_windows() {
     require_target x86_64-pc-windows-gnu
+    refuse_c_builds x86_64-pc-windows-gnu
     command -v x86_64-w64-mingw32-gcc >/dev/null ||
         die "x86_64-w64-mingw32-gcc not found; install Debian's gcc-mingw-w64-x86-64 (the linker named in .cargo/config.toml)"
     echo "== cargo build --target x86_64-pc-windows-gnu --bin rayvault-worker"

@@ -109,6 +109,9 @@ async fn sync_one(
         let have = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
         // A partial file longer than the artifact cannot be a prefix of it.
         let offset = if have > entry.size || client.compat() != Compat::Current { 0 } else { have };
+        if offset > 0 {
+            tracing::info!("resuming {} from byte {offset} of {}", entry.name, entry.size);
+        }
         match client.download(job_id, &entry.name, &partial, offset).await {
             Ok(()) => {
                 if verified(&partial, entry).await {

@@ -90,6 +90,9 @@ pub fn map_back(result: &mut Value, blobs: &[Blob], artifacts: &[(String, String
                 let file = s.rsplit(['/', '\\']).next().unwrap_or_default();
                 if let Some((_, local)) = artifacts.iter().find(|(name, _)| name == file) {
                     *s = local.clone();
+                } else if let Some(b) = blobs.iter().find(|b| b.sha256 == file) {
+                    // The worker's own copy of a staged input, named by digest.
+                    *s = b.original.clone();
                 }
             }
         }
@@ -117,8 +120,8 @@ mod tests {
         assert_eq!(staged.payload["audio_paths"][1], json!("/nonexistent/b.wav"));
         assert_eq!(staged.payload["text"], json!(fp), "unknown fields are never rewritten");
         assert_eq!(staged.blobs.len(), 1);
-        let mut result = json!({"media_path": format!("blob:sha256:{digest}"), "frames": ["C:\\w\\jobs\\1\\frame_0001.jpg"]});
+        let mut result = json!({"media_path": format!("blob:sha256:{digest}"), "input": format!("/w/blobs/{digest}"), "frames": ["C:\\w\\jobs\\1\\frame_0001.jpg"]});
         map_back(&mut result, &staged.blobs, &[("frame_0001.jpg".into(), "/r/frame_0001.jpg".into())]);
-        assert_eq!(result, json!({"media_path": fp, "frames": ["/r/frame_0001.jpg"]}));
+        assert_eq!(result, json!({"media_path": fp, "input": fp, "frames": ["/r/frame_0001.jpg"]}));
     }
 }

@@ -42,6 +42,9 @@ pub fn spec_from(args: &SubmitArgs) -> anyhow::Result<JobSpec> {
 /// Runs `submit`.
 pub fn run(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: SubmitArgs) -> anyhow::Result<u8> {
     let spec = spec_from(&args)?;
+    // A malformed nodes.json is a configuration error (exit 2), not a
+    // reason to silently run everything locally.
+    rayvault::nodes::load(&rayvault::nodes::nodes_path(&settings.cluster_dir()))?;
     System::new().block_on(async move {
         if let Some(k) = &keyring {
             if let Some(client) = DaemonClient::connect(&settings, k.clone()).await? {

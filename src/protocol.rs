@@ -503,7 +503,7 @@ mod tests {
             "ts=1, sig=".to_string(),
             format!("ts=1, sig={sig}, sig={sig}"),
             format!("ts=1, sig={sig}, extra=1"),
-            format!("ts=1"),
+            "ts=1".to_string(),
         ] {
             let v = format!("{base}, {bad_tail}");
             assert!(HmacHeader::parse(&v).is_err(), "{v}");

@@ -76,7 +76,8 @@ def measure(cfg):
     rows = []
     details = {}
     results = {}
-    for name, fn in (("floor", floor), ("celery", celery), ("ours", ours.dispatch)):
+    for name, fn in (("floor", floor), ("celery", celery), ("ours", lambda c: ours.dispatch(c, via_daemon=True)),
+                     ("worker_api", lambda c: ours.dispatch(c, via_daemon=False))):
         log(f"scenario 1: {name}")
         try:
             results[name] = fn(cfg)
@@ -88,7 +89,7 @@ def measure(cfg):
             results[name] = None
             details[f"{name}_not_measured"] = f"failed: {e}"
             log(f"scenario 1: {name} failed: {e}")
-    o, f, c = results.get("ours"), results.get("floor"), results.get("celery")
+    o, f, c, w = results.get("ours"), results.get("floor"), results.get("celery"), results.get("worker_api")
     why = details.get("ours_not_measured")
 
     def get(r, k):
@@ -105,8 +106,15 @@ def measure(cfg):
         rows.append(Row(SCEN, metric, unit, better, ours=get(o, key), ours_note=why,
                         baseline="Celery 5 + Redis no-op", base=get(c, key),
                         base_note=details.get("celery_not_measured"), target=target))
-    if o and o.get("extra"):
-        details["ours"] = o["extra"]
+        # The same jobs straight to the worker's API, without the daemon:
+        # shows how the overhead splits between the two hops.
+        rows.append(Row(SCEN, metric + " (worker API direct)", unit, better, ours=get(w, key),
+                        ours_note=details.get("worker_api_not_measured"),
+                        baseline="Celery 5 + Redis no-op", base=get(c, key),
+                        base_note=details.get("celery_not_measured")))
+    for name, r in (("ours", o), ("worker_api", w)):
+        if r and r.get("extra"):
+            details[name] = r["extra"]
     details["floor"] = f
     details["celery"] = c
     return rows, details

@@ -13,10 +13,15 @@
 //! bench_dispatch worker BASE_URL WORKER_ID STEP PAYLOADS N_SEQ N_RATE CONCURRENCY
 //!     submits through the worker API (POST /jobs + long-poll GET /jobs/{id})
 //!     -> {"seq_e2e_s": [..], "seq_step_ms": [..], "rate_per_s": x, "rate_jobs": n}
+//! bench_dispatch daemon BASE_URL RUN_ID STEP PAYLOADS N_SEQ N_RATE CONCURRENCY
+//!     submits through the daemon's local API (POST /v1/jobs + long-poll
+//!     GET /v1/jobs/{run_id}/{job_id}) with no_fallback, so every job runs
+//!     on a worker; first waits (bounded) until the daemon places jobs there
+//!     -> {"seq_e2e_s": [..], "seq_step_ms": [..], "rate_per_s": x, "executed_on": {..}}
 //! ```
 
 use futures_util::future::join_all;
-use rayvault::auth::Keyring;
+use rayvault::auth::{Keyring, RequestTarget};
 use rayvault::client::WorkerClient;
 use rayvault::config::Settings;
 use rayvault::joblog::JobLog;
@@ -91,9 +96,9 @@ async fn one_job(client: &WorkerClient, step: &str, payload: Value) -> Result<(f
     Ok((e2e, ran))
 }
 
-async fn worker(args: &WorkerArgs, payloads: Vec<Value>) -> Result<Value, String> {
+async fn worker(args: &DispatchArgs, payloads: Vec<Value>) -> Result<Value, String> {
     let keyring = Keyring::from_env().map_err(|e| e.to_string())?;
-    let client = Rc::new(WorkerClient::new(&args.base, &args.worker_id, Arc::new(keyring)));
+    let client = Rc::new(WorkerClient::new(&args.base, &args.id, Arc::new(keyring)));
     if payloads.len() < args.n_seq + args.n_rate {
         return Err(format!("need {} payloads, got {}", args.n_seq + args.n_rate, payloads.len()));
     }
@@ -135,9 +140,144 @@ async fn worker(args: &WorkerArgs, payloads: Vec<Value>) -> Result<Value, String
     }))
 }
 
-struct WorkerArgs {
+/// The daemon's loopback API, signed like the workers' with target id
+/// `controller` (see src/bin/rayvault-orchestrator/daemon.rs).
+struct DaemonApi {
     base: String,
-    worker_id: String,
+    http: awc::Client,
+    keyring: Arc<Keyring>,
+}
+
+impl DaemonApi {
+    async fn call(&self, method: &str, path: &str, query: &str, body: Vec<u8>) -> Result<Value, String> {
+        let sha = rayvault::protocol::sha256_hex(&body);
+        let target = RequestTarget { method, path, query, worker_id: "controller", body_sha256: &sha };
+        let auth = self.keyring.authorization(&target);
+        let url = if query.is_empty() { format!("{}{path}", self.base) } else { format!("{}{path}?{query}", self.base) };
+        let m = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut resp = self
+            .http
+            .request(m, url)
+            .insert_header(("Authorization", auth))
+            .insert_header(("Content-Type", "application/json"))
+            .send_body(body)
+            .await
+            .map_err(|e| format!("daemon unreachable: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.body().limit(64 * 1024 * 1024).await.map_err(|e| e.to_string())?;
+        if !(200..300).contains(&status) {
+            return Err(format!("daemon answered {status}: {}", String::from_utf8_lossy(&bytes)));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("daemon answered non-JSON: {e}"))
+    }
+
+    /// Submits one job and long-polls until its receipt; returns the
+    /// end-to-end time and the receipt.
+    async fn job(&self, run_id: &str, job_id: &str, step: &str, payload: Value) -> Result<(f64, Value), String> {
+        let t0 = Instant::now();
+        let spec = json!({
+            "run_id": run_id, "job_id": job_id, "step_name": step, "payload": payload, "no_fallback": true,
+        });
+        let body = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+        let accepted = self.call("POST", "/v1/jobs", "", body).await?;
+        if accepted.get("already_running").and_then(Value::as_bool) == Some(true) {
+            return Err(format!("job {run_id}/{job_id} was already running; ids must be fresh"));
+        }
+        let path = format!("/v1/jobs/{run_id}/{job_id}");
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        let mut from = 0u64;
+        while Instant::now() < deadline {
+            let view = self.call("GET", &path, &format!("wait_s=20&progress_from={from}"), Vec::new()).await?;
+            from = view.get("progress_next").and_then(Value::as_u64).unwrap_or(from);
+            if let Some(receipt) = view.get("receipt").filter(|r| !r.is_null()) {
+                return Ok((t0.elapsed().as_secs_f64(), receipt.clone()));
+            }
+        }
+        Err(format!("job {run_id}/{job_id} did not end within {JOB_TIMEOUT:?}"))
+    }
+}
+
+fn receipt_ok(receipt: &Value) -> Result<(String, Option<u64>), String> {
+    if receipt.get("status").and_then(Value::as_str) != Some("succeeded") {
+        return Err(format!("job failed: {}", receipt.get("error").unwrap_or(&Value::Null)));
+    }
+    let on = receipt.get("executed_on").and_then(Value::as_str).unwrap_or("?").to_string();
+    let run_ms = receipt.pointer("/timings/run_ms").and_then(Value::as_u64);
+    Ok((on, run_ms))
+}
+
+async fn daemon(args: &DispatchArgs, payloads: Vec<Value>) -> Result<Value, String> {
+    let keyring = Arc::new(Keyring::from_env().map_err(|e| e.to_string())?);
+    let api = Rc::new(DaemonApi { base: args.base.clone(), http: awc::Client::builder().disable_timeout().finish(), keyring });
+    let run_id = args.id.clone();
+    if payloads.len() < args.n_seq + args.n_rate + 1 {
+        return Err(format!("need {} payloads, got {}", args.n_seq + args.n_rate + 1, payloads.len()));
+    }
+    // Until the daemon has probed the worker, a no_fallback job fails; retry
+    // (bounded) until one runs there. The warm-up payload is the last one.
+    let warm = payloads[payloads.len() - 1].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let r = api.job(&run_id, &format!("warmup-{attempt}"), &args.step, warm.clone()).await;
+        match r.and_then(|(_, rec)| receipt_ok(&rec)) {
+            Ok((on, _)) if on != "local" => break,
+            other if Instant::now() > deadline => {
+                return Err(format!("the daemon never placed a job on the worker within 60 s: {other:?}"))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let mut executed_on: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut e2e = Vec::with_capacity(args.n_seq);
+    let mut ran = Vec::with_capacity(args.n_seq);
+    for (i, p) in payloads[..args.n_seq].iter().enumerate() {
+        let (t, receipt) = api.job(&run_id, &format!("seq-{i}"), &args.step, p.clone()).await?;
+        let (on, run_ms) = receipt_ok(&receipt)?;
+        *executed_on.entry(on).or_default() += 1;
+        e2e.push(t);
+        ran.extend(run_ms);
+    }
+    let rate_payloads = Rc::new(payloads[args.n_seq..args.n_seq + args.n_rate].to_vec());
+    let next = Rc::new(Cell::new(0usize));
+    let on_counts = Rc::new(std::cell::RefCell::new(executed_on));
+    let t0 = Instant::now();
+    let loops = (0..args.concurrency).map(|_| {
+        let (api, payloads, next, step, run_id, counts) =
+            (api.clone(), rate_payloads.clone(), next.clone(), args.step.clone(), run_id.clone(), on_counts.clone());
+        async move {
+            loop {
+                let i = next.get();
+                if i >= payloads.len() {
+                    return Ok::<(), String>(());
+                }
+                next.set(i + 1);
+                let (_, receipt) = api.job(&run_id, &format!("rate-{i}"), &step, payloads[i].clone()).await?;
+                let (on, _) = receipt_ok(&receipt)?;
+                *counts.borrow_mut().entry(on).or_default() += 1;
+            }
+        }
+    });
+    for r in join_all(loops).await {
+        r?;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let counts = on_counts.borrow().clone();
+    Ok(json!({
+        "seq_e2e_s": e2e,
+        "seq_step_ms": ran,
+        "rate_per_s": args.n_rate as f64 / elapsed,
+        "rate_jobs": args.n_rate,
+        "executed_on": counts,
+    }))
+}
+
+/// Arguments shared by the `worker` and `daemon` modes.
+struct DispatchArgs {
+    base: String,
+    /// The worker's id (worker mode) or the run id (daemon mode).
+    id: String,
     step: String,
     n_seq: usize,
     n_rate: usize,
@@ -158,9 +298,9 @@ fn run(args: &[String]) -> Result<Value, String> {
             system.block_on(step_times(step, &payloads, n))
         }
         Some("worker") => {
-            let wa = WorkerArgs {
+            let wa = DispatchArgs {
                 base: arg(args, 2, "BASE_URL")?,
-                worker_id: arg(args, 3, "WORKER_ID")?,
+                id: arg(args, 3, "WORKER_ID")?,
                 step: arg(args, 4, "STEP")?,
                 n_seq: arg(args, 6, "N_SEQ")?,
                 n_rate: arg(args, 7, "N_RATE")?,
@@ -169,7 +309,19 @@ fn run(args: &[String]) -> Result<Value, String> {
             let payloads = read_payloads(&arg::<String>(args, 5, "PAYLOADS")?)?;
             system.block_on(worker(&wa, payloads))
         }
-        _ => Err("usage: bench_dispatch step STEP PAYLOADS N | worker BASE_URL WORKER_ID STEP PAYLOADS N_SEQ N_RATE CONCURRENCY".into()),
+        Some("daemon") => {
+            let wa = DispatchArgs {
+                base: arg(args, 2, "BASE_URL")?,
+                id: arg(args, 3, "RUN_ID")?,
+                step: arg(args, 4, "STEP")?,
+                n_seq: arg(args, 6, "N_SEQ")?,
+                n_rate: arg(args, 7, "N_RATE")?,
+                concurrency: arg(args, 8, "CONCURRENCY")?,
+            };
+            let payloads = read_payloads(&arg::<String>(args, 5, "PAYLOADS")?)?;
+            system.block_on(daemon(&wa, payloads))
+        }
+        _ => Err("usage: bench_dispatch step STEP PAYLOADS N | worker BASE_URL WORKER_ID STEP PAYLOADS N_SEQ N_RATE CONCURRENCY | daemon BASE_URL RUN_ID STEP PAYLOADS N_SEQ N_RATE CONCURRENCY".into()),
     }
 }
 

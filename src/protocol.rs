@@ -249,8 +249,6 @@ pub enum ApiCode {
     MethodNotAllowed,
     /// 409: the job is already finished (cancel) or not finished yet.
     JobConflict,
-    /// 411: a blob upload without a body.
-    LengthRequired,
     /// 413: body or blob larger than the configured limit.
     PayloadTooLarge,
     /// 416: a Range outside the artifact.
@@ -274,7 +272,6 @@ impl ApiCode {
             ApiCode::NotFound | ApiCode::JobNotFound | ApiCode::ArtifactNotFound => 404,
             ApiCode::MethodNotAllowed => 405,
             ApiCode::JobConflict => 409,
-            ApiCode::LengthRequired => 411,
             ApiCode::PayloadTooLarge => 413,
             ApiCode::RangeNotSatisfiable => 416,
             ApiCode::BlobNotFound | ApiCode::DigestMismatch | ApiCode::InputsHashMismatch => 422,
@@ -301,7 +298,6 @@ impl ApiCode {
             ApiCode::InputsHashMismatch => "INPUTS_HASH_MISMATCH",
             ApiCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiCode::JobConflict => "JOB_CONFLICT",
-            ApiCode::LengthRequired => "LENGTH_REQUIRED",
             ApiCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ApiCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ApiCode::HeadersTooLarge => "HEADERS_TOO_LARGE",

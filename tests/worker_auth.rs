@@ -232,3 +232,21 @@ fn header_and_body_limits() {
     // The worker is still healthy after all of it.
     assert_eq!(w.request("GET", "/health", &[], b"").status, 200);
 }
+
+#[test]
+fn protocol_doc_carries_the_golden_vector() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
+    let body = br#"{"step_name":"FFMPEG_PROBE","payload":{"media_path":"/tmp/a.mp4"}}"#;
+    let ring = Keyring::from_secrets("rayvault-golden-secret", None).unwrap();
+    let sha = protocol::sha256_hex(body);
+    let target = rayvault::auth::RequestTarget { method: "POST", path: "/jobs", query: "", worker_id: "worker-golden", body_sha256: &sha };
+    let header = ring.authorization_at(&target, 1_700_000_000, "00112233445566778899aabbccddeeff");
+    assert!(doc.contains(&format!("Authorization: {header}")), "docs/protocol.md golden vector is stale: {header}");
+    assert!(doc.contains(&format!("body_sha256 = {sha}")));
+    assert!(doc.contains(&format!("kid         = {}", ring.current.kid())));
+    assert!(doc.contains(protocol::CONTRACT));
+    // Every wire error code is documented.
+    for code in ["AUTH_INVALID", "AUTH_SKEW", "BAD_REQUEST", "STEP_UNKNOWN", "NOT_FOUND", "JOB_NOT_FOUND", "ARTIFACT_NOT_FOUND", "ARTIFACT_NAME_INVALID", "BLOB_NOT_FOUND", "DIGEST_MISMATCH", "INPUTS_HASH_MISMATCH", "METHOD_NOT_ALLOWED", "JOB_CONFLICT", "PAYLOAD_TOO_LARGE", "RANGE_NOT_SATISFIABLE", "HEADERS_TOO_LARGE", "TOO_MANY_JOBS", "SHUTTING_DOWN", "INTERNAL"] {
+        assert!(doc.contains(&format!("`{code}`")), "{code} undocumented");
+    }
+}

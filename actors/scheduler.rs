@@ -128,7 +128,7 @@ fn reason_text(req: &JobRequirements, step: StepName, node: &NodeSnapshot, v: Ve
     let num = |x: f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") };
     match v {
         Verdict::Eligible if chosen => format!("chosen: fits, least busy ({} job(s) in flight)", node.busy),
-        Verdict::Eligible => format!("fits, but busier ({} job(s) in flight)", node.busy),
+        Verdict::Eligible => format!("fits ({} job(s) in flight); another node ranked first", node.busy),
         Verdict::Disabled => "disabled in nodes.json".to_string(),
         Verdict::Unprobed => "not probed yet".to_string(),
         Verdict::Down => match &node.health {

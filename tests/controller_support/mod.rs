@@ -203,3 +203,53 @@ pub fn reason_for(receipt: &Value, node: &str) -> String {
         .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
         .unwrap_or_else(|| panic!("no placement entry for {node} in {receipt}"))
 }
+
+/// A `submit` running in the background, its stderr collected as it comes.
+pub struct Running {
+    child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// What the command printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the end; returns an Output with the whole stderr.
+    pub fn finish(mut self) -> Output {
+        let mut stdout = Vec::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            s.read_to_end(&mut stdout).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        Output { status, stdout, stderr: self.stderr().into_bytes() }
+    }
+}
+
+/// Starts `submit` without waiting for it.
+pub fn spawn_submit(w: &World, run: &str, job: &str, step: &str, payload: Value, extra: &[&str]) -> Running {
+    let mut child = w
+        .orch()
+        .args(["submit", "--run-id", run, "--job-id", job, "--step-name", step, "--payload-json", &payload.to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (buf, pipe) = (stderr.clone(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut b = buf.lock().unwrap();
+            b.push_str(&line);
+            b.push('\n');
+        }
+    });
+    Running { child, stderr, reader: Some(reader) }
+}

@@ -1,0 +1,161 @@
+//! The controller against real worker processes and the legacy v0.5
+//! double on loopback: placement with explained rejections, remote runs
+//! with staging and verified artifacts, idempotent resubmission, fallback
+//! for each reason, and a worker killed mid-job.
+
+mod controller_support;
+
+use controller_support::*;
+use serde_json::json;
+use std::path::Path;
+
+#[test]
+fn placement_by_os_and_ram_with_explained_rejections() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    let (_leg, pl) = legacy(&w, "win-legacy", &["--os", "windows", "--ram-gb", "16"]);
+    w.write_nodes(&[("w1", p1, true), ("win-legacy", pl, true)]);
+    let clip = video(&w);
+
+    let (code, r, err) = w.submit("place", "win", "FFMPEG_PROBE", json!({"media_path": clip}), &["--requirements-json", r#"{"os_in":["windows"],"min_ram_gb":8}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "win-legacy");
+    assert_eq!(reason_for(&r, "w1"), "os linux not in [windows]");
+    assert!(reason_for(&r, "win-legacy").starts_with("chosen"), "{r}");
+    assert_eq!(r["placement"][0]["eligible"], false);
+
+    let (code, r, _) = w.submit("place", "ram", "FFMPEG_PROBE", json!({"media_path": clip}), &["--requirements-json", r#"{"os_in":["windows"],"min_ram_gb":64}"#]);
+    assert_eq!(code, 0);
+    assert_eq!(r["executed_on"], "local");
+    assert_eq!(reason_for(&r, "win-legacy"), "ram_gb 16 below min_ram_gb 64");
+    assert_eq!(r["fallback_reason"], "w1: os linux not in [windows]; win-legacy: ram_gb 16 below min_ram_gb 64");
+
+    let (code, r, _) = w.submit("place", "lin", "FFMPEG_PROBE", json!({"media_path": clip}), &["--requirements-json", r#"{"os_in":["linux"]}"#]);
+    assert_eq!(code, 0);
+    assert_eq!(r["executed_on"], "w1");
+    assert_eq!(reason_for(&r, "win-legacy"), "os windows not in [linux]");
+}
+
+#[test]
+fn remote_run_stages_inputs_verifies_artifacts_and_resubmits_idempotently() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, true)]);
+    let clip = video(&w);
+    let (code, r, err) = w.submit("remote", "probe", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1");
+    assert_eq!(r["cached"], false);
+    assert!(r["fallback_reason"].is_null());
+    assert!(err.contains("staging"), "the input was uploaded by digest: {err}");
+    // The worker read its own staged copy; the receipt maps it back.
+    assert_eq!(r["result"]["media_path"], json!(clip));
+    let dir = w.receipt_dir("remote", "probe");
+    let art = &r["artifacts"][0];
+    assert_eq!(sha256(Path::new(art["path"].as_str().unwrap())), art["sha256"].as_str().unwrap());
+    assert!(std::fs::read_to_string(dir.join("worker.log")).unwrap().contains("FFMPEG_PROBE"));
+    let no_temp = std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.'));
+    assert!(no_temp, "no partial file left under the receipt folder");
+
+    let (code, again, _) = w.submit("remote", "probe", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["remote_job_id"], r["remote_job_id"]);
+    assert_eq!(again["inputs_hash"], r["inputs_hash"]);
+
+    // A local run of the same inputs has the same content-based hash.
+    let (_, local, _) = w.submit("remote", "probe-local", "FFMPEG_PROBE", json!({"media_path": clip}), &["--requirements-json", r#"{"os_in":["windows"]}"#]);
+    assert_eq!(local["executed_on"], "local");
+    assert_eq!(local["inputs_hash"], r["inputs_hash"]);
+}
+
+#[test]
+fn artifact_sync_resumes_a_partial_download_and_checks_digests() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, true)]);
+    let clip = video(&w);
+    let (code, r, _) = w.submit("sync", "probe", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0);
+    let dir = w.receipt_dir("sync", "probe");
+    let final_path = dir.join("ffprobe.json");
+    let whole = std::fs::read(&final_path).unwrap();
+    let expected = r["artifacts"][0]["sha256"].as_str().unwrap().to_string();
+
+    // A download that stopped half way: only a partial file remains.
+    std::fs::remove_file(&final_path).unwrap();
+    let half = whole.len() / 2;
+    std::fs::write(dir.join(".ffprobe.json.partial"), &whole[..half]).unwrap();
+    let out = w.orch().env("RUST_LOG", "info").args(["sync-artifacts", "--run-id", "sync", "--job-id", "probe", "--node-id", "w1"]).output().unwrap();
+    let (code, synced, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("resuming ffprobe.json from byte {half}")), "{err}");
+    assert_eq!(sha256(&final_path), expected);
+    assert_eq!(synced["artifacts"][0]["sha256"], json!(expected));
+    assert!(!dir.join(".ffprobe.json.partial").exists());
+
+    // A corrupt partial file fails the digest check and is downloaded anew.
+    std::fs::remove_file(&final_path).unwrap();
+    std::fs::write(dir.join(".ffprobe.json.partial"), vec![b'x'; half]).unwrap();
+    let out = w.orch().env("RUST_LOG", "info").args(["sync-artifacts", "--run-id", "sync", "--job-id", "probe", "--node-id", "w1"]).output().unwrap();
+    let (code, _, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("does not match its manifest"), "{err}");
+    assert_eq!(sha256(&final_path), expected);
+
+    let out = w.orch().args(["sync-artifacts", "--run-id", "sync", "--job-id", "probe", "--node-id", "other"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a node the job did not run on");
+}
+
+#[test]
+fn unreachable_and_wrong_secret_fall_back_with_reasons() {
+    let mut w = World::new();
+    let (_good, pg) = worker(&w, "w-other-secret", &[("RAYVAULT_CLUSTER_SECRET", "a-different-secret-entirely")]);
+    let closed = common::free_port();
+    w.write_nodes(&[("windows-worker-1", closed, true), ("w-other-secret", pg, true)]);
+    let clip = video(&w);
+    let (code, r, _) = w.submit("fb", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(r["executed_on"], "local");
+    assert_eq!(reason_for(&r, "windows-worker-1"), "unreachable (connection refused)");
+    assert_eq!(
+        reason_for(&r, "w-other-secret"),
+        "401 auth_token invalid: secrets differ between Mac and Windows, or clock skew too large"
+    );
+    assert!(r["fallback_reason"].as_str().unwrap().starts_with("windows-worker-1: unreachable (connection refused); w-other-secret: 401 auth_token invalid"), "{r}");
+
+    let out = w.orch().arg("health").output().unwrap();
+    let (code, h, _) = parse_output(&out);
+    assert_eq!(code, 1, "health reports down nodes");
+    assert_eq!(h["nodes"][0]["status"], "down");
+
+    // Without any secret, workers cannot be used at all.
+    w.env.clear();
+    let (code, r, _) = w.submit("fb", "nosecret", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0);
+    assert!(r["fallback_reason"].as_str().unwrap().contains("no cluster secret"), "{r}");
+}
+
+#[test]
+fn a_worker_killed_mid_job_is_replaced_without_rerunning_a_success() {
+    let w = World::new();
+    let (mut slow, ps) = legacy(&w, "slow", &["--os", "linux", "--job-delay", "30"]);
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    // Equal load: the first listed node is chosen first.
+    w.write_nodes(&[("slow", ps, true), ("w1", p1, true)]);
+    let clip = video(&w);
+    let running = spawn_submit(&w, "kill", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    // Kill the node once the job is on it.
+    common::wait_until("the job reaches the slow node", std::time::Duration::from_secs(20), || running.stderr().contains("submitted job legacy-"));
+    slow.kill();
+    let out = running.finish();
+    let (code, r, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1", "{r}");
+    let attempts = r["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["executed_on"], "slow");
+    assert_eq!(attempts[0]["outcome"], "abandoned");
+    assert!(attempts[0]["detail"].as_str().unwrap().contains("unreachable mid-job"), "{r}");
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    assert_eq!(attempts.iter().filter(|a| a["outcome"] == "succeeded").count(), 1);
+}

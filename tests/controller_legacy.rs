@@ -1,0 +1,68 @@
+//! Compatibility with v0.5 workers, against the double in
+//! `tests/legacy_worker_v05.py` that follows docs/protocol.md.
+
+mod controller_support;
+
+use controller_support::*;
+use serde_json::json;
+
+#[test]
+fn legacy_hmac_node_shows_compat_mode_and_runs_mapped_steps() {
+    let w = World::new();
+    let (_leg, pl) = legacy(&w, "windows-worker-1", &["--steps", "ffprobe_analyze,audio_postcheck"]);
+    w.write_nodes(&[("windows-worker-1", pl, true)]);
+
+    let out = w.orch().arg("caps").output().unwrap();
+    let (code, caps, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(caps["nodes"][0]["caps"]["_compat_mode"], "legacy_hmac_v05");
+    assert_eq!(caps["nodes"][0]["caps"]["capabilities"], json!(["ffprobe_analyze", "audio_postcheck"]));
+
+    let clip = video(&w);
+    let (code, r, err) = w.submit("legacy", "probe", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "windows-worker-1");
+    assert_eq!(r["compat_mode"], "legacy_hmac_v05");
+    assert_eq!(r["result"]["legacy"], true, "the v0.5 worker ran ffprobe_analyze: {r}");
+    let art = &r["artifacts"][0];
+    assert_eq!(sha256(std::path::Path::new(art["path"].as_str().unwrap())), art["sha256"].as_str().unwrap());
+    assert!(std::fs::read_to_string(w.receipt_dir("legacy", "probe").join("worker.log")).unwrap().contains("ffprobe_analyze"));
+
+    let (code, again, _) = w.submit("legacy", "probe", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["remote_job_id"], r["remote_job_id"]);
+
+    // A step the v0.5 node does not list runs locally, with that reason.
+    let (code, r, err) = w.submit("legacy", "frames", "FRAME_SAMPLING", json!({"media_path": clip, "count": 2}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local");
+    assert_eq!(r["fallback_reason"], "windows-worker-1: legacy v0.5 worker does not list frame_sampling (for FRAME_SAMPLING)");
+}
+
+#[test]
+fn plain_token_fallback_only_when_allowed() {
+    let mut w = World::new();
+    let (_leg, pl) = legacy(&w, "old-win", &["--plain-only"]);
+    w.write_nodes(&[("old-win", pl, true)]);
+    let clip = video(&w);
+
+    let (code, r, _) = w.submit("plain", "strict", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(r["executed_on"], "local", "hmac_strict never sends the plain secret");
+    let reason = r["fallback_reason"].as_str().unwrap();
+    assert!(reason.starts_with("old-win: 401 auth_token invalid: secrets differ between Mac and Windows, or clock skew too large"), "{reason}");
+    assert!(reason.contains("RAYVAULT_ALLOW_PLAIN_FALLBACK=1"), "{reason}");
+
+    w.set_env("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1");
+    let out = w.orch().env("RUST_LOG", "warn").arg("caps").output().unwrap();
+    let (code, caps, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(caps["nodes"][0]["caps"]["_compat_mode"], "legacy_plain_token");
+    assert!(err.contains("using the plain token"), "a warning is printed: {err}");
+    let (code, r, err) = w.submit("plain", "allowed", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "old-win");
+    assert_eq!(r["compat_mode"], "legacy_plain_token");
+    assert!(!serde_json::to_string(&r).unwrap().contains(SECRET), "the secret never reaches the receipt");
+}

@@ -1,0 +1,71 @@
+//! Secrets against real workers: rotation with CURRENT/PREVIOUS, and a
+//! clock skew reported with the seed's words (the controller runs under
+//! faketime, an hour behind).
+
+mod controller_support;
+
+use controller_support::*;
+use serde_json::json;
+
+const OLD: &str = "old-secret-before-rotation-0001";
+const NEW: &str = "new-secret-after-rotation-0002";
+
+#[test]
+fn rotation_with_current_and_previous() {
+    let mut w = World::new();
+    // The worker already rolled: it signs nothing, verifies NEW then OLD.
+    let (_w1, p1) = worker(&w, "w1", &[("RAYVAULT_CLUSTER_SECRET_CURRENT", NEW), ("RAYVAULT_CLUSTER_SECRET_PREVIOUS", OLD)]);
+    w.write_nodes(&[("w1", p1, true)]);
+    let clip = video(&w);
+
+    // A controller still on the old secret keeps working in the grace period.
+    w.env.clear();
+    w.set_env("RAYVAULT_CLUSTER_SECRET", OLD);
+    let (code, r, err) = w.submit("rot", "old", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1", "{r}");
+
+    // A controller configured with CURRENT signs with it.
+    w.env.clear();
+    w.set_env("RAYVAULT_CLUSTER_SECRET_CURRENT", NEW);
+    w.set_env("RAYVAULT_CLUSTER_SECRET_PREVIOUS", OLD);
+    let (code, r, err) = w.submit("rot", "new", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1", "{r}");
+
+    // RAYVAULT_CLUSTER_SECRET wins over CURRENT when both are set.
+    w.set_env("RAYVAULT_CLUSTER_SECRET", "some-unrelated-secret-000");
+    let (code, r, _) = w.submit("rot", "wrong", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(r["executed_on"], "local");
+    assert!(reason_for(&r, "w1").starts_with("401 auth_token invalid"), "{r}");
+}
+
+#[test]
+fn clock_skew_is_reported_with_the_seed_words() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, true)]);
+    let clip = video(&w);
+    let orch = w.orch();
+    let mut c = clean_command("faketime", w.dir.path());
+    c.arg("-f").arg("-1h").arg(orch.get_program());
+    for (k, v) in orch.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    // Only wall-clock time is shifted; timers keep working.
+    c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let out = c
+        .args(["submit", "--run-id", "skew", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string()])
+        .output()
+        .unwrap();
+    let (code, r, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local");
+    let reason = reason_for(&r, "w1");
+    assert!(reason.starts_with("401 timestamp outside allowed skew"), "{reason}");
+    assert!(reason.ends_with("sync system clocks (NTP)"), "{reason}");
+    assert!(reason.contains("+36"), "the offset is reported: {reason}");
+}

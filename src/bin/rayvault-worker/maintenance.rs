@@ -63,11 +63,8 @@ async fn prune(state: &web::Data<AppState>) {
 /// other normalised keys null rather than guessing.
 async fn host_caps() -> serde_json::Map<String, serde_json::Value> {
     use serde_json::{json, Value};
-    let os = match std::env::consts::OS {
-        "macos" => "macos",
-        "windows" => "windows",
-        other => other,
-    };
+    // Already the normalised names: "windows", "macos", "linux".
+    let os = std::env::consts::OS;
     let cpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut m = serde_json::Map::new();
     m.insert("os".into(), json!(os));

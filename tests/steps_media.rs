@@ -273,28 +273,48 @@ async fn frames_by_interval_and_up_to_the_very_end() {
     assert!(frames[0].0 > duration - 0.1 && frames[1].0 == 0.0, "{frames:?}");
 }
 
-/// Both strategies run with the cost model forced either way must pick the
-/// same pictures: the first frame at or after each timestamp. PNG is
-/// lossless and deterministic, so the same frame gives the same bytes.
+/// Both strategies, with the cost model forced either way, must pick the
+/// same pictures: the first frame at or after each target time. PNG is
+/// lossless and deterministic, so the same frame gives the same bytes. The
+/// interval case puts targets exactly on frame times (0.6 s and 1.2 s at
+/// 25 fps).
 #[tokio::test]
-async fn seek_and_single_pass_agree_on_timestamps_png_and_scaling() {
+async fn seek_and_single_pass_agree_with_png_and_scaling() {
     let dir = common::tempdir();
     let media = common::make_video(dir.path(), "hd.mp4", 1.5, 1280, 720, 25);
-    let payload = json!({"media_path": media, "timestamps_s": [1.13, 0.21, 0.53], "format": "png", "max_width": 320});
-    let mut results = Vec::new();
-    for (name, seek_cost) in [("seek", 0.0), ("single_pass", 1000.0)] {
-        let mut s = settings();
-        s.frames.seek_cost_s = seek_cost;
-        let sub = dir.path().join(name);
-        let out = run_step(StepName::FrameSampling, &payload, &context(&sub, s)).await.unwrap();
-        assert_eq!(out.result["strategy"], name);
-        let frames = check_frames(&sub, &out, "png");
-        // The caller's order is kept.
-        assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), vec![1.13, 0.21, 0.53]);
-        assert!(frames.iter().all(|f| (f.1, f.2) == (320, 180)), "{frames:?}");
-        results.push(frames.into_iter().map(|f| f.3).collect::<Vec<_>>());
+    let cases = [
+        (json!({"timestamps_s": [1.13, 0.21, 0.53]}), vec![1.13, 0.21, 0.53]),
+        // Count targets sit mid-way in four equal shares of the duration
+        // (filled in below, since the AAC track makes it a little over 1.5 s).
+        (json!({"count": 4}), vec![]),
+        (json!({"interval_s": 0.6}), vec![0.0, 0.6, 1.2]),
+    ];
+    for (case, (selector, expected_times)) in cases.into_iter().enumerate() {
+        let mut payload = json!({"media_path": media, "format": "png", "max_width": 320});
+        payload.as_object_mut().unwrap().extend(selector.as_object().unwrap().clone());
+        let mut results = Vec::new();
+        for (name, seek_cost) in [("seek", 0.0), ("single_pass", 1000.0)] {
+            let mut s = settings();
+            s.frames.seek_cost_s = seek_cost;
+            let sub = dir.path().join(format!("{case}-{name}"));
+            let out = run_step(StepName::FrameSampling, &payload, &context(&sub, s)).await.unwrap();
+            assert_eq!(out.result["strategy"], name);
+            let frames = check_frames(&sub, &out, "png");
+            // Timestamps come back in the caller's order.
+            let times: Vec<f64> = frames.iter().map(|f| f.0).collect();
+            let duration = out.result["duration_s"].as_f64().unwrap();
+            let expected_times = if expected_times.is_empty() {
+                (0..4).map(|k| (k as f64 + 0.5) * duration / 4.0).collect()
+            } else {
+                expected_times.clone()
+            };
+            assert_eq!(times.len(), expected_times.len());
+            assert!(times.iter().zip(&expected_times).all(|(a, b)| (a - b).abs() < 1e-9), "{times:?}");
+            assert!(frames.iter().all(|f| (f.1, f.2) == (320, 180)), "{frames:?}");
+            results.push(frames.into_iter().map(|f| f.3).collect::<Vec<_>>());
+        }
+        assert_eq!(results[0], results[1], "{payload}: seek and single pass took different frames");
     }
-    assert_eq!(results[0], results[1], "seek and single pass took different frames");
 }
 
 #[tokio::test]

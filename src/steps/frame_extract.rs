@@ -193,7 +193,10 @@ pub fn select_expression(selection: &Selection) -> String {
     let mut terms = Vec::new();
     if let Some((first, step)) = selection.grid {
         let first = first - SELECT_EPSILON_S;
-        terms.push(format!("gte(t,{first:.6})*gt(floor((t-{first:.6})/{step:.6}),floor((ld(0)-{first:.6})/{step:.6}))"));
+        // Parenthesised so that a negative `first` never reads as `t--0.1`.
+        terms.push(format!(
+            "gte(t,{first:.6})*gt(floor((t-({first:.6}))/{step:.6}),floor((ld(0)-({first:.6}))/{step:.6}))"
+        ));
     }
     let mut times = selection.times.clone();
     times.sort_by(f64::total_cmp);
@@ -256,7 +259,7 @@ mod tests {
              gt(gte(t,0.499900)*lt(ld(0),0.499900)+gte(t,1.999900)*lt(ld(0),1.999900),0)"
         );
         let g = select_expression(&Selection { grid: Some((0.5, 1.0)), times: vec![] });
-        assert!(g.contains("floor((t-0.499900)/1.000000)"), "{g}");
+        assert!(g.contains("floor((t-(0.499900))/1.000000)"), "{g}");
         // No comma may appear outside the quoted expression's functions in a
         // way that would split the filter graph: the caller quotes it whole.
         assert!(!g.contains('\''));

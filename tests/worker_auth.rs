@@ -44,7 +44,10 @@ fn health_is_open_and_caps_needs_a_signature() {
         assert!(c.get(key).is_some(), "caps lacks {key}: {c}");
     }
     assert_eq!(c["contract"], protocol::CONTRACT);
-    assert_eq!(c["steps"].as_array().unwrap().len(), 5);
+    let steps: Vec<&str> = c["steps"].as_array().unwrap().iter().filter_map(|s| s.as_str()).collect();
+    assert!(steps.contains(&"FFMPEG_PROBE"), "ffmpeg is installed here: {c}");
+    assert!(steps.iter().all(|s| rayvault::steps::StepName::parse(s).is_ok()));
+    assert!(c["unavailable_steps"].is_object(), "{c}");
     assert_eq!(c["concurrency"]["FFMPEG_PROBE"], 4);
 }
 

@@ -29,14 +29,31 @@ pub async fn health(st: Data) -> HttpResponse {
     })
 }
 
-/// `GET /caps`: host capabilities, steps, their concurrency, contract.
+/// `GET /caps`: host capabilities, the steps this host can run, their
+/// concurrency, and the contract. Waits (briefly) for the first probe.
 pub async fn caps(st: Data) -> Result<HttpResponse, ApiError> {
-    let host = st.host_caps.read().map(|m| m.clone()).unwrap_or_default();
+    let mut rx = st.host_caps.subscribe();
+    let probed = match tokio::time::timeout(Duration::from_secs(20), rx.wait_for(Option::is_some)).await {
+        Ok(Ok(caps)) => caps.clone(),
+        _ => None,
+    };
+    let (host, steps) = match probed {
+        Some(c) => {
+            let mut host = match serde_json::to_value(&c) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            // `steps` is the top-level field below; never duplicate the key.
+            host.remove("steps");
+            (host, c.steps.iter().map(|s| s.as_str().to_string()).collect())
+        }
+        None => (crate::maintenance::pending_host_caps(), StepName::ALL.iter().map(|s| s.as_str().to_string()).collect()),
+    };
     let settings = &st.env.settings;
     Ok(HttpResponse::Ok().json(Caps {
         host,
         worker_id: st.worker_id.clone(),
-        steps: StepName::ALL.iter().map(|s| s.as_str().to_string()).collect(),
+        steps,
         concurrency: StepName::ALL.iter().map(|s| (s.as_str().to_string(), settings.step(s.as_str()).concurrency)).collect(),
         contract: protocol::CONTRACT.into(),
     }))

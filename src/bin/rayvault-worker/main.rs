@@ -32,7 +32,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Command-line flags; they override the configuration file and the
@@ -174,7 +174,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
             max_jobs_in_flight: w.max_jobs_in_flight as u64,
             max_wait_s: w.max_wait_s,
         },
-        host_caps: Arc::new(RwLock::new(serde_json::Map::new())),
+        host_caps: tokio::sync::watch::channel(None).0,
         shutting_down: Arc::new(AtomicBool::new(false)),
     });
     maintenance::spawn(state.clone());

@@ -17,12 +17,20 @@ pub fn spawn(state: web::Data<AppState>) {
         }
     });
     actix_rt::spawn(async move {
-        let caps = host_caps().await;
-        if let Ok(mut m) = state.host_caps.write() {
-            *m = caps;
+        // The probe runs tools (ffmpeg, nvidia-smi, python), so it is done
+        // in the background and its result cached; tools installed later
+        // show up at the next refresh.
+        let mut tick = tokio::time::interval(CAPS_REFRESH);
+        loop {
+            tick.tick().await;
+            let caps = rayvault::caps::probe(&state.env.settings).await;
+            state.host_caps.send_replace(Some(caps));
         }
     });
 }
+
+/// How often the host capabilities are probed again.
+const CAPS_REFRESH: Duration = Duration::from_secs(300);
 
 /// Removes finished jobs older than the retention, their folders, and
 /// blobs not touched for as long.
@@ -58,19 +66,17 @@ async fn prune(state: &web::Data<AppState>) {
     }
 }
 
-/// The host capability keys. Until the full probe (`rayvault::caps`) is
-/// available this reports what the standard library knows and leaves the
-/// other normalised keys null rather than guessing.
-async fn host_caps() -> serde_json::Map<String, serde_json::Value> {
+/// The host part of `/caps` while the first probe is still running: what
+/// the standard library knows, other normalised keys null, and
+/// `probe_pending` so a caller knows to ask again.
+pub fn pending_host_caps() -> serde_json::Map<String, serde_json::Value> {
     use serde_json::{json, Value};
-    // Already the normalised names: "windows", "macos", "linux".
-    let os = std::env::consts::OS;
-    let cpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut m = serde_json::Map::new();
-    m.insert("os".into(), json!(os));
-    m.insert("cpu".into(), json!(cpu));
-    for key in ["ram_gb", "gpu_model", "vram_gb", "python_version", "ffmpeg_version", "davinci_available"] {
+    m.insert("os".into(), json!(std::env::consts::OS));
+    for key in ["cpu", "ram_gb", "gpu_model", "vram_gb", "python_version", "ffmpeg_version"] {
         m.insert(key.into(), Value::Null);
     }
+    m.insert("davinci_available".into(), json!(false));
+    m.insert("probe_pending".into(), json!(true));
     m
 }

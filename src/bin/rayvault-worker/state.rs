@@ -8,7 +8,7 @@ use rayvault::auth::Verifier;
 use rayvault::steps::StepName;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// Request limits from `[worker]` in the configuration.
 #[derive(Debug, Clone)]
@@ -27,9 +27,9 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub executors: HashMap<StepName, Addr<StepExecutor>>,
     pub limits: Limits,
-    /// The host capability keys served by `/caps`, refreshed in the
-    /// background so that `/caps` never waits on a probe.
-    pub host_caps: Arc<RwLock<serde_json::Map<String, serde_json::Value>>>,
+    /// The latest host capability probe (`None` until the first one ends),
+    /// refreshed in the background so that `/caps` never runs tools itself.
+    pub host_caps: tokio::sync::watch::Sender<Option<rayvault::caps::HostCaps>>,
     /// Set once shutdown starts: new jobs are refused with 503.
     pub shutting_down: Arc<AtomicBool>,
 }

@@ -14,7 +14,7 @@ pub mod staging;
 
 use super::artifact_sync::SyncArtifacts;
 use super::local_runner::RunLocal;
-use super::messages::{GetNodes, JobProgress, NodeLost, PlacementReport};
+use super::messages::{GetNodes, JobProgress, NodeLost, PlacementReport, ProbeNow};
 use super::node_probe::NodeDirectory;
 use super::scheduler::{NodeLoad, PlaceJob};
 use crate::auth::Keyring;
@@ -65,6 +65,7 @@ pub struct JobDeps {
     pub nodes: Recipient<GetNodes>,
     pub node_lost: Recipient<NodeLost>,
     pub directory: Recipient<NodeDirectory>,
+    pub probe_now: Recipient<ProbeNow>,
     pub place: Recipient<PlaceJob>,
     pub load: Recipient<NodeLoad>,
     pub local: Recipient<RunLocal>,

@@ -31,6 +31,8 @@ pub struct NodeDirectory {
 pub struct NodeHandle {
     pub config: NodeConfig,
     pub compat: Compat,
+    /// False until a probe succeeded: `compat` is only a guess before.
+    pub probed: bool,
 }
 
 /// Describes every node for `health`, `caps` and `status`.
@@ -249,7 +251,7 @@ impl Handler<NodeDirectory> for NodeProbe {
     type Result = Option<NodeHandle>;
     fn handle(&mut self, msg: NodeDirectory, _: &mut Context<Self>) -> Self::Result {
         let e = self.entries.iter().find(|e| e.config.node_id == msg.node_id)?;
-        Some(NodeHandle { config: e.config.clone(), compat: e.caps.as_ref().map_or(Compat::Current, |c| c.compat) })
+        Some(NodeHandle { config: e.config.clone(), compat: e.caps.as_ref().map_or(Compat::Current, |c| c.compat), probed: e.caps.is_some() })
     }
 }
 

@@ -83,6 +83,7 @@ impl ControllerSupervisor {
             nodes: probe.clone().recipient(),
             node_lost: probe.clone().recipient(),
             directory: probe.clone().recipient(),
+            probe_now: probe.clone().recipient(),
             place: scheduler.clone().recipient(),
             load: scheduler.clone().recipient(),
             local: local.clone().recipient(),

@@ -3,7 +3,7 @@
 
 pub use super::node_client::{CallError, NodeClient};
 use super::super::artifact_sync::SyncArtifacts;
-use super::super::messages::{Compat, NodeCaps, NodeLost, StepSet};
+use super::super::messages::{Compat, NodeCaps, NodeLost, ProbeNow, StepSet};
 use super::super::node_probe::{NodeDirectory, NodeHandle};
 use super::super::scheduler::NodeLoad;
 use super::node_client::CurrentClient;
@@ -119,12 +119,17 @@ impl Drop for LoadGuard {
 
 async fn connect(deps: &JobDeps, node_id: &str) -> Result<(NodeHandle, NodeClient), String> {
     let keyring = deps.keyring.clone().ok_or("no cluster secret set")?;
-    let handle = deps
-        .directory
-        .send(NodeDirectory { node_id: node_id.to_string() })
-        .await
-        .map_err(|e| format!("node directory unavailable: {e}"))?
-        .ok_or("no longer in nodes.json")?;
+    let lookup = || deps.directory.send(NodeDirectory { node_id: node_id.to_string() });
+    let mut handle = lookup().await.map_err(|e| format!("node directory unavailable: {e}"))?.ok_or("no longer in nodes.json")?;
+    if !handle.probed {
+        // Re-attaching right after a restart: learn the node's contract
+        // before talking to it.
+        let _ = deps.probe_now.send(ProbeNow { node_id: Some(node_id.to_string()) }).await;
+        handle = lookup().await.map_err(|e| format!("node directory unavailable: {e}"))?.ok_or("no longer in nodes.json")?;
+        if !handle.probed {
+            return Err("not reachable for a probe".into());
+        }
+    }
     let timeout = Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1) * 3);
     let client = NodeClient::new(&handle, keyring, timeout);
     Ok((handle, client))

@@ -1,0 +1,107 @@
+//! The controller daemon: submit through it, status, cancel, `nodes.json`
+//! edited while it runs, and a daemon killed with SIGKILL mid-job that
+//! re-attaches to the remote job after a restart.
+
+mod controller_support;
+
+use controller_support::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn status(w: &World) -> Value {
+    let out = w.orch().arg("status").output().unwrap();
+    let (code, v, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    v
+}
+
+fn job_in<'a>(status: &'a Value, key: &str) -> Option<&'a Value> {
+    status["jobs"].as_array()?.iter().find(|j| j["key"] == key)
+}
+
+fn node_status(status: &Value, node: &str) -> String {
+    status["nodes"]["nodes"].as_array().and_then(|a| a.iter().find(|n| n["node_id"] == node)).map(|n| n["status"].as_str().unwrap_or("").to_string()).unwrap_or_default()
+}
+
+fn receipt(w: &World, run: &str, job: &str) -> Option<Value> {
+    let bytes = std::fs::read(w.receipt_dir(run, job).join("job_receipt.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[test]
+fn submit_through_the_daemon_then_status_and_cancel() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    let (_slow, ps) = legacy(&w, "slow-win", &["--os", "windows", "--job-delay", "60"]);
+    w.write_nodes(&[("w1", p1, true), ("slow-win", ps, true)]);
+    let _daemon = w.daemon();
+    let clip = video(&w);
+
+    let (code, r, err) = w.submit("d", "probe", "FFMPEG_PROBE", json!({"media_path": clip}), &["--requirements-json", r#"{"os_in":["linux"]}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("handed to the daemon"), "{err}");
+    assert_eq!(r["executed_on"], "w1");
+    let s = status(&w);
+    assert_eq!(s["daemon"]["pid"].is_u64(), true, "{s}");
+    assert_eq!(job_in(&s, "d/probe").unwrap()["phase"], "finished");
+    assert_eq!(node_status(&s, "w1"), "up");
+
+    let (code, accepted, err) = w.submit("d", "slow", "FFMPEG_PROBE", json!({"media_path": clip}), &["--no-wait", "--requirements-json", r#"{"os_in":["windows"]}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(accepted["accepted"], true);
+    common::wait_until("the slow job is on slow-win", Duration::from_secs(20), || job_in(&status(&w), "d/slow").is_some_and(|j| !j["remote"].is_null()));
+    let out = w.orch().args(["cancel", "--run-id", "d", "--job-id", "slow"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    common::wait_until("the cancelled receipt", Duration::from_secs(20), || receipt(&w, "d", "slow").is_some());
+    let r = receipt(&w, "d", "slow").unwrap();
+    assert_eq!(r["status"], "cancelled");
+    assert_eq!(r["executed_on"], "slow-win");
+    let out = w.orch().args(["cancel", "--run-id", "d", "--job-id", "slow"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "cancelling a finished job is refused");
+}
+
+#[test]
+fn a_daemon_killed_mid_job_resumes_tracking_after_restart() {
+    let w = World::new();
+    let (_slow, ps) = legacy(&w, "slow", &["--os", "linux", "--job-delay", "4"]);
+    w.write_nodes(&[("slow", ps, true)]);
+    let clip = video(&w);
+    let mut daemon = w.daemon();
+    let (code, _, err) = w.submit("crash", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &["--no-wait"]);
+    assert_eq!(code, 0, "{err}");
+    let mut remote = Value::Null;
+    common::wait_until("the job is on the worker", Duration::from_secs(20), || {
+        remote = job_in(&status(&w), "crash/j").map(|j| j["remote"].clone()).unwrap_or(Value::Null);
+        !remote.is_null()
+    });
+    daemon.kill();
+    assert!(receipt(&w, "crash", "j").is_none(), "the job had not finished when the daemon died");
+    let _daemon = w.daemon();
+    common::wait_until("the resumed job's receipt", Duration::from_secs(30), || receipt(&w, "crash", "j").is_some());
+    let r = receipt(&w, "crash", "j").unwrap();
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["executed_on"], "slow");
+    assert_eq!(r["remote_job_id"], remote["remote_job_id"]);
+    assert_eq!(r["cached"], false, "re-attached, not submitted again");
+    assert!(w.daemon_log().contains("resuming a job from the previous run"));
+    assert_eq!(job_in(&status(&w), "crash/j").unwrap()["phase"], "finished");
+}
+
+#[test]
+fn nodes_json_edits_are_noticed_while_the_daemon_runs() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, false)]);
+    let _daemon = w.daemon();
+    assert_eq!(node_status(&status(&w), "w1"), "disabled");
+    w.write_nodes(&[("w1", p1, true)]);
+    common::wait_until("w1 is enabled and probed", Duration::from_secs(20), || node_status(&status(&w), "w1") == "up");
+    let clip = video(&w);
+    let (code, r, err) = w.submit("edit", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1");
+    // A broken edit keeps the last good list and is reported.
+    std::fs::write(w.cluster().join("nodes.json"), "{\"nodes\": [ {\"node_id\": 5} ]}").unwrap();
+    common::wait_until("the broken file is reported", Duration::from_secs(20), || status(&w)["nodes"]["nodes_error"].as_str().is_some_and(|e| e.contains("nodes[0].node_id")));
+    assert_eq!(node_status(&status(&w), "w1"), "up");
+}

@@ -234,3 +234,25 @@ async fn hostile_artifact_names() {
     let r = w.signed("GET", &format!("/jobs/{id}/artifacts/worker.log"), b"");
     assert_eq!((r.status, r.code().as_str()), (404, "ARTIFACT_NOT_FOUND"));
 }
+
+#[actix_rt::test]
+async fn jobs_in_flight_are_limited() {
+    let w = Worker::start(Opts {
+        env: vec![
+            ("RAYVAULT_OPENCLAW__COMMAND".into(), "sh -c 'cat >/dev/null; sleep 30'".into()),
+            ("RAYVAULT_WORKER__MAX_JOBS_IN_FLIGHT".into(), "2".into()),
+        ],
+        ..Opts::default()
+    });
+    let c = w.client();
+    let a = c.submit(&openclaw("one")).await.unwrap().job;
+    c.submit(&openclaw("two")).await.unwrap();
+    let err = c.submit(&openclaw("three")).await.unwrap_err();
+    assert_eq!(err.code(), Some("TOO_MANY_JOBS"), "{err}");
+    assert!(err.is_transient(), "429 is worth retrying later");
+    // A duplicate of an in-flight job is still answered from the index.
+    assert!(c.submit(&openclaw("one")).await.unwrap().cached);
+    // Freeing a slot lets the next submission in.
+    c.cancel(&a.job_id).await.unwrap();
+    assert!(!c.submit(&openclaw("three")).await.unwrap().cached);
+}

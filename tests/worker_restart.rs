@@ -111,6 +111,24 @@ async fn sigterm_records_running_jobs_as_interrupted_after_the_grace() {
     assert_eq!(view.error.unwrap().code, "INTERRUPTED");
 }
 
+#[cfg(unix)]
+#[actix_rt::test]
+async fn sigterm_lets_a_running_job_finish_within_the_grace() {
+    let dir = common::tempdir();
+    let secret = "graceful-finish-secret";
+    let env = [("RAYVAULT_OPENCLAW__COMMAND", "sh -c 'cat; sleep 2'"), ("RAYVAULT_WORKER__SHUTDOWN_GRACE_S", "30")];
+    let mut w = Worker::start(opts_in(dir.path(), secret, &env));
+    let c = w.client();
+    let id = c.submit(&task("finishes during shutdown")).await.unwrap().job.job_id;
+    wait_until_async("job running", Duration::from_secs(20), || async { c.job(&id, 0).await.unwrap().state == JobState::Running }).await;
+    let status = w.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+
+    let w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    let view = w2.client().job(&id, 0).await.unwrap();
+    assert_eq!(view.state, JobState::Succeeded, "{view:?}");
+}
+
 fn refused_start(opts: Opts, args: &[&str]) -> (i32, String) {
     let dir = common::tempdir();
     let out = base_command(dir.path(), common::free_port(), &opts).args(args).output().unwrap();

@@ -15,6 +15,7 @@
 use crate::config::Settings;
 use crate::joblog::JobLog;
 use crate::process::{run_tool, Tool};
+use crate::steps::tts_engines::Engine;
 use crate::steps::StepName;
 use crate::ui_session::SessionProbe;
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,18 @@ impl HostCaps {
     /// Whether `step` is runnable here.
     pub fn can_run(&self, step: StepName) -> bool {
         self.steps.contains(&step)
+    }
+
+    /// Every key except `steps`, as a JSON object: the host part of the
+    /// worker's `/caps` answer, whose own `steps` field lists the steps.
+    /// Putting this object beside that field never duplicates a key.
+    pub fn host_keys(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        map.remove("steps");
+        map
     }
 }
 
@@ -296,44 +309,30 @@ pub fn parse_nvidia_smi(text: &str) -> Option<(String, Option<f64>)> {
     (!name.is_empty()).then(|| (name.to_string(), mem))
 }
 
-/// Whether the text-to-speech engine `TTS_RENDER_CHUNKS` would use is
-/// installed. `path` overrides `PATH` (for tests).
+/// Whether the text-to-speech engine `TTS_RENDER_CHUNKS` would use by
+/// default (the step's own resolution: `tts.engine`, else the platform
+/// default) is installed. `path` overrides `PATH` (for tests).
 pub fn tts_engine_status(settings: &Settings, path: Option<&OsStr>) -> Result<(), String> {
-    let t = &settings.tools;
-    let engine = match settings.tts.engine.trim() {
-        "" => match os_name() {
-            "windows" => "sapi",
-            "macos" => "say",
-            _ => "espeak-ng",
-        },
-        other => other,
-    };
+    let engine = Engine::resolve(None, settings).map_err(|e| e.message)?;
+    let name = engine.name();
     let need = |program: &str, key: &str| {
         find_program(program, path).map(|_| ()).ok_or_else(|| {
-            format!("the {engine} text-to-speech engine needs {program}, which was not found; install it or set tools.{key}")
+            format!("the {name} text-to-speech engine needs {program}, which was not found; install it or set {key}")
         })
     };
-    match engine {
-        "espeak-ng" | "espeak" => need(&t.espeak, "espeak"),
-        "say" => need(&t.say, "say"),
-        "sapi" => need(&t.powershell, "powershell"),
-        "piper" => {
-            need(&t.piper, "piper")?;
-            let model = settings.tts.piper_model.trim();
-            if model.is_empty() || !Path::new(model).is_file() {
-                return Err(format!("tts.piper_model {model:?} is not a model file; download a piper voice and set it"));
+    let t = &settings.tools;
+    match &engine {
+        Engine::EspeakNg => need(&t.espeak, "tools.espeak"),
+        Engine::Say => need(&t.say, "tools.say"),
+        Engine::Sapi => need(&t.powershell, "tools.powershell"),
+        Engine::Piper { model } => {
+            need(&t.piper, "tools.piper")?;
+            if !Path::new(model).is_file() {
+                return Err(format!("tts.piper_model {model:?} is not a file; download a piper voice and set its path"));
             }
             Ok(())
         }
-        "command" => {
-            let template = settings.tts.command_template.trim();
-            let program = template.split_whitespace().next().unwrap_or("");
-            if program.is_empty() {
-                return Err("tts.engine is \"command\" but tts.command_template is empty; set it".into());
-            }
-            need(program.trim_matches(['"', '\'']), "command_template")
-        }
-        other => Err(format!("unknown tts.engine {other:?}; use espeak-ng, say, sapi, piper, command or leave it empty")),
+        Engine::Command { words } => need(words.first().map(String::as_str).unwrap_or(""), "tts.command_template"),
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use rayvault::caps::{probe, HostCaps};
+use rayvault::caps::{probe, tts_engine_status, HostCaps};
 use rayvault::config::Settings;
 use rayvault::error::ErrorCode;
 use rayvault::joblog::JobLog;
@@ -119,6 +119,47 @@ async fn caps_report_a_missing_tts_engine() {
     let caps = probe(&s).await;
     let reason = caps.unavailable_steps.get(&StepName::TtsRenderChunks).expect("TTS listed as unavailable");
     assert!(reason.contains("rayvault-no-such-espeak"), "{reason}");
+}
+
+#[test]
+fn tts_status_follows_the_configured_engine() {
+    let dir = common::tempdir();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink("/bin/true", bin.join("mytts")).unwrap();
+    std::os::unix::fs::symlink("/bin/true", bin.join("piper")).unwrap();
+    let model = dir.path().join("voice.onnx");
+    std::fs::write(&model, b"model").unwrap();
+    let check = |engine: &str, template: &str, piper_model: &Path, expected: Result<(), &str>| {
+        let mut s = settings(dir.path());
+        s.tts.engine = engine.into();
+        s.tts.command_template = template.into();
+        s.tts.piper_model = piper_model.display().to_string();
+        let got = tts_engine_status(&s, Some(bin.as_os_str()));
+        match (got, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(reason), Err(part)) => assert!(reason.contains(part), "{engine}: {reason}"),
+            (got, expected) => panic!("{engine} {template:?}: got {got:?}, expected {expected:?}"),
+        }
+    };
+    check("command", "mytts --in {text_file} --out {out_wav}", &model, Ok(()));
+    check("command", "othertts --in {text_file} --out {out_wav}", &model, Err("othertts"));
+    check("command", "", &model, Err("command_template"));
+    check("piper", "", &model, Ok(()));
+    check("piper", "", &dir.path().join("missing.onnx"), Err("missing.onnx"));
+    check("espeak-ng", "", &model, Err("espeak-ng"));
+    check("klingon", "", &model, Err("klingon"));
+}
+
+#[test]
+fn host_keys_leave_steps_to_the_caps_answer() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = common::tempdir();
+    let caps = rt.block_on(probe(&settings(dir.path())));
+    let keys = caps.host_keys();
+    assert!(!keys.contains_key("steps"));
+    assert_eq!(keys.get("os"), Some(&json!("linux")));
+    assert!(keys.contains_key("unavailable_steps") && keys.contains_key("davinci_available"));
 }
 
 #[tokio::test]

@@ -163,8 +163,11 @@ pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<Job
         if rec.state.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(rec.view());
         }
-        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-            return Ok(load_job(st, id).await?.view());
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            // Deadline reached, or the notifier is gone (shutdown): answer
+            // with what the store says now rather than spin.
+            _ => return Ok(load_job(st, id).await?.view()),
         }
     }
 }

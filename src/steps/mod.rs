@@ -20,8 +20,10 @@ pub mod openclaw;
 pub mod postcheck;
 pub mod probe;
 pub mod silence;
+pub mod text_chunks;
 pub mod true_peak;
 pub mod tts;
+pub mod tts_engines;
 
 use crate::artifacts::ArtifactEntry;
 use crate::config::Settings;

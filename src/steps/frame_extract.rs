@@ -13,17 +13,19 @@
 //! Target times are seconds from the start of the media: ffmpeg shifts
 //! timestamps so that the input starts at zero, both for `-ss` and inside
 //! filters, so no start offset is needed here.
+//!
+//! Needs ffmpeg 5.1 or later (`-fps_mode`); an older one fails with
+//! `FFMPEG_FAILED` and "Unrecognized option" in the message.
 
 use super::probe::media_input_arg;
 use crate::error::{ErrorCode, StepError};
+use crate::joblog::JobLog;
 use crate::process::{run_tool, Tool};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-use crate::joblog::JobLog;
 
 /// Seeking runs started at once. Each ffmpeg decodes with its own threads,
 /// so two keep a small machine busy without thrashing it.

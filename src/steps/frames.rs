@@ -92,6 +92,16 @@ pub enum Strategy {
     SinglePass,
 }
 
+impl Strategy {
+    /// The name used in results and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Seek => "seek",
+            Strategy::SinglePass => "single_pass",
+        }
+    }
+}
+
 /// A strategy and the sentence explaining why it was picked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
@@ -229,7 +239,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
         .ok_or_else(|| StepError::new(ErrorCode::FfmpegFailed, "ffprobe reported a video stream without an index"))?;
     let plan = plan(&wanted, duration_s, last_frame_time(duration_s, &video))?;
     let choice = choose_strategy(plan.targets.len(), duration_s, &ctx.settings.frames);
-    ctx.log.line("job", &format!("{} frame(s), {:?}: {}", plan.targets.len(), choice.strategy, choice.reason));
+    ctx.log.line("job", &format!("{} frame(s) by {}: {}", plan.targets.len(), choice.strategy.as_str(), choice.reason));
 
     let scratch = Scratch::create(&ctx.out_dir).await?;
     let x = Extraction {

@@ -67,6 +67,9 @@ pub struct NodeReport {
     pub caps_age_s: Option<f64>,
 }
 
+/// One node's probe, run on the actor's arbiter.
+type ProbeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult>>>;
+
 struct NodeEntry {
     config: NodeConfig,
     health: NodeHealth,
@@ -152,7 +155,7 @@ impl NodeProbe {
 
     /// A future probing the given enabled nodes; results are applied by the
     /// caller on the actor.
-    fn probe_futures(&self, only: Option<&str>) -> Vec<(NodeConfig, std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult>>>)> {
+    fn probe_futures(&self, only: Option<&str>) -> Vec<(NodeConfig, ProbeFuture)> {
         let timeout = Duration::from_secs(self.settings.controller.probe_timeout_s.max(1));
         let allow_plain = self.settings.controller.auth_mode == "allow_plain";
         self.entries
@@ -161,7 +164,7 @@ impl NodeProbe {
             .map(|e| {
                 let cfg = e.config.clone();
                 let fut = remote::probe(cfg.clone(), self.keyring.clone(), timeout, allow_plain);
-                (cfg, Box::pin(fut) as std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult>>>)
+                (cfg, Box::pin(fut) as ProbeFuture)
             })
             .collect()
     }

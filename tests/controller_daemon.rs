@@ -42,7 +42,7 @@ fn submit_through_the_daemon_then_status_and_cancel() {
     assert!(err.contains("handed to the daemon"), "{err}");
     assert_eq!(r["executed_on"], "w1");
     let s = status(&w);
-    assert_eq!(s["daemon"]["pid"].is_u64(), true, "{s}");
+    assert!(s["daemon"]["pid"].is_u64(), "{s}");
     assert_eq!(job_in(&s, "d/probe").unwrap()["phase"], "finished");
     assert_eq!(node_status(&s, "w1"), "up");
 

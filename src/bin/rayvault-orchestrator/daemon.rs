@@ -185,30 +185,30 @@ fn error(status: u16, code: &str, message: impl Into<String>, server_time: Optio
 }
 
 /// Checks the request's signature over the raw body.
-fn authorize(state: &ApiState, req: &HttpRequest, body: &[u8]) -> Result<(), HttpResponse> {
+fn authorize(state: &ApiState, req: &HttpRequest, body: &[u8]) -> Result<(), Box<HttpResponse>> {
     let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
     let sha = protocol::sha256_hex(body);
     let query = req.uri().query().unwrap_or("");
     match state.verifier.verify(&auth, req.method().as_str(), req.uri().path(), query, &sha, rayvault::auth::unix_now()) {
         Ok(_) => Ok(()),
-        Err(AuthError::Skew { server_time }) => Err(error(401, "AUTH_SKEW", protocol::SKEW_MESSAGE, Some(server_time))),
+        Err(AuthError::Skew { server_time }) => Err(Box::new(error(401, "AUTH_SKEW", protocol::SKEW_MESSAGE, Some(server_time)))),
         Err(AuthError::Invalid(why)) => {
             tracing::warn!("refused an API request: {why}");
-            Err(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None))
+            Err(Box::new(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None)))
         }
     }
 }
 
 async fn health(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
-        return r;
+        return *r;
     }
     HttpResponse::Ok().json(serde_json::json!({"status": "ok", "pid": std::process::id()}))
 }
 
 async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
-        return r;
+        return *r;
     }
     let spec: JobSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
@@ -250,7 +250,7 @@ struct WaitQuery {
 
 async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>, q: web::Query<WaitQuery>) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
-        return r;
+        return *r;
     }
     let key = format!("{}/{}", path.0, path.1);
     let deadline = Instant::now() + Duration::from_secs(q.wait_s.min(60));
@@ -277,7 +277,7 @@ async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(S
 
 async fn cancel(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
-        return r;
+        return *r;
     }
     let key = format!("{}/{}", path.0, path.1);
     match state.controller.runner.send(CancelJob { key: key.clone() }).await {
@@ -289,7 +289,7 @@ async fn cancel(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path
 
 async fn status(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
-        return r;
+        return *r;
     }
     let store = state.store.clone();
     let jobs = match web::block(move || store.all()).await {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Starts the RayVault controller (rayvault-orchestrator) the seed's way:
+#
+#   scripts/start_controller.sh health
+#   scripts/start_controller.sh caps
+#   scripts/start_controller.sh submit --run-id R --job-id J --step-name FFMPEG_PROBE \
+#       --payload-json '{"media_path":"/path/to/video.mp4"}' \
+#       [--requirements-json '{"os_in":["windows"],"min_ram_gb":8}'] [--no-fallback] [--no-wait] [--timeout S]
+#   scripts/start_controller.sh sync-artifacts --run-id R --job-id J --node-id windows-worker-1
+#   scripts/start_controller.sh daemon | status | cancel --run-id R --job-id J
+#
+# The secret comes only from the environment: RAYVAULT_CLUSTER_SECRET, else
+# RAYVAULT_CLUSTER_SECRET_CURRENT (optionally RAYVAULT_CLUSTER_SECRET_PREVIOUS
+# during a rotation). Without one, every step runs locally on this machine.
+# RAYVAULT_ALLOW_PLAIN_FALLBACK=1 lets the controller send the plain token to
+# a v0.5 worker that rejects HMAC (logged as a warning).
+#
+# Other variables: RAYVAULT_STATE_DIR (default: state/ in the project, which
+# holds cluster/nodes.json and cluster/receipts/), RAYVAULT_ORCHESTRATOR_BIN
+# (path to the binary; default: target/release, then target/debug, then PATH).
+# Exit codes are the binary's: 0 succeeded, 1 failed, 2 bad usage/configuration.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+if [ $# -eq 0 ]; then
+    echo "usage: $0 health|caps|submit|sync-artifacts|daemon|status|cancel [flags]" >&2
+    exit 2
+fi
+
+bin="${RAYVAULT_ORCHESTRATOR_BIN:-}"
+if [ -z "$bin" ]; then
+    for candidate in target/release/rayvault-orchestrator target/debug/rayvault-orchestrator; do
+        if [ -x "$candidate" ]; then bin=$candidate; break; fi
+    done
+fi
+if [ -z "$bin" ]; then
+    bin=$(command -v rayvault-orchestrator || true)
+fi
+if [ -z "$bin" ]; then
+    echo "start_controller: rayvault-orchestrator not found; build it with: cargo build --release --bin rayvault-orchestrator" >&2
+    exit 2
+fi
+
+export RAYVAULT_STATE_DIR="${RAYVAULT_STATE_DIR:-state}"
+mkdir -p "$RAYVAULT_STATE_DIR/cluster"
+
+if [ "$1" = "daemon" ] && [ -z "${RAYVAULT_CLUSTER_SECRET:-}" ] && [ -z "${RAYVAULT_CLUSTER_SECRET_CURRENT:-}" ]; then
+    echo "start_controller: the daemon authenticates its API with the cluster secret; set RAYVAULT_CLUSTER_SECRET, e.g." >&2
+    echo "  read -rs RAYVAULT_CLUSTER_SECRET && export RAYVAULT_CLUSTER_SECRET" >&2
+    exit 2
+fi
+
+exec "$bin" "$@"

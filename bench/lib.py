@@ -203,23 +203,24 @@ def hwm_kib(pid):
     return None
 
 
-def tree_rss_kib(pid):
-    """RSS of a process and all its descendants (KiB)."""
-    total = 0
-    todo = [pid]
-    seen = set()
+def descendants(pid):
+    """PIDs of every descendant of a process (children first found first)."""
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        total += rss_kib(p) or 0
         try:
             with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
+                kids = [int(c) for c in f.read().split()]
         except OSError:
-            pass
-    return total
+            kids = []
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def tree_rss_kib(pid):
+    """RSS of a process and all its descendants (KiB)."""
+    return sum(rss_kib(p) or 0 for p in [pid, *descendants(pid)])
 
 
 def write_json(path, data):

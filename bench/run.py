@@ -38,6 +38,7 @@ QUICK = {
 def scenarios():
     import s_audioqc
     import s_dispatch
+    import s_failover
     import s_frames
     import s_scheduler
     import s_sync
@@ -48,6 +49,7 @@ def scenarios():
         ("3", "audio QC", s_audioqc.measure),
         ("4", "frames", s_frames.measure),
         ("5", "TTS", s_tts.measure),
+        ("7", "failover", s_failover.measure),
         ("8", "scheduler", s_scheduler.measure),
     ]
 

@@ -256,3 +256,26 @@ async fn jobs_in_flight_are_limited() {
     c.cancel(&a.job_id).await.unwrap();
     assert!(!c.submit(&openclaw("three")).await.unwrap().cached);
 }
+
+#[actix_rt::test]
+async fn steps_never_see_the_secret() {
+    let w = Worker::start(Opts {
+        previous: Some("previous-secret-for-env-test".into()),
+        env: vec![("RAYVAULT_OPENCLAW__COMMAND".into(), "sh -c 'cat >/dev/null; env'".into())],
+        ..Opts::default()
+    });
+    let c = w.client();
+    let sub = c.submit(&openclaw("print the environment")).await.unwrap();
+    let done = c.wait(&sub.job.job_id, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let dir = common::tempdir();
+    let dest = dir.path().join("env.txt");
+    c.download_artifact(&done.job_id, &done.artifacts[0], &dest).await.unwrap();
+    let env_dump = std::fs::read_to_string(&dest).unwrap();
+    assert!(env_dump.contains("PATH="), "the dump is real: {env_dump}");
+    for needle in [w.opts.secret.as_str(), "previous-secret-for-env-test", "RAYVAULT_CLUSTER_SECRET"] {
+        assert!(!env_dump.contains(needle), "{needle} reached the step's environment");
+    }
+    let everything = format!("{}{}{:?}", c.full_log(&done.job_id).await.unwrap(), w.stderr(), done);
+    assert!(!everything.contains(&w.opts.secret));
+}

@@ -364,12 +364,12 @@ mod tests {
     fn seek_wins_below_break_even_and_a_pass_above() {
         let cfg = defaults();
         // 180 s of media: one pass is estimated at 180 x 0.032 = 5.76 s,
-        // which 38 seeks (5.7 s) stay below and 39 (5.85 s) exceed.
+        // which 57 seeks (5.7 s, two at a time) stay below and 58 (5.8 s) exceed.
         for (frames, duration, expected) in [
             (10, 180.0, Strategy::Seek),
             (30, 180.0, Strategy::Seek),
-            (38, 180.0, Strategy::Seek),
-            (39, 180.0, Strategy::SinglePass),
+            (57, 180.0, Strategy::Seek),
+            (58, 180.0, Strategy::SinglePass),
             (300, 180.0, Strategy::SinglePass),
             (5, 60.0, Strategy::Seek),
             (5, 3.0, Strategy::SinglePass),
@@ -379,7 +379,7 @@ mod tests {
             assert_eq!(c.strategy, expected, "{frames} frames of {duration} s: {}", c.reason);
         }
         let c = choose_strategy(10, 180.0, &cfg);
-        assert!(c.reason.contains("1.50 s") && c.reason.contains("5.76 s"), "{}", c.reason);
+        assert!(c.reason.contains("1.00 s") && c.reason.contains("5.76 s"), "{}", c.reason);
     }
 
     fn payload(v: Value) -> FramesPayload {

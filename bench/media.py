@@ -1,7 +1,7 @@
 """Inputs the scenarios need, generated here (nothing is downloaded) and
 cached under target/bench/media so that repeated runs skip the slow parts:
 short distinct WAVs, spoken chunks from espeak-ng, a 720p H.264 clip, the
-text of TTS chunks and a large artifact file.
+text of TTS chunks and a large WAV artifact.
 """
 
 import array
@@ -127,25 +127,35 @@ def video(seconds, width=1280, height=720, fps=30):
     return p
 
 
-def big_file(path, mib):
-    """A file of `mib` MiB of incompressible bytes, and its SHA-256. Written
-    in 4 MiB blocks from a hash chain (fast, deterministic, not all zero)."""
+def big_wav(path, mib):
+    """A WAV of exactly `mib` MiB (48 kHz stereo 16-bit noise) and its
+    SHA-256: a long voice-over render, as a TTS job's artifact would be.
+    Written in 4 MiB blocks from a hash chain (fast, deterministic,
+    incompressible)."""
     if os.path.exists(path) and os.path.getsize(path) == mib << 20 and os.path.exists(path + ".sha256"):
         with open(path + ".sha256") as f:
             return f.read().strip()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    log(f"writing a {mib} MiB artifact")
+    log(f"writing a {mib} MiB WAV artifact")
     block = bytearray()
     seed = hashlib.sha512(b"rayvault-bench").digest()
     while len(block) < 4 << 20:
         seed = hashlib.sha512(seed).digest()
         block += seed
     block = bytes(block[: 4 << 20])
+    total = mib << 20
+    data_len = total - 44
+    header = (b"RIFF" + (total - 8).to_bytes(4, "little") + b"WAVE"
+              + b"fmt " + (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (2).to_bytes(2, "little")
+              + (48000).to_bytes(4, "little") + (48000 * 4).to_bytes(4, "little") + (4).to_bytes(2, "little")
+              + (16).to_bytes(2, "little") + b"data" + data_len.to_bytes(4, "little"))
     h = hashlib.sha256()
     with open(path + ".tmp", "wb") as f:
         for i in range(mib // 4):
             # Vary each block so that no two blocks are alike.
             chunk = i.to_bytes(8, "little") + block[8:]
+            if i == 0:
+                chunk = header + chunk[len(header):]
             f.write(chunk)
             h.update(chunk)
     os.replace(path + ".tmp", path)

@@ -2,9 +2,9 @@
 
 Ours: `rayvault-orchestrator sync-artifacts` pulling the artifact of a
 finished job from a worker on loopback, checking its SHA-256 against the
-manifest and writing it to the receipts folder (bench/ours.py). Its peak
-RSS is read from the kernel (wait4's ru_maxrss) for a small and a large
-artifact: memory must not grow with the size.
+manifest and writing it to the receipt folder (bench/ours_sync.py). Its
+peak RSS is read from the kernel (wait4's ru_maxrss) for a small and a
+large artifact: memory must not grow with the size.
 
 Baselines, nginx serving the same file on loopback:
 - `curl -s URL | sha256sum`, what a user would script;
@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import media
-import ours
+from ours_sync import SyncRig
 from lib import OUT_DIR, NotMeasured, log, summary
 from peers import Nginx
 from report import Row
@@ -41,10 +41,10 @@ def curl_rate(url, size, verify):
 def measure(cfg):
     folder = os.path.join(OUT_DIR, "media", "artifacts")
     big_mib, small_mib = cfg["artifact_mib"], cfg["artifact_small_mib"]
-    big = os.path.join(folder, f"artifact-{big_mib}m.bin")
-    big_sha = media.big_file(big, big_mib)
-    small = os.path.join(folder, f"artifact-{small_mib}m.bin")
-    small_sha = media.big_file(small, small_mib)
+    big = os.path.join(folder, f"voiceover-{big_mib}m.wav")
+    big_sha = media.big_wav(big, big_mib)
+    small = os.path.join(folder, f"voiceover-{small_mib}m.wav")
+    media.big_wav(small, small_mib)
     size = os.path.getsize(big)
     nginx = Nginx(folder)
     plain, verified = [], []
@@ -63,12 +63,15 @@ def measure(cfg):
 
     ours_rates, rss_big, rss_small = [], [], []
     why = None
+    rig = None
     try:
+        rig = SyncRig(big, small)
+        rig.sync("big")  # warm-up
         for r in range(cfg["repeats"]):
-            t, peak_kib = ours.sync_artifact(big, big_sha)
-            ours_rates.append(size / 1e6 / t)
+            t, peak_kib, nbytes = rig.sync("big")
+            ours_rates.append(nbytes / 1e6 / t)
             rss_big.append(peak_kib / 1024)
-            _, peak_kib = ours.sync_artifact(small, small_sha)
+            _, peak_kib, _ = rig.sync("small")
             rss_small.append(peak_kib / 1024)
             log(f"scenario 2: repeat {r + 1}: ours {ours_rates[-1]:.0f} MB/s, peak RSS {rss_big[-1]:.1f} MiB "
                 f"({big_mib} MiB file) vs {rss_small[-1]:.1f} MiB ({small_mib} MiB file)")
@@ -76,6 +79,10 @@ def measure(cfg):
         why = str(e)
     except Exception as e:
         why = f"failed: {e}"
+        log(f"scenario 2: ours {why}")
+    finally:
+        if rig:
+            rig.stop()
     o = summary(ours_rates) if ours_rates else None
     metric = f"{big_mib} MiB pulled and SHA-256 verified"
     growth = [b - s for b, s in zip(rss_big, rss_small)]

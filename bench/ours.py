@@ -160,11 +160,13 @@ def frames(clip, n):
 
 
 def tts(texts):
-    raise NotMeasured("TTS_RENDER_CHUNKS has not landed")
-
-
-def sync_artifact(path, sha):
-    raise NotMeasured("not integrated yet")
+    """Scenario 5: one TTS_RENDER_CHUNKS job; returns seconds."""
+    chunks = [{"id": i + 1, "text": t} for i, t in enumerate(texts)]
+    t, receipt = submit_local("TTS_RENDER_CHUNKS", {"chunks": chunks})
+    res = receipt_result(receipt)
+    if len(res.get("chunks", [])) != len(texts):
+        raise RuntimeError(f"TTS_RENDER_CHUNKS rendered {len(res.get('chunks', []))} of {len(texts)} chunks")
+    return t
 
 
 class Daemon:

@@ -39,6 +39,7 @@ def scenarios():
     import s_audioqc
     import s_dispatch
     import s_failover
+    import s_footprint
     import s_frames
     import s_scheduler
     import s_sync
@@ -49,6 +50,7 @@ def scenarios():
         ("3", "audio QC", s_audioqc.measure),
         ("4", "frames", s_frames.measure),
         ("5", "TTS", s_tts.measure),
+        ("6", "footprint", s_footprint.measure),
         ("7", "failover", s_failover.measure),
         ("8", "scheduler", s_scheduler.measure),
     ]

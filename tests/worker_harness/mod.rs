@@ -154,10 +154,10 @@ impl Worker {
     pub fn try_raw(&self, request: &[u8]) -> std::io::Result<RawHttp> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.write_all(request)?;
+        // The server may answer and close early (e.g. refusing a large body)
+        // while we are still writing; whatever it answered is in the read.
+        let _ = s.write_all(request);
         let mut buf = Vec::new();
-        // The server may close early (e.g. refusing a large body) while we
-        // are still writing; whatever it answered is in the read.
         let _ = s.read_to_end(&mut buf);
         parse_response(&buf).ok_or_else(|| std::io::Error::other(format!("unparseable answer: {:?}", String::from_utf8_lossy(&buf))))
     }

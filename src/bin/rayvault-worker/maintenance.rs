@@ -5,17 +5,19 @@
 use crate::state::AppState;
 use actix_web::web;
 use std::time::{Duration, SystemTime};
+use tracing::Instrument;
 
 /// Starts the upkeep tasks on the current arbiter.
 pub fn spawn(state: web::Data<AppState>) {
     let s = state.clone();
     actix_rt::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
             tick.tick().await;
             prune(&s).await;
         }
-    });
+    }
+    .instrument(tracing::info_span!("prune")));
     actix_rt::spawn(async move {
         // The probe runs tools (ffmpeg, nvidia-smi, python), so it is done
         // in the background and its result cached; tools installed later
@@ -26,8 +28,12 @@ pub fn spawn(state: web::Data<AppState>) {
             let caps = rayvault::caps::probe(&state.env.settings).await;
             state.host_caps.send_replace(Some(caps));
         }
-    });
+    }
+    .instrument(tracing::info_span!("caps_probe")));
 }
+
+/// How often finished jobs and blobs are checked against the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How often the host capabilities are probed again.
 const CAPS_REFRESH: Duration = Duration::from_secs(300);

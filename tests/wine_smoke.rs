@@ -105,6 +105,10 @@ impl WineWorker {
             .env("RAYVAULT_STATE_DIR", windows_path(state))
             .env("RAYVAULT_WORKER_ID", WORKER_ID)
             .env("RAYVAULT_CLUSTER_SECRET", &secret)
+            // A stand-in OpenClaw that every Wine prefix has: find.exe copies
+            // the stdin lines containing "smoke" to stdout and exits 1 when
+            // there are none.
+            .env("RAYVAULT_OPENCLAW__COMMAND", r"C:\windows\system32\find.exe smoke")
             .current_dir(state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -240,5 +244,42 @@ async fn drive(worker: &WineWorker, wav: &Path, downloads: &Path) -> String {
         Err(ClientError::Api { status: 401, .. }) => {}
         other => panic!("a request signed with the wrong secret must get 401, got {other:?}"),
     }
-    format!("caps ready after {caps_time:?}, upload + AUDIO_POSTCHECK + wait took {job_time:?}")
+
+    let openclaw = openclaw_jobs(&client, downloads).await;
+    format!("caps ready after {caps_time:?}, upload + AUDIO_POSTCHECK + wait took {job_time:?}, {openclaw}")
+}
+
+/// Submits a job and long-polls it to the end.
+async fn run_job(client: &WorkerClient, step: &str, payload: Value) -> rayvault::protocol::JobView {
+    let submit = SubmitJob { step_name: step.into(), payload, inputs_hash: None, label: None };
+    let submitted = client.submit(&submit).await.expect("POST /jobs");
+    let view = client.wait(&submitted.job.job_id, JOB_DEADLINE, 20).await.expect("waiting on the job");
+    assert!(view.state.is_terminal(), "{view:?}");
+    view
+}
+
+/// OPENCLAW_TASK through the Windows code paths: the session check (Wine
+/// runs the worker in its console session), the task on stdin of a real
+/// Windows program, its exit code, and the output artifact.
+async fn openclaw_jobs(client: &WorkerClient, downloads: &Path) -> String {
+    let started = Instant::now();
+    let failed = run_job(client, "OPENCLAW_TASK", json!({"task": "no match here", "timeout_s": 60})).await;
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
+    let error = failed.error.as_ref().expect("a failed job has an error");
+    assert_eq!(error.code, "OPENCLAW_FAILED", "{error:?}");
+    assert!(error.message.contains("exit code: 1"), "{error:?}");
+    let task = "wine smoke task for OpenClaw";
+    let ok = run_job(client, "OPENCLAW_TASK", json!({"task": task, "timeout_s": 60})).await;
+    if ok.state != JobState::Succeeded {
+        let log = client.full_log(&ok.job_id).await.unwrap_or_default();
+        panic!("OPENCLAW_TASK ended {:?}: {ok:?}\njob log:\n{log}", ok.state);
+    }
+    let manifest = client.artifacts(&ok.job_id).await.expect("GET artifacts");
+    let entry = manifest.artifacts.iter().find(|a| a.name == "openclaw_output.txt").expect("openclaw_output.txt");
+    let dest = downloads.join("openclaw_output.txt");
+    client.download_artifact(&ok.job_id, entry, &dest).await.expect("download");
+    let text = std::fs::read_to_string(&dest).unwrap();
+    assert!(text.contains(task), "the task reached find.exe on stdin: {text}");
+
+    format!("two OPENCLAW_TASK jobs took {:?}", started.elapsed())
 }

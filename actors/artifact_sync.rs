@@ -1,12 +1,12 @@
 //! ArtifactSync: copies a remote job's artifacts and `worker.log` into the
 //! receipt folder.
 //!
-//! Each artifact is downloaded into a hidden `.<name>.partial` beside its
-//! final name, resumed from where it stopped when the worker supports Range
-//! requests, checked against the manifest's size and SHA-256, and only then
-//! renamed into place. A file under a final name is therefore always whole
-//! and verified; a digest mismatch discards the partial file and downloads
-//! once more from the start.
+//! Each artifact is downloaded into `<name>.part` beside its final name,
+//! resumed from where it stopped when the worker supports Range requests
+//! (the current contract does, v0.5 does not), checked against the
+//! manifest's size and SHA-256, and only then renamed into place. A file
+//! under a final name is therefore always whole and verified; a digest
+//! mismatch discards the partial file and the next attempt starts over.
 
 use super::job_runner::remote::{self, NodeClient};
 use super::messages::Compat;
@@ -103,26 +103,15 @@ async fn sync_one(
     if verified(&final_path, entry).await {
         return Ok(final_path);
     }
-    let partial = dest.join(format!(".{}.partial", entry.name));
+    let partial = super::job_runner::node_client::part_path(&final_path);
     let mut last = String::new();
     for attempt in 1..=attempts {
         let have = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
-        // A partial file longer than the artifact cannot be a prefix of it.
-        let offset = if have > entry.size || client.compat() != Compat::Current { 0 } else { have };
-        if offset > 0 {
-            tracing::info!("resuming {} from byte {offset} of {}", entry.name, entry.size);
+        if have > 0 && have < entry.size && client.compat() == Compat::Current {
+            tracing::info!("resuming {} from byte {have} of {}", entry.name, entry.size);
         }
-        match client.download(job_id, &entry.name, &partial, offset).await {
-            Ok(()) => {
-                if verified(&partial, entry).await {
-                    crate::artifacts::commit_temp(&partial, &final_path)
-                        .map_err(|e| format!("moving {} into place: {e}", entry.name))?;
-                    return Ok(final_path);
-                }
-                last = format!("{} does not match its manifest (size {} / sha256 {}); downloading again", entry.name, entry.size, entry.sha256);
-                tracing::warn!("{last}");
-                let _ = tokio::fs::remove_file(&partial).await;
-            }
+        match client.download(job_id, entry, &final_path).await {
+            Ok(()) => return Ok(final_path),
             Err(e) => {
                 last = format!("downloading {} failed (attempt {attempt}/{attempts}): {e}", entry.name);
                 tracing::warn!("{last}");

@@ -54,7 +54,10 @@ fn remote_run_stages_inputs_verifies_artifacts_and_resubmits_idempotently() {
     let art = &r["artifacts"][0];
     assert_eq!(sha256(Path::new(art["path"].as_str().unwrap())), art["sha256"].as_str().unwrap());
     assert!(std::fs::read_to_string(dir.join("worker.log")).unwrap().contains("FFMPEG_PROBE"));
-    let no_temp = std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.'));
+    let no_temp = std::fs::read_dir(&dir).unwrap().all(|e| {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        !name.starts_with('.') && !name.ends_with(".part")
+    });
     assert!(no_temp, "no partial file left under the receipt folder");
 
     let (code, again, _) = w.submit("remote", "probe", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
@@ -85,22 +88,22 @@ fn artifact_sync_resumes_a_partial_download_and_checks_digests() {
     // A download that stopped half way: only a partial file remains.
     std::fs::remove_file(&final_path).unwrap();
     let half = whole.len() / 2;
-    std::fs::write(dir.join(".ffprobe.json.partial"), &whole[..half]).unwrap();
+    std::fs::write(dir.join("ffprobe.json.part"), &whole[..half]).unwrap();
     let out = w.orch().env("RUST_LOG", "info").args(["sync-artifacts", "--run-id", "sync", "--job-id", "probe", "--node-id", "w1"]).output().unwrap();
     let (code, synced, err) = parse_output(&out);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(&format!("resuming ffprobe.json from byte {half}")), "{err}");
     assert_eq!(sha256(&final_path), expected);
     assert_eq!(synced["artifacts"][0]["sha256"], json!(expected));
-    assert!(!dir.join(".ffprobe.json.partial").exists());
+    assert!(!dir.join("ffprobe.json.part").exists());
 
     // A corrupt partial file fails the digest check and is downloaded anew.
     std::fs::remove_file(&final_path).unwrap();
-    std::fs::write(dir.join(".ffprobe.json.partial"), vec![b'x'; half]).unwrap();
+    std::fs::write(dir.join("ffprobe.json.part"), vec![b'x'; half]).unwrap();
     let out = w.orch().env("RUST_LOG", "info").args(["sync-artifacts", "--run-id", "sync", "--job-id", "probe", "--node-id", "w1"]).output().unwrap();
     let (code, _, err) = parse_output(&out);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("does not match its manifest"), "{err}");
+    assert!(err.contains("the download was discarded"), "{err}");
     assert_eq!(sha256(&final_path), expected);
 
     let out = w.orch().args(["sync-artifacts", "--run-id", "sync", "--job-id", "probe", "--node-id", "other"]).output().unwrap();

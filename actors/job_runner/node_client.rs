@@ -6,11 +6,11 @@
 use super::super::messages::Compat;
 use super::super::node_probe::NodeHandle;
 use crate::artifacts::ArtifactEntry;
-use crate::auth::{Keyring, RequestTarget};
+use crate::auth::Keyring;
+use crate::client::{ClientError, WorkerClient};
 use crate::legacy_v05::{describe_send_error, LegacyAuth, LegacyClient, LegacyFailure};
-use crate::protocol::{self, ArtifactManifest, ErrorBody, JobView, LogChunk, Submitted};
+use crate::protocol::{self, ArtifactManifest, JobView, Submitted};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,174 +77,79 @@ impl From<LegacyFailure> for CallError {
     }
 }
 
-/// A signed client for one node of the current contract.
+/// The current contract, through the worker engineer's signed client
+/// ([`crate::client::WorkerClient`]), with its errors classified.
 pub struct CurrentClient {
-    base: String,
-    worker_id: String,
-    http: awc::Client,
-    keyring: Arc<Keyring>,
-    timeout: Duration,
+    inner: WorkerClient,
+}
+
+impl From<ClientError> for CallError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Unreachable { message, .. } => CallError::Unreachable(describe_send_error(&message)),
+            ClientError::Api { status: 401, message, server_time, .. } => CallError::Auth(auth_reason(&message, server_time)),
+            ClientError::Api { status, message, .. } if status >= 500 || status == 429 => CallError::Busy(status, message),
+            ClientError::Api { status, code, message, .. } => CallError::Refused { status, code, message },
+            other => CallError::Other(other.to_string()),
+        }
+    }
 }
 
 impl CurrentClient {
     pub fn new(base: String, worker_id: String, keyring: Arc<Keyring>, timeout: Duration) -> Self {
-        // No client-wide timeout: long-polls and downloads set their own.
-        let http = awc::Client::builder().disable_timeout().finish();
-        CurrentClient { base, worker_id, http, keyring, timeout }
+        CurrentClient { inner: WorkerClient::new(&base, &worker_id, keyring).with_timeout(timeout) }
     }
 
-    fn request(&self, method: &str, path: &str, query: &str, body_sha256: &str, timeout: Duration) -> awc::ClientRequest {
-        let url = if query.is_empty() { format!("{}{path}", self.base) } else { format!("{}{path}?{query}", self.base) };
-        let auth = self.keyring.authorization(&RequestTarget { method, path, query, worker_id: &self.worker_id, body_sha256 });
-        let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap_or(awc::http::Method::GET);
-        self.http
-            .request(m, url)
-            .insert_header((awc::http::header::AUTHORIZATION, awc::http::header::HeaderValue::from_str(&auth).map(|mut v| {
-                v.set_sensitive(true);
-                v
-            }).unwrap_or_else(|_| awc::http::header::HeaderValue::from_static("invalid"))))
-            .timeout(timeout)
-    }
-
-    async fn finish(resp: Result<awc::ClientResponse<impl futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin>, awc::error::SendRequestError>) -> Result<(u16, Bytes), CallError> {
-        let mut resp = resp.map_err(|e| CallError::Unreachable(describe_send_error(&e.to_string())))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.body().limit(64 * 1024 * 1024).await.map_err(|e| CallError::Unreachable(format!("response broke off: {e}")))?;
-        if (200..300).contains(&status) {
-            return Ok((status, bytes));
-        }
-        Err(error_from(status, &bytes))
-    }
-
-    async fn json<T: serde::de::DeserializeOwned>(&self, method: &str, path: &str, query: &str, body: Option<Vec<u8>>, timeout: Duration) -> Result<(u16, T), CallError> {
-        let sha = body.as_deref().map(protocol::sha256_hex).unwrap_or_else(|| protocol::EMPTY_SHA256.to_string());
-        let req = self.request(method, path, query, &sha, timeout);
-        let resp = match body {
-            Some(b) => req.insert_header((awc::http::header::CONTENT_TYPE, "application/json")).send_body(b).await,
-            None => req.send().await,
-        };
-        let (status, bytes) = Self::finish(resp).await?;
-        let v = serde_json::from_slice(&bytes).map_err(|e| CallError::Other(format!("{path}: unexpected response ({e})")))?;
-        Ok((status, v))
-    }
-
-    /// `GET /health` (not authenticated).
+    /// `GET /health` as raw JSON, so that a v0.5 answer can be recognised.
     pub async fn health(&self) -> Result<Value, CallError> {
-        let resp = self.http.get(format!("{}/health", self.base)).timeout(self.timeout).send().await;
-        let (_, bytes) = Self::finish(resp).await?;
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Other(format!("/health: not JSON ({e})")))
+        let raw = self.inner.send_raw(awc::http::Method::GET, "/health", Bytes::new()).await?;
+        if raw.status != 200 {
+            return Err(CallError::Busy(raw.status, String::from_utf8_lossy(&raw.body).chars().take(200).collect()));
+        }
+        serde_json::from_slice(&raw.body).map_err(|e| CallError::Other(format!("/health: not JSON ({e})")))
     }
 
-    /// `GET /caps`.
+    /// `GET /caps`, as JSON for display.
     pub async fn caps(&self) -> Result<Value, CallError> {
-        Ok(self.json("GET", "/caps", "", None, self.timeout).await?.1)
+        let caps = self.inner.caps().await?;
+        serde_json::to_value(caps).map_err(|e| CallError::Other(e.to_string()))
     }
 
-    /// `PUT /blobs/{sha256}`, streaming the file with its length.
-    pub async fn put_blob(&self, sha256: &str, path: &Path, size: u64) -> Result<(), CallError> {
-        let file = tokio::fs::File::open(path).await.map_err(|e| CallError::Other(format!("reading {}: {e}", path.display())))?;
-        let stream = futures_util::stream::unfold(file, |mut f| async move {
-            let mut buf = vec![0u8; 1 << 20];
-            match tokio::io::AsyncReadExt::read(&mut f, &mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), f))
-                }
-                Err(e) => Some((Err(e), f)),
-            }
-        });
-        let path_s = format!("/blobs/{sha256}");
-        // An upload may take long; allow a generous time per GiB.
-        let t = self.timeout + Duration::from_secs(60 + size / (8 * 1024 * 1024));
-        let resp = self.request("PUT", &path_s, "", sha256, t).send_body(awc::body::SizedStream::new(size, Box::pin(stream))).await;
-        Self::finish(resp).await.map(|_| ())
+    /// `PUT /blobs/{sha256}` streaming the file.
+    pub async fn put_blob(&self, path: &Path) -> Result<String, CallError> {
+        Ok(self.inner.upload_file(path).await?.sha256)
     }
 
-    /// `POST /jobs`; the status tells a cached job (200) from a new one (201).
+    /// `POST /jobs`.
     pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str) -> Result<Submitted, CallError> {
         let body = protocol::SubmitJob { step_name: step_name.into(), payload: payload.clone(), inputs_hash: Some(inputs_hash.into()), label: Some(label.into()) };
-        let bytes = serde_json::to_vec(&body).map_err(|e| CallError::Other(e.to_string()))?;
-        Ok(self.json("POST", "/jobs", "", Some(bytes), self.timeout).await?.1)
+        Ok(self.inner.submit(&body).await?)
     }
 
     /// `GET /jobs/{id}?wait_s=N`: long-polls until the job ends or N passes.
     pub async fn wait(&self, job_id: &str, wait_s: u64) -> Result<JobView, CallError> {
-        let t = self.timeout + Duration::from_secs(wait_s + 2);
-        Ok(self.json("GET", &format!("/jobs/{job_id}"), &format!("wait_s={wait_s}"), None, t).await?.1)
+        Ok(self.inner.job(job_id, wait_s).await?)
     }
 
     /// `POST /jobs/{id}/cancel`.
     pub async fn cancel(&self, job_id: &str) -> Result<(), CallError> {
-        self.json::<Value>("POST", &format!("/jobs/{job_id}/cancel"), "", Some(Vec::new()), self.timeout).await.map(|_| ())
+        self.inner.cancel(job_id).await.map(|_| ()).map_err(Into::into)
     }
 
     /// `GET /jobs/{id}/artifacts`.
     pub async fn manifest(&self, job_id: &str) -> Result<ArtifactManifest, CallError> {
-        Ok(self.json("GET", &format!("/jobs/{job_id}/artifacts"), "", None, self.timeout).await?.1)
+        Ok(self.inner.artifacts(job_id).await?)
     }
 
-    /// `GET /jobs/{id}/log?offset=N`.
-    pub async fn log(&self, job_id: &str, offset: u64) -> Result<LogChunk, CallError> {
-        Ok(self.json("GET", &format!("/jobs/{job_id}/log"), &format!("offset={offset}"), None, self.timeout).await?.1)
+    /// The whole log.
+    pub async fn log(&self, job_id: &str) -> Result<String, CallError> {
+        Ok(self.inner.full_log(job_id).await?)
     }
 
-    /// `GET /jobs/{id}/artifacts/{name}` from `offset` (a Range request),
-    /// appended to `dest`.
-    pub async fn download(&self, job_id: &str, name: &str, dest: &Path, offset: u64) -> Result<(), CallError> {
-        let path = format!("/jobs/{job_id}/artifacts/{name}");
-        let mut req = self.request("GET", &path, "", protocol::EMPTY_SHA256, self.timeout);
-        if offset > 0 {
-            req = req.insert_header((awc::http::header::RANGE, format!("bytes={offset}-")));
-        }
-        let mut resp = req.send().await.map_err(|e| CallError::Unreachable(describe_send_error(&e.to_string())))?;
-        let status = resp.status().as_u16();
-        let append = match status {
-            206 => true,
-            200 => false,
-            _ => {
-                let body = resp.body().limit(64 * 1024).await.unwrap_or_default();
-                return Err(error_from(status, &body));
-            }
-        };
-        write_stream(&mut resp, dest, append).await
-    }
-}
-
-/// Writes a response body to `dest` (appending for a Range response).
-async fn write_stream<S>(resp: &mut S, dest: &Path, append: bool) -> Result<(), CallError>
-where
-    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
-{
-    use tokio::io::AsyncWriteExt;
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .open(dest)
-        .await
-        .map_err(|e| CallError::Other(format!("writing {}: {e}", dest.display())))?;
-    while let Some(chunk) = resp.next().await {
-        // Whatever arrived before a break stays in the partial file, so the
-        // next attempt resumes after it.
-        let chunk = chunk.map_err(|e| CallError::Unreachable(format!("download broke off: {e}")))?;
-        file.write_all(&chunk).await.map_err(|e| CallError::Other(format!("writing {}: {e}", dest.display())))?;
-    }
-    file.flush().await.map_err(|e| CallError::Other(e.to_string()))
-}
-
-/// Classifies an error response of the current contract.
-fn error_from(status: u16, body: &[u8]) -> CallError {
-    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    let (code, message, server_time) = match parsed {
-        Some(b) => (b.code, b.error, b.server_time),
-        None => (String::new(), String::from_utf8_lossy(body).chars().take(300).collect(), None),
-    };
-    match status {
-        401 => CallError::Auth(auth_reason(&message, server_time)),
-        429 | 500..=599 => CallError::Busy(status, message),
-        _ => CallError::Refused { status, code, message },
+    /// Downloads one artifact to `dest`, resuming `dest.part` with a Range
+    /// request and checking size and SHA-256 before the final rename.
+    pub async fn download(&self, job_id: &str, entry: &ArtifactEntry, dest: &Path) -> Result<(), CallError> {
+        self.inner.download_artifact(job_id, entry, dest).await.map(|_| ()).map_err(Into::into)
     }
 }
 
@@ -279,30 +184,43 @@ impl NodeClient {
         }
     }
 
-    /// Downloads an artifact into `dest` from `offset` (legacy: always whole).
-    pub async fn download(&self, job_id: &str, name: &str, dest: &Path, offset: u64) -> Result<(), CallError> {
+    /// Downloads an artifact to its final path `dest` through `dest.part`:
+    /// resumed with Range on a current worker, whole on a v0.5 one; either
+    /// way the size and SHA-256 are checked before the rename.
+    pub async fn download(&self, job_id: &str, entry: &ArtifactEntry, dest: &Path) -> Result<(), CallError> {
         match self {
-            NodeClient::Current(c) => c.download(job_id, name, dest, offset).await,
-            NodeClient::Legacy(l) => l.download(job_id, name, dest).await.map(|_| ()).map_err(Into::into),
+            NodeClient::Current(c) => c.download(job_id, entry, dest).await,
+            NodeClient::Legacy(l) => {
+                let part = part_path(dest);
+                l.download(job_id, &entry.name, &part).await.map_err(CallError::from)?;
+                let p = part.clone();
+                let hashed = tokio::task::spawn_blocking(move || crate::artifacts::sha256_file(&p)).await;
+                match hashed {
+                    Ok(Ok((sha, size))) if sha == entry.sha256 && size == entry.size => {
+                        crate::artifacts::commit_temp(&part, dest).map_err(|e| CallError::Other(format!("moving {} into place: {e}", entry.name)))
+                    }
+                    Ok(Ok((sha, _))) => {
+                        let _ = tokio::fs::remove_file(&part).await;
+                        Err(CallError::Other(format!("artifact {} has sha256 {sha}, the manifest says {}; the download was discarded", entry.name, entry.sha256)))
+                    }
+                    other => Err(CallError::Other(format!("hashing {}: {other:?}", part.display()))),
+                }
+            }
         }
     }
 
     /// The job's whole log.
     pub async fn whole_log(&self, job_id: &str) -> Result<Vec<u8>, CallError> {
         match self {
-            NodeClient::Current(c) => {
-                let mut out = Vec::new();
-                let mut offset = 0;
-                loop {
-                    let chunk = c.log(job_id, offset).await?;
-                    out.extend_from_slice(chunk.data.as_bytes());
-                    if chunk.complete || chunk.next_offset <= offset || chunk.next_offset >= chunk.size {
-                        return Ok(out);
-                    }
-                    offset = chunk.next_offset;
-                }
-            }
+            NodeClient::Current(c) => Ok(c.log(job_id).await?.into_bytes()),
             NodeClient::Legacy(l) => Ok(l.log(job_id).await?.to_vec()),
         }
     }
+}
+
+/// Where a download in progress lives: `<final name>.part` beside it (the
+/// worker client's convention), never the final name.
+pub fn part_path(dest: &Path) -> std::path::PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!("{name}.part"))
 }

@@ -172,8 +172,10 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Stag
         NodeClient::Current(c) => {
             for blob in &staged.blobs {
                 trace.say(format!("staging {} ({} bytes) to {node_id}", blob.original, blob.size));
-                if let Err(e) = retry(deps, cancel, || c.put_blob(&blob.sha256, &blob.path, blob.size)).await {
-                    return give_up(deps, node_id, None, format!("staging {} failed: {e}", blob.original), trace, began, matches!(e, CallError::Unreachable(_)));
+                match retry(deps, cancel, || c.put_blob(&blob.path)).await {
+                    Ok(sha) if sha == blob.sha256 => {}
+                    Ok(_) => return give_up(deps, node_id, None, format!("{} changed while it was being staged", blob.original), trace, began, false),
+                    Err(e) => return give_up(deps, node_id, None, format!("staging {} failed: {e}", blob.original), trace, began, matches!(e, CallError::Unreachable(_))),
                 }
             }
             let label = spec.key();

@@ -66,3 +66,27 @@ fn plain_token_fallback_only_when_allowed() {
     assert_eq!(r["compat_mode"], "legacy_plain_token");
     assert!(!serde_json::to_string(&r).unwrap().contains(SECRET), "the secret never reaches the receipt");
 }
+
+#[test]
+fn a_remote_failure_a_local_run_would_not_have_falls_back_locally() {
+    let w = World::new();
+    // The double lists audio_postcheck but cannot run it: STEP_UNAVAILABLE.
+    let (_leg, pl) = legacy(&w, "half-broken", &["--steps", "ffprobe_analyze,audio_postcheck"]);
+    w.write_nodes(&[("half-broken", pl, true)]);
+    let wav = common::make_sine_wav(w.dir.path(), "tone.wav", 2.0, 48_000, 1, -20.0);
+    let (code, r, err) = w.submit("env", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [wav]}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local", "{r}");
+    assert_eq!(r["status"], "succeeded", "the local run did the work: {r}");
+    assert_eq!(r["result"]["files"][0]["duration_s"], 2.0);
+    let reason = r["fallback_reason"].as_str().unwrap();
+    assert!(reason.contains("half-broken: job failed there with STEP_UNAVAILABLE"), "{reason}");
+    assert_eq!(r["attempts"][0]["outcome"], "abandoned");
+    assert_eq!(r["attempts"][1]["executed_on"], "local");
+
+    // With --no-fallback the same situation is a failure naming the reason.
+    let (code, r, _) = w.submit("env", "post-strict", "AUDIO_POSTCHECK", json!({"audio_paths": [wav]}), &["--no-fallback"]);
+    assert_eq!(code, 1);
+    assert_eq!(r["error"]["code"], "WORKER_LOST");
+    assert!(r["error"]["message"].as_str().unwrap().contains("STEP_UNAVAILABLE"), "{r}");
+}

@@ -93,3 +93,23 @@ fn timeout_fails_the_job_with_timeout() {
     assert_eq!(code, 1, "{err}");
     assert_eq!(r["error"]["code"], "TIMEOUT", "{r}");
 }
+
+#[test]
+fn the_start_script_runs_the_controller() {
+    let w = World::bare();
+    let clip = video(&w);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/start_controller.sh");
+    let out = clean_command("bash", w.dir.path())
+        .env("RAYVAULT_ORCHESTRATOR_BIN", env!("CARGO_BIN_EXE_rayvault-orchestrator"))
+        .env("RAYVAULT_STATE_DIR", w.state())
+        .arg(&script)
+        .args(["submit", "--run-id", "script", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string()])
+        .output()
+        .unwrap();
+    let (code, r, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local");
+    assert!(w.receipt_dir("script", "j").join("job_receipt.json").is_file());
+    let out = clean_command("bash", w.dir.path()).arg(&script).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no subcommand is a usage error");
+}

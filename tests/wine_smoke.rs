@@ -203,6 +203,7 @@ async fn drive(worker: &WineWorker, wav: &Path, downloads: &Path) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let caps_time = caps_started.elapsed();
+    eprintln!("wine smoke: /caps host keys {}", Value::Object(caps.host.clone()));
     assert_eq!(caps.host.get("os"), Some(&json!("windows")), "{caps:?}");
     for key in ["os", "cpu", "ram_gb", "gpu_model", "vram_gb", "python_version", "ffmpeg_version", "davinci_available"] {
         assert!(caps.host.contains_key(key), "seed key {key} missing from /caps: {caps:?}");

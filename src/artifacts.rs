@@ -56,8 +56,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Moves a finished temporary file to its final name after an fsync.
+///
+/// The file is opened for writing because Windows refuses to flush a
+/// read-only handle (FlushFileBuffers needs write access: "Access denied").
 pub fn commit_temp(tmp: &Path, final_path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(tmp)?.sync_all()?;
+    std::fs::OpenOptions::new().write(true).open(tmp)?.sync_all()?;
     std::fs::rename(tmp, final_path)
 }
 

@@ -72,6 +72,9 @@ pub struct NodeCaps {
     pub has_gpu: bool,
     pub steps: StepSet,
     pub compat: Compat,
+    /// Why the node cannot run some steps (the worker's `unavailable_steps`),
+    /// only read when explaining a placement.
+    pub unavailable: Arc<[(StepName, String)]>,
 }
 
 /// Whether a node can be scheduled on right now.

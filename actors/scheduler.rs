@@ -153,7 +153,10 @@ fn reason_text(req: &JobRequirements, step: StepName, node: &NodeSnapshot, v: Ve
         Verdict::NoGpu => "no GPU but gpu_required is true".to_string(),
         Verdict::StepMissing => match caps.map(|c| c.compat.is_legacy()) {
             Some(true) => format!("legacy v0.5 worker does not list {} (for {step})", step.legacy_name()),
-            _ => format!("step {step} not available on this node"),
+            _ => match caps.and_then(|c| c.unavailable.iter().find(|(s, _)| *s == step)) {
+                Some((_, why)) => format!("step {step} not available: {why}"),
+                None => format!("step {step} not available on this node"),
+            },
         },
     }
 }
@@ -244,7 +247,7 @@ mod tests {
         NodeSnapshot {
             node_id: id.into(),
             health: NodeHealth::Up,
-            caps: Some(NodeCaps { os: os.into(), ram_gb: ram, vram_gb: 0.0, has_gpu: false, steps, compat: Compat::Current }),
+            caps: Some(NodeCaps { os: os.into(), ram_gb: ram, vram_gb: 0.0, has_gpu: false, steps, compat: Compat::Current, unavailable: Arc::from(vec![(StepName::TtsRenderChunks, "no TTS engine found".to_string())]) }),
             busy,
         }
     }
@@ -276,6 +279,8 @@ mod tests {
         assert_eq!(p.verdicts, vec![Verdict::Down, Verdict::NoGpu, Verdict::NoGpu]);
         let p = place(&JobRequirements::default(), StepName::TtsRenderChunks, &nodes);
         assert_eq!(p.verdicts, vec![Verdict::Down, Verdict::StepMissing, Verdict::Eligible]);
+        let ex = explain(&JobRequirements::default(), StepName::TtsRenderChunks, &nodes, &p);
+        assert_eq!(ex[1].reason, "step TTS_RENDER_CHUNKS not available: no TTS engine found");
         let r = req(r#"{"min_vram_gb":4}"#);
         assert_eq!(place(&r, StepName::TtsRenderChunks, &nodes).verdicts[2], Verdict::VramTooLow);
     }

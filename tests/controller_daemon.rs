@@ -105,3 +105,19 @@ fn nodes_json_edits_are_noticed_while_the_daemon_runs() {
     common::wait_until("the broken file is reported", Duration::from_secs(20), || status(&w)["nodes"]["nodes_error"].as_str().is_some_and(|e| e.contains("nodes[0].node_id")));
     assert_eq!(node_status(&status(&w), "w1"), "up");
 }
+
+#[test]
+fn the_daemon_api_is_authenticated_and_stops_gracefully() {
+    let mut w = World::new();
+    let daemon = w.daemon();
+    w.set_env("RAYVAULT_CLUSTER_SECRET", "not-the-daemon-secret-at-all");
+    let (code, _, err) = w.submit("auth", "j", "FFMPEG_PROBE", json!({"media_path": "/x"}), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refused us: 401 auth_token invalid"), "{err}");
+    let pid = daemon.child.id().to_string();
+    let mut daemon = daemon;
+    common::run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
+    assert!(w.daemon_log().contains("API stopped"), "{}", w.daemon_log());
+}

@@ -90,3 +90,20 @@ fn a_remote_failure_a_local_run_would_not_have_falls_back_locally() {
     assert_eq!(r["error"]["code"], "WORKER_LOST");
     assert!(r["error"]["message"].as_str().unwrap().contains("STEP_UNAVAILABLE"), "{r}");
 }
+
+#[test]
+fn a_timeout_cancels_the_job_on_the_worker() {
+    let w = World::new();
+    let (_leg, pl) = legacy(&w, "slow", &["--job-delay", "60"]);
+    w.write_nodes(&[("slow", pl, true)]);
+    let clip = video(&w);
+    let started = std::time::Instant::now();
+    let (code, r, err) = w.submit("timeout", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &["--timeout", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(r["error"]["code"], "TIMEOUT", "{r}");
+    assert_eq!(r["executed_on"], "slow");
+    assert_eq!(r["attempts"][0]["outcome"], "cancelled");
+    let log = std::fs::read_to_string(w.receipt_dir("timeout", "j").join("worker.log")).unwrap();
+    assert!(log.contains("job cancelled by the controller"), "the cancel reached the worker: {log}");
+}

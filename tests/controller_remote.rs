@@ -162,3 +162,17 @@ fn a_worker_killed_mid_job_is_replaced_without_rerunning_a_success() {
     assert_eq!(attempts[1]["outcome"], "succeeded");
     assert_eq!(attempts.iter().filter(|a| a["outcome"] == "succeeded").count(), 1);
 }
+
+#[test]
+fn controller_only_steps_never_leave_the_controller() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, true)]);
+    std::fs::write(w.dir.path().join("only.toml"), "[controller]\ncontroller_only_steps = [\"DAVINCI_RENDER\", \"FFMPEG_PROBE\"]\n").unwrap();
+    let clip = video(&w);
+    let (code, r, err) = w.submit("only", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &["--config", "only.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local");
+    assert!(r["fallback_reason"].as_str().unwrap().contains("only on the controller"), "{r}");
+    assert_eq!(reason_for(&r, "w1"), "step runs only on the controller");
+}

@@ -226,6 +226,8 @@ def make_handler(opts, root):
                     if job["status"] in ("queued", "running"):
                         job["status"] = "cancelled"
                         job["error"] = {"code": "CANCELLED", "message": "cancelled by the controller"}
+                        with open(os.path.join(root, parts[1], "worker.log"), "a") as f:
+                            f.write("job cancelled by the controller\n")
                     return self.send_json(200, {"job_id": parts[1], "status": job["status"]})
             return self.send_json(404, {"error": "not found"})
 

@@ -89,7 +89,13 @@ pub fn node_caps(raw: &Value, compat: Compat) -> NodeCaps {
             }
         }
     }
+    let unavailable: Vec<(StepName, String)> = raw
+        .get("unavailable_steps")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| Some((StepName::parse(k).ok()?, v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
     NodeCaps {
+        unavailable: unavailable.into(),
         os: raw.get("os").and_then(Value::as_str).unwrap_or("unknown").to_ascii_lowercase(),
         ram_gb: num("ram_gb"),
         vram_gb: num("vram_gb"),
@@ -326,6 +332,9 @@ async fn follow(
                 // Wait briefly for the worker to confirm, so the log we fetch
                 // shows the cancellation.
                 let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2)).await;
+                if let Err(e) = fetch_log(client, job_id, &dir.join(crate::receipt::LOG_FILE)).await {
+                    tracing::warn!("could not fetch the cancelled job's log: {e}");
+                }
                 let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", node_id) };
                 trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
                 return Outcome::Done(with_compat(ending, handle.compat));
@@ -415,7 +424,12 @@ fn with_compat(mut e: Ending, compat: Compat) -> Ending {
 pub async fn fetch_log(client: &NodeClient, job_id: &str, dest: &Path) -> Result<(), String> {
     let bytes = client.whole_log(job_id).await.map_err(|e| e.to_string())?;
     let d = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::artifacts::write_atomic(&d, &bytes))
+    tokio::task::spawn_blocking(move || {
+        if let Some(parent) = d.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::artifacts::write_atomic(&d, &bytes)
+    })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("writing {}: {e}", dest.display()))

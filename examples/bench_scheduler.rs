@@ -64,6 +64,7 @@ fn nodes(n: usize, rng: &mut Rng) -> Vec<NodeSnapshot> {
                 has_gpu,
                 steps,
                 compat: if rng.below(10) == 0 { Compat::LegacyHmacV05 } else { Compat::Current },
+                unavailable: Default::default(),
             };
             NodeSnapshot {
                 node_id: Arc::from(format!("worker-{i:04}")),

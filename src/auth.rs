@@ -187,7 +187,10 @@ pub fn unix_now() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
     /// A valid HMAC signature; `previous` when the previous key matched.
-    Hmac { kid: String, previous: bool },
+    /// The nonce is now in the cache until `nonce_expires` (Unix seconds);
+    /// a server that must survive restarts persists that pair too (see
+    /// [`Verifier::preload_nonces`]).
+    Hmac { kid: String, previous: bool, nonce: String, nonce_expires: u64 },
     /// The opt-in plain token.
     Plain,
 }
@@ -260,6 +263,16 @@ impl Verifier {
         &self.keyring
     }
 
+    /// Loads nonces seen before a restart (with their expiry), so that a
+    /// request captured before the restart cannot be replayed after it.
+    pub fn preload_nonces(&self, nonces: impl IntoIterator<Item = (String, u64)>, now: u64) {
+        for (nonce, expires) in nonces {
+            if expires > now {
+                self.nonces.insert(&nonce, expires, now);
+            }
+        }
+    }
+
     /// Verifies one request. `authorization` holds every `Authorization`
     /// header value as received; exactly one must be present.
     pub fn verify(
@@ -328,10 +341,11 @@ impl Verifier {
         }
         // Kept for twice the window: long after a replay would fail the
         // skew check anyway.
-        if !self.nonces.insert(&h.nonce, now + 2 * self.skew_s, now) {
+        let expires = now + 2 * self.skew_s;
+        if !self.nonces.insert(&h.nonce, expires, now) {
             return Err(AuthError::Invalid("nonce replayed"));
         }
-        Ok(Verified::Hmac { kid: key.kid().to_string(), previous })
+        Ok(Verified::Hmac { kid: key.kid().to_string(), previous, nonce: h.nonce.clone(), nonce_expires: expires })
     }
 }
 
@@ -424,6 +438,16 @@ mod tests {
         assert!(lax.verify(&[broken.as_bytes(), bearer.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now).is_err());
         assert!(lax.verify(&[broken.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now).is_err());
         assert!(lax.verify(&[], "GET", "/caps", "", EMPTY_SHA256, now).is_err());
+    }
+
+    #[test]
+    fn preloaded_nonces_are_replays() {
+        let now = 1_800_000_000;
+        let v = verifier("k", None, false);
+        let ring = Keyring::from_secrets("k", None).unwrap();
+        v.preload_nonces([("nonce-seen-before-restart".to_string(), now + 600)], now);
+        let h = signed(&ring, now, "nonce-seen-before-restart", "w1");
+        assert_eq!(v.verify(&[h.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now), Err(AuthError::Invalid("nonce replayed")));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - `idempotency`: `STEP_NAME \0 inputs_hash` -> job id of the latest job;
 //! - `active`: job id -> sequence number, for jobs queued or running (its
 //!   size is the in-flight count; restart recovery walks it in order);
-//! - `meta`: counters (`next_seq`).
+//! - `meta`: counters (`next_seq`);
+//! - `nonces`: accepted request nonces and their expiry ([`nonces`]).
 
 use crate::artifacts::ArtifactEntry;
 use crate::error::{ErrorCode, StepError};
@@ -22,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub mod nonces;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const IDEMPOTENCY: TableDefinition<&str, &str> = TableDefinition::new("idempotency");
@@ -226,6 +229,7 @@ impl Store {
             tx.open_table(IDEMPOTENCY)?;
             tx.open_table(ACTIVE)?;
             tx.open_table(META)?;
+            tx.open_table(nonces::NONCES)?;
         }
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })

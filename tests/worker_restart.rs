@@ -91,6 +91,20 @@ async fn jobs_and_idempotency_survive_a_restart_and_retention_prunes() {
     assert_eq!(c3.job(&done.job_id, 0).await.unwrap_err().code(), Some("JOB_NOT_FOUND"));
 }
 
+#[test]
+fn a_request_cannot_be_replayed_after_a_restart() {
+    let dir = common::tempdir();
+    let secret = "replay-restart-secret";
+    let mut w = Worker::start(opts_in(dir.path(), secret, &[]));
+    let auth = w.sign("GET", "/caps", "", b"");
+    assert_eq!(w.request("GET", "/caps", &[("Authorization", auth.clone())], b"").status, 200);
+    w.kill9();
+    let w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    let r = w2.request("GET", "/caps", &[("Authorization", auth)], b"");
+    assert_eq!((r.status, r.code().as_str()), (401, "AUTH_INVALID"), "replayed after kill -9 and restart");
+    assert_eq!(w2.signed("GET", "/caps", b"").status, 200, "fresh requests still pass");
+}
+
 #[cfg(unix)]
 #[actix_rt::test]
 async fn sigterm_records_running_jobs_as_interrupted_after_the_grace() {

@@ -58,10 +58,12 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
     let auth: Vec<&[u8]> = req.headers().get_all(header::AUTHORIZATION).map(|v| v.as_bytes()).collect();
     let now = rayvault::auth::unix_now();
     match state.verifier.verify(&auth, &method, &path, &query, &body_sha256, now) {
-        Ok(Verified::Hmac { kid, previous: true }) => {
-            tracing::warn!(%kid, "request signed with the PREVIOUS cluster key; finish the rotation by updating the controller's RAYVAULT_CLUSTER_SECRET")
+        Ok(Verified::Hmac { kid, previous, nonce, nonce_expires }) => {
+            if previous {
+                tracing::warn!(%kid, "request signed with the PREVIOUS cluster key; finish the rotation by updating the controller's RAYVAULT_CLUSTER_SECRET");
+            }
+            persist_nonce(&state, nonce, nonce_expires, now).await?;
         }
-        Ok(Verified::Hmac { .. }) => {}
         Ok(Verified::Plain) => {
             tracing::warn!(%path, "request authenticated with the plain-token fallback; switch the controller to HMAC (unset RAYVAULT_ALLOW_PLAIN_FALLBACK)")
         }
@@ -86,6 +88,21 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
 /// Marker put into a request's extensions once it is authenticated.
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated;
+
+/// Records the accepted nonce durably before the request runs, so that a
+/// restart (even kill -9) does not reopen the replay window. A failure to
+/// record it refuses the request: fail closed.
+async fn persist_nonce(state: &web::Data<AppState>, nonce: String, expires: u64, now: u64) -> Result<(), ApiError> {
+    let store = state.env.store.clone();
+    match web::block(move || store.record_nonce(&nonce, expires, now)).await? {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::warn!(reason = "nonce replayed (seen before a restart)", "refused: {}", protocol::AUTH_INVALID_MESSAGE);
+            Err(ApiError::auth_invalid())
+        }
+        Err(e) => Err(ApiError::from(e)),
+    }
+}
 
 fn check_header_size(req: &ServiceRequest, max: usize) -> Result<(), ApiError> {
     let total: usize = req.uri().to_string().len()

@@ -154,6 +154,10 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
     let Ready { settings, keyring, ip, store, paths, recovery } = ready;
     let w = settings.worker.clone();
     let verifier = Arc::new(Verifier::new(keyring, w.id.clone(), w.skew_s, w.allow_plain_token));
+    let now = rayvault::auth::unix_now();
+    let store_for_nonces = store.clone();
+    let seen = web::block(move || store_for_nonces.live_nonces(now)).await.context("loading nonces")??;
+    verifier.preload_nonces(seen, now);
     let env = Arc::new(ExecutorEnv { store, paths, settings: Arc::new(settings), changes: tokio::sync::watch::channel(0).0 });
     let executors = executor::start_all(env.clone());
     for rec in recovery.queued {

@@ -48,6 +48,7 @@ async fn prune(state: &web::Data<AppState>) {
     let store = state.env.store.clone();
     let paths = state.env.paths.clone();
     let result = web::block(move || -> Result<(usize, usize), rayvault::store::StoreError> {
+        store.prune_nonces(rayvault::auth::unix_now())?;
         let removed = store.prune(cutoff_ms)?;
         for id in &removed {
             let _ = std::fs::remove_dir_all(paths.job_dir(id));

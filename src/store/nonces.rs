@@ -1,0 +1,74 @@
+//! Durable request nonces: every accepted nonce is recorded with its expiry
+//! so that the worker can reload them after a restart (or a crash) and a
+//! request captured before it cannot be replayed after it.
+
+use super::{Store, StoreError};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub(super) const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonces");
+
+impl Store {
+    /// Records an accepted nonce until `expires` (Unix seconds). False if
+    /// it was already recorded and has not expired: a replay.
+    pub fn record_nonce(&self, nonce: &str, expires: u64, now: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write()?;
+        let fresh = {
+            let mut t = tx.open_table(NONCES)?;
+            let live = t.get(nonce)?.is_some_and(|g| g.value() > now);
+            if !live {
+                t.insert(nonce, expires)?;
+            }
+            !live
+        };
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Nonces that have not expired, with their expiry.
+    pub fn live_nonces(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(NONCES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if v.value() > now {
+                out.push((k.value().to_string(), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes expired nonces; returns how many.
+    pub fn prune_nonces(&self, now: u64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let removed = {
+            let mut t = tx.open_table(NONCES)?;
+            let before = t.len()?;
+            t.retain(|_, exp| exp > now)?;
+            before - t.len()?
+        };
+        tx.commit()?;
+        Ok(removed as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Store;
+
+    #[test]
+    fn nonces_persist_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            assert!(s.record_nonce("n1", 100, 10).unwrap());
+            assert!(!s.record_nonce("n1", 100, 20).unwrap(), "replay");
+            assert!(s.record_nonce("n2", 50, 20).unwrap());
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.live_nonces(60).unwrap(), vec![("n1".to_string(), 100)]);
+        assert_eq!(s.prune_nonces(60).unwrap(), 1);
+        assert!(s.record_nonce("n1", 300, 150).unwrap(), "expired entries may be reused");
+    }
+}

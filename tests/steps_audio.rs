@@ -87,6 +87,9 @@ fn write_wav(path: &Path, rate: u32, channels: u16, enc: Enc, samples: &[f32]) {
     std::fs::write(path, b).expect("write wav");
 }
 
+/// A signal's consecutive parts: (seconds, dBFS or `None` for silence).
+type Parts = Vec<(f64, Option<f64>)>;
+
 /// Stereo 48 kHz 1 kHz sine in consecutive parts of (seconds, dBFS per
 /// channel); `None` is digital silence. One period is exactly 48 samples,
 /// so a table replaces a sine per sample.
@@ -158,7 +161,7 @@ fn num(entry: &Value, key: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebu_3341_loudness_and_true_peak_cases() {
     let dir = common::tempdir();
-    let loudness_cases: Vec<(&str, Vec<(f64, Option<f64>)>)> = vec![
+    let loudness_cases: Vec<(&str, Parts)> = vec![
         ("3341-1", vec![(20.0, Some(-23.0))]),
         ("3341-2", vec![(20.0, Some(-33.0))]),
         ("3341-3", vec![(10.0, Some(-36.0)), (60.0, Some(-23.0)), (10.0, Some(-36.0))]),
@@ -207,7 +210,7 @@ async fn ebu_3341_loudness_and_true_peak_cases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebu_3342_loudness_range_cases() {
     let dir = common::tempdir();
-    let cases: Vec<(&str, Vec<(f64, Option<f64>)>, f64)> = vec![
+    let cases: Vec<(&str, Parts, f64)> = vec![
         ("3342-1", vec![(20.0, Some(-20.0)), (20.0, Some(-30.0))], 10.0),
         ("3342-2", vec![(20.0, Some(-20.0)), (20.0, Some(-15.0))], 5.0),
         ("3342-3", vec![(20.0, Some(-40.0)), (20.0, Some(-20.0))], 20.0),

@@ -5,16 +5,16 @@
 //!
 //! Long uncompressed files are cut into segments measured on parallel
 //! threads, each with its own reader, following the recipe documented on
-//! `EbuR128::loudness_global_multiple`: segment boundaries fall on 100 ms
-//! (and silence-window) multiples, each later segment starts reading 400 ms
-//! early, feeds the first 100 ms through `seed_frames` to settle the
-//! K-weighting filters and the next 300 ms as ordinary audio, so that its
-//! first 400 ms gating block is exactly the one a single pass would have
-//! produced next. Integrated loudness is therefore identical to a single
-//! pass. The loudness range is computed over the union of the segments'
-//! 3 s short-term blocks; their 1 s grid restarts in each segment, which
-//! moves the result by a few hundredths of an LU at most. Peaks, clipping
-//! and silence runs concatenate exactly.
+//! `EbuR128::loudness_global_multiple`: each later segment starts reading
+//! early, feeds 100 ms through `seed_frames` to settle the K-weighting
+//! filters and the next 300 ms as ordinary audio, so that its first 400 ms
+//! gating block is exactly the one a single pass would have produced next.
+//! Boundaries are placed so that the 3 s short-term blocks (one per second)
+//! also fall on the single-pass grid, and the two short-term blocks that
+//! straddle each boundary come from a small loudness-range-only meter fed
+//! the 4 s around it. Integrated loudness and loudness range therefore equal
+//! a single pass (a unit test checks both to 1e-6), and peaks, clipping and
+//! silence runs concatenate exactly.
 //!
 //! Each thread reads blocks of about a second, so nothing allocates per
 //! sample and the filters run over long contiguous slices.
@@ -76,6 +76,8 @@ struct Segment {
 /// What one segment contributes.
 struct SegmentResult {
     meter: EbuR128,
+    /// Short-term blocks straddling this segment's start (later segments).
+    patch: Option<EbuR128>,
     true_peak: f64,
     sample_peak: f32,
     clipped: u64,
@@ -91,9 +93,20 @@ pub fn analyze_file(
     silence_threshold_dbfs: f64,
     cancel: &CancellationToken,
 ) -> Result<Measurements, StepError> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    analyze_with(path, silence_threshold_dbfs, cancel, cores)
+}
+
+/// [`analyze_file`] with an explicit number of threads to spread over.
+fn analyze_with(
+    path: &Path,
+    silence_threshold_dbfs: f64,
+    cancel: &CancellationToken,
+    cores: usize,
+) -> Result<Measurements, StepError> {
     let mut reader = AudioReader::open(path)?;
     let fmt = reader.format();
-    let plan = plan_segments(&reader, path, fmt);
+    let plan = plan_segments(&reader, path, fmt, cores);
     let results: Vec<SegmentResult> = if plan.len() == 1 {
         vec![measure_segment(&mut reader, plan[0], fmt, silence_threshold_dbfs, cancel)?]
     } else {
@@ -130,7 +143,8 @@ fn combine(fmt: StreamFormat, results: &[SegmentResult]) -> Measurements {
         EbuR128::loudness_global_multiple(results.iter().map(|r| &r.meter)).ok().and_then(super::finite);
     // The loudness range needs 3 s short-term blocks above the gates.
     let lra = if duration_s >= 3.0 && integrated.is_some() {
-        EbuR128::loudness_range_multiple(results.iter().map(|r| &r.meter)).ok().and_then(super::finite)
+        let meters = results.iter().flat_map(|r| std::iter::once(&r.meter).chain(r.patch.as_ref()));
+        EbuR128::loudness_range_multiple(meters).ok().and_then(super::finite)
     } else {
         None
     };
@@ -160,7 +174,13 @@ fn frames_per_100ms(rate: u32) -> u64 {
 /// Splits a long seekable PCM file into up to one segment per core.
 /// Anything else (compressed audio, an unknown length, a header that
 /// promises more data than the file holds) is read in one piece.
-fn plan_segments(reader: &AudioReader, path: &Path, fmt: StreamFormat) -> Vec<Segment> {
+///
+/// A boundary `b` must sit on the grids of every measurement that is
+/// merged: on a silence window (so windows are the same as in one pass),
+/// and 300 ms past a whole second (`b = 3 * s100 (mod 10 * s100)`), so that
+/// a segment starting to count at `b - 300 ms` lays its 400 ms gating
+/// blocks and 3 s short-term blocks exactly where a single pass would.
+fn plan_segments(reader: &AudioReader, path: &Path, fmt: StreamFormat, cores: usize) -> Vec<Segment> {
     let whole = vec![Segment { start: 0, end: None }];
     let (Some(total), Some(frame_bytes)) = (reader.declared_frames, reader.pcm_frame_bytes()) else {
         return whole;
@@ -169,24 +189,35 @@ fn plan_segments(reader: &AudioReader, path: &Path, fmt: StreamFormat) -> Vec<Se
     if !reader.is_seekable_pcm() || total.saturating_mul(frame_bytes) > file_len {
         return whole;
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_SEGMENTS);
-    let by_length = (total / (MIN_SEGMENT_S * fmt.sample_rate as u64)) as usize;
-    let n = cores.min(by_length);
+    let rate = fmt.sample_rate as u64;
+    let n = cores.min(MAX_SEGMENTS).min((total / (MIN_SEGMENT_S * rate)) as usize);
     if n <= 1 {
         return whole;
     }
+    let s100 = frames_per_100ms(fmt.sample_rate);
     let window = SilenceScanner::new(fmt.sample_rate, fmt.channels, -50.0, WINDOW_S).window_frames() as u64;
-    let unit = lcm(frames_per_100ms(fmt.sample_rate), window);
-    let mut bounds: Vec<u64> = (1..n as u64).map(|k| total * k / n as u64 / unit * unit).collect();
-    bounds.dedup();
-    let too_early = match bounds.first() {
-        Some(&b) => b < 4 * frames_per_100ms(fmt.sample_rate),
-        None => true,
-    };
-    if too_early {
-        return whole;
+    let second = 10 * s100;
+    let margin = 5 * rate;
+    let mut bounds = Vec::with_capacity(n - 1);
+    let mut previous = 0;
+    for k in 1..n as u64 {
+        let target = total * k / n as u64;
+        // Candidates are 3 * s100 + m * second; take the nearest one that
+        // is also on the silence grid, searching at most a few minutes.
+        let m0 = target.saturating_sub(3 * s100) / second;
+        let found = (0..=300u64)
+            .flat_map(|d| [m0 + d, m0.saturating_sub(d)])
+            .map(|m| 3 * s100 + m * second)
+            .find(|b| b % window == 0);
+        match found {
+            Some(b) if b >= previous + margin && b + margin <= total => {
+                bounds.push(b);
+                previous = b;
+            }
+            _ => return whole,
+        }
     }
-    let mut segs = Vec::with_capacity(bounds.len() + 1);
+    let mut segs = Vec::with_capacity(n);
     let mut start = 0;
     for b in bounds {
         segs.push(Segment { start, end: Some(b) });
@@ -196,23 +227,8 @@ fn plan_segments(reader: &AudioReader, path: &Path, fmt: StreamFormat) -> Vec<Se
     segs
 }
 
-fn lcm(a: u64, b: u64) -> u64 {
-    fn gcd(a: u64, b: u64) -> u64 {
-        if b == 0 {
-            a
-        } else {
-            gcd(b, a % b)
-        }
-    }
-    if a == 0 || b == 0 {
-        a.max(b).max(1)
-    } else {
-        a / gcd(a, b) * b
-    }
-}
-
-fn new_meter(fmt: StreamFormat) -> Result<EbuR128, StepError> {
-    EbuR128::new(fmt.channels as u32, fmt.sample_rate, Mode::I | Mode::LRA).map_err(|e| {
+fn new_meter(fmt: StreamFormat, mode: Mode) -> Result<EbuR128, StepError> {
+    EbuR128::new(fmt.channels as u32, fmt.sample_rate, mode).map_err(|e| {
         StepError::new(
             ErrorCode::AudioDecodeFailed,
             format!(
@@ -221,6 +237,40 @@ fn new_meter(fmt: StreamFormat) -> Result<EbuR128, StepError> {
             ),
         )
     })
+}
+
+/// Frame ranges `[from, to)` in which a later segment feeds its meters.
+struct Feeds {
+    /// The main meter's filter warm-up (`seed_frames`).
+    main_seed: (u64, u64),
+    /// Audio the main meter counts from before the segment proper.
+    main_lead: (u64, u64),
+    /// The short-term patch meter's warm-up and counted audio.
+    patch_seed: (u64, u64),
+    patch_add: (u64, u64),
+}
+
+impl Feeds {
+    /// The ranges for a segment starting at `start > 0`. The short-term
+    /// blocks ending 0.7 s and 1.7 s after the boundary straddle it, so
+    /// neither neighbour produces them: a small `Mode::LRA` meter fed the
+    /// 4 s around the boundary does, and only they count in the range.
+    fn for_boundary(start: u64, s100: u64) -> Feeds {
+        Feeds {
+            main_seed: (start - 4 * s100, start - 3 * s100),
+            main_lead: (start - 3 * s100, start),
+            patch_seed: (start - 24 * s100, start - 23 * s100),
+            patch_add: (start - 23 * s100, start + 17 * s100),
+        }
+    }
+}
+
+/// The part of `block` (interleaved, first frame at `pos`) inside `range`.
+fn slice_of(block: &[f32], ch: usize, pos: u64, range: (u64, u64)) -> &[f32] {
+    let frames = (block.len() / ch) as u64;
+    let from = range.0.clamp(pos, pos + frames) - pos;
+    let to = range.1.clamp(pos, pos + frames) - pos;
+    &block[from as usize * ch..to as usize * ch]
 }
 
 /// Measures one segment with `reader` (freshly opened, or positioned at
@@ -233,22 +283,26 @@ fn measure_segment(
     cancel: &CancellationToken,
 ) -> Result<SegmentResult, StepError> {
     let ch = fmt.channels;
-    let mut meter = new_meter(fmt)?;
+    let mut meter = new_meter(fmt, Mode::I | Mode::LRA)?;
     let mut true_peak = TruePeakScanner::new(fmt.sample_rate, ch);
     let mut silence = SilenceScanner::new(fmt.sample_rate, ch, silence_threshold_dbfs, WINDOW_S);
     let (mut sample_peak, mut clipped, mut frames) = (0f32, 0u64, 0u64);
 
-    // A later segment starts 400 ms early: 100 ms to seed the filters, then
-    // 300 ms that complete its first gating block (see the module docs).
     let s100 = frames_per_100ms(fmt.sample_rate);
-    let lead_start = if seg.start > 0 { seg.start.saturating_sub(4 * s100) } else { 0 };
-    let seed_end = if seg.start > 0 { lead_start + s100 } else { 0 };
-    if seg.start > 0 {
-        reader.seek_to_frame(lead_start)?;
-    }
+    let feeds = (seg.start > 0).then(|| Feeds::for_boundary(seg.start, s100));
+    let mut patch = match feeds {
+        Some(_) => Some(new_meter(fmt, Mode::LRA)?),
+        None => None,
+    };
+    let mut pos = match &feeds {
+        Some(f) => {
+            reader.seek_to_frame(f.patch_seed.0)?;
+            f.patch_seed.0
+        }
+        None => 0,
+    };
+    let mut primed = feeds.is_none();
     let mut lead: Vec<f32> = Vec::new();
-    let mut primed = seg.start == 0;
-    let mut pos = lead_start;
     let mut block = Vec::with_capacity(BLOCK_FRAMES * ch + 8192);
     loop {
         if cancel.is_cancelled() {
@@ -261,26 +315,26 @@ fn measure_segment(
         if let Some(e) = seg.end {
             n = n.min(e - pos);
         }
-        let mut b = &block[..n as usize * ch];
-        if pos < seg.start {
-            let lead_n = (seg.start - pos).min(n);
-            let seed_n = seed_end.saturating_sub(pos).min(lead_n);
-            let (this_lead, rest) = b.split_at(lead_n as usize * ch);
-            let (seed, counted) = this_lead.split_at(seed_n as usize * ch);
-            let _ = meter.seed_frames_f32(seed);
-            let _ = meter.add_frames_f32(counted);
-            lead.extend_from_slice(this_lead);
-            b = rest;
+        let all = &block[..n as usize * ch];
+        // Errors from the crate only arise for a block that is not a whole
+        // number of frames, which the reader rules out.
+        if let (Some(f), Some(p)) = (&feeds, patch.as_mut()) {
+            let _ = p.seed_frames_f32(slice_of(all, ch, pos, f.patch_seed));
+            let _ = p.add_frames_f32(slice_of(all, ch, pos, f.patch_add));
+            let _ = meter.seed_frames_f32(slice_of(all, ch, pos, f.main_seed));
+            let lead_part = slice_of(all, ch, pos, f.main_lead);
+            let _ = meter.add_frames_f32(lead_part);
+            lead.extend_from_slice(lead_part);
         }
         if !primed && pos + n >= seg.start {
             true_peak.prime(&lead);
             primed = true;
         }
+        let b = slice_of(all, ch, pos, (seg.start, u64::MAX));
         pos += n;
         if b.is_empty() {
             continue;
         }
-        // The channel count divides every block, which is all the crate checks.
         let _ = meter.add_frames_f32(b);
         true_peak.push(b);
         silence.push(b);
@@ -291,6 +345,7 @@ fn measure_segment(
     }
     Ok(SegmentResult {
         meter,
+        patch,
         true_peak: true_peak.peak(),
         sample_peak,
         clipped,
@@ -318,10 +373,74 @@ fn peak_and_clips(x: &[f32]) -> (f32, u64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lcm_of_steps() {
-        assert_eq!(lcm(4800, 480), 4800);
-        assert_eq!(lcm(2205, 221), 487_305);
-        assert_eq!(lcm(0, 7), 7);
+    /// A 16-bit stereo WAV at 16 kHz: bursts of noise at changing levels,
+    /// silences, and a stretch driven into clipping.
+    fn write_test_wav(path: &Path, secs: usize) {
+        let rate = 16_000usize;
+        let mut seed = 7u64;
+        let mut data = Vec::with_capacity(secs * rate * 4);
+        for n in 0..secs * rate {
+            let t = n / rate;
+            let level = match t % 7 {
+                0 => 0.0,
+                1 => 0.05,
+                2 | 3 => 0.3,
+                4 => 1.4,
+                5 => 0.01,
+                _ => 0.6,
+            };
+            for _ in 0..2 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let r = ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0;
+                let v = (r * level * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
+                data.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt ");
+        for v in [16u32, 1 | (2 << 16), rate as u32, (rate * 4) as u32, 4 | (16 << 16)] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(b"data");
+        b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&data);
+        std::fs::write(path, b).unwrap();
     }
+
+    #[test]
+    fn segments_agree_with_a_single_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.wav");
+        write_test_wav(&path, 67);
+        let cancel = CancellationToken::new();
+        let single = analyze_with(&path, -50.0, &cancel, 1).unwrap();
+        assert_eq!(single.segments, 1);
+        assert!(single.clipped_samples > 0 && single.silence.longest_internal_s > 0.9);
+        for cores in [2, 3] {
+            let split = analyze_with(&path, -50.0, &cancel, cores).unwrap();
+            assert_eq!(split.segments, cores);
+            let (a, b) = (single.integrated_lufs.unwrap(), split.integrated_lufs.unwrap());
+            assert!((a - b).abs() < 1e-9, "integrated {a} vs {b}");
+            let (a, b) = (single.lra_lu.unwrap(), split.lra_lu.unwrap());
+            assert!((a - b).abs() < 1e-6, "range {a} vs {b}");
+            assert_eq!(single.true_peak_dbtp, split.true_peak_dbtp);
+            assert_eq!(single.sample_peak_dbfs, split.sample_peak_dbfs);
+            assert_eq!(single.clipped_samples, split.clipped_samples);
+            assert_eq!(single.silence, split.silence);
+            assert_eq!(single.frames, split.frames);
+        }
+    }
+
+    #[test]
+    fn cancellation_stops_the_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.wav");
+        write_test_wav(&path, 3);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        assert_eq!(analyze_file(&path, -50.0, &cancel).unwrap_err().code, ErrorCode::Cancelled);
+    }
+
 }

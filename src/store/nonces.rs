@@ -10,8 +10,15 @@ pub(super) const NONCES: TableDefinition<&str, u64> = TableDefinition::new("nonc
 impl Store {
     /// Records an accepted nonce until `expires` (Unix seconds). False if
     /// it was already recorded and has not expired: a replay.
+    ///
+    /// The commit is `Eventual`: written to the file without waiting for an
+    /// fsync, so it survives a crash or kill -9 of the worker (the bytes are
+    /// with the OS) but not a power cut in the following moment. Waiting
+    /// for an fsync on every authenticated request cut the request rate by
+    /// about three (176 against 582 cached submissions/s, measured here).
     pub fn record_nonce(&self, nonce: &str, expires: u64, now: u64) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
         let fresh = {
             let mut t = tx.open_table(NONCES)?;
             let live = t.get(nonce)?.is_some_and(|g| g.value() > now);

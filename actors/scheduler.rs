@@ -59,21 +59,24 @@ pub struct Placement {
 /// Decides which nodes can run `step` under `req`, least busy first (ties
 /// keep the nodes.json order).
 pub fn place(req: &JobRequirements, step: StepName, nodes: &[NodeSnapshot]) -> Placement {
+    // Work that depends only on the job is done once, not per node.
+    let wants_mac = req.os_in.as_ref().is_some_and(|l| l.iter().any(|o| is_mac(o)));
     let mut verdicts = Vec::with_capacity(nodes.len());
     let mut ranked = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let v = judge(req, step, node);
+        let v = judge(req, wants_mac, step, node);
         if v == Verdict::Eligible {
             ranked.push(i as u32);
         }
         verdicts.push(v);
     }
-    // A stable sort keeps the configured order among equally busy nodes.
-    ranked.sort_by_key(|&i| nodes[i as usize].busy);
+    // Ties keep the configured order; sorting on (load, index) gives that
+    // without the buffer a stable sort would allocate.
+    ranked.sort_unstable_by_key(|&i| (nodes[i as usize].busy, i));
     Placement { verdicts, ranked }
 }
 
-fn judge(req: &JobRequirements, step: StepName, node: &NodeSnapshot) -> Verdict {
+fn judge(req: &JobRequirements, wants_mac: bool, step: StepName, node: &NodeSnapshot) -> Verdict {
     match node.health {
         NodeHealth::Disabled => return Verdict::Disabled,
         NodeHealth::Unprobed => return Verdict::Unprobed,
@@ -82,7 +85,8 @@ fn judge(req: &JobRequirements, step: StepName, node: &NodeSnapshot) -> Verdict 
     }
     let Some(caps) = &node.caps else { return Verdict::Unprobed };
     if let Some(os_in) = &req.os_in {
-        if !os_in.iter().any(|os| os_matches(os, &caps.os)) {
+        let ok = os_in.iter().any(|os| os.eq_ignore_ascii_case(&caps.os)) || (wants_mac && is_mac(&caps.os));
+        if !ok {
             return Verdict::OsNotAllowed;
         }
     }
@@ -101,11 +105,9 @@ fn judge(req: &JobRequirements, step: StepName, node: &NodeSnapshot) -> Verdict 
     Verdict::Eligible
 }
 
-/// Compares an `os_in` entry with a node's (lower-case) os, accepting the
-/// usual aliases for macOS.
-fn os_matches(wanted: &str, have: &str) -> bool {
-    let is_mac = |s: &str| ["macos", "darwin", "mac", "osx"].iter().any(|m| s.eq_ignore_ascii_case(m));
-    wanted.eq_ignore_ascii_case(have) || (is_mac(wanted) && is_mac(have))
+/// The names macOS goes by in `os_in` and in caps.
+fn is_mac(os: &str) -> bool {
+    ["macos", "darwin", "mac", "osx"].iter().any(|m| os.eq_ignore_ascii_case(m))
 }
 
 /// Turns verdicts into per-node explanations for the receipt.
@@ -283,6 +285,15 @@ mod tests {
         assert_eq!(ex[1].reason, "step TTS_RENDER_CHUNKS not available: no TTS engine found");
         let r = req(r#"{"min_vram_gb":4}"#);
         assert_eq!(place(&r, StepName::TtsRenderChunks, &nodes).verdicts[2], Verdict::VramTooLow);
+    }
+
+    #[test]
+    fn macos_aliases_match() {
+        let nodes = vec![node("mac", "macos", 8.0, 0), node("dar", "Darwin", 8.0, 0), node("win", "windows", 8.0, 0)];
+        let p = place(&req(r#"{"os_in":["osx"]}"#), StepName::FfmpegProbe, &nodes);
+        assert_eq!(p.ranked, vec![0, 1]);
+        let p = place(&req(r#"{"os_in":["WINDOWS"]}"#), StepName::FfmpegProbe, &nodes);
+        assert_eq!(p.ranked, vec![2]);
     }
 
     #[test]

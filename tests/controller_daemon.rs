@@ -121,3 +121,27 @@ fn the_daemon_api_is_authenticated_and_stops_gracefully() {
     assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
     assert!(w.daemon_log().contains("API stopped"), "{}", w.daemon_log());
 }
+
+#[test]
+fn a_job_that_ended_just_before_a_crash_is_not_run_again() {
+    let w = World::new();
+    let clip = video(&w);
+    let mut daemon = w.daemon();
+    let (code, first, err) = w.submit("edge", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
+    daemon.kill();
+    // As if the daemon died after writing the receipt but before recording
+    // the end in its store.
+    let store = rayvault::controller_store::ControllerStore::open(&w.cluster().join("controller.redb")).unwrap();
+    assert!(store.update("edge/j", |j| {
+        j.phase = rayvault::controller_store::Phase::Running;
+        j.receipt = None;
+    })
+    .unwrap());
+    drop(store);
+    let _daemon = w.daemon();
+    common::wait_until("the job is recorded as finished", Duration::from_secs(20), || job_in(&status(&w), "edge/j").is_some_and(|j| j["phase"] == "finished"));
+    let after = receipt(&w, "edge", "j").unwrap();
+    assert_eq!(after["timings"]["finished_at"], first["timings"]["finished_at"], "the step did not run a second time");
+    assert!(w.daemon_log().contains("had ended before the restart"));
+}

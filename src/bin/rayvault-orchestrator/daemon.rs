@@ -47,6 +47,7 @@ pub struct JobView {
 }
 
 struct ApiState {
+    settings: Arc<Settings>,
     verifier: Verifier,
     store: Arc<ControllerStore>,
     controller: Controller,
@@ -111,6 +112,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
             progress: Some(sink.recipient()),
         });
         let state = web::Data::new(ApiState {
+            settings: settings.clone(),
             verifier: Verifier::new(verifier_keys, DAEMON_ID.into(), settings.worker.skew_s, false),
             store: store.clone(),
             controller: controller.clone(),
@@ -147,8 +149,25 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
     let store = state.store.clone();
     let jobs = web::block(move || store.unfinished()).await??;
     for job in jobs {
-        tracing::info!(job = %job.spec.key(), remote = ?job.remote, "resuming a job from the previous run");
         let at = UNIX_EPOCH + Duration::from_millis(job.submitted_at_ms);
+        // The previous daemon may have written the receipt and died before
+        // recording it: that job ended, and must not run again.
+        let dir = rayvault::receipt::receipt_dir(&state.settings.cluster_dir(), &job.spec.run_id, &job.spec.job_id);
+        if let Ok(receipt) = Receipt::read(&dir) {
+            if receipt.timings.submitted_at == rayvault::joblog::format_utc(at) {
+                tracing::info!(job = %job.spec.key(), "the job had ended before the restart; recording its receipt");
+                let (store, key) = (state.store.clone(), job.spec.key());
+                web::block(move || {
+                    store.update(&key, |j| {
+                        j.phase = Phase::Finished;
+                        j.receipt = Some(receipt);
+                    })
+                })
+                .await??;
+                continue;
+            }
+        }
+        tracing::info!(job = %job.spec.key(), remote = ?job.remote, "resuming a job from the previous run");
         dispatch(state.clone(), job.spec, job.remote, at);
     }
     Ok(())
@@ -218,7 +237,10 @@ async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse
         return error(400, "BAD_REQUEST", e, None);
     }
     let (store, key) = (state.store.clone(), spec.key());
-    let record = StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: now_ms(), remote: None, receipt: None };
+    // One instant, kept to the millisecond, for the store and the receipt:
+    // a restart compares them to recognise a receipt of this submission.
+    let submitted_ms = now_ms();
+    let record = StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: submitted_ms, remote: None, receipt: None };
     // One transaction decides whether this is new work or a job in flight.
     let outcome = web::block(move || -> Result<bool, rayvault::controller_store::StoreError> {
         match store.get(&key)? {
@@ -231,7 +253,7 @@ async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse
         Ok(Ok(true)) => {
             state.progress.remove(&spec.key());
             let key = spec.key();
-            dispatch(state.clone(), spec, None, SystemTime::now());
+            dispatch(state.clone(), spec, None, UNIX_EPOCH + Duration::from_millis(submitted_ms));
             HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": key, "already_running": false}))
         }
         Ok(Ok(false)) => HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": spec.key(), "already_running": true})),

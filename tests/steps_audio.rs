@@ -336,6 +336,8 @@ async fn threshold_override_changes_the_verdict() {
     .expect("postcheck runs");
     assert_eq!(broadcast.result["passed"], true, "{}", broadcast.result);
     assert_eq!(broadcast.result["thresholds"]["target_lufs"], -23.0);
+    assert_eq!(broadcast.result["thresholds"]["max_true_peak_dbtp"], -1.0, "defaults fill the rest");
+    assert!(broadcast.result["thresholds"].get("parallel_files").is_none());
 
     let wrong_rate =
         postcheck(dir.path(), json!({"audio_paths": [p], "thresholds": {"target_lufs": -23.0, "expected_sample_rate": 44100}}))

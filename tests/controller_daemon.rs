@@ -145,3 +145,25 @@ fn a_job_that_ended_just_before_a_crash_is_not_run_again() {
     assert_eq!(after["timings"]["finished_at"], first["timings"]["finished_at"], "the step did not run a second time");
     assert!(w.daemon_log().contains("had ended before the restart"));
 }
+
+#[test]
+fn concurrent_jobs_go_to_the_least_busy_node() {
+    let w = World::new();
+    let (_a, pa) = legacy(&w, "a", &["--job-delay", "3"]);
+    let (_b, pb) = legacy(&w, "b", &["--job-delay", "3"]);
+    w.write_nodes(&[("a", pa, true), ("b", pb, true)]);
+    let _daemon = w.daemon();
+    // Two different inputs, so the workers' idempotency does not merge them.
+    let one = common::make_video(w.dir.path(), "one.mp4", 1.0, 160, 120, 10);
+    let two = common::make_video(w.dir.path(), "two.mp4", 1.0, 176, 144, 10);
+    for (job, clip) in [("one", &one), ("two", &two)] {
+        let (code, _, err) = w.submit("load", job, "FFMPEG_PROBE", json!({"media_path": clip}), &["--no-wait"]);
+        assert_eq!(code, 0, "{err}");
+        common::wait_until("the job is placed", Duration::from_secs(20), || job_in(&status(&w), &format!("load/{job}")).is_some_and(|j| !j["remote"].is_null()));
+    }
+    common::wait_until("both receipts", Duration::from_secs(30), || receipt(&w, "load", "one").is_some() && receipt(&w, "load", "two").is_some());
+    let (r1, r2) = (receipt(&w, "load", "one").unwrap(), receipt(&w, "load", "two").unwrap());
+    assert_eq!(r1["executed_on"], "a");
+    assert_eq!(r2["executed_on"], "b", "a was busy with the first job: {}", r2["placement"]);
+    assert!(r2["placement"][0]["reason"].as_str().unwrap().contains("1 job(s) in flight"), "{}", r2["placement"]);
+}

@@ -48,6 +48,8 @@ fn remote_run_stages_inputs_verifies_artifacts_and_resubmits_idempotently() {
     assert_eq!(r["cached"], false);
     assert!(r["fallback_reason"].is_null());
     assert!(err.contains("staging"), "the input was uploaded by digest: {err}");
+    let blob = w.dir.path().join("worker-w1/worker/blobs").join(sha256(&clip));
+    assert!(blob.is_file(), "the worker holds the input under its digest: {}", blob.display());
     // The worker read its own staged copy; the receipt maps it back.
     assert_eq!(r["result"]["media_path"], json!(clip));
     let dir = w.receipt_dir("remote", "probe");

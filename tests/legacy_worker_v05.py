@@ -11,7 +11,7 @@ other listed step fails with STEP_UNAVAILABLE.
 
 Usage: legacy_worker_v05.py --port N [--worker-id ID] [--os windows]
        [--ram-gb 16] [--steps ffprobe_analyze,...] [--plain-only]
-       [--job-delay SECONDS]
+       [--job-delay SECONDS] [--root DIR]
 The secret comes from RAYVAULT_CLUSTER_SECRET (or _CURRENT).
 """
 
@@ -244,9 +244,11 @@ def main():
     p.add_argument("--steps", default="ffprobe_analyze,audio_postcheck,tts_render_chunks")
     p.add_argument("--plain-only", action="store_true")
     p.add_argument("--job-delay", type=float, default=0.0)
+    p.add_argument("--root", default="", help="where jobs are kept (default: a new temporary folder)")
     opts = p.parse_args()
     secret()
-    root = tempfile.mkdtemp(prefix="legacy-v05-")
+    root = opts.root or tempfile.mkdtemp(prefix="legacy-v05-")
+    os.makedirs(root, exist_ok=True)
     server = ThreadingHTTPServer((opts.host, opts.port), make_handler(opts, root))
     print(f"legacy v0.5 double {opts.worker_id} on {opts.host}:{opts.port}", flush=True)
     server.serve_forever()

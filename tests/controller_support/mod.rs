@@ -177,7 +177,8 @@ pub fn legacy(world: &World, id: &str, extra: &[&str]) -> (Proc, u16) {
     let port = common::free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy_worker_v05.py");
     let mut c = clean_command("python3", world.dir.path());
-    c.arg(script).args(["--port", &port.to_string(), "--worker-id", id]).args(extra).env("RAYVAULT_CLUSTER_SECRET", SECRET);
+    let root = world.dir.path().join(format!("legacy-{id}"));
+    c.arg(script).args(["--port", &port.to_string(), "--worker-id", id]).arg("--root").arg(root).args(extra).env("RAYVAULT_CLUSTER_SECRET", SECRET);
     let child = c.stdout(Stdio::null()).stderr(Stdio::from(log_file(world.dir.path(), id))).spawn().unwrap();
     let p = Proc { child, name: id.into() };
     common::wait_until(&format!("legacy double {id} answers /health"), Duration::from_secs(20), || health_ok(port));

@@ -353,6 +353,24 @@ pub fn summarize(path: &Path) -> Result<AudioSummary, StepError> {
     Ok(AudioSummary { sample_rate: fmt.sample_rate, channels: fmt.channels, frames: samples / fmt.channels as u64 })
 }
 
+/// Like [`summarize`], but for a file just written by a TTS engine: when it
+/// is PCM whose header agrees with the file's size, the declared length is
+/// used without decoding the rest (the first packet was decoded on
+/// opening, which proves the format). Anything else is counted by decoding.
+pub fn summarize_rendered(path: &Path) -> Result<AudioSummary, StepError> {
+    let reader = AudioReader::open(path)?;
+    let fmt = reader.format();
+    if let (Some(frames), Some(frame_bytes)) = (reader.declared_frames, reader.pcm_frame_bytes()) {
+        let file_len = std::fs::metadata(path).map_err(|e| StepError::io("reading the WAV's size", e))?.len();
+        // A header can promise at most the bytes the file holds; 44 bytes is
+        // the smallest WAV header.
+        if frames.saturating_mul(frame_bytes) + 44 <= file_len {
+            return Ok(AudioSummary { sample_rate: fmt.sample_rate, channels: fmt.channels, frames });
+        }
+    }
+    summarize(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +405,11 @@ mod tests {
         let s = summarize(&p).unwrap();
         assert_eq!((s.sample_rate, s.channels, s.frames), (22050, 1, 33075));
         assert!((s.duration_s() - 1.5).abs() < 1e-9);
+        assert_eq!(summarize_rendered(&p).unwrap(), s);
+        // A header promising more than the file holds is not trusted.
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 2000]).unwrap();
+        assert_eq!(summarize_rendered(&p).unwrap().frames, 33075 - 1000);
     }
 
     #[test]

@@ -285,18 +285,9 @@ async fn render_all(
             work: work.to_path_buf(),
             ctx: ctx.clone(),
             cancel: cancel.clone(),
+            permits: Arc::clone(&permits),
         };
-        let permits = Arc::clone(&permits);
-        set.spawn(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .map_err(|_| StepError::new(ErrorCode::Internal, "the TTS limiter closed"))?;
-            if job.cancel.is_cancelled() {
-                return Err(StepError::new(ErrorCode::Cancelled, "rendering was cancelled"));
-            }
-            job.render().await.map(|r| (i, r))
-        });
+        set.spawn(async move { job.render().await.map(|r| (i, r)) });
     }
     let mut slots: Vec<Option<Rendered>> = (0..chunks.len()).map(|_| None).collect();
     let mut first_error: Option<StepError> = None;
@@ -337,6 +328,9 @@ struct ChunkJob {
     work: PathBuf,
     ctx: StepContext,
     cancel: tokio_util::sync::CancellationToken,
+    /// Limits engines running at once; held only while the engine runs, so
+    /// checking and hashing a finished chunk overlaps the next render.
+    permits: Arc<Semaphore>,
 }
 
 impl ChunkJob {
@@ -354,7 +348,16 @@ impl ChunkJob {
             build_tool(&engine, &spec, &settings)
         })
         .await?;
-        let out = run_tool(&tool, &self.ctx.log, &self.cancel).await?;
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StepError::new(ErrorCode::Internal, "the TTS limiter closed"))?;
+        if self.cancel.is_cancelled() {
+            return Err(StepError::new(ErrorCode::Cancelled, "rendering was cancelled"));
+        }
+        let out = run_tool(&tool, &self.ctx.log, &self.cancel).await;
+        drop(permit);
+        let out = out?;
         if !out.success() {
             return Err(StepError::new(
                 ErrorCode::TtsFailed,
@@ -370,7 +373,7 @@ impl ChunkJob {
         let out_dir = self.ctx.out_dir.clone();
         let engine_name = self.engine.name();
         blocking(move || {
-            let summary = audio_io::summarize(&tmp_wav).map_err(|e| {
+            let summary = audio_io::summarize_rendered(&tmp_wav).map_err(|e| {
                 StepError::new(
                     ErrorCode::TtsFailed,
                     format!("{engine_name} did not write a usable WAV for {name}: {}", e.message),

@@ -21,7 +21,7 @@ FULL = {
     "repeats": 5, "seq_n": 1000, "thr_n": 2000, "celery_thr_n": 10000,
     "artifact_mib": 1024, "artifact_small_mib": 128,
     "qc_files": 100, "qc_seconds": 10.0,
-    "clip_s": 180.0, "frame_counts": [10, 200],
+    "clip_s": 180.0, "frame_counts": [10, 200], "frames_repeats": 3,
     "tts_chunks": 20, "footprint_jobs": 2000, "failover_repeats": 5,
     "sched_nodes": 1000, "sched_decisions": 200000,
 }
@@ -29,7 +29,7 @@ QUICK = {
     "repeats": 3, "seq_n": 200, "thr_n": 400, "celery_thr_n": 1000,
     "artifact_mib": 256, "artifact_small_mib": 64,
     "qc_files": 20, "qc_seconds": 10.0,
-    "clip_s": 30.0, "frame_counts": [10, 50],
+    "clip_s": 30.0, "frame_counts": [10, 50], "frames_repeats": 2,
     "tts_chunks": 6, "footprint_jobs": 300, "failover_repeats": 2,
     "sched_nodes": 1000, "sched_decisions": 20000,
 }

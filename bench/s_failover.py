@@ -81,9 +81,16 @@ def trial(mode, clip, frames, n):
             proxy.blackhole()
         receipt = None
         deadline = time.monotonic() + GIVE_UP_S
+        seen = 0
         while receipt is None and time.monotonic() < deadline:
-            _, view = dc.call("GET", path, "wait_s=20&progress_from=0", timeout_s=40)
-            receipt = (view or {}).get("receipt")
+            # Ask only for progress not seen yet: the daemon answers a
+            # long-poll at once when there is news, so progress_from=0 would
+            # spin (and fill the daemon's nonce cache).
+            status, view = dc.call("GET", path, f"wait_s=20&progress_from={seen}", timeout_s=40)
+            if status != 200:
+                raise RuntimeError(f"the daemon answered {status}: {view}")
+            seen = view.get("progress_next", seen)
+            receipt = view.get("receipt")
         if receipt is None:
             raise RuntimeError(f"the job did not complete within {GIVE_UP_S} s of the failure")
         if receipt.get("status") != "succeeded" or receipt.get("executed_on") != "local":

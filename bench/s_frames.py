@@ -72,7 +72,9 @@ def measure(cfg):
             why = f"failed: {e}"
         for n in cfg["frame_counts"]:
             seek_t, pass_t, ours_t, strategies = [], [], [], set()
-            for r in range(cfg["repeats"]):
+            # Fewer repeats than elsewhere: the 200-frame seek loop alone
+            # takes most of a minute.
+            for r in range(cfg["frames_repeats"]):
                 out = tempfile.mkdtemp(dir=scratch)
                 seek_t.append(seek_loop(clip, n, dur, out))
                 pass_t.append(fps_pass(clip, n, dur, out))

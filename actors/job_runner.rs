@@ -81,8 +81,10 @@ pub struct JobDeps {
 /// The JobRunner actor.
 pub struct JobRunner {
     deps: JobDeps,
-    /// Cancellation handles of the jobs in flight, by `run_id/job_id`.
-    running: HashMap<String, CancellationToken>,
+    /// Cancellation handles of the jobs in flight, by `run_id/job_id`, with
+    /// how many runs of that key share the handle (a resubmission while the
+    /// first run is in flight shares it, so one cancel reaches both).
+    running: HashMap<String, (CancellationToken, usize)>,
 }
 
 impl JobRunner {
@@ -103,20 +105,18 @@ impl Handler<SubmitJob> for JobRunner {
 
     fn handle(&mut self, msg: SubmitJob, _: &mut Context<Self>) -> Self::Result {
         let key = msg.spec.key();
-        let cancel = CancellationToken::new();
-        if let Some(old) = self.running.insert(key.clone(), cancel.clone()) {
-            // A second submission of a job already in flight here replaces
-            // the tracking handle but must not orphan the first one's cancel.
-            let c = cancel.clone();
-            actix::spawn(async move {
-                c.cancelled().await;
-                old.cancel();
-            });
-        }
+        let entry = self.running.entry(key.clone()).or_insert_with(|| (CancellationToken::new(), 0));
+        entry.1 += 1;
+        let cancel = entry.0.clone();
         let deps = self.deps.clone();
         let fut = run_job(deps, msg.spec, msg.resume, msg.submitted_at, cancel);
         Box::pin(fut.into_actor(self).map(move |receipt, act, _| {
-            act.running.remove(&key);
+            if let Some(e) = act.running.get_mut(&key) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    act.running.remove(&key);
+                }
+            }
             receipt
         }))
     }
@@ -127,7 +127,7 @@ impl Handler<CancelJob> for JobRunner {
     type Result = bool;
     fn handle(&mut self, msg: CancelJob, _: &mut Context<Self>) -> bool {
         match self.running.get(&msg.key) {
-            Some(t) => {
+            Some((t, _)) => {
                 t.cancel();
                 true
             }
@@ -232,16 +232,21 @@ pub async fn run_job(
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
     // The whole-job deadline: cancelling on expiry reaches the worker the
     // same way a user's cancel does.
+    // A child token: the deadline cancels this run only, while a user's
+    // cancel of the key (the parent) reaches every run of it.
+    let cancel = cancel.child_token();
+    let done = CancellationToken::new();
+    let _stop_timer = done.clone().drop_guard();
     let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(t) = spec.timeout_s {
-        let (c, flag) = (cancel.clone(), timed_out.clone());
+        let (c, flag, done) = (cancel.clone(), timed_out.clone(), done.clone());
         actix::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(t)) => {
                     flag.store(true, std::sync::atomic::Ordering::SeqCst);
                     c.cancel();
                 }
-                _ = c.cancelled() => {}
+                _ = done.cancelled() => {}
             }
         });
     }

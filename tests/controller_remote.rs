@@ -178,3 +178,27 @@ fn controller_only_steps_never_leave_the_controller() {
     assert!(r["fallback_reason"].as_str().unwrap().contains("only on the controller"), "{r}");
     assert_eq!(reason_for(&r, "w1"), "step runs only on the controller");
 }
+
+#[test]
+fn a_real_worker_killed_mid_job_is_replaced_by_the_other() {
+    let w = World::new();
+    let (mut w1, p1) = worker(&w, "w1", &[]);
+    let (_w2, p2) = worker(&w, "w2", &[]);
+    w.write_nodes(&[("w1", p1, true), ("w2", p2, true)]);
+    let text = "A sentence for the speech engine to render, long enough to keep it busy. ".repeat(150);
+    let running = spawn_submit(&w, "kill2", "tts", "TTS_RENDER_CHUNKS", json!({"text": text}), &[]);
+    common::wait_until("the job is submitted to w1", std::time::Duration::from_secs(30), || running.stderr().contains("submitted job"));
+    assert!(running.stderr().contains("placing on w1"), "{}", running.stderr());
+    w1.kill();
+    let out = running.finish();
+    let (code, r, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w2", "{r}");
+    assert_eq!(r["attempts"][0]["executed_on"], "w1");
+    assert_eq!(r["attempts"][0]["outcome"], "abandoned");
+    assert!(r["attempts"][0]["detail"].as_str().unwrap().contains("unreachable mid-job"), "{r}");
+    assert!(!r["artifacts"].as_array().unwrap().is_empty());
+    for a in r["artifacts"].as_array().unwrap() {
+        assert_eq!(sha256(Path::new(a["path"].as_str().unwrap())), a["sha256"].as_str().unwrap());
+    }
+}

@@ -151,4 +151,11 @@ def save(rows, mode, started, extra):
     path = os.path.join(OUT_DIR, f"results-{mode}.json")
     write_json(path, data)
     write_json(os.path.join(OUT_DIR, "latest.json"), data)
+    m = data["machine"]
+    with open(os.path.join(OUT_DIR, f"results-{mode}.md"), "w") as f:
+        f.write(f"{mode} run of {data['started_utc']}, {data['elapsed_s']:.0f} s, git {m['git']}\n\n")
+        f.write(f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Linux {m['kernel']}, "
+                f"Debian {m['debian']}, {m['rustc']}; load average at the end "
+                f"{m['loadavg'][0]:.2f} / {m['loadavg'][1]:.2f} / {m['loadavg'][2]:.2f} (1/5/15 min).\n\n")
+        f.write(table(rows) + "\n")
     return path

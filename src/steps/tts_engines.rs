@@ -156,8 +156,12 @@ pub fn build_tool(engine: &Engine, spec: &RenderSpec<'_>, settings: &Settings) -
                 "{}.ps1",
                 spec.out_wav.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
             ));
-            std::fs::write(&script, sapi_script(spec))
-                .map_err(|e| StepError::io("writing the SAPI PowerShell script", e))?;
+            // Windows PowerShell 5.1 reads a script without a byte-order
+            // mark in the ANSI code page, which would garble non-ASCII paths
+            // (a user folder named "José"); the BOM makes it read UTF-8.
+            let mut bytes = b"\xEF\xBB\xBF".to_vec();
+            bytes.extend_from_slice(sapi_script(spec).as_bytes());
+            std::fs::write(&script, bytes).map_err(|e| StepError::io("writing the SAPI PowerShell script", e))?;
             Tool::new(&tools.powershell, "sapi")
                 .args(["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-File"])
                 .arg(&script)
@@ -299,6 +303,7 @@ mod tests {
                 }
                 Engine::Sapi => {
                     let script = std::fs::read_to_string(dir.path().join("out.ps1")).unwrap();
+                    assert!(script.starts_with('\u{feff}'), "UTF-8 byte-order mark");
                     assert!(script.contains("ReadAllText") && !script.contains("Secret"), "{script}");
                     assert!(script.contains("$synth.Rate = 0"));
                 }

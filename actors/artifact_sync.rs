@@ -9,7 +9,6 @@
 //! mismatch discards the partial file and the next attempt starts over.
 
 use super::job_runner::remote::{self, NodeClient};
-use super::messages::Compat;
 use super::node_probe::NodeHandle;
 use crate::artifacts::{is_safe_name, ArtifactEntry};
 use crate::auth::Keyring;
@@ -107,7 +106,7 @@ async fn sync_one(
     let mut last = String::new();
     for attempt in 1..=attempts {
         let have = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
-        if have > 0 && have < entry.size && client.compat() == Compat::Current {
+        if have > 0 && have < entry.size && !client.compat().is_legacy() {
             tracing::info!("resuming {} from byte {have} of {}", entry.name, entry.size);
         }
         match client.download(job_id, entry, &final_path).await {

@@ -16,6 +16,9 @@ use std::sync::Arc;
 pub enum Compat {
     /// The current contract (docs/protocol.md).
     Current,
+    /// The current contract, but the worker rejected our HMAC and accepted
+    /// the plain token (allowed by `RAYVAULT_ALLOW_PLAIN_FALLBACK=1`).
+    CurrentPlainToken,
     /// A v0.5 worker that accepted our v0.5 HMAC token.
     LegacyHmacV05,
     /// A v0.5 worker that only accepted the plain shared secret (allowed by
@@ -28,13 +31,14 @@ impl Compat {
     pub fn mode_name(self) -> Option<&'static str> {
         match self {
             Compat::Current => None,
+            Compat::CurrentPlainToken => Some("plain_token"),
             Compat::LegacyHmacV05 => Some("legacy_hmac_v05"),
             Compat::LegacyPlainToken => Some("legacy_plain_token"),
         }
     }
 
     pub fn is_legacy(self) -> bool {
-        self != Compat::Current
+        matches!(self, Compat::LegacyHmacV05 | Compat::LegacyPlainToken)
     }
 }
 

@@ -98,6 +98,9 @@ pub struct WorkerClient {
     keyring: Arc<Keyring>,
     http: awc::Client,
     timeout: Duration,
+    /// Send the bare secret as `Authorization: Bearer` instead of signing
+    /// (the controller's opt-in plain-token fallback; never the default).
+    plain: bool,
 }
 
 impl std::fmt::Debug for WorkerClient {
@@ -117,7 +120,16 @@ impl WorkerClient {
             keyring,
             http: awc::Client::builder().disable_redirects().timeout(timeout).finish(),
             timeout,
+            plain: false,
         }
+    }
+
+    /// Authenticates with the plain token (`Authorization: Bearer <secret>`)
+    /// instead of HMAC: only for a worker that rejects HMAC, when the
+    /// operator set `RAYVAULT_ALLOW_PLAIN_FALLBACK=1`.
+    pub fn with_plain_token(mut self) -> Self {
+        self.plain = true;
+        self
     }
 
     /// Sets the time allowed for a response head (long-polls add their wait).
@@ -145,7 +157,11 @@ impl WorkerClient {
     }
 
     fn request(&self, method: Method, path_and_query: &str, body_sha256: &str, extra: Duration) -> Result<awc::ClientRequest, ClientError> {
-        let auth = self.authorization(method.as_str(), path_and_query, body_sha256);
+        let auth = if self.plain {
+            format!("{} {}", protocol::PLAIN_SCHEME, self.keyring.current.plain_token())
+        } else {
+            self.authorization(method.as_str(), path_and_query, body_sha256)
+        };
         let mut value = HeaderValue::from_str(&auth).map_err(|e| ClientError::Protocol(format!("bad header: {e}")))?;
         value.set_sensitive(true);
         Ok(self

@@ -41,12 +41,8 @@ fn rotation_with_current_and_previous() {
     assert!(reason_for(&r, "w1").starts_with("401 auth_token invalid"), "{r}");
 }
 
-#[test]
-fn clock_skew_is_reported_with_the_seed_words() {
-    let w = World::new();
-    let (_w1, p1) = worker(&w, "w1", &[]);
-    w.write_nodes(&[("w1", p1, true)]);
-    let clip = video(&w);
+/// `rayvault-orchestrator submit` run an hour in the past (wall clock only).
+fn submit_an_hour_behind(w: &World, job: &str, clip: &std::path::Path, extra_env: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
     let orch = w.orch();
     let mut c = clean_command("faketime", w.dir.path());
     c.arg("-f").arg("-1h").arg(orch.get_program());
@@ -56,16 +52,47 @@ fn clock_skew_is_reported_with_the_seed_words() {
         }
     }
     // Only wall-clock time is shifted; timers keep working.
-    c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1").env("RUST_LOG", "warn");
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
     let out = c
-        .args(["submit", "--run-id", "skew", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string()])
+        .args(["submit", "--run-id", "skew", "--job-id", job, "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string()])
         .output()
         .unwrap();
-    let (code, r, err) = parse_output(&out);
+    parse_output(&out)
+}
+
+#[test]
+fn clock_skew_is_reported_with_the_seed_words() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, true)]);
+    let clip = video(&w);
+    let (code, r, err) = submit_an_hour_behind(&w, "j", &clip, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(r["executed_on"], "local");
     let reason = reason_for(&r, "w1");
     assert!(reason.starts_with("401 timestamp outside allowed skew"), "{reason}");
     assert!(reason.ends_with("sync system clocks (NTP)"), "{reason}");
     assert!(reason.contains("+36"), "the offset is reported: {reason}");
+}
+
+#[test]
+fn the_plain_token_works_around_a_rejected_hmac_only_when_allowed() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[("RAYVAULT_CLUSTER_SECRET", SECRET), ("RAYVAULT_WORKER__ALLOW_PLAIN_TOKEN", "true")]);
+    w.write_nodes(&[("w1", p1, true)]);
+    let clip = video(&w);
+    // Strict (the default): the skewed HMAC is refused and nothing else is tried.
+    let (code, r, _) = submit_an_hour_behind(&w, "strict", &clip, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(r["executed_on"], "local");
+    // Allowed: the plain token gets through, with a warning and the mode on record.
+    let (code, r, err) = submit_an_hour_behind(&w, "plain", &clip, &[("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1", "{r}");
+    assert_eq!(r["compat_mode"], "plain_token");
+    assert!(err.contains("using the plain token"), "{err}");
+    assert!(!serde_json::to_string(&r).unwrap().contains(SECRET));
 }

@@ -81,6 +81,7 @@ impl From<LegacyFailure> for CallError {
 /// ([`crate::client::WorkerClient`]), with its errors classified.
 pub struct CurrentClient {
     inner: WorkerClient,
+    plain: bool,
 }
 
 impl From<ClientError> for CallError {
@@ -97,7 +98,12 @@ impl From<ClientError> for CallError {
 
 impl CurrentClient {
     pub fn new(base: String, worker_id: String, keyring: Arc<Keyring>, timeout: Duration) -> Self {
-        CurrentClient { inner: WorkerClient::new(&base, &worker_id, keyring).with_timeout(timeout) }
+        CurrentClient { inner: WorkerClient::new(&base, &worker_id, keyring).with_timeout(timeout), plain: false }
+    }
+
+    /// Authenticates with the plain token instead of HMAC (opt-in fallback).
+    pub fn plain(self) -> Self {
+        CurrentClient { inner: self.inner.with_plain_token(), plain: true }
     }
 
     /// `GET /health` as raw JSON, so that a v0.5 answer can be recognised.
@@ -163,6 +169,7 @@ impl NodeClient {
     pub fn new(node: &NodeHandle, keyring: Arc<Keyring>, timeout: Duration) -> NodeClient {
         match node.compat {
             Compat::Current => NodeClient::Current(CurrentClient::new(node.config.base_url(), node.config.node_id.clone(), keyring, timeout)),
+            Compat::CurrentPlainToken => NodeClient::Current(CurrentClient::new(node.config.base_url(), node.config.node_id.clone(), keyring, timeout).plain()),
             Compat::LegacyHmacV05 => NodeClient::Legacy(LegacyClient::new(&node.config, keyring, LegacyAuth::Hmac, timeout)),
             Compat::LegacyPlainToken => NodeClient::Legacy(LegacyClient::new(&node.config, keyring, LegacyAuth::Plain, timeout)),
         }
@@ -170,6 +177,7 @@ impl NodeClient {
 
     pub fn compat(&self) -> Compat {
         match self {
+            NodeClient::Current(c) if c.plain => Compat::CurrentPlainToken,
             NodeClient::Current(_) => Compat::Current,
             NodeClient::Legacy(l) if l.auth == LegacyAuth::Plain => Compat::LegacyPlainToken,
             NodeClient::Legacy(_) => Compat::LegacyHmacV05,

@@ -45,6 +45,16 @@ pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Dura
     } else {
         match current.caps().await {
             Ok(raw) => Ok((node_caps(&raw, Compat::Current), raw)),
+            Err(CallError::Auth(reason)) if allow_plain => {
+                let plain = CurrentClient::new(cfg.base_url(), cfg.node_id.clone(), keyring, timeout).plain();
+                match plain.caps().await {
+                    Ok(raw) => {
+                        tracing::warn!(node = %cfg.node_id, "worker rejected HMAC ({reason}); using the plain token because RAYVAULT_ALLOW_PLAIN_FALLBACK=1");
+                        Ok((node_caps(&raw, Compat::CurrentPlainToken), raw))
+                    }
+                    Err(e) => Err(format!("{reason}; plain token also refused: {e}")),
+                }
+            }
             Err(e) => Err(e.to_string()),
         }
     };

@@ -353,6 +353,16 @@ pub fn summarize(path: &Path) -> Result<AudioSummary, StepError> {
     Ok(AudioSummary { sample_rate: fmt.sample_rate, channels: fmt.channels, frames: samples / fmt.channels as u64 })
 }
 
+/// Whether `path` starts like a WAV file (`RIFF....WAVE`).
+pub fn is_riff_wave(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 12];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)) {
+        Ok(()) => &head[..4] == b"RIFF" && &head[8..] == b"WAVE",
+        Err(_) => false,
+    }
+}
+
 /// Like [`summarize`], but for a file just written by a TTS engine: when it
 /// is PCM whose header agrees with the file's size, the declared length is
 /// used without decoding the rest (the first packet was decoded on
@@ -432,6 +442,17 @@ mod tests {
             total += block.len();
         }
         assert_eq!(total, 200_000);
+    }
+
+    #[test]
+    fn wave_files_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.wav");
+        write_wav(&p, 8000, 1, 10);
+        assert!(is_riff_wave(&p));
+        std::fs::write(&p, b"ID3\x04not a wave").unwrap();
+        assert!(!is_riff_wave(&p));
+        assert!(!is_riff_wave(&dir.path().join("missing.wav")));
     }
 
     #[test]

@@ -373,6 +373,14 @@ impl ChunkJob {
         let out_dir = self.ctx.out_dir.clone();
         let engine_name = self.engine.name();
         blocking(move || {
+            // The artifact is named .wav, so it must be one (a "command"
+            // engine could write MP3 or raw samples by mistake).
+            if !audio_io::is_riff_wave(&tmp_wav) {
+                return Err(StepError::new(
+                    ErrorCode::TtsFailed,
+                    format!("{engine_name} did not write a usable WAV for {name}: no RIFF/WAVE file at the output path"),
+                ));
+            }
             let summary = audio_io::summarize_rendered(&tmp_wav).map_err(|e| {
                 StepError::new(
                     ErrorCode::TtsFailed,

@@ -278,7 +278,8 @@ async fn poll(client: &NodeClient, job_id: &str, wait_s: u64) -> Result<Polled, 
             use crate::protocol::JobState;
             let v = c.wait(job_id, wait_s).await?;
             let state = match v.state {
-                JobState::Queued | JobState::Running => "running",
+                JobState::Queued => "queued",
+                JobState::Running => "running",
                 JobState::Succeeded => "succeeded",
                 JobState::Failed => "failed",
                 JobState::Cancelled => "cancelled",
@@ -293,6 +294,7 @@ async fn poll(client: &NodeClient, job_id: &str, wait_s: u64) -> Result<Polled, 
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             let state = match j.status.as_str() {
+                "queued" => "queued",
                 "succeeded" => "succeeded",
                 "failed" => "failed",
                 "cancelled" => "cancelled",
@@ -332,6 +334,7 @@ async fn follow(
     let wait_s = deps.settings.controller.wait_poll_s.max(1);
     let max = deps.settings.controller.max_attempts.max(1);
     let mut failures = 0u32;
+    let mut last_state = "";
     let t0 = Instant::now();
     let polled = loop {
         let r = tokio::select! {
@@ -351,8 +354,14 @@ async fn follow(
             }
         };
         match r {
-            Ok(p) if p.state != "running" => break p,
-            Ok(_) => failures = 0,
+            Ok(p) if !matches!(p.state, "queued" | "running") => break p,
+            Ok(p) => {
+                failures = 0;
+                if p.state != last_state {
+                    trace.say(format!("{job_id} is {} on {node_id}", p.state));
+                    last_state = p.state;
+                }
+            }
             Err(e) if e.is_transient() => {
                 failures += 1;
                 trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));

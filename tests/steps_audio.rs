@@ -347,6 +347,35 @@ async fn threshold_override_changes_the_verdict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_and_streamed_files_decode_natively() {
+    let dir = common::tempdir();
+    let source = "sine=frequency=1000:sample_rate=48000:duration=3";
+    let mut paths = Vec::new();
+    for (name, extra) in [("t.flac", vec![]), ("t.mp3", vec![]), ("t.ogg", vec!["-c:a", "libvorbis"])] {
+        let p = dir.path().join(name);
+        common::run_ok(common::ffmpeg().args(["-f", "lavfi", "-i", source]).args(extra).arg(&p));
+        paths.push(p);
+    }
+    // A WAV written to a pipe: its header cannot give the length (0xFFFFFFFF).
+    let piped = dir.path().join("piped.wav");
+    let out = common::run_ok(common::ffmpeg().args(["-f", "lavfi", "-i", source, "-f", "wav", "-"]));
+    assert_eq!(&out.stdout[4..8], &[0xff; 4], "ffmpeg left the RIFF size open");
+    std::fs::write(&piped, &out.stdout).unwrap();
+    paths.push(piped.clone());
+    let result = postcheck(dir.path(), json!({"audio_paths": paths})).await.expect("postcheck runs").result;
+    let reference = num(file_entry(&result, &piped), "integrated_lufs");
+    assert!((reference - -21.07).abs() < 0.05, "{reference}");
+    assert!((num(file_entry(&result, &piped), "duration_s") - 3.0).abs() < 1e-9);
+    for p in &paths {
+        let f = file_entry(&result, p);
+        let i = num(f, "integrated_lufs");
+        // Lossy codecs shift the level slightly (MP3 by about 0.45 LU here).
+        assert!((i - reference).abs() < 0.6, "{}: {i} vs {reference}", p.display());
+        assert!((num(f, "duration_s") - 3.0).abs() < 0.05, "{f}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_postcheck_requests_fail_with_stable_codes() {
     let dir = common::tempdir();
     let good = dir.path().join("good.wav");

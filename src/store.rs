@@ -201,6 +201,24 @@ impl WorkerPaths {
         std::fs::create_dir_all(self.jobs_dir())?;
         std::fs::create_dir_all(self.blobs_dir())
     }
+
+    /// Deletes the temporaries of blob uploads that a crash (or `kill -9`)
+    /// interrupted: `.<digest>.<id>.part` files in the blob folder. Call it
+    /// only while holding the store, so that no upload can be in progress;
+    /// a broken connection is cleaned up by the upload itself, a dead
+    /// process is not. Returns how many were removed.
+    pub fn remove_upload_leftovers(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(self.blobs_dir())? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".part") && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// Generates a job id: `j` followed by 32 lower-case hex digits.
@@ -570,6 +588,19 @@ mod tests {
         assert_eq!((q.queued.len(), q.interrupted.len()), (1, 0));
         let again = store.mark_running(&a.job_id, 4).unwrap().unwrap();
         assert_eq!(again.attempt, 2);
+    }
+
+    #[test]
+    fn upload_leftovers_are_removed_and_blobs_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = WorkerPaths::new(dir.path());
+        paths.create().unwrap();
+        let digest = "ab".repeat(32);
+        std::fs::write(paths.blob_path(&digest), b"kept").unwrap();
+        std::fs::write(crate::artifacts::temp_path_for(&paths.blob_path(&digest)), b"half").unwrap();
+        assert_eq!(paths.remove_upload_leftovers().unwrap(), 1);
+        let names: Vec<_> = std::fs::read_dir(paths.blobs_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(&digest)]);
     }
 
     #[test]

@@ -279,3 +279,35 @@ async fn steps_never_see_the_secret() {
     let everything = format!("{}{}{:?}", c.full_log(&done.job_id).await.unwrap(), w.stderr(), done);
     assert!(!everything.contains(&w.opts.secret));
 }
+
+/// Names of upload temporaries (`.<digest>.<id>.part`) left in the blob folder.
+fn blob_temporaries(w: &Worker) -> Vec<String> {
+    std::fs::read_dir(w.state_dir.join("worker/blobs"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".part")).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_broken_blob_upload_leaves_no_partial_file() {
+    use std::io::Write;
+    let w = Worker::start(Opts::default());
+    // The client announces 8 MiB, sends 3 MiB, then the connection drops.
+    let digest = "cd".repeat(32);
+    let path = format!("/blobs/{digest}");
+    let ring = w.keyring();
+    let target = rayvault::auth::RequestTarget { method: "PUT", path: &path, query: "", worker_id: "worker-test", body_sha256: &digest };
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        ring.authorization(&target),
+        8 << 20
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![7u8; 3 << 20]).unwrap();
+    common::wait_until("the upload reaches a temporary file", Duration::from_secs(20), || !blob_temporaries(&w).is_empty());
+    drop(s);
+    common::wait_until("the partial upload is removed", Duration::from_secs(20), || blob_temporaries(&w).is_empty());
+    assert!(!w.state_dir.join("worker/blobs").join(&digest).exists());
+    // The worker is fine afterwards.
+    assert_eq!(w.request("GET", "/health", &[], b"").status, 200);
+}

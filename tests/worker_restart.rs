@@ -180,3 +180,36 @@ fn idle_memory_is_small() {
         assert!(kib <= 20 * 1024, "idle RSS {kib} KiB exceeds the 20 MiB target");
     }
 }
+
+/// Temporaries of blob uploads (`.<digest>.<id>.part`) in a state folder.
+fn blob_temporaries(state: &std::path::Path) -> usize {
+    std::fs::read_dir(state.join("worker/blobs"))
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".part")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill9_mid_upload_leaves_no_partial_blob_after_restart() {
+    use std::io::Write;
+    let dir = common::tempdir();
+    let secret = "upload-restart-secret";
+    let mut w = Worker::start(opts_in(dir.path(), secret, &[]));
+    let digest = "ef".repeat(32);
+    let path = format!("/blobs/{digest}");
+    let target = rayvault::auth::RequestTarget { method: "PUT", path: &path, query: "", worker_id: "worker-test", body_sha256: &digest };
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        w.keyring().authorization(&target),
+        8 << 20
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![1u8; 3 << 20]).unwrap();
+    common::wait_until("the upload reaches a temporary file", Duration::from_secs(20), || blob_temporaries(dir.path()) > 0);
+    w.kill9();
+    drop(s);
+    assert!(blob_temporaries(dir.path()) > 0, "kill -9 left the partial upload behind");
+    let _w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    assert_eq!(blob_temporaries(dir.path()), 0, "the restarted worker removed the partial upload");
+    assert!(!dir.path().join("worker/blobs").join(&digest).exists(), "never stored under its digest");
+}

@@ -128,6 +128,11 @@ fn prepare(args: Args) -> anyhow::Result<Ready> {
     let store = Store::open(&paths.db_path()).with_context(|| {
         format!("cannot open {} (is another worker running on this state folder?)", paths.db_path().display())
     })?;
+    match paths.remove_upload_leftovers() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(removed = n, "removed the partial files of blob uploads interrupted by the last stop"),
+        Err(e) => tracing::warn!(error = %e, "could not clean the blob folder of interrupted uploads"),
+    }
     let policy = match settings.worker.on_interrupted.as_str() {
         "rerun" => InterruptedPolicy::Rerun,
         _ => InterruptedPolicy::Fail,

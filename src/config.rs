@@ -92,15 +92,28 @@ pub struct TtsSettings {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostcheckThresholds {
+    /// Integrated loudness aimed for, LUFS (default -16: spoken voice-over
+    /// for online video, between podcast practice and platform targets).
     pub target_lufs: f64,
+    /// Allowed distance from `target_lufs`, LU (default 2).
     pub lufs_tolerance: f64,
+    /// Highest true peak allowed, dBTP (default -1: headroom for lossy
+    /// encoding).
     pub max_true_peak_dbtp: f64,
+    /// Longest silence before the first sound, seconds (default 1.0).
     pub max_leading_silence_s: f64,
+    /// Longest silence after the last sound, seconds (default 1.5).
     pub max_trailing_silence_s: f64,
+    /// Longest pause between sounds, seconds (default 2.0).
     pub max_internal_silence_s: f64,
+    /// A 10 ms window whose RMS is below this is silent, dBFS (default -50).
     pub silence_threshold_dbfs: f64,
+    /// Required sample rate in Hz; 0 (the default) accepts any.
     pub expected_sample_rate: u32,
+    /// Shortest acceptable file, seconds (default 0.5).
     pub min_duration_s: f64,
+    /// Files measured at once within one job (default 2). A worker setting:
+    /// payloads cannot override it.
     pub parallel_files: usize,
 }
 

@@ -316,6 +316,23 @@ mod tests {
     }
 
     #[test]
+    fn the_actor_ranks_by_the_load_it_is_told_about() {
+        actix::System::new().block_on(async {
+            let s = Scheduler::new(vec![]).start();
+            let nodes = || vec![node("a", "linux", 8.0, 0), node("b", "linux", 8.0, 0)];
+            let first = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap();
+            assert_eq!(first.ranked[0].as_ref(), "a");
+            s.send(NodeLoad { node_id: "a".into(), delta: 1 }).await.unwrap();
+            let second = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap();
+            assert_eq!(second.ranked[0].as_ref(), "b");
+            assert!(second.explanations[0].reason.contains("1 job(s) in flight"), "{:?}", second.explanations);
+            s.send(NodeLoad { node_id: "a".into(), delta: -1 }).await.unwrap();
+            let third = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap();
+            assert_eq!(third.ranked[0].as_ref(), "a");
+        });
+    }
+
+    #[test]
     fn thousand_nodes_place_quickly() {
         let nodes: Vec<_> = (0..1000).map(|i| node(&format!("n{i}"), if i % 2 == 0 { "linux" } else { "windows" }, (i % 32) as f64, (i % 7) as u32)).collect();
         let r = req(r#"{"os_in":["windows"],"min_ram_gb":8}"#);

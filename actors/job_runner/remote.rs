@@ -194,6 +194,10 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Stag
                     Err(e) => return give_up(deps, node_id, None, format!("staging {} failed: {e}", blob.original), trace, began, matches!(e, CallError::Unreachable(_))),
                 }
             }
+            if cancel.is_cancelled() {
+                trace.attempt(node_id, None, "cancelled", Some("cancelled while staging".into()), began);
+                return Outcome::Done(Ending::failed(ErrorCode::Cancelled, "the job was cancelled before it was submitted", node_id));
+            }
             let label = spec.key();
             retry(deps, cancel, || c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label))
                 .await

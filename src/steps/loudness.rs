@@ -110,27 +110,65 @@ fn analyze_with(
     let results: Vec<SegmentResult> = if plan.len() == 1 {
         vec![measure_segment(&mut reader, plan[0], fmt, silence_threshold_dbfs, cancel)?]
     } else {
-        std::thread::scope(|scope| {
+        // One segment failing stops the others early instead of letting the
+        // scope wait for work whose result is thrown away.
+        let siblings = cancel.child_token();
+        let outcome = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for &seg in &plan[1..] {
+                let siblings = &siblings;
                 let handle = std::thread::Builder::new()
                     .name("postcheck-segment".into())
                     .spawn_scoped(scope, move || {
                         let mut own = AudioReader::open(path)?;
-                        measure_segment(&mut own, seg, fmt, silence_threshold_dbfs, cancel)
+                        measure_segment(&mut own, seg, fmt, silence_threshold_dbfs, siblings)
                     })
-                    .map_err(|e| StepError::new(ErrorCode::Internal, format!("cannot start a postcheck thread: {e}")))?;
-                handles.push(handle);
+                    .map_err(|e| StepError::new(ErrorCode::Internal, format!("cannot start a postcheck thread: {e}")));
+                match handle {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        siblings.cancel();
+                        return Err(e);
+                    }
+                }
             }
-            let mut out = vec![measure_segment(&mut reader, plan[0], fmt, silence_threshold_dbfs, cancel)?];
+            let first = measure_segment(&mut reader, plan[0], fmt, silence_threshold_dbfs, &siblings);
+            if first.is_err() {
+                siblings.cancel();
+            }
+            let mut out = vec![first];
             for h in handles {
-                let r = h
-                    .join()
-                    .map_err(|_| StepError::new(ErrorCode::Internal, "a postcheck thread panicked; please report it"))?;
-                out.push(r?);
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(StepError::new(ErrorCode::Internal, "a postcheck thread panicked; please report it"))
+                });
+                if r.is_err() {
+                    siblings.cancel();
+                }
+                out.push(r);
             }
-            Ok::<_, StepError>(out)
-        })?
+            Ok(out)
+        })?;
+        // Report the root cause, not the cancellations it triggered.
+        let mut results = Vec::with_capacity(outcome.len());
+        let mut first_error: Option<StepError> = None;
+        for r in outcome {
+            match r {
+                Ok(m) => results.push(m),
+                Err(e) => {
+                    let replace = match &first_error {
+                        None => true,
+                        Some(f) => f.code == ErrorCode::Cancelled && e.code != ErrorCode::Cancelled,
+                    };
+                    if replace {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        results
     };
     Ok(combine(fmt, &results))
 }

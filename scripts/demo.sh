@@ -54,12 +54,10 @@ say "controller: health and caps"
 orch health
 orch caps | head -c 1500; echo
 
-receipts=()
 submit() { # run_id job_id step payload
   local out
   out=$(orch submit --run-id "$1" --job-id "$2" --step-name "$3" --payload-json "$4") || {
     echo "$out"; echo "job $2 failed" >&2; exit 1; }
-  receipts+=("$RAYVAULT_STATE_DIR/cluster/receipts/$1/$2/job_receipt.json")
   printf '%s' "$out"
 }
 field() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
@@ -72,7 +70,7 @@ echo "rendered: $chunks"
 
 say "AUDIO_POSTCHECK of the rendered chunks"
 submit demo_run postcheck_001 AUDIO_POSTCHECK "{\"audio_paths\": [$(echo "$chunks" | sed 's/" "/", "/g')]}" \
-  | field '"passed=%s; " % r["result"]["passed"] + "; ".join("%s: %s LUFS" % (f.get("path","?").split("/")[-1], f.get("integrated_lufs")) for f in r["result"]["files"])'
+  | field '"passed=%s\n" % r["result"]["passed"] + "\n".join("  %s: %s LUFS, true peak %s dBTP, problems %s" % (f.get("path","?").split("/")[-1], f.get("integrated_lufs"), f.get("true_peak_dbtp"), [p["code"] for p in f["problems"]] or "none") for f in r["result"]["files"])'
 
 say "generating a 10 s test clip with ffmpeg"
 clip=$demo/media/clip.mp4
@@ -93,11 +91,12 @@ submit demo_run ffprobe_002 FFMPEG_PROBE "{\"media_path\": \"$clip\"}" \
   | field '"executed_on=%s; fallback_reason=%s" % (r["executed_on"], r["fallback_reason"])'
 
 say "summary"
-for r in "${receipts[@]}"; do
+for job in tts_001 postcheck_001 ffprobe_001 frames_001 ffprobe_002; do
+  r=$RAYVAULT_STATE_DIR/cluster/receipts/demo_run/$job/job_receipt.json
   python3 - "$r" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 where = r["executed_on"] + (" (fallback: %s)" % r["fallback_reason"] if r.get("fallback_reason") else "")
-print("%-18s %-10s %-30s %d artifact(s)  %s" % (r["step_name"], r["status"], where[:60], len(r["artifacts"]), sys.argv[1]))
+print("%-18s %-10s %-70s %d artifact(s)  %s" % (r["step_name"], r["status"], where[:70], len(r["artifacts"]), sys.argv[1]))
 PY
 done

@@ -86,12 +86,15 @@ fn disabled_nodes_fall_back_and_no_fallback_fails() {
 
 #[test]
 fn timeout_fails_the_job_with_timeout() {
-    let w = World::bare();
-    // Text long enough that espeak-ng takes more than a second.
-    let text = "This sentence is rendered again and again to keep the engine busy. ".repeat(200);
-    let (code, r, err) = w.submit("r", "tts", "TTS_RENDER_CHUNKS", json!({"text": text}), &["--timeout", "1"]);
+    let mut w = World::bare();
+    // A "speech engine" that takes 30 s, so that only the deadline ends it.
+    w.set_env("RAYVAULT_TTS__ENGINE", "command");
+    w.set_env("RAYVAULT_TTS__COMMAND_TEMPLATE", "python3 -c \"import time; time.sleep(30)\" {text_file} {out_wav}");
+    let started = std::time::Instant::now();
+    let (code, r, err) = w.submit("r", "tts", "TTS_RENDER_CHUNKS", json!({"text": "Hello there."}), &["--timeout", "1"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(r["error"]["code"], "TIMEOUT", "{r}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the slow engine was stopped: {:?}", started.elapsed());
 }
 
 #[test]

@@ -182,13 +182,16 @@ fn controller_only_steps_never_leave_the_controller() {
 #[test]
 fn a_real_worker_killed_mid_job_is_replaced_by_the_other() {
     let w = World::new();
-    let (mut w1, p1) = worker(&w, "w1", &[]);
-    let (_w2, p2) = worker(&w, "w2", &[]);
+    // A "speech engine" that copies a prepared WAV after a delay: 60 s on
+    // w1 (so it is surely killed mid-job), none on w2.
+    let wav = common::make_sine_wav(w.dir.path(), "voice.wav", 1.0, 22_050, 1, -18.0);
+    let engine = |delay: u32| format!("python3 -c \"import shutil, sys, time; time.sleep({delay}); shutil.copy('{}', sys.argv[2])\" {{text_file}} {{out_wav}}", wav.display());
+    let (slow_engine, fast_engine) = (engine(60), engine(0));
+    let (mut w1, p1) = worker(&w, "w1", &command_tts_env(&slow_engine));
+    let (_w2, p2) = worker(&w, "w2", &command_tts_env(&fast_engine));
     w.write_nodes(&[("w1", p1, true), ("w2", p2, true)]);
-    let text = "A sentence for the speech engine to render, long enough to keep it busy. ".repeat(150);
-    let running = spawn_submit(&w, "kill2", "tts", "TTS_RENDER_CHUNKS", json!({"text": text}), &[]);
-    common::wait_until("the job is submitted to w1", std::time::Duration::from_secs(30), || running.stderr().contains("submitted job"));
-    assert!(running.stderr().contains("placing on w1"), "{}", running.stderr());
+    let running = spawn_submit(&w, "kill2", "tts", "TTS_RENDER_CHUNKS", json!({"text": "Hello from the controller."}), &[]);
+    common::wait_until("the job runs on w1", std::time::Duration::from_secs(30), || running.stderr().contains("is running on w1"));
     w1.kill();
     let out = running.finish();
     let (code, r, err) = parse_output(&out);
@@ -201,4 +204,9 @@ fn a_real_worker_killed_mid_job_is_replaced_by_the_other() {
     for a in r["artifacts"].as_array().unwrap() {
         assert_eq!(sha256(Path::new(a["path"].as_str().unwrap())), a["sha256"].as_str().unwrap());
     }
+}
+
+/// A worker environment whose TTS engine is `template` (engine "command").
+fn command_tts_env(template: &str) -> [(&str, &str); 3] {
+    [("RAYVAULT_CLUSTER_SECRET", SECRET), ("RAYVAULT_TTS__ENGINE", "command"), ("RAYVAULT_TTS__COMMAND_TEMPLATE", template)]
 }

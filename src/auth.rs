@@ -205,6 +205,14 @@ pub enum AuthError {
     Skew { server_time: u64 },
 }
 
+/// A credential that passed the checks needing no body.
+enum Presented<'a> {
+    /// A well-formed HMAC header naming one of our keys.
+    Hmac { header: HmacHeader, key: &'a Key, previous: bool },
+    /// The right plain token, where the fallback is enabled.
+    Plain,
+}
+
 /// Seen nonces, each kept until its expiry (Unix seconds), bounded in size.
 #[derive(Debug)]
 pub struct NonceCache {
@@ -284,43 +292,9 @@ impl Verifier {
         body_sha256: &str,
         now: u64,
     ) -> Result<Verified, AuthError> {
-        let value = match authorization {
-            [one] => std::str::from_utf8(one).map_err(|_| AuthError::Invalid("header is not UTF-8"))?,
-            [] => return Err(AuthError::Invalid("no Authorization header")),
-            _ => return Err(AuthError::Invalid("several Authorization headers")),
-        };
-        if value.starts_with(protocol::AUTH_SCHEME) {
-            // A broken HMAC header never falls back to the plain token.
-            let h = HmacHeader::parse(value).map_err(AuthError::Invalid)?;
-            return self.verify_hmac(&h, method, path, query, body_sha256, now);
-        }
-        if let Some(token) = value.strip_prefix(protocol::PLAIN_SCHEME).and_then(|t| t.strip_prefix(' ')) {
-            if !self.allow_plain {
-                return Err(AuthError::Invalid("plain token presented but the fallback is disabled"));
-            }
-            let current = self.keyring.current.plain_matches(token);
-            let previous = self.keyring.previous.as_ref().is_some_and(|k| k.plain_matches(token));
-            return if current | previous { Ok(Verified::Plain) } else { Err(AuthError::Invalid("wrong plain token")) };
-        }
-        Err(AuthError::Invalid("unknown Authorization scheme"))
-    }
-
-    fn verify_hmac(
-        &self,
-        h: &HmacHeader,
-        method: &str,
-        path: &str,
-        query: &str,
-        body_sha256: &str,
-        now: u64,
-    ) -> Result<Verified, AuthError> {
-        let (key, previous) = if h.kid == self.keyring.current.kid() {
-            (&self.keyring.current, false)
-        } else {
-            match &self.keyring.previous {
-                Some(k) if h.kid == k.kid() => (k, true),
-                _ => return Err(AuthError::Invalid("unknown or retired key id")),
-            }
+        let (h, key, previous) = match self.presented(authorization)? {
+            Presented::Hmac { header, key, previous } => (header, key, previous),
+            Presented::Plain => return Ok(Verified::Plain),
         };
         let sts = protocol::string_to_sign(&SignedParts {
             method,
@@ -341,11 +315,50 @@ impl Verifier {
         }
         // Kept for twice the window: long after a replay would fail the
         // skew check anyway.
-        let expires = now + 2 * self.skew_s;
+        let expires = now.saturating_add(self.skew_s.saturating_mul(2));
         if !self.nonces.insert(&h.nonce, expires, now) {
             return Err(AuthError::Invalid("nonce replayed"));
         }
-        Ok(Verified::Hmac { kid: key.kid().to_string(), previous, nonce: h.nonce.clone(), nonce_expires: expires })
+        Ok(Verified::Hmac { kid: key.kid().to_string(), previous, nonce: h.nonce, nonce_expires: expires })
+    }
+
+    /// Everything that can be checked without the body: one header, its
+    /// syntax, a known key id (or the right plain token where allowed).
+    /// A server calls this before it reads a body, so that a peer without a
+    /// usable credential cannot make it wait for or buffer one; the answer
+    /// is the same `Invalid` that [`Verifier::verify`] would give.
+    pub fn precheck(&self, authorization: &[&[u8]]) -> Result<(), AuthError> {
+        self.presented(authorization).map(|_| ())
+    }
+
+    fn presented(&self, authorization: &[&[u8]]) -> Result<Presented<'_>, AuthError> {
+        let value = match authorization {
+            [one] => std::str::from_utf8(one).map_err(|_| AuthError::Invalid("header is not UTF-8"))?,
+            [] => return Err(AuthError::Invalid("no Authorization header")),
+            _ => return Err(AuthError::Invalid("several Authorization headers")),
+        };
+        if value.starts_with(protocol::AUTH_SCHEME) {
+            // A broken HMAC header never falls back to the plain token.
+            let header = HmacHeader::parse(value).map_err(AuthError::Invalid)?;
+            let (key, previous) = if header.kid == self.keyring.current.kid() {
+                (&self.keyring.current, false)
+            } else {
+                match &self.keyring.previous {
+                    Some(k) if header.kid == k.kid() => (k, true),
+                    _ => return Err(AuthError::Invalid("unknown or retired key id")),
+                }
+            };
+            return Ok(Presented::Hmac { header, key, previous });
+        }
+        if let Some(token) = value.strip_prefix(protocol::PLAIN_SCHEME).and_then(|t| t.strip_prefix(' ')) {
+            if !self.allow_plain {
+                return Err(AuthError::Invalid("plain token presented but the fallback is disabled"));
+            }
+            let current = self.keyring.current.plain_matches(token);
+            let previous = self.keyring.previous.as_ref().is_some_and(|k| k.plain_matches(token));
+            return if current | previous { Ok(Presented::Plain) } else { Err(AuthError::Invalid("wrong plain token")) };
+        }
+        Err(AuthError::Invalid("unknown Authorization scheme"))
     }
 }
 

@@ -38,6 +38,9 @@ pub struct WorkerSettings {
     pub max_blob_bytes: u64,
     pub max_jobs_in_flight: usize,
     pub max_wait_s: u64,
+    /// Longest wait for a request body once its header passed the checks
+    /// that need no body (a body that never arrives must not hold a connection).
+    pub body_timeout_s: u64,
     pub retention_days: u64,
     pub on_interrupted: String,
     pub shutdown_grace_s: u64,

@@ -237,6 +237,43 @@ fn header_and_body_limits() {
 }
 
 #[test]
+fn a_bad_credential_is_refused_before_the_body_is_read() {
+    let w = Worker::start(Opts::default());
+    let kid = HmacHeader::parse(&w.sign("GET", "/caps", "", b"")).unwrap().kid;
+    let unknown_kid = format!("RAYVAULT-HMAC-SHA256 kid=0123456789abcdef, ts=1700000000, nonce={}, sig={}", "n".repeat(20), "0".repeat(64));
+    let malformed = format!("RAYVAULT-HMAC-SHA256 kid={kid}, ts=soon, nonce={}, sig={}", "n".repeat(20), "0".repeat(64));
+    // Each request announces a body it never sends: a peer without a usable
+    // credential must not make the worker wait for (or buffer) a body.
+    for auth in [None, Some("Basic Zm9vOmJhcg==".to_string()), Some(format!("Bearer {}", w.opts.secret)), Some(unknown_kid), Some(malformed)] {
+        let mut head = "POST /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1000000\r\n".to_string();
+        if let Some(a) = &auth {
+            head.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        head.push_str("\r\n");
+        let t0 = std::time::Instant::now();
+        let r = w.raw(head.as_bytes());
+        assert_refused(&r, &format!("{auth:?} without its body"));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{auth:?}: answered only after {:?}", t0.elapsed());
+    }
+}
+
+#[test]
+fn a_body_that_never_arrives_is_given_up() {
+    let w = Worker::start(Opts { env: vec![("RAYVAULT_WORKER__BODY_TIMEOUT_S".into(), "1".into())], ..Opts::default() });
+    // A header good enough for the pre-check (the right kid), and a body
+    // announced but never sent: the connection is not held forever.
+    let auth = w.sign("POST", "/jobs", "", b"{}");
+    let head = format!("POST /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\nAuthorization: {auth}\r\n\r\n");
+    let t0 = std::time::Instant::now();
+    let r = w.raw(head.as_bytes());
+    assert_eq!((r.status, r.code().as_str()), (400, "BAD_REQUEST"), "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("body_timeout_s"), "{}", r.text());
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+    // A body that does arrive in time still works.
+    assert_eq!(w.signed("POST", "/jobs", br#"{"step_name":"NOPE","payload":{}}"#).code(), "STEP_UNKNOWN");
+}
+
+#[test]
 fn protocol_doc_carries_the_golden_vector() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
     let body = br#"{"step_name":"FFMPEG_PROBE","payload":{"media_path":"/tmp/a.mp4"}}"#;

@@ -41,10 +41,27 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
         tracing::warn!(%path, "refused a request carrying a credential in the query string");
         return Err(ApiError::auth_invalid().into());
     }
+    // Refuse what the header alone shows to be unusable before reading a
+    // body, so a peer without a usable credential can neither make us
+    // buffer up to max_body_bytes nor hold a connection by never sending it.
+    let headers = req.headers().clone();
+    let auth: Vec<&[u8]> = headers.get_all(header::AUTHORIZATION).map(|v| v.as_bytes()).collect();
+    if let Err(AuthError::Invalid(reason)) = state.verifier.precheck(&auth) {
+        tracing::warn!(%method, %path, peer = ?req.peer_addr(), reason, "refused: {}", protocol::AUTH_INVALID_MESSAGE);
+        return Err(ApiError::auth_invalid().into());
+    }
     let body_sha256 = match blob_upload_digest(&method, &path) {
         Some(d) => d,
         None => {
-            let body = read_limited(&mut req, state.limits.max_body_bytes).await?;
+            let limit = state.limits.body_timeout;
+            let body = tokio::time::timeout(limit, read_limited(&mut req, state.limits.max_body_bytes))
+                .await
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "the request body did not arrive within {} s (worker.body_timeout_s); send it with the request",
+                        limit.as_secs()
+                    ))
+                })??;
             let digest = if body.len() > 64 * 1024 {
                 let b = body.clone();
                 web::block(move || protocol::sha256_hex(&b)).await.map_err(ApiError::from)?
@@ -55,7 +72,6 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             digest
         }
     };
-    let auth: Vec<&[u8]> = req.headers().get_all(header::AUTHORIZATION).map(|v| v.as_bytes()).collect();
     let now = rayvault::auth::unix_now();
     match state.verifier.verify(&auth, &method, &path, &query, &body_sha256, now) {
         Ok(Verified::Hmac { kid, previous, nonce, nonce_expires }) => {

@@ -182,6 +182,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
             max_blob_bytes: w.max_blob_bytes,
             max_jobs_in_flight: w.max_jobs_in_flight as u64,
             max_wait_s: w.max_wait_s,
+            body_timeout: Duration::from_secs(w.body_timeout_s.max(1)),
         },
         host_caps: tokio::sync::watch::channel(None).0,
         shutting_down: Arc::new(AtomicBool::new(false)),

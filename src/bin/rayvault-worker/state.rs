@@ -18,6 +18,8 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     pub max_jobs_in_flight: u64,
     pub max_wait_s: u64,
+    /// Longest wait for a JSON body (`worker.body_timeout_s`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// Shared by every handler (inside `web::Data`).

@@ -149,8 +149,8 @@ fn a_job_that_ended_just_before_a_crash_is_not_run_again() {
 #[test]
 fn concurrent_jobs_go_to_the_least_busy_node() {
     let w = World::new();
-    let (_a, pa) = legacy(&w, "a", &["--job-delay", "3"]);
-    let (_b, pb) = legacy(&w, "b", &["--job-delay", "3"]);
+    let (_a, pa) = legacy(&w, "a", &["--job-delay", "8"]);
+    let (_b, pb) = legacy(&w, "b", &["--job-delay", "8"]);
     w.write_nodes(&[("a", pa, true), ("b", pb, true)]);
     let _daemon = w.daemon();
     // Two different inputs, so the workers' idempotency does not merge them.

@@ -82,3 +82,56 @@ impl Handler<RunLocal> for LocalRunner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn jobs_wait_for_a_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::load_from(
+            None,
+            &env(&[
+                ("RAYVAULT_CONTROLLER__LOCAL_CONCURRENCY", "1"),
+                ("RAYVAULT_TTS__ENGINE", "command"),
+                ("RAYVAULT_TTS__COMMAND_TEMPLATE", "python3 -c \"import time; time.sleep(30)\" {text_file} {out_wav}"),
+            ]),
+        )
+        .unwrap();
+        actix::System::new().block_on(async move {
+            let runner = LocalRunner::new(Arc::new(settings)).start();
+            let job = |name: &str, cancel: &CancellationToken| RunLocal {
+                job_key: name.into(),
+                step: StepName::TtsRenderChunks,
+                payload: serde_json::json!({"text": "Hello there."}),
+                out_dir: dir.path().join(name),
+                log: JobLog::open(&dir.path().join(format!("{name}.log"))).unwrap(),
+                cancel: cancel.clone(),
+            };
+            let (first_cancel, second_cancel) = (CancellationToken::new(), CancellationToken::new());
+            let first = runner.send(job("first", &first_cancel));
+            let first = actix::spawn(first);
+            // The first job holds the only slot; the second must wait for it.
+            let second = runner.send(job("second", &second_cancel));
+            let second = actix::spawn(second);
+            let log = dir.path().join("first.log");
+            let started = async {
+                while !std::fs::read_to_string(&log).unwrap_or_default().contains("running TTS_RENDER_CHUNKS locally") {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(20), started).await.expect("the first job starts");
+            second_cancel.cancel();
+            let err = second.await.unwrap().unwrap().unwrap_err();
+            assert_eq!(err.message, "cancelled before it started");
+            first_cancel.cancel();
+            let err = first.await.unwrap().unwrap().unwrap_err();
+            assert_eq!(err.code, crate::error::ErrorCode::Cancelled, "{err}");
+        });
+    }
+}

@@ -191,6 +191,18 @@ def rss_kib(pid):
     return None
 
 
+def threads(pid):
+    """Thread count of one process, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def hwm_kib(pid):
     """Peak resident set size (VmHWM) of one process (KiB), or None."""
     try:

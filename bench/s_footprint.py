@@ -17,13 +17,16 @@ import time
 
 import media
 import ours
-from lib import NotMeasured, log, rss_kib, summary, tree_rss_kib, wait_until
+from lib import NotMeasured, log, rss_kib, summary, threads, tree_rss_kib, wait_until
 from peers import CeleryWorker, Redis, venv_python
 from report import Row
 from rvclient import SignedClient
 from s_failover import node_up
 
 SCEN = "6 footprint"
+# Seconds of quiet before the last reading (tokio retires idle blocking
+# threads after 10 s).
+IDLE_AGAIN_S = 12
 
 
 def settled(read, timeout_s=10.0):
@@ -53,15 +56,28 @@ def ours_side(n_jobs):
         wait_until("the daemon to see the worker up", 30, lambda: node_up(dc), interval_s=0.1)
         dc.close()
         idle = (settled(lambda: rss_kib(worker.proc.pid)), settled(lambda: rss_kib(daemon.proc.pid)))
-        wavs = media.short_wavs(n_jobs + 1)
-        pf = ours.payload_file([{"audio_paths": [w]} for w in wavs])
-        try:
-            ours.run_driver(["daemon", daemon.url, f"footprint-{time.time_ns()}", "AUDIO_POSTCHECK", pf,
-                             "0", str(n_jobs), "16"])
-        finally:
-            os.remove(pf)
-        after = (settled(lambda: rss_kib(worker.proc.pid)), settled(lambda: rss_kib(daemon.proc.pid)))
-        return idle, after
+        thread_counts = {"idle": (threads(worker.proc.pid), threads(daemon.proc.pid))}
+        wavs = media.short_wavs(n_jobs + 2)
+        half = n_jobs // 2
+        # Two halves with a reading between them: growth that stops after
+        # the first half is warm-up (caches, allocator pools); growth that
+        # goes on in the second half is what a leak looks like.
+        readings = []
+        for part, files in enumerate((wavs[:half] + wavs[-1:], wavs[half:n_jobs] + wavs[-2:-1])):
+            pf = ours.payload_file([{"audio_paths": [w]} for w in files])
+            try:
+                ours.run_driver(["daemon", daemon.url, f"footprint-{part}-{time.time_ns()}", "AUDIO_POSTCHECK", pf,
+                                 "0", str(len(files) - 1), "16"])
+            finally:
+                os.remove(pf)
+            readings.append((settled(lambda: rss_kib(worker.proc.pid)), settled(lambda: rss_kib(daemon.proc.pid))))
+            thread_counts[f"after part {part + 1}"] = (threads(worker.proc.pid), threads(daemon.proc.pid))
+        # Runtimes retire idle blocking threads after about 10 s; a reading
+        # after that shows what stays.
+        time.sleep(IDLE_AGAIN_S)
+        thread_counts[f"{IDLE_AGAIN_S} s later"] = (threads(worker.proc.pid), threads(daemon.proc.pid))
+        thread_counts[f"RSS KiB {IDLE_AGAIN_S} s later"] = (rss_kib(worker.proc.pid), rss_kib(daemon.proc.pid))
+        return idle, readings[1], readings[0], thread_counts
     finally:
         if daemon:
             daemon.stop()
@@ -95,10 +111,13 @@ def celery_side(n_jobs):
 
 def measure(cfg):
     n = cfg["footprint_jobs"]
+    details = {"jobs": n}
     o = c = None
     why = cwhy = None
     try:
         o = ours_side(n)
+        details["ours_half_way_kib"] = o[2]
+        details["ours_threads_worker_daemon"] = o[3]
         log(f"scenario 6: ours idle worker {mib(o[0][0]):.1f} MiB, daemon {mib(o[0][1]):.1f} MiB; after {n} jobs "
             f"{mib(o[1][0]):.1f} / {mib(o[1][1]):.1f} MiB")
     except NotMeasured as e:
@@ -130,9 +149,14 @@ def measure(cfg):
         Row(SCEN, f"daemon RSS growth after {n} jobs", "MiB", "lower", ours=growth(o, 1), ours_note=why,
             baseline="redis-server", base=growth(c, 1), base_note=cwhy, target=("<=", 5.0)),
     ]
+    for j, who in ((0, "worker"), (1, "daemon")):
+        rows.append(Row(SCEN, f"{who} RSS growth in the second {n - n // 2} jobs (leak check)", "MiB", "lower",
+                        ours=summary([mib(o[1][j] - o[2][j])]) if o else None, ours_note=why))
     total_o = summary([mib(o[0][0] + o[0][1])]) if o else None
     total_c = summary([mib(c[0][0] + c[0][1])]) if c else None
     rows.append(Row(SCEN, "whole system RSS, idle", "MiB", "lower", ours=total_o, ours_note=why,
                     baseline="Celery worker + pool + redis", base=total_c, base_note=cwhy))
-    details = {"ours_kib": o, "celery_kib": c, "jobs": n}
+    details.update({"ours_idle_after_kib": o[:2] if o else None, "celery_idle_after_kib": c})
+    if o:
+        details["ours_second_half_growth_mib"] = [mib(o[1][0] - o[2][0]), mib(o[1][1] - o[2][1])]
     return rows, details

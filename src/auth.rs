@@ -91,9 +91,13 @@ impl Key {
         self.plain.expose_secret()
     }
 
-    /// Constant-time comparison with a presented plain token.
+    /// Constant-time comparison with a presented plain token. `ct_eq` on
+    /// slices returns early when the lengths differ, which would tell a
+    /// prober the secret's length; comparing fixed-size digests does not.
     fn plain_matches(&self, token: &str) -> bool {
-        bool::from(self.plain.expose_secret().as_bytes().ct_eq(token.as_bytes()))
+        let want = Sha256::digest(self.plain.expose_secret().as_bytes());
+        let got = Sha256::digest(token.as_bytes());
+        bool::from(want.as_slice().ct_eq(got.as_slice()))
     }
 }
 
@@ -446,6 +450,9 @@ mod tests {
         assert!(strict.verify(&[bearer.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now).is_err());
         assert_eq!(lax.verify(&[bearer.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now), Ok(Verified::Plain));
         assert!(lax.verify(&[b"Bearer wrong"], "GET", "/caps", "", EMPTY_SHA256, now).is_err());
+        for near in ["Bearer s3cret-valu", "Bearer s3cret-value ", "Bearer s3cret-valuE", "Bearer "] {
+            assert!(lax.verify(&[near.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now).is_err(), "{near:?}");
+        }
         // A broken HMAC header with the plain token beside it: refused.
         let broken = "RAYVAULT-HMAC-SHA256 kid=zz";
         assert!(lax.verify(&[broken.as_bytes(), bearer.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now).is_err());

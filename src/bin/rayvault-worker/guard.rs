@@ -133,10 +133,32 @@ fn check_header_size(req: &ServiceRequest, max: usize) -> Result<(), ApiError> {
 }
 
 fn has_credential_param(query: &str) -> bool {
-    query.split('&').any(|pair| {
-        let key = pair.split('=').next().unwrap_or("");
-        CREDENTIAL_PARAMS.iter().any(|c| key.eq_ignore_ascii_case(c))
+    query.split(['&', ';']).any(|pair| {
+        // Decoded, since `%74oken=` is `token=` to any framework that reads it.
+        let key = percent_decode(pair.split('=').next().unwrap_or(""));
+        CREDENTIAL_PARAMS.iter().any(|c| key.eq_ignore_ascii_case(c.as_bytes()))
     })
+}
+
+/// `%XX` escapes decoded (malformed ones kept as they are).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// `Some(digest)` for `PUT /blobs/<64 lower-case hex>`.
@@ -177,6 +199,12 @@ mod tests {
         assert!(has_credential_param("wait_s=1&TOKEN=abc"));
         assert!(!has_credential_param("offset=10"));
         assert!(!has_credential_param(""));
+        // Encoded names are the same names.
+        assert!(has_credential_param("%74oken=abc"));
+        assert!(has_credential_param("wait_s=1&ACCESS%5fTOKEN=abc"));
+        assert!(has_credential_param("x=1;secret=abc"));
+        assert!(!has_credential_param("offset=%"));
+        assert!(!has_credential_param("tok%en=1"));
     }
 
     #[test]

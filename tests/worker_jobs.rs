@@ -311,3 +311,37 @@ fn a_broken_blob_upload_leaves_no_partial_file() {
     // The worker is fine afterwards.
     assert_eq!(w.request("GET", "/health", &[], b"").status, 200);
 }
+
+#[actix_rt::test]
+async fn log_chunks_never_split_a_character() {
+    let w = Worker::start(Opts {
+        env: vec![("RAYVAULT_OPENCLAW__COMMAND".into(), "sh -c 'cat >/dev/null; echo \"é€😀 done\"; exit 3'".into())],
+        ..Opts::default()
+    });
+    let c = w.client();
+    let sub = c.submit(&openclaw("unicode in the log")).await.unwrap();
+    let done = c.wait(&sub.job.job_id, Duration::from_secs(30), 10).await.unwrap();
+    // A failing OpenClaw command has its output copied into the job log.
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let full = c.full_log(&done.job_id).await.unwrap();
+    assert!(full.contains("é€😀 done"), "{full}");
+    // Read with every small chunk size: the pieces must join to the log,
+    // with no replacement character from a split sequence.
+    for max in 1..=5u64 {
+        let (mut offset, mut joined) = (0u64, String::new());
+        loop {
+            let target = format!("/jobs/{}/log?offset={offset}&max_bytes={max}", done.job_id);
+            let r = w.signed("GET", &target, b"");
+            assert_eq!(r.status, 200, "{}", r.text());
+            let chunk: protocol::LogChunk = serde_json::from_slice(&r.body).unwrap();
+            assert!(chunk.next_offset > offset || chunk.complete, "max_bytes={max}: no progress at {offset}");
+            joined.push_str(&chunk.data);
+            offset = chunk.next_offset;
+            if chunk.complete {
+                break;
+            }
+        }
+        assert!(!joined.contains('\u{FFFD}'), "max_bytes={max}: split a character");
+        assert_eq!(joined, full, "max_bytes={max}");
+    }
+}

@@ -28,7 +28,9 @@ pub async fn log(st: Data, id: web::Path<String>, q: web::Query<LogQuery>) -> Re
     let rec = load_job(&st, &id).await?;
     let path = st.env.paths.log_path(&rec.job_id);
     let offset = q.offset;
-    let max = q.max_bytes.unwrap_or(MAX_LOG_CHUNK).clamp(1, MAX_LOG_CHUNK);
+    // At least 4 bytes, the longest UTF-8 sequence, so that a chunk that
+    // starts on a character boundary always holds a whole character.
+    let max = q.max_bytes.unwrap_or(MAX_LOG_CHUNK).clamp(4, MAX_LOG_CHUNK);
     let read = web::block(move || -> std::io::Result<(u64, Vec<u8>)> {
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
@@ -51,9 +53,11 @@ pub async fn log(st: Data, id: web::Path<String>, q: web::Query<LogQuery>) -> Re
         return Err(ApiError::new(ApiCode::RangeNotSatisfiable, format!("offset {offset} is past the end of the log ({size} bytes)")));
     }
     // Never split a UTF-8 sequence: stop before an incomplete one at the end
-    // so the next read starts on a character boundary.
+    // so the next read starts on a character boundary. Only a finished log
+    // that really ends in a broken sequence has it passed on (replaced).
     if let Err(e) = std::str::from_utf8(&bytes) {
-        if e.error_len().is_none() && e.valid_up_to() > 0 {
+        let log_ends_here = rec.state.is_terminal() && offset + bytes.len() as u64 >= size;
+        if e.error_len().is_none() && !log_ends_here {
             bytes.truncate(e.valid_up_to());
         }
     }

@@ -195,6 +195,16 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
             tracing::error!(job = %key, "could not record the end of the job: {saved:?}");
         }
         state.changed.notify_waiters();
+        // Progress lines only serve clients waiting on the job; keep them a
+        // minute for a client mid-poll, then free them (unless the job was
+        // submitted again meanwhile).
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let (store, k) = (state.store.clone(), key.clone());
+        if let Ok(Ok(Some(j))) = web::block(move || store.get(&k)).await {
+            if j.phase == Phase::Finished {
+                state.progress.remove(&key);
+            }
+        }
     });
 }
 

@@ -111,6 +111,13 @@ async fn idempotency_and_inputs_hash() {
     assert!(after.cached, "a succeeded job is returned, not re-run");
     assert_eq!(after.job.job_id, first.job.job_id);
 
+    // The label limit is 200 characters, as documented, not 200 bytes.
+    let accented = "é".repeat(200);
+    let labelled = c.submit(&SubmitJob { label: Some(accented.clone()), ..openclaw("labelled task") }).await.unwrap();
+    assert_eq!(labelled.job.label.as_deref(), Some(accented.as_str()));
+    let too_long = SubmitJob { label: Some("é".repeat(201)), ..openclaw("labelled task 2") };
+    assert_eq!(c.submit(&too_long).await.unwrap_err().code(), Some("BAD_REQUEST"));
+
     // The client's hash must agree with the worker's.
     let good = SubmitJob { inputs_hash: Some(first.job.inputs_hash.clone()), ..openclaw("same task") };
     assert_eq!(c.submit(&good).await.unwrap().job.job_id, first.job.job_id);

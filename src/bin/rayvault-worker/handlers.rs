@@ -82,7 +82,7 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
         return Err(ApiError::bad_request("payload must be a JSON object"));
     }
     if let Some(label) = &req.label {
-        if label.len() > 200 || label.chars().any(char::is_control) {
+        if label.chars().count() > 200 || label.chars().any(char::is_control) {
             return Err(ApiError::bad_request("label must be at most 200 characters without control characters"));
         }
     }

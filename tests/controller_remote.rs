@@ -210,3 +210,20 @@ fn a_real_worker_killed_mid_job_is_replaced_by_the_other() {
 fn command_tts_env(template: &str) -> [(&str, &str); 3] {
     [("RAYVAULT_CLUSTER_SECRET", SECRET), ("RAYVAULT_TTS__ENGINE", "command"), ("RAYVAULT_TTS__COMMAND_TEMPLATE", template)]
 }
+
+#[test]
+fn every_listed_input_is_staged_and_mapped_back() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, true)]);
+    let a = common::make_sine_wav(w.dir.path(), "a.wav", 1.0, 48_000, 1, -16.0);
+    let b = common::make_sine_wav(w.dir.path(), "b.wav", 1.5, 48_000, 2, -16.0);
+    let (code, r, err) = w.submit("stage", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [a, b]}), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1", "{r}");
+    assert_eq!(err.matches("staging ").count(), 2, "{err}");
+    for (i, local) in [&a, &b].iter().enumerate() {
+        assert!(w.dir.path().join("worker-w1/worker/blobs").join(sha256(local)).is_file());
+        assert_eq!(r["result"]["files"][i]["path"], json!(local), "{}", r["result"]);
+    }
+}

@@ -201,6 +201,9 @@ fn receipt_ok(receipt: &Value) -> Result<(String, Option<u64>), String> {
     if receipt.get("status").and_then(Value::as_str) != Some("succeeded") {
         return Err(format!("job failed: {}", receipt.get("error").unwrap_or(&Value::Null)));
     }
+    if receipt.get("cached").and_then(Value::as_bool) == Some(true) {
+        return Err("a job hit the worker's idempotency cache; the harness must give distinct inputs".into());
+    }
     let on = receipt.get("executed_on").and_then(Value::as_str).unwrap_or("?").to_string();
     let run_ms = receipt.pointer("/timings/run_ms").and_then(Value::as_u64);
     Ok((on, run_ms))
@@ -221,8 +224,14 @@ async fn daemon(args: &DispatchArgs, payloads: Vec<Value>) -> Result<Value, Stri
     loop {
         attempt += 1;
         let r = api.job(&run_id, &format!("warmup-{attempt}"), &args.step, warm.clone()).await;
-        match r.and_then(|(_, rec)| receipt_ok(&rec)) {
-            Ok((on, _)) if on != "local" => break,
+        // A retried warm-up may find its first try cached on the worker:
+        // that still shows the daemon places jobs there.
+        let placed = r.map(|(_, rec)| {
+            (rec.get("status").and_then(Value::as_str) == Some("succeeded"))
+                .then(|| rec.get("executed_on").and_then(Value::as_str).unwrap_or("local").to_string())
+        });
+        match placed {
+            Ok(Some(on)) if on != "local" => break,
             other if Instant::now() > deadline => {
                 return Err(format!("the daemon never placed a job on the worker within 60 s: {other:?}"))
             }

@@ -31,6 +31,10 @@ impl<E: Into<redb::Error>> From<E> for StoreError {
 pub struct RemoteRef {
     pub node_id: String,
     pub remote_job_id: String,
+    /// The placement that chose the node, so that the receipt of a job
+    /// re-attached after a restart still explains it.
+    #[serde(default)]
+    pub placement: Vec<crate::receipt::NodeExplanation>,
 }
 
 /// Where a job is in the daemon's life.
@@ -174,7 +178,7 @@ mod tests {
             s.put(&job("b")).unwrap();
             assert!(s.update("r/a", |j| {
                 j.phase = Phase::Running;
-                j.remote = Some(RemoteRef { node_id: "w1".into(), remote_job_id: "x".into() });
+                j.remote = Some(RemoteRef { node_id: "w1".into(), remote_job_id: "x".into(), placement: Vec::new() });
             })
             .unwrap());
             assert!(s.update("r/b", |j| j.phase = Phase::Finished).unwrap());

@@ -83,6 +83,7 @@ fn a_daemon_killed_mid_job_resumes_tracking_after_restart() {
     assert_eq!(r["executed_on"], "slow");
     assert_eq!(r["remote_job_id"], remote["remote_job_id"]);
     assert_eq!(r["cached"], false, "re-attached, not submitted again");
+    assert!(reason_for(&r, "slow").starts_with("chosen"), "the placement survives the restart: {r}");
     assert!(w.daemon_log().contains("resuming a job from the previous run"));
     assert_eq!(job_in(&status(&w), "crash/j").unwrap()["phase"], "finished");
 }

@@ -219,7 +219,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Stag
         Err(e) => return give_up(deps, node_id, None, format!("submit failed: {e}"), trace, began, matches!(e, CallError::Unreachable(_))),
     };
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
-    record_remote(deps, spec, node_id, &remote_job_id).await;
+    record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
     follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began).await
 }
 
@@ -233,12 +233,14 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
     let _load = LoadGuard(deps.load.clone(), r.node_id.clone());
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
+    trace.placement = r.placement.clone();
     follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began).await
 }
 
-async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job_id: &str) {
+async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job_id: &str, placement: &[crate::receipt::NodeExplanation]) {
     let Some(store) = deps.store.clone() else { return };
-    let (key, r) = (spec.key(), RemoteRef { node_id: node_id.into(), remote_job_id: remote_job_id.into() });
+    let r = RemoteRef { node_id: node_id.into(), remote_job_id: remote_job_id.into(), placement: placement.to_vec() };
+    let key = spec.key();
     let res = tokio::task::spawn_blocking(move || {
         store.update(&key, |j| {
             j.phase = Phase::Running;

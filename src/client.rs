@@ -307,8 +307,19 @@ impl WorkerClient {
                 .open(&part)
                 .await
                 .map_err(|e| io_err("opening the partial download", e))?;
+            // Never more than the manifest's size: a broken or hostile
+            // worker sending an endless body must not fill the disk.
+            let expected = if append { entry.size - have } else { entry.size };
             while let Some(chunk) = res.next().await {
                 let chunk = chunk.map_err(|e| self.unreachable(e))?;
+                if transferred + chunk.len() as u64 > expected {
+                    drop(file);
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(ClientError::Protocol(format!(
+                        "the worker sent more than the {} bytes the manifest gives for {}; the download was discarded",
+                        entry.size, entry.name
+                    )));
+                }
                 file.write_all(&chunk).await.map_err(|e| io_err("writing the download", e))?;
                 transferred += chunk.len() as u64;
             }

@@ -352,3 +352,34 @@ async fn log_chunks_never_split_a_character() {
         assert_eq!(joined, full, "max_bytes={max}");
     }
 }
+
+/// A download from a worker that sends more than the manifest says (here:
+/// endlessly) stops at the manifest's size instead of filling the disk.
+#[actix_rt::test]
+async fn a_download_stops_at_the_manifest_size() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let chunk = [b'z'; 65536];
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(&chunk);
+            framed.extend_from_slice(b"\r\n");
+            while s.write_all(&framed).is_ok() {}
+        }
+    });
+    let ring = std::sync::Arc::new(rayvault::auth::Keyring::from_secrets("endless-secret", None).unwrap());
+    let c = rayvault::client::WorkerClient::new(&format!("http://127.0.0.1:{port}"), "endless", ring);
+    let entry = rayvault::artifacts::ArtifactEntry { name: "a.bin".into(), size: 1000, sha256: "00".repeat(32) };
+    let dir = common::tempdir();
+    let dest = dir.path().join("a.bin");
+    let job_id = format!("j{}", "1".repeat(32));
+    let res = tokio::time::timeout(Duration::from_secs(20), c.download_artifact(&job_id, &entry, &dest)).await;
+    let err = res.expect("the download must end, not follow an endless body").unwrap_err();
+    assert!(matches!(err, ClientError::Protocol(_)), "{err}");
+    assert!(!dest.exists() && !dir.path().join("a.bin.part").exists());
+}

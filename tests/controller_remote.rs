@@ -116,8 +116,9 @@ fn artifact_sync_resumes_a_partial_download_and_checks_digests() {
 fn unreachable_and_wrong_secret_fall_back_with_reasons() {
     let mut w = World::new();
     let (_good, pg) = worker(&w, "w-other-secret", &[("RAYVAULT_CLUSTER_SECRET", "a-different-secret-entirely")]);
+    let (_named, pn) = worker(&w, "real-name", &[]);
     let closed = common::free_port();
-    w.write_nodes(&[("windows-worker-1", closed, true), ("w-other-secret", pg, true)]);
+    w.write_nodes(&[("windows-worker-1", closed, true), ("w-other-secret", pg, true), ("wrong-name", pn, true)]);
     let clip = video(&w);
     let (code, r, _) = w.submit("fb", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
     assert_eq!(code, 0);
@@ -128,6 +129,10 @@ fn unreachable_and_wrong_secret_fall_back_with_reasons() {
         "401 auth_token invalid: secrets differ between Mac and Windows, or clock skew too large"
     );
     assert!(r["fallback_reason"].as_str().unwrap().starts_with("windows-worker-1: unreachable (connection refused); w-other-secret: 401 auth_token invalid"), "{r}");
+    assert_eq!(
+        reason_for(&r, "wrong-name"),
+        format!("the worker at 127.0.0.1:{pn} says it is \"real-name\"; set node_id in nodes.json to its RAYVAULT_WORKER_ID")
+    );
 
     let out = w.orch().arg("health").output().unwrap();
     let (code, h, _) = parse_output(&out);

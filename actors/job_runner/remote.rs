@@ -40,8 +40,16 @@ pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Dura
         Ok(h) => h,
         Err(e) => return ProbeResult { health: None, outcome: Err(e.to_string()) },
     };
+    let claimed = health.get("worker_id").and_then(Value::as_str).unwrap_or_default();
     let outcome = if legacy_v05::is_legacy_health(&health) {
         probe_legacy(&cfg, keyring, timeout, allow_plain).await
+    } else if claimed != cfg.node_id {
+        // Requests are signed for the node id; a worker with another id
+        // would refuse them as if the secret were wrong.
+        Err(format!(
+            "the worker at {}:{} says it is {claimed:?}; set node_id in nodes.json to its RAYVAULT_WORKER_ID",
+            cfg.host, cfg.port
+        ))
     } else {
         match current.caps().await {
             Ok(raw) => Ok((node_caps(&raw, Compat::Current), raw)),

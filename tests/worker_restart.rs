@@ -225,3 +225,34 @@ fn kill9_mid_upload_leaves_no_partial_blob_after_restart() {
     assert_eq!(blob_temporaries(dir.path()), 0, "the restarted worker removed the partial upload");
     assert!(!dir.path().join("worker/blobs").join(&digest).exists(), "never stored under its digest");
 }
+
+/// Sets a file's modification time `days` into the past.
+fn age(path: &std::path::Path, days: u64) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(days * 86_400)).unwrap();
+}
+
+#[actix_rt::test]
+async fn a_blob_in_use_again_is_not_pruned_as_old() {
+    let dir = common::tempdir();
+    let secret = "blob-retention-secret";
+    let mut w = Worker::start(opts_in(dir.path(), secret, &[]));
+    let c = w.client();
+    let data = bytes::Bytes::from_static(b"an input staged long ago");
+    let stored = c.upload_bytes(data.clone()).await.unwrap();
+    let blob = dir.path().join("worker/blobs").join(&stored.sha256);
+    let other = c.upload_bytes(bytes::Bytes::from_static(b"an input nobody uses again")).await.unwrap();
+    let other_blob = dir.path().join("worker/blobs").join(&other.sha256);
+    // Both older than the 14-day retention; one is announced again and
+    // named by a new job, the other is not.
+    age(&blob, 30);
+    age(&other_blob, 30);
+    assert!(!c.upload_bytes(data).await.unwrap().created, "already there");
+    let job = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{}", stored.sha256)}), inputs_hash: None, label: None };
+    c.submit(&job).await.unwrap();
+    w.kill9();
+    // Pruning runs at start.
+    let _w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    common::wait_until("the unused old blob is pruned", Duration::from_secs(20), || !other_blob.exists());
+    assert!(blob.exists(), "a blob in use again was pruned as old");
+}

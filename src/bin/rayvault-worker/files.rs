@@ -186,6 +186,16 @@ fn file_stream(
     })
 }
 
+/// Marks a staged blob as used now. Retention prunes blobs by their
+/// modification time, so a blob announced again or named by a new job must
+/// look new, or it could be deleted before the job that needs it runs.
+pub fn touch(path: &std::path::Path) {
+    let result = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "could not refresh a blob's time; retention may prune it early");
+    }
+}
+
 /// `PUT /blobs/{sha256}`: stores the body under its digest once. The bytes
 /// are written to a temporary file and hashed as they arrive (in blocking
 /// tasks, a MiB at a time); only a matching digest is renamed into place.
@@ -204,6 +214,8 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
     }
     let final_path = st.env.paths.blob_path(&digest);
     if tokio::fs::try_exists(&final_path).await.unwrap_or(false) {
+        let p = final_path.clone();
+        web::block(move || touch(&p)).await?;
         let size = tokio::fs::metadata(&final_path).await.map(|m| m.len()).unwrap_or(0);
         return Ok(HttpResponse::Ok().json(BlobStored { sha256: digest, size, created: false }));
     }

@@ -87,11 +87,17 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
         }
     }
     let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
+    let digests_in_use = digests.clone();
     let paths = st.env.paths.clone();
     let payload = req.payload.clone();
     let step_name = step.as_str().to_string();
     let (hash, missing) = web::block(move || {
         let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
+        if missing.is_empty() {
+            for d in &digests_in_use {
+                crate::files::touch(&paths.blob_path(d));
+            }
+        }
         (protocol::inputs_hash(&step_name, &payload), missing)
     })
     .await?;

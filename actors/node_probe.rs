@@ -15,7 +15,7 @@ use crate::nodes::{self, NodeConfig};
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -97,28 +97,46 @@ pub struct NodeProbe {
     entries: Vec<NodeEntry>,
 }
 
+/// What a look at `nodes.json` found: its stamp and, when it changed, its
+/// contents (or why they are unusable).
+struct FileRead {
+    stamp: Option<(SystemTime, u64)>,
+    loaded: Result<Option<Vec<NodeConfig>>, nodes::NodesError>,
+}
+
+/// Stats `path` and reads it only if its stamp differs from `last`.
+/// Blocking: run it with `spawn_blocking` from the actor.
+fn read_if_changed(path: &Path, last: Option<(SystemTime, u64)>) -> Option<FileRead> {
+    let stamp = std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+    if stamp == last {
+        return None;
+    }
+    Some(FileRead { stamp, loaded: nodes::load(path) })
+}
+
 impl NodeProbe {
-    /// Reads `nodes.json` once; a malformed file leaves no nodes and the
-    /// error is reported by `health`, `status` and the daemon log.
+    /// Reads `nodes.json` once (before the actor runs, so reading here
+    /// blocks no actor); a malformed file leaves no nodes and the error is
+    /// reported by `health`, `status` and the daemon log.
     pub fn new(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> Self {
         let path = nodes::nodes_path(&settings.cluster_dir());
         let mut p = NodeProbe { settings, keyring, path, file_stamp: None, file_error: None, entries: Vec::new() };
-        p.reload_if_changed();
+        if let Some(read) = read_if_changed(&p.path, None) {
+            p.apply_file(read);
+        }
         p
     }
 
-    fn stamp(&self) -> Option<(SystemTime, u64)> {
-        std::fs::metadata(&self.path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    /// A future that looks at the file off the actor thread.
+    fn look_at_file(&self) -> impl std::future::Future<Output = Option<FileRead>> {
+        let (path, last) = (self.path.clone(), self.file_stamp);
+        async move { tokio::task::spawn_blocking(move || read_if_changed(&path, last)).await.ok().flatten() }
     }
 
-    /// Re-reads the file if its stamp changed; true when the node list changed.
-    fn reload_if_changed(&mut self) -> bool {
-        let stamp = self.stamp();
-        if stamp == self.file_stamp && (stamp.is_some() || self.entries.is_empty()) {
-            return false;
-        }
-        self.file_stamp = stamp;
-        let loaded = match nodes::load(&self.path) {
+    /// Applies a changed file; true when the node list changed.
+    fn apply_file(&mut self, read: FileRead) -> bool {
+        self.file_stamp = read.stamp;
+        let loaded = match read.loaded {
             Ok(v) => {
                 self.file_error = None;
                 v.unwrap_or_default()
@@ -208,9 +226,11 @@ impl Actor for NodeProbe {
         // Edits to nodes.json are noticed within a second; only new or
         // changed nodes need a probe, but probing all is cheap and simple.
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            if act.reload_if_changed() {
-                act.probe_all(ctx);
-            }
+            ctx.spawn(act.look_at_file().into_actor(act).map(|read, act, ctx| {
+                if read.is_some_and(|r| act.apply_file(r)) {
+                    act.probe_all(ctx);
+                }
+            }));
         });
     }
 }
@@ -229,12 +249,16 @@ impl Handler<GetNodes> for NodeProbe {
 impl Handler<ProbeNow> for NodeProbe {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, msg: ProbeNow, _: &mut Context<Self>) -> Self::Result {
-        self.reload_if_changed();
-        let (cfgs, futs): (Vec<_>, Vec<_>) = self.probe_futures(msg.node_id.as_deref()).into_iter().unzip();
-        Box::pin(futures_util::future::join_all(futs).into_actor(self).map(move |results, act, _| {
-            for (cfg, r) in cfgs.iter().zip(results) {
-                act.apply(cfg, r);
+        Box::pin(self.look_at_file().into_actor(self).then(move |read, act, _| {
+            if let Some(r) = read {
+                act.apply_file(r);
             }
+            let (cfgs, futs): (Vec<_>, Vec<_>) = act.probe_futures(msg.node_id.as_deref()).into_iter().unzip();
+            futures_util::future::join_all(futs).into_actor(act).map(move |results, act, _| {
+                for (cfg, r) in cfgs.iter().zip(results) {
+                    act.apply(cfg, r);
+                }
+            })
         }))
     }
 }

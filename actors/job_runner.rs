@@ -393,9 +393,14 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
         Err(e) => return Ending::failed(e.code, e.message, "local"),
     };
     let log_path = dir.join(crate::receipt::LOG_FILE);
-    let log = match JobLog::open(&log_path) {
-        Ok(l) => l,
-        Err(e) => return Ending::failed(ErrorCode::IoError, format!("cannot open {}: {e}", log_path.display()), "local"),
+    let opened = {
+        let p = log_path.clone();
+        tokio::task::spawn_blocking(move || JobLog::open(&p)).await
+    };
+    let log = match opened {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return Ending::failed(ErrorCode::IoError, format!("cannot open {}: {e}", log_path.display()), "local"),
+        Err(e) => return Ending::failed(ErrorCode::Internal, format!("opening the job log failed: {e}"), "local"),
     };
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);

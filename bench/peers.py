@@ -62,17 +62,20 @@ class Nginx:
 
 
 class Redis:
-    """Debian's redis-server on a free loopback port, without persistence."""
+    """Debian's redis-server on a free loopback port: without persistence
+    (Celery's usual setup), or with `durable` an append-only file fsynced on
+    every write, the durability our stores give."""
 
-    def __init__(self):
+    def __init__(self, durable=False):
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(exe):
             raise RuntimeError("redis-server is not installed; scripts/bench.sh installs it with apt-get")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-", dir=OUT_DIR)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
         self.proc = Proc("redis", [
             exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-            "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes",
+            *persistence, "--dir", self.dir, "--protected-mode", "yes",
         ])
         wait_until("redis to listen", 10, lambda: port_open(self.port))
         self.url = f"redis://127.0.0.1:{self.port}/0"

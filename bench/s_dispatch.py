@@ -9,7 +9,9 @@ Floor: one keep-alive HTTP request to nginx on loopback plus one fsync
 (examples/bench_floor.rs, standard library only).
 
 Peer: Celery 5 + Redis with a no-op task: `delay().get()` latency and the
-throughput of N tasks submitted then collected (bench/celery_client.py).
+throughput of N tasks submitted then collected (bench/celery_client.py);
+once as usually deployed (Redis without persistence) and once with Redis's
+append-only file fsynced on every write, the durability our stores give.
 """
 
 import json
@@ -49,9 +51,9 @@ def floor(cfg):
         nginx.stop()
 
 
-def celery(cfg):
+def celery(cfg, durable=False):
     venv_python()
-    redis = Redis()
+    redis = Redis(durable=durable)
     worker = None
     try:
         worker = CeleryWorker(redis, concurrency=os.cpu_count() or 2)
@@ -76,7 +78,8 @@ def measure(cfg):
     rows = []
     details = {}
     results = {}
-    for name, fn in (("floor", floor), ("celery", celery), ("ours", lambda c: ours.dispatch(c, via_daemon=True)),
+    for name, fn in (("floor", floor), ("celery", celery), ("celery_durable", lambda c: celery(c, durable=True)),
+                     ("ours", lambda c: ours.dispatch(c, via_daemon=True)),
                      ("worker_api", lambda c: ours.dispatch(c, via_daemon=False))):
         log(f"scenario 1: {name}")
         try:
@@ -90,6 +93,7 @@ def measure(cfg):
             details[f"{name}_not_measured"] = f"failed: {e}"
             log(f"scenario 1: {name} failed: {e}")
     o, f, c, w = results.get("ours"), results.get("floor"), results.get("celery"), results.get("worker_api")
+    cd = results.get("celery_durable")
     why = details.get("ours_not_measured")
 
     def get(r, k):
@@ -106,6 +110,9 @@ def measure(cfg):
         rows.append(Row(SCEN, metric, unit, better, ours=get(o, key), ours_note=why,
                         baseline="Celery 5 + Redis no-op", base=get(c, key),
                         base_note=details.get("celery_not_measured"), target=target))
+        rows.append(Row(SCEN, metric, unit, better, ours=get(o, key), ours_note=why,
+                        baseline="Celery + Redis, AOF fsync always", base=get(cd, key),
+                        base_note=details.get("celery_durable_not_measured"), target=target))
         # The same jobs straight to the worker's API, without the daemon:
         # shows how the overhead splits between the two hops.
         rows.append(Row(SCEN, metric + " (worker API direct)", unit, better, ours=get(w, key),
@@ -117,4 +124,5 @@ def measure(cfg):
             details[name] = r["extra"]
     details["floor"] = f
     details["celery"] = c
+    details["celery_durable"] = cd
     return rows, details

@@ -69,8 +69,8 @@ impl JobSpec {
                 ));
             }
         }
-        if self.step_name.is_empty() {
-            return Err("--step-name must not be empty".into());
+        if let Err(e) = crate::steps::StepName::parse(&self.step_name) {
+            return Err(format!("--step-name: {}", e.message));
         }
         if !self.payload.is_object() {
             return Err("--payload-json must be a JSON object".into());

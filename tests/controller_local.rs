@@ -47,6 +47,9 @@ fn bad_usage_and_configuration_exit_2() {
     assert!(err.contains("unknown field `os`"), "{err}");
     let out = w.orch().args(["submit", "--run-id", "r", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", "{not json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let (code, _, err) = w.submit("r", "j", "FFMPEG_PROOBE", json!({}), &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown step \"FFMPEG_PROOBE\""), "{err}");
     let (code, _, err) = w.submit("../escape", "j", "FFMPEG_PROBE", json!({}), &[]);
     assert_eq!(code, 2, "{err}");
     let out = w.orch().args(["submit", "--run-id", "r"]).output().unwrap();

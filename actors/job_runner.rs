@@ -395,7 +395,12 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
     let log_path = dir.join(crate::receipt::LOG_FILE);
     let opened = {
         let p = log_path.clone();
-        tokio::task::spawn_blocking(move || JobLog::open(&p)).await
+        // A resubmitted job starts a fresh log, matching its new receipt.
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(&p);
+            JobLog::open(&p)
+        })
+        .await
     };
     let log = match opened {
         Ok(Ok(l)) => l,

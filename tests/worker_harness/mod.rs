@@ -90,8 +90,22 @@ pub fn base_command(state_dir: &Path, port: u16, opts: &Opts) -> Command {
 }
 
 impl Worker {
-    /// Starts a worker and waits until `/health` answers.
+    /// Starts a worker and waits until `/health` answers. A free port can
+    /// be taken by a parallel test between `free_port` and the bind; then
+    /// it tries again on another one.
     pub fn start(opts: Opts) -> Worker {
+        for _ in 0..2 {
+            match Worker::try_start(opts.clone()) {
+                Ok(w) => return w,
+                Err(stderr) if opts.port.is_none() && stderr.contains("cannot listen on") => continue,
+                Err(stderr) => panic!("worker exited early: {stderr}"),
+            }
+        }
+        Worker::try_start(opts).unwrap_or_else(|stderr| panic!("worker exited early: {stderr}"))
+    }
+
+    /// Starts a worker; `Err` with its stderr if it exits before it is healthy.
+    fn try_start(opts: Opts) -> Result<Worker, String> {
         let (temp, state_dir) = match &opts.state_dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -108,7 +122,7 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = w.child.try_wait() {
-                panic!("worker exited early with {status}: {}", w.stderr());
+                return Err(format!("{status}: {}", w.stderr()));
             }
             if let Ok(r) = w.try_raw(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") {
                 if r.status == 200 {
@@ -118,7 +132,7 @@ impl Worker {
             assert!(Instant::now() < deadline, "worker did not become healthy: {}", w.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
-        w
+        Ok(w)
     }
 
     pub fn base_url(&self) -> String {

@@ -232,3 +232,41 @@ pub fn part_path(dest: &Path) -> std::path::PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dest.with_file_name(format!("{name}.part"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(e: ClientError, expected: CallError) {
+        assert_eq!(CallError::from(e), expected);
+    }
+
+    #[test]
+    fn worker_errors_are_classified_with_the_seed_hints() {
+        check(
+            ClientError::Api { status: 401, code: "AUTH_INVALID".into(), message: "auth_token invalid".into(), server_time: None },
+            CallError::Auth("401 auth_token invalid: secrets differ between Mac and Windows, or clock skew too large".into()),
+        );
+        let now = crate::auth::unix_now();
+        let skew = CallError::from(ClientError::Api { status: 401, code: "AUTH_SKEW".into(), message: "timestamp outside allowed skew".into(), server_time: Some(now + 3600) });
+        let CallError::Auth(text) = skew else { panic!("{skew:?}") };
+        assert!(text.starts_with("401 timestamp outside allowed skew (worker clock differs from ours by +3"), "{text}");
+        assert!(text.ends_with(": sync system clocks (NTP)"), "{text}");
+        check(ClientError::Api { status: 503, code: "SHUTTING_DOWN".into(), message: "bye".into(), server_time: None }, CallError::Busy(503, "bye".into()));
+        check(
+            ClientError::Unreachable { url: "http://127.0.0.1:1".into(), message: "Connection refused (os error 111)".into() },
+            CallError::Unreachable("connection refused".into()),
+        );
+        check(
+            ClientError::Api { status: 404, code: "JOB_NOT_FOUND".into(), message: "no job".into(), server_time: None },
+            CallError::Refused { status: 404, code: "JOB_NOT_FOUND".into(), message: "no job".into() },
+        );
+        assert!(CallError::Busy(500, String::new()).is_transient());
+        assert!(!CallError::Auth(String::new()).is_transient());
+    }
+
+    #[test]
+    fn partial_downloads_live_beside_the_final_name() {
+        assert_eq!(part_path(Path::new("/r/ffprobe.json")), Path::new("/r/ffprobe.json.part"));
+    }
+}

@@ -383,3 +383,25 @@ async fn a_download_stops_at_the_manifest_size() {
     assert!(matches!(err, ClientError::Protocol(_)), "{err}");
     assert!(!dest.exists() && !dir.path().join("a.bin.part").exists());
 }
+
+/// A job recorded as queued always reaches an executor: a failure to write
+/// its first log line (here: the jobs folder replaced by a file) must not
+/// leave it queued forever, with resubmissions answered from the index.
+#[actix_rt::test]
+async fn a_recorded_job_is_never_left_stranded_in_the_queue() {
+    let w = Worker::start(Opts::default());
+    let c = w.client();
+    let jobs = w.state_dir.join("worker/jobs");
+    std::fs::remove_dir_all(&jobs).unwrap();
+    std::fs::write(&jobs, b"not a folder").unwrap();
+    let id = match c.submit(&openclaw("no log folder")).await {
+        Ok(sub) => sub.job.job_id,
+        // Even if the first answer is an error, the job was recorded; the
+        // retry finds it.
+        Err(_) => c.submit(&openclaw("no log folder")).await.unwrap().job.job_id,
+    };
+    let view = c.wait(&id, Duration::from_secs(20), 5).await.unwrap();
+    assert!(view.state.is_terminal(), "stranded in state {:?}", view.state);
+    assert_eq!(view.state, JobState::Failed, "{view:?}");
+    assert_eq!(view.error.as_ref().unwrap().code, "IO_ERROR", "{view:?}");
+}

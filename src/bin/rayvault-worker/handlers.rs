@@ -120,8 +120,14 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
         Submission::Created(rec) => {
             let log_path = st.env.paths.log_path(&rec.job_id);
             let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
-            web::block(move || rayvault::joblog::JobLog::open(&log_path).map(|l| l.line("worker", &line))).await?
-                .map_err(|e| ApiError::internal("creating the job log", e))?;
+            // The job is recorded: whatever happens to this first log line,
+            // it must reach its executor, or it would stay queued (and be
+            // returned to every resubmission) until the next restart. If the
+            // log cannot be written the executor fails the job with IO_ERROR.
+            let logged = web::block(move || rayvault::joblog::JobLog::open(&log_path).map(|l| l.line("worker", &line))).await;
+            if !matches!(logged, Ok(Ok(()))) {
+                tracing::error!(job_id = %rec.job_id, "could not write the job's first log line");
+            }
             if let Some(addr) = st.executors.get(&step) {
                 addr.do_send(Enqueue { job_id: rec.job_id.clone() });
             }

@@ -80,11 +80,14 @@ pub fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ()> {
         return Err(());
     }
     let (a, b) = spec.split_once('-').ok_or(())?;
+    // Digits only; a number too large for u64 counts as u64::MAX, so that a
+    // last byte past the end is clamped (RFC 9110 14.1.2) and a first byte
+    // past the end is unsatisfiable, never an overflow.
     let num = |s: &str| -> Result<u64, ()> {
-        if s.is_empty() || s.len() > 19 || !s.bytes().all(|c| c.is_ascii_digit()) {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
             return Err(());
         }
-        s.parse().map_err(|_| ())
+        Ok(s.parse().unwrap_or(u64::MAX))
     };
     let (start, end) = if a.is_empty() {
         let n = num(b)?;
@@ -300,5 +303,10 @@ mod tests {
         check("items=0-1", 100, Err(()));
         check("bytes=0-", 0, Err(()));
         check("bytes=99999999999999999999-", 100, Err(()));
+        check("bytes=0-99999999999999999999", 100, Ok((0, 99)));
+        check("bytes=0-18446744073709551615", 100, Ok((0, 99)));
+        check("bytes=-99999999999999999999", 100, Ok((0, 99)));
+        check("bytes=18446744073709551615-", u64::MAX, Err(()));
+        check("bytes=18446744073709551614-", u64::MAX, Ok((u64::MAX - 1, u64::MAX - 1)));
     }
 }

@@ -258,6 +258,19 @@ fn a_bad_credential_is_refused_before_the_body_is_read() {
 }
 
 #[test]
+fn an_unread_body_is_never_parsed_as_a_request() {
+    let w = Worker::start(Opts::default());
+    // Refused before its body is read, on a keep-alive connection: the body
+    // (itself a request) must not be answered as a second request.
+    let inner = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!("POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Basic eDp5\r\nContent-Length: {}\r\n\r\n{inner}", inner.len());
+    let r = w.raw(req.as_bytes());
+    assert_refused(&r, "smuggling attempt");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(!r.text().contains("\"status\":\"ok\""), "the body was answered as a request: {}", r.text());
+}
+
+#[test]
 fn a_body_that_never_arrives_is_given_up() {
     let w = Worker::start(Opts { env: vec![("RAYVAULT_WORKER__BODY_TIMEOUT_S".into(), "1".into())], ..Opts::default() });
     // A header good enough for the pre-check (the right kid), and a body

@@ -256,3 +256,32 @@ async fn a_blob_in_use_again_is_not_pruned_as_old() {
     common::wait_until("the unused old blob is pruned", Duration::from_secs(20), || !other_blob.exists());
     assert!(blob.exists(), "a blob in use again was pruned as old");
 }
+
+#[actix_rt::test]
+async fn kill9_mid_artifact_write_leaves_nothing_under_the_final_name() {
+    let dir = common::tempdir();
+    let secret = "artifact-kill-secret";
+    // Output trickles into the artifact's temporary file for ~10 s.
+    let env = [("RAYVAULT_OPENCLAW__COMMAND", "sh -c 'cat >/dev/null; i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); sleep 0.05; done'")];
+    let mut w = Worker::start(opts_in(dir.path(), secret, &env));
+    let c = w.client();
+    let id = c.submit(&task("writes slowly")).await.unwrap().job.job_id;
+    let artifacts = dir.path().join("worker/jobs").join(&id).join("artifacts");
+    let partial_written = || {
+        std::fs::read_dir(&artifacts)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".part") && e.metadata().map(|m| m.len() > 0).unwrap_or(false)))
+            .unwrap_or(false)
+    };
+    common::wait_until("the artifact is half written", Duration::from_secs(20), partial_written);
+    w.kill9();
+    drop(c);
+    assert!(!artifacts.join("openclaw_output.txt").exists(), "a half-written artifact under its final name");
+
+    let w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    let c2 = w2.client();
+    let view = c2.job(&id, 0).await.unwrap();
+    assert_eq!((view.state, view.error.as_ref().map(|e| e.code.as_str())), (JobState::Failed, Some("INTERRUPTED")), "{view:?}");
+    assert!(view.artifacts.is_empty() && c2.artifacts(&id).await.unwrap().artifacts.is_empty());
+    let r = w2.signed("GET", &format!("/jobs/{id}/artifacts/openclaw_output.txt"), b"");
+    assert_eq!((r.status, r.code().as_str()), (404, "ARTIFACT_NOT_FOUND"));
+}

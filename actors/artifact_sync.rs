@@ -8,7 +8,9 @@
 //! under a final name is therefore always whole and verified; a digest
 //! mismatch discards the partial file and the next attempt starts over.
 
+use super::crash_guard::catch;
 use super::job_runner::remote::{self, NodeClient};
+use super::messages::Stop;
 use super::node_probe::NodeHandle;
 use crate::artifacts::{is_safe_name, ArtifactEntry};
 use crate::auth::Keyring;
@@ -49,7 +51,22 @@ impl Actor for ArtifactSync {
     type Context = Context<Self>;
 }
 
-impl actix::Supervised for ArtifactSync {}
+/// A restarted ArtifactSync has nothing to reset: each sync runs in a task
+/// of its own (a `ResponseFuture`) and goes on; `.part` files make any
+/// interrupted download resumable.
+impl actix::Supervised for ArtifactSync {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!("ArtifactSync restarted");
+    }
+}
+
+/// Stops the ArtifactSync, which is then restarted (see [`Stop`]).
+impl Handler<Stop> for ArtifactSync {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
 
 /// Syncs every artifact, then the log; answers with the verified copies.
 impl Handler<SyncArtifacts> for ArtifactSync {
@@ -58,7 +75,7 @@ impl Handler<SyncArtifacts> for ArtifactSync {
     fn handle(&mut self, msg: SyncArtifacts, _: &mut Context<Self>) -> Self::Result {
         let keyring = self.keyring.clone();
         let (timeout, attempts, backoff) = (self.timeout, self.max_attempts, self.backoff);
-        Box::pin(async move {
+        let sync = async move {
             let keyring = keyring.ok_or("no cluster secret is set, so the worker cannot be asked for artifacts")?;
             let client = NodeClient::new(&msg.node, keyring, timeout);
             tokio::fs::create_dir_all(&msg.dest).await.map_err(|e| format!("creating {}: {e}", msg.dest.display()))?;
@@ -82,7 +99,10 @@ impl Handler<SyncArtifacts> for ArtifactSync {
                 tracing::warn!(job = %msg.remote_job_id, "could not fetch worker.log: {e}");
             }
             Ok(out)
-        })
+        };
+        // Parsing a worker's manifest and answers is where a bug would bite;
+        // caught, it is a failed sync rather than a closed mailbox.
+        Box::pin(async move { catch("ArtifactSync", "syncing artifacts", sync).await.map_err(|p| p.to_string())? })
     }
 }
 

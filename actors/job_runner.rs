@@ -13,8 +13,9 @@ pub mod remote;
 pub mod staging;
 
 use super::artifact_sync::SyncArtifacts;
+use super::crash_guard::{catch, Panicked};
 use super::local_runner::RunLocal;
-use super::messages::{GetNodes, JobProgress, NodeLost, PlacementReport, ProbeNow};
+use super::messages::{GetNodes, JobProgress, NodeLost, PlacementReport, ProbeNow, Stop};
 use super::node_probe::NodeDirectory;
 use super::scheduler::{NodeLoad, PlaceJob};
 use crate::auth::Keyring;
@@ -97,7 +98,28 @@ impl Actor for JobRunner {
     type Context = Context<Self>;
 }
 
-impl actix::Supervised for JobRunner {}
+/// A restart drops the futures of the jobs in flight (actix cancels what an
+/// actor spawned): each one's caller gets an error. Their tokens are
+/// cancelled so that a local step one had started stops (left running
+/// unobserved, it would hold a LocalRunner slot); a remote job keeps running
+/// on its worker, where the daemon re-attaches to it at its next start.
+impl actix::Supervised for JobRunner {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(jobs_dropped = self.running.len(), "JobRunner restarted");
+        for (token, _) in self.running.values() {
+            token.cancel();
+        }
+        self.running.clear();
+    }
+}
+
+/// Stops the JobRunner, which is then restarted (see [`Stop`]).
+impl Handler<Stop> for JobRunner {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
 
 /// Runs the job in the background of the actor (never blocking it).
 impl Handler<SubmitJob> for JobRunner {
@@ -109,7 +131,17 @@ impl Handler<SubmitJob> for JobRunner {
         entry.1 += 1;
         let cancel = entry.0.clone();
         let deps = self.deps.clone();
-        let fut = run_job(deps, msg.spec, msg.resume, msg.submitted_at, cancel);
+        let (spec, submitted_at) = (msg.spec.clone(), msg.submitted_at);
+        let job = run_job(deps.clone(), msg.spec, msg.resume, msg.submitted_at, cancel);
+        // The job's future runs inside this actor's task: a panic in it would
+        // take the actor and every other job in flight down. Caught, it
+        // fails this job alone, with a receipt that says so.
+        let fut = async move {
+            match catch("JobRunner", "running a job", job).await {
+                Ok(receipt) => receipt,
+                Err(p) => crashed(&deps, &spec, submitted_at, p).await,
+            }
+        };
         Box::pin(fut.into_actor(self).map(move |receipt, act, _| {
             if let Some(e) = act.running.get_mut(&key) {
                 e.1 -= 1;
@@ -290,6 +322,32 @@ pub async fn run_job(
     receipt
 }
 
+/// The receipt of a job whose run panicked (a controller bug): failed with
+/// `INTERNAL`, written like any other receipt.
+async fn crashed(deps: &JobDeps, spec: &JobSpec, submitted_at: SystemTime, p: Panicked) -> Receipt {
+    let trace = Trace {
+        key: spec.key(),
+        submitted_at,
+        started: Instant::now(),
+        started_at: None,
+        run_ms: 0,
+        sync_ms: 0,
+        attempts: Vec::new(),
+        placement: Vec::new(),
+        remote_failures: Vec::new(),
+        progress: deps.progress.clone(),
+    };
+    let hash = crate::protocol::inputs_hash(&spec.step_name, &spec.payload);
+    let receipt = build_receipt(spec, hash, Ending::failed(ErrorCode::Internal, p.to_string(), "local"), &trace);
+    let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
+    let (r, d) = (receipt.clone(), dir.clone());
+    match tokio::task::spawn_blocking(move || r.write(&d)).await {
+        Ok(Ok(path)) => trace.say(format!("failed on a controller bug; receipt {}", path.display())),
+        _ => trace.say(format!("failed on a controller bug; the receipt could not be written into {}", dir.display())),
+    }
+    receipt
+}
+
 fn status_word(s: JobStatus) -> &'static str {
     match s {
         JobStatus::Succeeded => "succeeded",
@@ -383,7 +441,8 @@ async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<PlacementReport, St
     deps.place
         .send(PlaceJob { step_name: spec.step_name.clone(), requirements: spec.requirements.clone(), nodes })
         .await
-        .map_err(|e| format!("scheduler unavailable: {e}"))
+        .map_err(|e| format!("scheduler unavailable: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the job on the controller through the LocalRunner.

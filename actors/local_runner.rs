@@ -3,6 +3,8 @@
 //! (`controller.local_concurrency`). This is the seed's fallback: "If worker
 //! is unavailable, controller falls back to local execution."
 
+use super::crash_guard::catch;
+use super::messages::Stop;
 use crate::config::Settings;
 use crate::error::StepError;
 use crate::joblog::JobLog;
@@ -47,7 +49,22 @@ impl Actor for LocalRunner {
     type Context = Context<Self>;
 }
 
-impl actix::Supervised for LocalRunner {}
+/// A restarted LocalRunner keeps its slots: steps in flight run in tasks of
+/// their own (a `ResponseFuture`), so they are not dropped by a restart and
+/// still hold and release their slot.
+impl actix::Supervised for LocalRunner {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!("LocalRunner restarted");
+    }
+}
+
+/// Stops the LocalRunner, which is then restarted (see [`Stop`]).
+impl Handler<Stop> for LocalRunner {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
 
 /// Waits for a free slot, then runs the step under its timeout.
 impl Handler<RunLocal> for LocalRunner {
@@ -69,7 +86,11 @@ impl Handler<RunLocal> for LocalRunner {
                 cancel: msg.cancel.clone(),
                 settings,
             };
-            let out = steps::run_step(msg.step, &msg.payload, &ctx).await;
+            // A panic in a step would end this task silently and reach the
+            // caller as a closed mailbox; caught, it is a failed step.
+            let out = catch("LocalRunner", "running a step", steps::run_step(msg.step, &msg.payload, &ctx))
+                .await
+                .unwrap_or_else(|p| Err(StepError::new(crate::error::ErrorCode::Internal, p.to_string())));
             if msg.cancel.is_cancelled() {
                 if let Ok(o) = &out {
                     // A step that finished just as it was cancelled still

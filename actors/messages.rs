@@ -162,3 +162,12 @@ pub struct JobProgress {
     pub key: String,
     pub line: String,
 }
+
+/// Stops a controller actor the way a failure does (a caught panic calls the
+/// same `ctx.stop()`). The ControllerSupervisor starts every child under
+/// `actix::Supervisor`, so the child is restarted in place: same address,
+/// queued messages kept, futures it had in flight dropped (see the
+/// supervisor module for what that means per actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;

@@ -7,6 +7,7 @@
 //! messages sit at the top of its file.
 
 pub mod artifact_sync;
+pub mod crash_guard;
 pub mod executor;
 pub mod job_runner;
 pub mod local_runner;

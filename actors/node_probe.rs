@@ -8,7 +8,8 @@
 //! contract or the legacy v0.5 one.
 
 use super::job_runner::remote::{self, ProbeResult};
-use super::messages::{Compat, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeNow};
+use super::crash_guard::catch;
+use super::messages::{Compat, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeNow, Stop};
 use crate::auth::Keyring;
 use crate::config::Settings;
 use crate::nodes::{self, NodeConfig};
@@ -181,7 +182,16 @@ impl NodeProbe {
             .filter(|e| e.config.enabled && only.map_or(true, |id| id == e.config.node_id))
             .map(|e| {
                 let cfg = e.config.clone();
-                let fut = remote::probe(cfg.clone(), self.keyring.clone(), timeout, allow_plain);
+                let probe = remote::probe(cfg.clone(), self.keyring.clone(), timeout, allow_plain);
+                // A probe parses whatever a node answers; should that code
+                // panic on a bug, the node is reported down with the reason
+                // instead of the panic taking the NodeProbe down with it.
+                let fut = async move {
+                    catch("NodeProbe", "probing a node", probe).await.unwrap_or_else(|p| ProbeResult {
+                        health: None,
+                        outcome: Err(format!("probing it hit a controller bug ({})", p.message)),
+                    })
+                };
                 (cfg, Box::pin(fut) as ProbeFuture)
             })
             .collect()
@@ -235,7 +245,24 @@ impl Actor for NodeProbe {
     }
 }
 
-impl actix::Supervised for NodeProbe {}
+/// A restarted NodeProbe keeps the nodes it knows and their last probe
+/// results (a job placed meanwhile still sees them); `started` runs again,
+/// which re-arms the timers and probes every node at once. Probes and
+/// `ProbeNow` requests in flight were dropped by the restart: their callers
+/// get an error.
+impl actix::Supervised for NodeProbe {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!("NodeProbe restarted");
+    }
+}
+
+/// Stops the NodeProbe, which is then restarted (see [`Stop`]).
+impl Handler<Stop> for NodeProbe {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
 
 /// Answers with the current view of every node.
 impl Handler<GetNodes> for NodeProbe {

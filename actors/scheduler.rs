@@ -7,7 +7,8 @@
 //! adds what is not pure: the controller-only steps from the settings and
 //! the count of jobs this controller has in flight on each node.
 
-use super::messages::{NodeHealth, NodeSnapshot, PlacementReport};
+use super::crash_guard::{guard, Panicked};
+use super::messages::{NodeHealth, NodeSnapshot, PlacementReport, Stop};
 use crate::receipt::{JobRequirements, NodeExplanation};
 use crate::steps::StepName;
 use actix::prelude::*;
@@ -15,8 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Asks the Scheduler where a job should run, given a fresh node snapshot.
+/// An error only when the decision hit a bug (the Scheduler is then
+/// restarted).
 #[derive(Message)]
-#[rtype(result = "PlacementReport")]
+#[rtype(result = "Result<PlacementReport, Panicked>")]
 pub struct PlaceJob {
     pub step_name: String,
     pub requirements: JobRequirements,
@@ -217,13 +220,30 @@ impl Actor for Scheduler {
     type Context = Context<Self>;
 }
 
-impl actix::Supervised for Scheduler {}
+/// A restarted Scheduler keeps its load counts: [`Scheduler::decide`] only
+/// reads them, so a bug there cannot have left them half-changed, and the
+/// jobs in flight still report their end against them.
+impl actix::Supervised for Scheduler {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!("Scheduler restarted");
+    }
+}
 
-/// Answers with the placement for one job.
+/// Answers with the placement for one job; a panic in the decision becomes
+/// an error for the caller and a restart.
 impl Handler<PlaceJob> for Scheduler {
-    type Result = MessageResult<PlaceJob>;
-    fn handle(&mut self, msg: PlaceJob, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.decide(msg))
+    type Result = Result<PlacementReport, Panicked>;
+    fn handle(&mut self, msg: PlaceJob, ctx: &mut Context<Self>) -> Self::Result {
+        let me = &*self;
+        guard("Scheduler", "placing a job", ctx, || me.decide(msg))
+    }
+}
+
+/// Stops the Scheduler, which is then restarted (see [`Stop`]).
+impl Handler<Stop> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 
@@ -320,14 +340,14 @@ mod tests {
         actix::System::new().block_on(async {
             let s = Scheduler::new(vec![]).start();
             let nodes = || vec![node("a", "linux", 8.0, 0), node("b", "linux", 8.0, 0)];
-            let first = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap();
+            let first = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap().unwrap();
             assert_eq!(first.ranked[0].as_ref(), "a");
             s.send(NodeLoad { node_id: "a".into(), delta: 1 }).await.unwrap();
-            let second = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap();
+            let second = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap().unwrap();
             assert_eq!(second.ranked[0].as_ref(), "b");
             assert!(second.explanations[0].reason.contains("1 job(s) in flight"), "{:?}", second.explanations);
             s.send(NodeLoad { node_id: "a".into(), delta: -1 }).await.unwrap();
-            let third = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap();
+            let third = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap().unwrap();
             assert_eq!(third.ranked[0].as_ref(), "a");
         });
     }

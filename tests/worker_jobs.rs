@@ -405,3 +405,22 @@ async fn a_recorded_job_is_never_left_stranded_in_the_queue() {
     assert_eq!(view.state, JobState::Failed, "{view:?}");
     assert_eq!(view.error.as_ref().unwrap().code, "IO_ERROR", "{view:?}");
 }
+
+/// Uploading a large blob the worker already has: the worker answers 200
+/// without reading the body, and the client must see that answer, not a
+/// broken connection.
+#[actix_rt::test]
+async fn a_large_blob_already_staged_is_answered_not_broken() {
+    let w = Worker::start(Opts::default());
+    let c = w.client();
+    let dir = common::tempdir();
+    let big = dir.path().join("big.bin");
+    let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &data).unwrap();
+    assert!(c.upload_file(&big).await.unwrap().created);
+    for attempt in 0..3 {
+        let again = c.upload_file(&big).await.unwrap_or_else(|e| panic!("re-upload {attempt}: {e}"));
+        assert!(!again.created);
+        assert_eq!(again.size, data.len() as u64);
+    }
+}

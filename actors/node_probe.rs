@@ -66,6 +66,9 @@ pub struct NodeReport {
     /// The node's `/caps` (with `_compat_mode` added for a legacy node).
     pub caps: Option<Value>,
     pub caps_age_s: Option<f64>,
+    /// The normalised `os` and `ram_gb` the scheduler uses (None until probed).
+    pub os: Option<String>,
+    pub ram_gb: Option<f64>,
 }
 
 /// One node's probe, run on the actor's arbiter.
@@ -340,6 +343,8 @@ impl Handler<DescribeNodes> for NodeProbe {
                     health: e.raw_health.clone(),
                     caps,
                     caps_age_s: e.probed_at.filter(|_| e.raw_caps.is_some()).map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+                    os: e.caps.as_ref().map(|c| c.os.clone()),
+                    ram_gb: e.caps.as_ref().map(|c| c.ram_gb),
                 }
             })
             .collect();

@@ -9,10 +9,23 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn status(w: &World) -> Value {
-    let out = w.orch().arg("status").output().unwrap();
+    let out = w.orch().args(["status", "--json"]).output().unwrap();
     let (code, v, err) = parse_output(&out);
     assert_eq!(code, 0, "{err}");
     v
+}
+
+/// `status` as people see it: its stdout lines.
+fn status_table(w: &World) -> Vec<String> {
+    let out = w.orch().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The table row whose first column is `first`, split into columns.
+fn row(table: &[String], first: &str) -> Vec<String> {
+    let line = table.iter().find(|l| l.split_whitespace().next() == Some(first)).unwrap_or_else(|| panic!("no row {first} in\n{}", table.join("\n")));
+    line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect()
 }
 
 fn job_in<'a>(status: &'a Value, key: &str) -> Option<&'a Value> {
@@ -45,11 +58,21 @@ fn submit_through_the_daemon_then_status_and_cancel() {
     assert!(s["daemon"]["pid"].is_u64(), "{s}");
     assert_eq!(job_in(&s, "d/probe").unwrap()["phase"], "finished");
     assert_eq!(node_status(&s, "w1"), "up");
+    let table = status_table(&w);
+    assert!(table[0].starts_with("daemon: running (pid "), "{table:?}");
+    assert_eq!(&row(&table, "w1")[..4], ["w1", "up", "rayvault-worker/1", "linux"], "{table:?}");
+    assert_eq!(&row(&table, "d/probe")[..4], ["d/probe", "FFMPEG_PROBE", "succeeded", "w1"], "{table:?}");
 
     let (code, accepted, err) = w.submit("d", "slow", "FFMPEG_PROBE", json!({"media_path": clip}), &["--no-wait", "--requirements-json", r#"{"os_in":["windows"]}"#]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(accepted["accepted"], true);
     common::wait_until("the slow job is on slow-win", Duration::from_secs(20), || job_in(&status(&w), "d/slow").is_some_and(|j| !j["remote"].is_null()));
+    let table = status_table(&w);
+    let slow_win = row(&table, "slow-win");
+    assert_eq!(slow_win[1], "up", "{table:?}");
+    assert!(slow_win[2].contains("legacy_hmac_v05"), "{table:?}");
+    assert_eq!(slow_win[6], "1", "one job in flight on slow-win: {table:?}");
+    assert_eq!(&row(&table, "d/slow")[3..4], ["slow-win"], "{table:?}");
     let out = w.orch().args(["cancel", "--run-id", "d", "--job-id", "slow"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     common::wait_until("the cancelled receipt", Duration::from_secs(20), || receipt(&w, "d", "slow").is_some());

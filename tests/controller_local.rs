@@ -85,6 +85,9 @@ fn disabled_nodes_fall_back_and_no_fallback_fails() {
     assert!(r["error"]["message"].as_str().unwrap().contains("windows-worker-1: disabled in nodes.json"), "{r}");
     let out = w.orch().arg("health").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "no enabled node is healthy enough");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("windows-worker-1") && l.ends_with("disabled in nodes.json")), "{text}");
+    assert!(text.contains("note: no enabled node in nodes.json"), "{text}");
 }
 
 #[test]

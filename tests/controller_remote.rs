@@ -134,10 +134,16 @@ fn unreachable_and_wrong_secret_fall_back_with_reasons() {
         format!("the worker at 127.0.0.1:{pn} says it is \"real-name\"; set node_id in nodes.json to its RAYVAULT_WORKER_ID")
     );
 
-    let out = w.orch().arg("health").output().unwrap();
+    let out = w.orch().args(["health", "--json"]).output().unwrap();
     let (code, h, _) = parse_output(&out);
     assert_eq!(code, 1, "health reports down nodes");
     assert_eq!(h["nodes"][0]["status"], "down");
+    // Without --json: one line per node, for people.
+    let out = w.orch().arg("health").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("windows-worker-1 ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" down ") && line.ends_with("unreachable (connection refused)"), "{text}");
 
     // Without any secret, workers cannot be used at all.
     w.env.clear();

@@ -21,11 +21,11 @@ pub enum Command {
     /// Run one job somewhere suitable and print its receipt.
     Submit(SubmitArgs),
     /// Probe every node's /health and report up/down with reasons.
-    Health,
-    /// Probe every node and print its capabilities.
+    Health(ViewArgs),
+    /// Probe every node and print its capabilities (JSON).
     Caps,
     /// Jobs and nodes at a glance.
-    Status,
+    Status(ViewArgs),
     /// Cancel a job the daemon is running.
     Cancel(JobRef),
     /// Download (again) a remote job's artifacts into its receipt folder.
@@ -55,6 +55,14 @@ pub struct SubmitArgs {
     /// Give up (and cancel the job) after this many seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
+}
+
+/// How `health` and `status` print.
+#[derive(Debug, Clone, Args)]
+pub struct ViewArgs {
+    /// Print JSON (for scripts) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -27,9 +27,19 @@ async fn probe_all(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> an
     c.probe.send(DescribeNodes).await.context("node probe stopped")
 }
 
-/// `health` (or `caps` when `caps` is true): 0 when every enabled node is
-/// up, 1 when one is down, 2 when nodes.json is malformed.
-pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, caps: bool) -> anyhow::Result<u8> {
+/// What `health` and `caps` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodesView {
+    /// `health`: one line per node, or JSON with `--json`.
+    Health { json: bool },
+    /// `caps`: always JSON (the seed's docs show `"_compat_mode"` in it).
+    Caps,
+}
+
+/// `health` or `caps`: 0 when every enabled node is up, 1 when one is down,
+/// 2 when nodes.json is malformed.
+pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, view: NodesView) -> anyhow::Result<u8> {
+    let caps = view == NodesView::Caps;
     let report = System::new().block_on(probe_all(settings, keyring))?;
     if let Some(e) = &report.nodes_error {
         bail!("{e}");
@@ -47,7 +57,11 @@ pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, caps: bool
         .collect();
     let enabled = report.nodes.iter().filter(|n| n.enabled).count();
     let note = if enabled == 0 { Some("no enabled node in nodes.json: every step runs locally on this controller") } else { None };
-    println!("{}", serde_json::to_string_pretty(&json!({"nodes_file": report.nodes_file, "note": note, "nodes": nodes}))?);
+    let out = json!({"nodes_file": report.nodes_file, "note": note, "nodes": nodes});
+    match view {
+        NodesView::Health { json: false } => print!("{}", crate::render::health(&out)),
+        _ => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
     let down = report.nodes.iter().any(|n| n.enabled && n.status != "up");
     Ok(if down { 1 } else { 0 })
 }
@@ -61,16 +75,28 @@ pub fn job_line(j: &StoredJob) -> Value {
         "remote": j.remote,
         "status": j.receipt.as_ref().map(|r| r.status),
         "executed_on": j.receipt.as_ref().map(|r| r.executed_on.clone()),
+        "submitted_at_ms": j.submitted_at_ms,
     })
 }
 
+/// Prints `status` as tables, or as JSON with `--json`.
+fn print_status(v: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        print!("{}", crate::render::status(v, now_ms));
+    }
+    Ok(())
+}
+
 /// `status`: from the daemon when one runs, else from the store and a probe.
-pub fn status(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> anyhow::Result<u8> {
+pub fn status(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, json: bool) -> anyhow::Result<u8> {
     System::new().block_on(async move {
         if let Some(k) = &keyring {
             if let Some(client) = DaemonClient::connect(&settings, k.clone()).await? {
                 let v = client.status().await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_status(&v, json)?;
                 return Ok(0);
             }
         }
@@ -82,7 +108,7 @@ pub fn status(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> anyhow:
             Vec::new()
         };
         let nodes = probe_all(settings, keyring).await?;
-        println!("{}", serde_json::to_string_pretty(&json!({"daemon": null, "jobs": jobs, "nodes": nodes}))?);
+        print_status(&json!({"daemon": null, "jobs": jobs, "nodes": nodes}), json)?;
         Ok(0)
     })
 }

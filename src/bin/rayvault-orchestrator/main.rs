@@ -9,12 +9,13 @@
 //! Modules: `cli` (flags), `submit` (in-process or through the daemon),
 //! `daemon` (the long-running controller and its loopback API),
 //! `daemon_client` (the signed client of that API), `commands` (health,
-//! caps, status, cancel, sync-artifacts).
+//! caps, status, cancel, sync-artifacts), `render` (their tables).
 
 mod cli;
 mod commands;
 mod daemon;
 mod daemon_client;
+mod render;
 mod submit;
 
 use clap::Parser;
@@ -34,9 +35,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Daemon => daemon::run(settings),
         Command::Submit(args) => submit::run(settings, keyring(), args),
-        Command::Health => commands::health(settings, keyring(), false),
-        Command::Caps => commands::health(settings, keyring(), true),
-        Command::Status => commands::status(settings, keyring()),
+        Command::Health(view) => commands::health(settings, keyring(), commands::NodesView::Health { json: view.json }),
+        Command::Caps => commands::health(settings, keyring(), commands::NodesView::Caps),
+        Command::Status(view) => commands::status(settings, keyring(), view.json),
         Command::Cancel(job) => commands::cancel(settings, keyring(), job),
         Command::SyncArtifacts(args) => commands::sync_artifacts(settings, keyring(), args),
     };

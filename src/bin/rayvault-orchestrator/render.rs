@@ -1,0 +1,230 @@
+//! Human views of `status` and `health`: aligned tables on stdout. Scripts
+//! use `--json`, which prints the same data as JSON; this module only reads
+//! that JSON, so both views always show the same facts.
+
+use serde_json::Value;
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn text(v: &Value) -> Option<&str> {
+    v.as_str().filter(|s| !s.is_empty())
+}
+
+/// A duration for people: `42s`, `5m 03s`, `2h 10m`, `3d 4h`.
+pub fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// What a node speaks: its contract, and the compatibility mode if any.
+fn contract(n: &Value) -> String {
+    match (text(&n["contract"]), text(&n["compat_mode"])) {
+        (Some(c), Some(m)) => format!("{c} ({m})"),
+        (Some(c), None) => c.to_string(),
+        (None, Some(m)) => m.to_string(),
+        (None, None) => "-".to_string(),
+    }
+}
+
+fn ram(n: &Value) -> String {
+    match n["ram_gb"].as_f64() {
+        Some(gb) if gb.fract() == 0.0 => format!("{gb:.0} GB"),
+        Some(gb) => format!("{gb:.1} GB"),
+        None => "-".to_string(),
+    }
+}
+
+/// The lines above a node table: the file, and its error if any.
+fn nodes_header(nodes: &Value) -> String {
+    let mut out = format!("nodes.json: {}\n", text(&nodes["nodes_file"]).unwrap_or("-"));
+    if let Some(e) = text(&nodes["nodes_error"]) {
+        out.push_str(&format!("nodes.json problem (the last good list is used): {e}\n"));
+    }
+    out
+}
+
+/// `status` as tables: the daemon, the nodes, then the jobs. `v` is what
+/// `status --json` prints; `now_ms` is the current Unix time in ms.
+pub fn status(v: &Value, now_ms: u64) -> String {
+    let mut out = match v["daemon"]["pid"].as_u64() {
+        Some(pid) => format!("daemon: running (pid {pid})\n"),
+        None => "daemon: not running (jobs from its store, nodes probed just now)\n".to_string(),
+    };
+    let jobs = v["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let unfinished = |j: &&Value| j["phase"] != "finished";
+    out.push_str(&nodes_header(&v["nodes"]));
+    let nodes = v["nodes"]["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if nodes.is_empty() {
+        out.push_str("no nodes configured: every step runs locally on this controller\n");
+    } else {
+        let rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                let id = n["node_id"].as_str().unwrap_or("?");
+                let in_flight = jobs.iter().filter(unfinished).filter(|j| j["remote"]["node_id"] == id).count();
+                vec![
+                    id.to_string(),
+                    n["status"].as_str().unwrap_or("?").to_string(),
+                    contract(n),
+                    text(&n["os"]).unwrap_or("-").to_string(),
+                    ram(n),
+                    n["caps_age_s"].as_f64().map_or("-".to_string(), age),
+                    in_flight.to_string(),
+                    text(&n["reason"]).unwrap_or("").to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NODE", "STATUS", "CONTRACT", "OS", "RAM", "CAPS AGE", "JOBS", "REASON"], &rows));
+    }
+    out.push('\n');
+    if jobs.is_empty() {
+        out.push_str("no jobs recorded\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let state = text(&j["status"]).or_else(|| text(&j["phase"])).unwrap_or("?");
+            let place = text(&j["executed_on"]).or_else(|| text(&j["remote"]["node_id"])).unwrap_or("-");
+            let age_s = j["submitted_at_ms"].as_u64().map(|t| now_ms.saturating_sub(t) as f64 / 1000.0);
+            vec![
+                j["key"].as_str().unwrap_or("?").to_string(),
+                j["step_name"].as_str().unwrap_or("?").to_string(),
+                state.to_string(),
+                place.to_string(),
+                age_s.map_or("-".to_string(), age),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["JOB (run_id/job_id)", "STEP", "STATE", "WHERE", "AGE"], &rows));
+    out
+}
+
+/// `health` as one line per node. `v` is what `health --json` prints.
+pub fn health(v: &Value) -> String {
+    let mut out = nodes_header(v);
+    let nodes = v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !nodes.is_empty() {
+        let rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                let detail = match n["status"].as_str() {
+                    Some("up") => contract(n),
+                    _ => text(&n["reason"]).unwrap_or("").to_string(),
+                };
+                vec![
+                    n["node_id"].as_str().unwrap_or("?").to_string(),
+                    n["status"].as_str().unwrap_or("?").to_string(),
+                    format!("{}:{}", n["host"].as_str().unwrap_or("?"), n["port"]),
+                    detail,
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NODE", "STATUS", "ADDRESS", "CONTRACT / REASON"], &rows));
+    }
+    if let Some(note) = text(&v["note"]) {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ages_read_like_durations() {
+        for (s, want) in [(0.4, "0s"), (42.0, "42s"), (303.0, "5m 03s"), (7_800.0, "2h 10m"), (273_600.0, "3d 4h"), (-5.0, "0s")] {
+            assert_eq!(age(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn status_shows_nodes_and_jobs_as_tables() {
+        let v = json!({
+            "daemon": {"pid": 4242},
+            "nodes": {"nodes_file": "/s/cluster/nodes.json", "nodes_error": null, "nodes": [
+                {"node_id": "w1", "status": "up", "contract": "rayvault-worker/1", "compat_mode": null, "os": "windows", "ram_gb": 32.0, "caps_age_s": 2.5, "reason": null},
+                {"node_id": "old", "status": "up", "contract": "v0.5", "compat_mode": "legacy_hmac_v05", "os": "linux", "ram_gb": 7.5, "caps_age_s": 75.0, "reason": null},
+                {"node_id": "w2", "status": "down", "contract": null, "compat_mode": null, "os": null, "ram_gb": null, "caps_age_s": null, "reason": "unreachable (connection refused)"}
+            ]},
+            "jobs": [
+                {"key": "run/a", "step_name": "FFMPEG_PROBE", "phase": "finished", "status": "succeeded", "executed_on": "w1", "remote": {"node_id": "w1"}, "submitted_at_ms": 1_000},
+                {"key": "run/b", "step_name": "FRAME_SAMPLING", "phase": "running", "status": null, "executed_on": null, "remote": {"node_id": "old"}, "submitted_at_ms": 58_000},
+                {"key": "run/c", "step_name": "AUDIO_POSTCHECK", "phase": "queued", "status": null, "executed_on": null, "remote": null, "submitted_at_ms": null}
+            ]
+        });
+        let out = status(&v, 61_000);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "daemon: running (pid 4242)");
+        assert_eq!(lines[1], "nodes.json: /s/cluster/nodes.json");
+        assert_eq!(lines[2], "NODE  STATUS  CONTRACT                OS       RAM     CAPS AGE  JOBS  REASON");
+        assert_eq!(lines[3], "w1    up      rayvault-worker/1       windows  32 GB   2s        0");
+        assert_eq!(lines[4], "old   up      v0.5 (legacy_hmac_v05)  linux    7.5 GB  1m 15s    1");
+        assert_eq!(lines[5], "w2    down    -                       -        -       -         0     unreachable (connection refused)");
+        assert_eq!(lines[6], "");
+        assert_eq!(lines[7], "JOB (run_id/job_id)  STEP             STATE      WHERE  AGE");
+        assert_eq!(lines[8], "run/a                FFMPEG_PROBE     succeeded  w1     1m 00s");
+        assert_eq!(lines[9], "run/b                FRAME_SAMPLING   running    old    3s");
+        assert_eq!(lines[10], "run/c                AUDIO_POSTCHECK  queued     -      -");
+    }
+
+    #[test]
+    fn status_without_daemon_nodes_or_jobs_says_so() {
+        let v = json!({"daemon": null, "jobs": [], "nodes": {"nodes_file": "/n.json", "nodes_error": "line 3: nodes[0].port: expected u16", "nodes": []}});
+        let out = status(&v, 0);
+        assert!(out.starts_with("daemon: not running"), "{out}");
+        assert!(out.contains("nodes.json problem (the last good list is used): line 3: nodes[0].port"), "{out}");
+        assert!(out.contains("no nodes configured"), "{out}");
+        assert!(out.ends_with("no jobs recorded\n"), "{out}");
+    }
+
+    #[test]
+    fn health_is_one_line_per_node() {
+        let v = json!({"nodes_file": "/n.json", "note": null, "nodes": [
+            {"node_id": "w1", "host": "127.0.0.1", "port": 8787, "status": "up", "contract": "rayvault-worker/1", "compat_mode": null, "reason": null},
+            {"node_id": "w2", "host": "100.64.0.2", "port": 8787, "status": "disabled", "contract": null, "compat_mode": null, "reason": "disabled in nodes.json"}
+        ]});
+        assert_eq!(
+            health(&v),
+            "nodes.json: /n.json\n\
+             NODE  STATUS    ADDRESS          CONTRACT / REASON\n\
+             w1    up        127.0.0.1:8787   rayvault-worker/1\n\
+             w2    disabled  100.64.0.2:8787  disabled in nodes.json\n"
+        );
+        let none = json!({"nodes_file": "/n.json", "note": "no enabled node", "nodes": []});
+        assert_eq!(health(&none), "nodes.json: /n.json\nnote: no enabled node\n");
+    }
+}

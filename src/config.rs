@@ -59,6 +59,9 @@ pub struct ControllerSettings {
     pub local_concurrency: usize,
     pub auth_mode: String,
     pub controller_only_steps: Vec<String>,
+    /// How long `submit` keeps retrying a daemon that does not answer before
+    /// it gives up (the job goes on in the daemon).
+    pub daemon_lost_after_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

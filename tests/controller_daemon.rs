@@ -191,3 +191,33 @@ fn concurrent_jobs_go_to_the_least_busy_node() {
     assert_eq!(r2["executed_on"], "b", "a was busy with the first job: {}", r2["placement"]);
     assert!(r2["placement"][0]["reason"].as_str().unwrap().contains("1 job(s) in flight"), "{}", r2["placement"]);
 }
+
+#[test]
+fn submit_gives_up_on_a_silent_daemon_and_says_how_to_follow_the_job() {
+    let w = World::new();
+    let (_slow, ps) = legacy(&w, "slow", &["--os", "linux", "--job-delay", "4"]);
+    w.write_nodes(&[("slow", ps, true)]);
+    let clip = video(&w);
+    let mut daemon = w.daemon();
+    let running = spawn_submit(&w, "lost", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    common::wait_until("the job is on the worker", Duration::from_secs(20), || job_in(&status(&w), "lost/j").is_some_and(|j| !j["remote"].is_null()));
+    daemon.kill();
+    let killed = std::time::Instant::now();
+    let out = running.finish();
+    let waited = killed.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty(), "no receipt to print");
+    assert!(waited >= Duration::from_secs(6) && waited < Duration::from_secs(20), "gave up after {waited:?}");
+    let receipt_path = w.receipt_dir("lost", "j").join("job_receipt.json");
+    let last = err.lines().last().unwrap_or_default();
+    let silent: u64 = last.split("has not answered for ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{err}"));
+    assert!((7..10).contains(&silent), "controller.daemon_lost_after_s is 7: {err}");
+    assert!(last.contains("goes on there") && last.contains("`rayvault-orchestrator status`"), "{err}");
+    assert!(last.contains(&receipt_path.display().to_string()), "{err}");
+    // What the message promises: the job goes on once the daemon is back,
+    // and its receipt appears where the message said.
+    let _daemon = w.daemon();
+    common::wait_until("the receipt named in the message", Duration::from_secs(30), || receipt(&w, "lost", "j").is_some());
+    assert_eq!(receipt(&w, "lost", "j").unwrap()["status"], "succeeded");
+}

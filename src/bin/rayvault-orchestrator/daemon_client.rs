@@ -75,10 +75,12 @@ impl DaemonClient {
     }
 
     /// Long-polls a job: returns when it ends, when new progress arrives,
-    /// or after `wait_s`.
-    pub async fn wait(&self, key: &str, wait_s: u64, progress_from: usize) -> anyhow::Result<JobView> {
+    /// or after `wait_s`; the request itself gives up after `wait_s` plus
+    /// `slack`. An error is a [`CallFailure`] (see `is_unreachable`) or an
+    /// unreadable answer.
+    pub async fn wait(&self, key: &str, wait_s: u64, progress_from: usize, slack: Duration) -> anyhow::Result<JobView> {
         let query = format!("wait_s={wait_s}&progress_from={progress_from}");
-        let v = self.call("GET", &format!("/v1/jobs/{key}"), &query, None, Duration::from_secs(wait_s + 10)).await?;
+        let v = self.call("GET", &format!("/v1/jobs/{key}"), &query, None, Duration::from_secs(wait_s) + slack).await?;
         serde_json::from_value(v).map_err(|e| anyhow!("unexpected job view from the daemon: {e}"))
     }
 
@@ -99,9 +101,17 @@ impl DaemonClient {
 
 /// Why a call to the daemon failed.
 #[derive(Debug)]
-enum CallFailure {
+pub enum CallFailure {
+    /// No answer: not listening, connection lost, or timed out.
     Unreachable(String),
+    /// An answer, but an error (auth, unknown job, ...).
     Refused(String),
+}
+
+/// True when `e` says the daemon did not answer at all (worth retrying),
+/// false when it answered with an error.
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<CallFailure>(), Some(CallFailure::Unreachable(_)))
 }
 
 impl std::fmt::Display for CallFailure {

@@ -4,7 +4,9 @@
 //! `main` only parses, loads settings and the keyring, dispatches one
 //! function per subcommand and maps the outcome to an exit code: 0 for a
 //! succeeded job (or a healthy answer), 1 for a failed job (or an unhealthy
-//! node), 2 for bad usage or configuration.
+//! node), 2 for bad usage or configuration, and 2 when `submit` stopped
+//! waiting on a daemon that no longer answers (no receipt to judge by: the
+//! job goes on in the daemon, and the message says how to follow it).
 //!
 //! Modules: `cli` (flags), `submit` (in-process or through the daemon),
 //! `daemon` (the long-running controller and its loopback API),

@@ -1,6 +1,8 @@
 //! `submit`: through the daemon when one is running, otherwise in-process.
 //! Waits for the end by default, shows progress on stderr and prints the
-//! receipt JSON on stdout.
+//! receipt JSON on stdout. Through the daemon, a daemon that stops
+//! answering is retried for `controller.daemon_lost_after_s`; then `submit`
+//! exits 2 saying that the job goes on in the daemon and how to follow it.
 
 use crate::cli::SubmitArgs;
 use crate::daemon_client::DaemonClient;
@@ -13,7 +15,7 @@ use rayvault::auth::Keyring;
 use rayvault::config::Settings;
 use rayvault::receipt::{JobRequirements, JobSpec, Receipt};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Builds and checks the job spec from the flags (errors mean exit 2).
 pub fn spec_from(args: &SubmitArgs) -> anyhow::Result<JobSpec> {
@@ -48,7 +50,7 @@ pub fn run(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: SubmitA
     System::new().block_on(async move {
         if let Some(k) = &keyring {
             if let Some(client) = DaemonClient::connect(&settings, k.clone()).await? {
-                return via_daemon(client, spec, args.no_wait).await;
+                return via_daemon(&settings, client, spec, args.no_wait).await;
             }
         }
         if args.no_wait {
@@ -102,7 +104,7 @@ async fn in_process(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, spec
     print_receipt(&receipt)
 }
 
-async fn via_daemon(client: DaemonClient, spec: JobSpec, no_wait: bool) -> anyhow::Result<u8> {
+async fn via_daemon(settings: &Settings, client: DaemonClient, spec: JobSpec, no_wait: bool) -> anyhow::Result<u8> {
     let key = spec.key();
     let accepted = client.submit(&spec).await?;
     if no_wait {
@@ -110,12 +112,21 @@ async fn via_daemon(client: DaemonClient, spec: JobSpec, no_wait: bool) -> anyho
         return Ok(0);
     }
     eprintln!("[{key}] handed to the daemon at {}", client.base());
+    let give_up_after = Duration::from_secs(settings.controller.daemon_lost_after_s.max(1));
     let mut from = 0usize;
-    let mut failures = 0u32;
+    // Since when the daemon has not answered, while it does not.
+    let mut silent_since: Option<Instant> = None;
+    let mut retries = 0u32;
     loop {
-        match client.wait(&key, 20, from).await {
+        // Once the daemon stopped answering, ask briefly, so that a daemon
+        // that hangs is given up on about as fast as one that is gone.
+        let (wait_s, slack) = if silent_since.is_some() { (0, Duration::from_secs(2)) } else { (20, Duration::from_secs(10)) };
+        match client.wait(&key, wait_s, from, slack).await {
             Ok(view) => {
-                failures = 0;
+                if silent_since.take().is_some() {
+                    eprintln!("[{key}] the daemon answers again");
+                }
+                retries = 0;
                 for line in &view.progress {
                     eprintln!("[{key}] {line}");
                 }
@@ -124,14 +135,34 @@ async fn via_daemon(client: DaemonClient, spec: JobSpec, no_wait: bool) -> anyho
                     return print_receipt(&r);
                 }
             }
-            Err(e) => {
-                failures += 1;
-                if failures > 5 {
-                    return Err(e.context("lost contact with the daemon; the job continues there, see `rayvault-orchestrator status`"));
+            Err(e) if crate::daemon_client::is_unreachable(&e) => {
+                let since = *silent_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= give_up_after {
+                    return Err(anyhow::anyhow!("{}", lost_daemon_message(settings, &client, &spec, since.elapsed())));
                 }
-                eprintln!("[{key}] daemon not answering ({e}); retrying");
-                tokio::time::sleep(Duration::from_millis(500 * failures as u64)).await;
+                retries += 1;
+                eprintln!("[{key}] the daemon is not answering ({e}); retrying");
+                let pause = Duration::from_millis(250 * retries as u64).min(Duration::from_secs(2));
+                tokio::time::sleep(pause.min(give_up_after.saturating_sub(since.elapsed()))).await;
             }
+            // The daemon answered with an error (say, it no longer knows the
+            // job): waiting longer would not change that.
+            Err(e) => return Err(e.context(format!("the daemon refused to report on {key}"))),
         }
     }
+}
+
+/// What `submit` says when it stops waiting on a daemon that does not
+/// answer: the job was handed over and goes on there, and how to follow it.
+fn lost_daemon_message(settings: &Settings, client: &DaemonClient, spec: &JobSpec, silent: Duration) -> String {
+    let receipt = rayvault::receipt::receipt_dir(&settings.cluster_dir(), &spec.run_id, &spec.job_id).join(rayvault::receipt::RECEIPT_FILE);
+    format!(
+        "stopped waiting for {key}: the daemon at {base} has not answered for {secs} s. The job was handed to the daemon \
+         and goes on there (if the daemon was stopped, it resumes the job when it starts again); this submit only stopped \
+         watching it. Follow it with `rayvault-orchestrator status`; its receipt will be written to {receipt}",
+        key = spec.key(),
+        base = client.base(),
+        secs = silent.as_secs(),
+        receipt = std::path::absolute(&receipt).unwrap_or(receipt).display(),
+    )
 }

@@ -315,6 +315,14 @@ impl Verifier {
         // The MAC covers ts, so a skew error is only ever told to a holder
         // of the key: strangers learn nothing about our clock.
         if h.ts.abs_diff(now) > self.skew_s {
+            if h.ts > now {
+                // A request dated ahead of the window enters it later; its
+                // nonce is kept until it has left the window for good, so a
+                // copy cannot be replayed then. (One dated behind never
+                // comes back into the window.) A server that persists
+                // nonces stores the pair from [`Verifier::future_nonce`].
+                self.nonces.insert(&h.nonce, h.ts.saturating_add(self.skew_s), now);
+            }
             return Err(AuthError::Skew { server_time: now });
         }
         // Kept for twice the window: long after a replay would fail the
@@ -324,6 +332,15 @@ impl Verifier {
             return Err(AuthError::Invalid("nonce replayed"));
         }
         Ok(Verified::Hmac { kid: key.kid().to_string(), previous, nonce: h.nonce, nonce_expires: expires })
+    }
+
+    /// For a header refused with [`AuthError::Skew`] because it is dated
+    /// ahead of the window: its nonce and how long it must be remembered
+    /// (see [`Verifier::verify`]), for a server that persists nonces.
+    pub fn future_nonce(&self, authorization: &[&[u8]], now: u64) -> Option<(String, u64)> {
+        let [one] = authorization else { return None };
+        let h = HmacHeader::parse(std::str::from_utf8(one).ok()?).ok()?;
+        (h.ts > now).then(|| (h.nonce, h.ts.saturating_add(self.skew_s)))
     }
 
     /// Everything that can be checked without the body: one header, its
@@ -436,9 +453,15 @@ mod tests {
         assert!(check(&signed(&cur, now - 300, "nonce-eeeeeeeeeeee", "w1")).is_ok());
         assert_eq!(check(&signed(&cur, now + 301, "nonce-ffffffffffff", "w1")), Err(AuthError::Skew { server_time: now }));
         assert_eq!(check(&signed(&cur, now - 301, "nonce-gggggggggggg", "w1")), Err(AuthError::Skew { server_time: now }));
-        // A failed request does not burn its nonce... but a skewed one never
-        // entered the cache either, so the same nonce with a good ts works.
+        // A request dated behind the window never comes back into it, so
+        // its nonce is not kept: the same nonce with a good ts works.
         assert!(check(&signed(&cur, now, "nonce-gggggggggggg", "w1")).is_ok());
+        // One dated ahead enters the window later: a copy is a replay then.
+        let ahead = signed(&cur, now + 301, "nonce-hhhhhhhhhhhh", "w1");
+        assert_eq!(check(&ahead), Err(AuthError::Skew { server_time: now }));
+        let later = v.verify(&[ahead.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now + 10);
+        assert_eq!(later, Err(AuthError::Invalid("nonce replayed")));
+        assert_eq!(v.future_nonce(&[ahead.as_bytes()], now), Some(("nonce-hhhhhhhhhhhh".to_string(), now + 601)));
     }
 
     #[test]

@@ -105,6 +105,23 @@ fn a_request_cannot_be_replayed_after_a_restart() {
     assert_eq!(w2.signed("GET", "/caps", b"").status, 200, "fresh requests still pass");
 }
 
+#[test]
+fn a_request_refused_as_early_cannot_be_replayed_after_a_restart() {
+    let dir = common::tempdir();
+    let secret = "early-replay-secret";
+    let mut w = Worker::start(opts_in(dir.path(), secret, &[]));
+    let ts = rayvault::auth::unix_now() + 302;
+    let target = rayvault::auth::RequestTarget { method: "GET", path: "/caps", query: "", worker_id: "worker-test", body_sha256: rayvault::protocol::EMPTY_SHA256 };
+    let auth = w.keyring().authorization_at(&target, ts, &rayvault::auth::fresh_nonce());
+    let first = w.request("GET", "/caps", &[("Authorization", auth.clone())], b"");
+    assert_eq!((first.status, first.code().as_str()), (401, "AUTH_SKEW"));
+    w.kill9();
+    let w2 = Worker::start(opts_in(dir.path(), secret, &[]));
+    common::wait_until("the request's time enters the window", Duration::from_secs(10), || rayvault::auth::unix_now() + 300 > ts);
+    let r = w2.request("GET", "/caps", &[("Authorization", auth)], b"");
+    assert_eq!((r.status, r.code().as_str()), (401, "AUTH_INVALID"), "replayed after a restart once inside the window");
+}
+
 #[cfg(unix)]
 #[actix_rt::test]
 async fn sigterm_records_running_jobs_as_interrupted_after_the_grace() {

@@ -89,6 +89,14 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
         }
         Err(AuthError::Skew { server_time }) => {
             tracing::warn!(%method, %path, server_time, "refused: {}", protocol::SKEW_MESSAGE);
+            // Dated ahead: it would become valid later, so its nonce is
+            // recorded (durably) like an accepted one.
+            if let Some((nonce, expires)) = state.verifier.future_nonce(&auth, now) {
+                let store = state.env.store.clone();
+                if !matches!(web::block(move || store.record_nonce(&nonce, expires, now)).await, Ok(Ok(_))) {
+                    tracing::error!("could not record the nonce of a request dated ahead of the window");
+                }
+            }
             let mut e = ApiError::new(
                 ApiCode::AuthSkew,
                 format!("{} (server time {server_time}); sync the clocks with NTP", protocol::SKEW_MESSAGE),

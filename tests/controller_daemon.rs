@@ -221,3 +221,32 @@ fn submit_gives_up_on_a_silent_daemon_and_says_how_to_follow_the_job() {
     common::wait_until("the receipt named in the message", Duration::from_secs(30), || receipt(&w, "lost", "j").is_some());
     assert_eq!(receipt(&w, "lost", "j").unwrap()["status"], "succeeded");
 }
+
+#[test]
+fn submit_gives_up_on_a_hung_daemon_whose_job_goes_on() {
+    let w = World::new();
+    let (_slow, ps) = legacy(&w, "slow", &["--os", "linux", "--job-delay", "4"]);
+    w.write_nodes(&[("slow", ps, true)]);
+    let clip = video(&w);
+    let daemon = w.daemon();
+    let running = spawn_submit(&w, "hung", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    common::wait_until("the job is on the worker", Duration::from_secs(20), || job_in(&status(&w), "hung/j").is_some_and(|j| !j["remote"].is_null()));
+    // Frozen, the daemon still accepts connections (the kernel does) but
+    // never answers: the case a plain connection error does not show.
+    let pid = daemon.child.id().to_string();
+    common::run_ok(std::process::Command::new("kill").args(["-STOP", &pid]));
+    let frozen = std::time::Instant::now();
+    let out = running.finish();
+    let waited = frozen.elapsed();
+    common::run_ok(std::process::Command::new("kill").args(["-CONT", &pid]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    // At most a 10 s long-poll plus 5 s of slack, then 7 s of silence.
+    assert!(waited < Duration::from_secs(25), "gave up after {waited:?}: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("has not answered for") && last.contains("goes on there"), "{err}");
+    // The same daemon, thawed, finishes the job.
+    common::wait_until("the receipt", Duration::from_secs(30), || receipt(&w, "hung", "j").is_some());
+    assert_eq!(receipt(&w, "hung", "j").unwrap()["status"], "succeeded");
+    drop(daemon);
+}

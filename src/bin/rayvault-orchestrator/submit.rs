@@ -118,9 +118,11 @@ async fn via_daemon(settings: &Settings, client: DaemonClient, spec: JobSpec, no
     let mut silent_since: Option<Instant> = None;
     let mut retries = 0u32;
     loop {
-        // Once the daemon stopped answering, ask briefly, so that a daemon
-        // that hangs is given up on about as fast as one that is gone.
-        let (wait_s, slack) = if silent_since.is_some() { (0, Duration::from_secs(2)) } else { (20, Duration::from_secs(10)) };
+        // Long-polls are kept short enough, and once the daemon stopped
+        // answering it is only asked briefly, so that a daemon that hangs is
+        // given up on not much later than one that is gone.
+        let (wait_s, slack) = if silent_since.is_some() { (0, Duration::from_secs(2)) } else { (10, Duration::from_secs(5)) };
+        let sent = Instant::now();
         match client.wait(&key, wait_s, from, slack).await {
             Ok(view) => {
                 if silent_since.take().is_some() {
@@ -136,7 +138,11 @@ async fn via_daemon(settings: &Settings, client: DaemonClient, spec: JobSpec, no
                 }
             }
             Err(e) if crate::daemon_client::is_unreachable(&e) => {
-                let since = *silent_since.get_or_insert_with(Instant::now);
+                // A long-poll's answer is due `wait_s` after it was sent at
+                // the latest: silence counts from then, or from the failure
+                // if that came sooner (nobody listening).
+                let due = (sent + Duration::from_secs(wait_s)).min(Instant::now());
+                let since = *silent_since.get_or_insert(due);
                 if since.elapsed() >= give_up_after {
                     return Err(anyhow::anyhow!("{}", lost_daemon_message(settings, &client, &spec, since.elapsed())));
                 }

@@ -256,6 +256,10 @@ impl NonceCache {
     }
 }
 
+/// How far ahead a refused request may be dated for its nonce to be
+/// remembered (see [`Verifier::future_nonce`]): one day.
+pub const FUTURE_NONCE_HORIZON_S: u64 = 86_400;
+
 /// Checks requests against a keyring for one worker id.
 #[derive(Debug)]
 pub struct Verifier {
@@ -315,13 +319,13 @@ impl Verifier {
         // The MAC covers ts, so a skew error is only ever told to a holder
         // of the key: strangers learn nothing about our clock.
         if h.ts.abs_diff(now) > self.skew_s {
-            if h.ts > now {
-                // A request dated ahead of the window enters it later; its
-                // nonce is kept until it has left the window for good, so a
-                // copy cannot be replayed then. (One dated behind never
-                // comes back into the window.) A server that persists
-                // nonces stores the pair from [`Verifier::future_nonce`].
-                self.nonces.insert(&h.nonce, h.ts.saturating_add(self.skew_s), now);
+            // A request dated ahead of the window enters it later; its
+            // nonce is kept until it has left the window for good, so a
+            // copy cannot be replayed then. (One dated behind never comes
+            // back into the window.) A server that persists nonces stores
+            // the pair from [`Verifier::future_nonce`].
+            if let Some(expires) = self.future_expiry(h.ts, now) {
+                self.nonces.insert(&h.nonce, expires, now);
             }
             return Err(AuthError::Skew { server_time: now });
         }
@@ -340,7 +344,17 @@ impl Verifier {
     pub fn future_nonce(&self, authorization: &[&[u8]], now: u64) -> Option<(String, u64)> {
         let [one] = authorization else { return None };
         let h = HmacHeader::parse(std::str::from_utf8(one).ok()?).ok()?;
-        (h.ts > now).then(|| (h.nonce, h.ts.saturating_add(self.skew_s)))
+        Some((h.nonce, self.future_expiry(h.ts, now)?))
+    }
+
+    /// Until when the nonce of a request dated `ts`, ahead of the window,
+    /// is remembered; `None` past [`FUTURE_NONCE_HORIZON_S`]. The bound
+    /// keeps a controller whose clock is years ahead (say, a dead RTC
+    /// battery), retrying all day, from filling the cache with nonces that
+    /// never expire, which would lock every client out; a request dated
+    /// further ahead could only be replayed after waiting that long.
+    fn future_expiry(&self, ts: u64, now: u64) -> Option<u64> {
+        (ts > now && ts - now <= FUTURE_NONCE_HORIZON_S).then(|| ts.saturating_add(self.skew_s))
     }
 
     /// Everything that can be checked without the body: one header, its
@@ -462,6 +476,14 @@ mod tests {
         let later = v.verify(&[ahead.as_bytes()], "GET", "/caps", "", EMPTY_SHA256, now + 10);
         assert_eq!(later, Err(AuthError::Invalid("nonce replayed")));
         assert_eq!(v.future_nonce(&[ahead.as_bytes()], now), Some(("nonce-hhhhhhhhhhhh".to_string(), now + 601)));
+        // Dated beyond the horizon (a clock years ahead): not remembered,
+        // so such a client cannot fill the cache with nonces for years.
+        let far = signed(&cur, now + FUTURE_NONCE_HORIZON_S + 1, "nonce-iiiiiiiiiiii", "w1");
+        assert_eq!(check(&far), Err(AuthError::Skew { server_time: now }));
+        assert_eq!(v.future_nonce(&[far.as_bytes()], now), None);
+        let before = v.nonces.len();
+        assert_eq!(check(&signed(&cur, now + 10 * 365 * 86_400, "nonce-jjjjjjjjjjjj", "w1")), Err(AuthError::Skew { server_time: now }));
+        assert_eq!(v.nonces.len(), before);
     }
 
     #[test]

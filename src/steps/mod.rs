@@ -181,3 +181,40 @@ pub fn require_input_file(path: &str) -> Result<PathBuf, StepError> {
 pub fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
+
+/// Collects the results of `n` parallel tasks that each answer with their
+/// index, in index order. The first failure cancels the others through
+/// `cancel`, and the error returned is the root cause rather than the
+/// cancellations it triggered. `what` names one task in error messages
+/// ("a chunk", "a file").
+pub async fn join_indexed<T: Send + 'static>(
+    mut set: tokio::task::JoinSet<Result<(usize, T), StepError>>,
+    n: usize,
+    cancel: &CancellationToken,
+    what: &str,
+) -> Result<Vec<T>, StepError> {
+    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let mut first_error: Option<StepError> = None;
+    while let Some(joined) = set.join_next().await {
+        let outcome = joined.map_err(|e| StepError::new(ErrorCode::Internal, format!("{what} task failed: {e}")));
+        match outcome.and_then(|r| r) {
+            Ok((i, v)) if i < n => slots[i] = Some(v),
+            Ok((i, _)) => {
+                first_error.get_or_insert(StepError::new(ErrorCode::Internal, format!("{what} task {i} is out of range")));
+            }
+            Err(e) => {
+                cancel.cancel();
+                if first_error.as_ref().map_or(true, |f| f.code == ErrorCode::Cancelled) {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    slots
+        .into_iter()
+        .map(|s| s.ok_or_else(|| StepError::new(ErrorCode::Internal, format!("{what} did not finish"))))
+        .collect()
+}

@@ -156,35 +156,12 @@ async fn measure_all(
                 .map_err(|e| StepError::new(ErrorCode::Internal, format!("an analysis thread failed: {e}")))?
         });
     }
-    let mut slots: Vec<Option<Measurements>> = vec![None; set.len()];
-    let mut first_error: Option<StepError> = None;
-    while let Some(joined) = set.join_next().await {
-        let outcome = joined.map_err(|e| StepError::new(ErrorCode::Internal, format!("an analysis task failed: {e}")));
-        match outcome.and_then(|r| r) {
-            Ok((i, m)) => slots[i] = Some(m),
-            Err(e) => {
-                cancel.cancel();
-                // Keep the root cause, not the cancellations it triggered.
-                let replace = match &first_error {
-                    None => true,
-                    Some(f) => f.code == ErrorCode::Cancelled,
-                };
-                if replace {
-                    first_error = Some(e);
-                }
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
+    let n = set.len();
+    let measured = super::join_indexed(set, n, &cancel, "a file's analysis").await?;
     if ctx.cancel.is_cancelled() {
         return Err(StepError::new(ErrorCode::Cancelled, "the job was cancelled during the audio check"));
     }
-    slots
-        .into_iter()
-        .map(|s| s.ok_or_else(|| StepError::new(ErrorCode::Internal, "a file was not measured")))
-        .collect()
+    Ok(measured)
 }
 
 /// The defaults with the payload's overrides merged over them.

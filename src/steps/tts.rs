@@ -289,32 +289,7 @@ async fn render_all(
         };
         set.spawn(async move { job.render().await.map(|r| (i, r)) });
     }
-    let mut slots: Vec<Option<Rendered>> = (0..chunks.len()).map(|_| None).collect();
-    let mut first_error: Option<StepError> = None;
-    while let Some(joined) = set.join_next().await {
-        let outcome = joined.map_err(|e| StepError::new(ErrorCode::Internal, format!("a render task failed: {e}")));
-        match outcome.and_then(|r| r) {
-            Ok((i, r)) => slots[i] = Some(r),
-            Err(e) => {
-                cancel.cancel();
-                // Keep the root cause, not the cancellations it triggered.
-                let replace = match &first_error {
-                    None => true,
-                    Some(f) => f.code == ErrorCode::Cancelled,
-                };
-                if replace {
-                    first_error = Some(e);
-                }
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    slots
-        .into_iter()
-        .map(|s| s.ok_or_else(|| StepError::new(ErrorCode::Internal, "a chunk was not rendered")))
-        .collect()
+    super::join_indexed(set, chunks.len(), &cancel, "a chunk's render").await
 }
 
 /// Everything one chunk's render task owns.

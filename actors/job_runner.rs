@@ -102,7 +102,7 @@ impl Actor for JobRunner {
 /// actor spawned): each one's caller gets an error. Their tokens are
 /// cancelled so that a local step one had started stops (left running
 /// unobserved, it would hold a LocalRunner slot); a remote job keeps running
-/// on its worker, where the daemon re-attaches to it at its next start.
+/// on its worker, and the daemon re-attaches to it at once.
 impl actix::Supervised for JobRunner {
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::warn!(jobs_dropped = self.running.len(), "JobRunner restarted");

@@ -22,10 +22,12 @@
 //! - NodeProbe keeps its nodes and last results and probes again at once.
 //! - Scheduler keeps its per-node load counts.
 //! - JobRunner drops its jobs in flight: a local step of one is cancelled
-//!   (its process tree killed), a remote job runs on on its worker; the
-//!   daemon's store keeps the job and the daemon re-attaches at its next
-//!   start. A panic inside one job's run does not restart the JobRunner: it
-//!   fails that job alone, with an `INTERNAL` receipt.
+//!   (its process tree killed), a remote job runs on on its worker. The
+//!   daemon picks each such job up again at once from its store, as a
+//!   daemon restart would (re-attaching to the remote job, running a local
+//!   one again); a one-shot `submit` reports the error (exit 2). A panic
+//!   inside one job's run does not restart the JobRunner: it fails that job
+//!   alone, with an `INTERNAL` receipt.
 //! - LocalRunner and ArtifactSync run each request in a task of its own, so
 //!   a restart leaves requests in flight running; a panic inside one fails
 //!   that request with an error.

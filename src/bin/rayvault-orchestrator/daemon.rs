@@ -143,6 +143,15 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
     })
 }
 
+/// The receipt of this submission of `job` if one was written already (its
+/// run ended, but the end was not recorded in the store). Reads a file: call
+/// it off the arbiter (`web::block`).
+fn ended_before(cluster_dir: &std::path::Path, job: &StoredJob) -> Option<Receipt> {
+    let at = UNIX_EPOCH + Duration::from_millis(job.submitted_at_ms);
+    let dir = rayvault::receipt::receipt_dir(cluster_dir, &job.spec.run_id, &job.spec.job_id);
+    Receipt::read(&dir).ok().filter(|r| r.timings.submitted_at == rayvault::joblog::format_utc(at))
+}
+
 /// Picks up the jobs a previous daemon left unfinished: re-attaching to
 /// remote ones, running local ones again (they never completed).
 async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
@@ -152,20 +161,18 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
         let at = UNIX_EPOCH + Duration::from_millis(job.submitted_at_ms);
         // The previous daemon may have written the receipt and died before
         // recording it: that job ended, and must not run again.
-        let dir = rayvault::receipt::receipt_dir(&state.settings.cluster_dir(), &job.spec.run_id, &job.spec.job_id);
-        if let Ok(receipt) = Receipt::read(&dir) {
-            if receipt.timings.submitted_at == rayvault::joblog::format_utc(at) {
-                tracing::info!(job = %job.spec.key(), "the job had ended before the restart; recording its receipt");
-                let (store, key) = (state.store.clone(), job.spec.key());
-                web::block(move || {
-                    store.update(&key, |j| {
-                        j.phase = Phase::Finished;
-                        j.receipt = Some(receipt);
-                    })
+        let (cluster, j) = (state.settings.cluster_dir(), job.clone());
+        if let Some(receipt) = web::block(move || ended_before(&cluster, &j)).await? {
+            tracing::info!(job = %job.spec.key(), "the job had ended before the restart; recording its receipt");
+            let (store, key) = (state.store.clone(), job.spec.key());
+            web::block(move || {
+                store.update(&key, |j| {
+                    j.phase = Phase::Finished;
+                    j.receipt = Some(receipt);
                 })
-                .await??;
-                continue;
-            }
+            })
+            .await??;
+            continue;
         }
         tracing::info!(job = %job.spec.key(), remote = ?job.remote, "resuming a job from the previous run");
         dispatch(state.clone(), job.spec, job.remote, at);
@@ -173,14 +180,45 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands a job to the JobRunner and records its end.
+/// How many times one job is picked up again after the JobRunner restarted
+/// under it, before it is left for the next daemon start.
+const MAX_RUNNER_RESTARTS: u32 = 3;
+
+/// Hands a job to the JobRunner and records its end. When the JobRunner is
+/// restarted mid-job (which drops the job's run), the job is picked up again
+/// at once, the way a daemon restart would: re-attached to its remote job if
+/// it had one, run again otherwise.
 fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at: SystemTime) {
     let key = spec.key();
     actix::spawn(async move {
-        let receipt = state.controller.runner.send(SubmitJob { spec, resume, submitted_at }).await;
-        let Ok(receipt) = receipt else {
-            tracing::error!(job = %key, "the job runner stopped before the job ended; it resumes at the next start");
-            return;
+        let mut resume = resume;
+        let mut restarts = 0;
+        let receipt = loop {
+            let sent = state.controller.runner.send(SubmitJob { spec: spec.clone(), resume: resume.take(), submitted_at }).await;
+            match sent {
+                Ok(receipt) => break receipt,
+                // Restarted in place, the JobRunner keeps its address; a
+                // closed one means the daemon is shutting down.
+                Err(_) if restarts < MAX_RUNNER_RESTARTS && state.controller.runner.connected() => {
+                    restarts += 1;
+                    let (store, k, cluster) = (state.store.clone(), key.clone(), state.settings.cluster_dir());
+                    let read = web::block(move || store.get(&k).map(|j| j.map(|j| (ended_before(&cluster, &j), j)))).await;
+                    let stored = match read {
+                        Ok(Ok(Some((None, j)))) => j,
+                        Ok(Ok(Some((Some(receipt), _)))) => break receipt,
+                        other => {
+                            tracing::error!(job = %key, "the job runner restarted mid-job and the job cannot be read back ({other:?}); it resumes at the next start");
+                            return;
+                        }
+                    };
+                    tracing::warn!(job = %key, remote = ?stored.remote, "the job runner restarted mid-job; picking the job up again ({restarts}/{MAX_RUNNER_RESTARTS})");
+                    resume = stored.remote;
+                }
+                Err(_) => {
+                    tracing::error!(job = %key, "the job runner stopped before the job ended; it resumes at the next start");
+                    return;
+                }
+            }
         };
         let store = state.store.clone();
         let k = key.clone();
@@ -338,4 +376,84 @@ async fn status(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse
         "jobs": jobs.iter().map(crate::commands::job_line).collect::<Vec<_>>(),
         "nodes": nodes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayvault::actors::messages::Stop;
+    use rayvault::receipt::JobStatus;
+
+    /// Waits (without blocking the arbiter) until `cond` holds, or panics.
+    async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[test]
+    fn a_job_dropped_by_a_job_runner_restart_is_picked_up_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // A speech engine that hangs on its first run (until it is killed)
+        // and renders a short tone on the next.
+        let engine = dir.path().join("engine.py");
+        let marker = dir.path().join("first-run");
+        std::fs::write(
+            &engine,
+            format!(
+                "import math, os, sys, time, wave\n\
+                 if not os.path.exists({marker:?}):\n    open({marker:?}, 'w').close()\n    time.sleep(60)\n\
+                 w = wave.open(sys.argv[2], 'wb'); w.setnchannels(1); w.setsampwidth(2); w.setframerate(22050)\n\
+                 w.writeframes(b''.join(int(8000 * math.sin(i * 0.125)).to_bytes(2, 'little', signed=True) for i in range(11025)))\n\
+                 w.close()\n",
+                marker = marker.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let env: Vec<(String, String)> = [
+            ("RAYVAULT_STATE_DIR", dir.path().join("state").to_str().unwrap().to_string()),
+            ("RAYVAULT_TTS__ENGINE", "command".to_string()),
+            ("RAYVAULT_TTS__COMMAND_TEMPLATE", format!("python3 {} {{text_file}} {{out_wav}}", engine.display())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let settings = Arc::new(Settings::load_from(None, &env).unwrap());
+        std::fs::create_dir_all(settings.cluster_dir()).unwrap();
+        let store = Arc::new(ControllerStore::open(&ControllerStore::default_path(&settings.cluster_dir())).unwrap());
+        let keyring = Keyring::from_secrets("daemon-test-secret-0123456789abcdef", None).unwrap();
+        actix::System::new().block_on(async move {
+            let controller = ControllerSupervisor::start(ControllerOptions { settings: settings.clone(), keyring: None, store: Some(store.clone()), progress: None });
+            let state = web::Data::new(ApiState {
+                settings: settings.clone(),
+                verifier: Verifier::new(keyring, DAEMON_ID.into(), 300, false),
+                store: store.clone(),
+                controller: controller.clone(),
+                changed: Arc::new(Notify::new()),
+                progress: Arc::new(DashMap::new()),
+            });
+            let spec = JobSpec {
+                run_id: "r".into(),
+                job_id: "tts".into(),
+                step_name: "TTS_RENDER_CHUNKS".into(),
+                payload: serde_json::json!({"text": "Hello there."}),
+                requirements: Default::default(),
+                no_fallback: false,
+                timeout_s: None,
+            };
+            let submitted_ms = now_ms();
+            store.put(&StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: submitted_ms, remote: None, receipt: None }).unwrap();
+            dispatch(state.clone(), spec, None, UNIX_EPOCH + Duration::from_millis(submitted_ms));
+            wait_for("the first run to start", 20, || marker.exists()).await;
+            controller.runner.send(Stop).await.unwrap();
+            let finished = || store.get("r/tts").unwrap().is_some_and(|j| j.phase == Phase::Finished);
+            wait_for("the job to end after the restart", 30, finished).await;
+            let job = store.get("r/tts").unwrap().unwrap();
+            let receipt = job.receipt.unwrap();
+            assert_eq!(receipt.status, JobStatus::Succeeded, "{:?}", receipt.error);
+            assert_eq!(receipt.executed_on, "local");
+        });
+    }
 }

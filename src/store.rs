@@ -171,7 +171,25 @@ impl Store {
     /// Opens (creating if needed) the database at `path`. Fails if another
     /// process has it open, which keeps two workers off one state folder.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        Store::open_waiting(path, std::time::Duration::ZERO)
+    }
+
+    /// Like [`Store::open`], but while another process holds the database
+    /// it tries again for up to `wait`. A worker restarted right after a
+    /// crash needs this: the dead process's lock can outlive it for a
+    /// moment (seen after kill -9 under load), and refusing to start then
+    /// would turn a crash into an outage. A second live worker still fails,
+    /// only `wait` later.
+    pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        let db = loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let tx = db.begin_write()?;
         {
             tx.open_table(JOBS)?;

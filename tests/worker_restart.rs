@@ -193,6 +193,23 @@ fn a_tailnet_address_this_host_lacks_fails_cleanly() {
 }
 
 #[test]
+fn a_restart_waits_briefly_for_the_old_process_to_let_go_of_the_store() {
+    // Right after a crash the old process's lock can outlive it for a
+    // moment (seen here after kill -9 under load): the new worker waits a
+    // little instead of refusing to start.
+    let dir = common::tempdir();
+    std::fs::create_dir_all(dir.path().join("worker")).unwrap();
+    let held = rayvault::store::Store::open(&dir.path().join("worker/worker.redb")).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        drop(held);
+    });
+    let w = Worker::start(opts_in(dir.path(), "lock-wait-secret", &[]));
+    release.join().unwrap();
+    assert_eq!(w.request("GET", "/health", &[], b"").status, 200);
+}
+
+#[test]
 fn two_workers_cannot_share_a_state_folder() {
     let dir = common::tempdir();
     let _w = Worker::start(opts_in(dir.path(), "shared-state-secret", &[]));

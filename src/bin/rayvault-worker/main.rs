@@ -125,7 +125,7 @@ fn prepare(args: Args) -> anyhow::Result<Ready> {
 
     let paths = WorkerPaths::new(&settings.worker_dir());
     paths.create().with_context(|| format!("cannot create {}", paths.root().display()))?;
-    let store = Store::open(&paths.db_path()).with_context(|| {
+    let store = Store::open_waiting(&paths.db_path(), Duration::from_secs(3)).with_context(|| {
         format!("cannot open {} (is another worker running on this state folder?)", paths.db_path().display())
     })?;
     match paths.remove_upload_leftovers() {

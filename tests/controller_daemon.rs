@@ -146,6 +146,31 @@ fn the_daemon_api_is_authenticated_and_stops_gracefully() {
     assert!(w.daemon_log().contains("API stopped"), "{}", w.daemon_log());
 }
 
+/// A caller without a usable credential is refused before the body is read:
+/// it cannot make the daemon wait for (or buffer) a body it never sends.
+#[test]
+fn the_daemon_refuses_a_bad_credential_before_reading_the_body() {
+    use std::io::{Read, Write};
+    let w = World::new();
+    let _daemon = w.daemon();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", w.api_port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Headers only: the announced megabyte of body never comes.
+    let head = "POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: RAYVAULT-HMAC-SHA256 kid=0000000000000000, ts=1, nonce=abcdefabcdefabcdef, sig=00\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+    conn.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let mut buf = [0u8; 512];
+    while !answer.contains("auth_token invalid") {
+        let n = conn.read(&mut buf).expect("the daemon answers without waiting for the body");
+        if n == 0 {
+            break;
+        }
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("auth_token invalid"), "{answer}");
+}
+
 #[test]
 fn a_job_that_ended_just_before_a_crash_is_not_run_again() {
     let w = World::new();

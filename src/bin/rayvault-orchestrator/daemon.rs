@@ -125,6 +125,17 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
             App::new()
                 .app_data(st.clone())
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                // Refuse a request without a usable credential before its
+                // body is read, so that nobody without the secret can make
+                // the daemon wait for or buffer a body.
+                .wrap_fn(|req, srv| {
+                    use actix_web::dev::Service as _;
+                    use futures_util::future::{ready, Either};
+                    match precheck(&req) {
+                        Ok(()) => Either::Left(srv.call(req)),
+                        Err(refusal) => Either::Right(ready(Ok(req.into_response(refusal)))),
+                    }
+                })
                 .route("/v1/health", web::get().to(health))
                 .route("/v1/jobs", web::post().to(submit))
                 .route("/v1/jobs/{run_id}/{job_id}", web::get().to(job))
@@ -252,6 +263,19 @@ fn error(status: u16, code: &str, message: impl Into<String>, server_time: Optio
 }
 
 /// Checks the request's signature over the raw body.
+/// The body-free part of [`authorize`]: one Authorization header with a
+/// known key id (see [`Verifier::precheck`]).
+fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), HttpResponse> {
+    let Some(state) = req.app_data::<Data>() else {
+        return Err(error(500, "INTERNAL", "the API state is missing", None));
+    };
+    let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
+    state.verifier.precheck(&auth).map_err(|e| {
+        tracing::warn!("refused an API request: {e:?}");
+        error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None)
+    })
+}
+
 fn authorize(state: &ApiState, req: &HttpRequest, body: &[u8]) -> Result<(), Box<HttpResponse>> {
     let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
     let sha = protocol::sha256_hex(body);

@@ -133,7 +133,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
                     use futures_util::future::{ready, Either};
                     match precheck(&req) {
                         Ok(()) => Either::Left(srv.call(req)),
-                        Err(refusal) => Either::Right(ready(Ok(req.into_response(refusal)))),
+                        Err(refusal) => Either::Right(ready(Ok(req.into_response(*refusal)))),
                     }
                 })
                 .route("/v1/health", web::get().to(health))
@@ -265,14 +265,14 @@ fn error(status: u16, code: &str, message: impl Into<String>, server_time: Optio
 /// Checks the request's signature over the raw body.
 /// The body-free part of [`authorize`]: one Authorization header with a
 /// known key id (see [`Verifier::precheck`]).
-fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), HttpResponse> {
+fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), Box<HttpResponse>> {
     let Some(state) = req.app_data::<Data>() else {
-        return Err(error(500, "INTERNAL", "the API state is missing", None));
+        return Err(Box::new(error(500, "INTERNAL", "the API state is missing", None)));
     };
     let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
     state.verifier.precheck(&auth).map_err(|e| {
         tracing::warn!("refused an API request: {e:?}");
-        error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None)
+        Box::new(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None))
     })
 }
 

@@ -42,7 +42,12 @@ def base_env(state_dir):
 
 
 def fresh_state(prefix):
-    return tempfile.mkdtemp(prefix=prefix, dir=OUT_DIR)
+    """A new state folder under target/bench (on the disk a user's state
+    would be on). BENCH_STATE_ROOT moves it elsewhere, e.g. to tmpfs, to
+    separate the filesystem's cost from ours in an experiment."""
+    root = os.environ.get("BENCH_STATE_ROOT") or OUT_DIR
+    os.makedirs(root, exist_ok=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=root)
 
 
 class Worker:
@@ -141,11 +146,13 @@ def receipt_result(receipt):
     raise RuntimeError(f"the receipt has no result (keys: {sorted(receipt)})")
 
 
-def postcheck(files):
+def postcheck(files, others=None):
     """Scenario 3: one AUDIO_POSTCHECK job over `files`; returns (seconds,
-    {path: integrated LUFS})."""
+    {path: integrated LUFS}); fills `others` with {path: the file's report}."""
     t, receipt = submit_local("AUDIO_POSTCHECK", {"audio_paths": files})
     res = receipt_result(receipt)
+    if others is not None:
+        others.update({f["path"]: f for f in res["files"]})
     return t, {f["path"]: f.get("integrated_lufs") for f in res["files"]}
 
 

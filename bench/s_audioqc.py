@@ -22,7 +22,11 @@ from lib import NotMeasured, log, summary
 from report import Row
 
 SCEN = "3 audio QC"
+# ffmpeg's loudness range and true peak per file, from the last loop.
+EXTRA = {}
 I_RE = re.compile(r"^\s*I:\s+(-?[\d.]+|-inf) LUFS", re.M)
+LRA_RE = re.compile(r"^\s*LRA:\s+(-?[\d.]+) LU", re.M)
+PEAK_RE = re.compile(r"^\s*Peak:\s+(-?[\d.]+|-inf) dBFS", re.M)
 
 
 def ffmpeg_check(path, silence_db):
@@ -37,6 +41,9 @@ def ffmpeg_check(path, silence_db):
     m = I_RE.findall(cp.stderr)
     if not m:
         raise RuntimeError(f"no ebur128 summary for {path}")
+    # Loudness range and true peak, for the record (the target is on I).
+    lra, peak = LRA_RE.findall(cp.stderr), PEAK_RE.findall(cp.stderr)
+    EXTRA[path] = {"lra_lu": float(lra[-1]) if lra else None, "true_peak_db": float(peak[-1]) if peak else None}
     return float(m[-1])
 
 
@@ -72,7 +79,8 @@ def measure(cfg):
         base_t.append(t)
         if why is None:
             try:
-                t, our_lufs = ours.postcheck(files)
+                reports = {}
+                t, our_lufs = ours.postcheck(files, reports)
                 ours_t.append(t)
                 diffs.append(max_lufs_diff(our_lufs, ff_lufs))
             except Exception as e:
@@ -92,4 +100,12 @@ def measure(cfg):
                     ours=summary(diffs) if diffs else None, ours_note=why, target=("<=", 0.1)))
     if not base_t:
         raise NotMeasured("the ffmpeg loop did not run")
-    return rows, {"audio_seconds": round(seconds_of_audio, 1), "ffmpeg_lufs_sample": dict(list(ff_lufs.items())[:3])}
+    details = {"audio_seconds": round(seconds_of_audio, 1)}
+    if ours_t:
+        lra = [abs(reports[f]["lra_lu"] - EXTRA[f]["lra_lu"]) for f in files
+               if reports.get(f, {}).get("lra_lu") is not None and EXTRA.get(f, {}).get("lra_lu") is not None]
+        tp = [abs(reports[f]["true_peak_dbtp"] - EXTRA[f]["true_peak_db"]) for f in files
+              if reports.get(f, {}).get("true_peak_dbtp") is not None and EXTRA.get(f, {}).get("true_peak_db") is not None]
+        details["max_lra_difference_lu"] = max(lra) if lra else None
+        details["max_true_peak_difference_db"] = max(tp) if tp else None
+    return rows, details

@@ -106,7 +106,9 @@ impl Handler<SyncArtifacts> for ArtifactSync {
     }
 }
 
-/// Downloads one artifact with resume and verification; returns its final path.
+/// Downloads one artifact with resume and verification; returns its final
+/// path. The verification is the client's (one SHA-256 pass while the bytes
+/// arrive), so nothing is hashed again after a download.
 async fn sync_one(
     client: &NodeClient,
     job_id: &str,
@@ -141,9 +143,16 @@ async fn sync_one(
     Err(last)
 }
 
-/// True when `path` exists with the entry's size and SHA-256 (hashed off the
-/// actor thread).
+/// True when `path` already exists with the entry's size and SHA-256 (a
+/// copy from an earlier sync, which needs no download). The size is checked
+/// first so that a missing or different file costs no hashing; the hash runs
+/// off the actor thread. A file downloaded now is not checked again here:
+/// the client verified it while receiving it, before its rename.
 async fn verified(path: &Path, entry: &ArtifactEntry) -> bool {
+    match tokio::fs::metadata(path).await {
+        Ok(m) if m.is_file() && m.len() == entry.size => {}
+        _ => return false,
+    }
     let p = path.to_path_buf();
     match tokio::task::spawn_blocking(move || crate::artifacts::sha256_file(&p)).await {
         Ok(Ok((sha, size))) => size == entry.size && sha == entry.sha256,

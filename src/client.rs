@@ -20,7 +20,8 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+
+mod download;
 
 /// Largest JSON response the client accepts.
 const MAX_JSON: usize = 16 * 1024 * 1024;
@@ -268,8 +269,15 @@ impl WorkerClient {
     }
 
     /// Downloads an artifact to `dest`, resuming from `dest` + `.part` if a
-    /// previous attempt left one, and checks the manifest digest before the
-    /// file gets its final name. Returns the bytes transferred this time.
+    /// previous attempt left one, and checks the manifest's size and digest
+    /// before the file gets its final name. Returns the bytes transferred
+    /// this time.
+    ///
+    /// The digest is computed while the bytes arrive (a resumed download
+    /// hashes the kept prefix once first), so this is the only verification
+    /// the artifact needs: a file under `dest` is whole and verified, and a
+    /// mismatch deletes the `.part` file. A transfer cut short keeps its
+    /// `.part` file for the next attempt to resume.
     pub async fn download_artifact(&self, job_id: &str, entry: &ArtifactEntry, dest: &Path) -> Result<u64, ClientError> {
         let part = dest.with_file_name(format!(
             "{}.part",
@@ -281,7 +289,7 @@ impl WorkerClient {
             have = 0;
         }
         let mut transferred = 0;
-        if have < entry.size {
+        let received = if have < entry.size {
             let path = format!("/jobs/{job_id}/artifacts/{}", entry.name);
             let mut req = self.request(Method::GET, &path, protocol::EMPTY_SHA256, Duration::ZERO)?;
             if have > 0 {
@@ -289,9 +297,9 @@ impl WorkerClient {
             }
             let mut res = req.send().await.map_err(|e| self.unreachable(e))?;
             let status = res.status();
-            let append = match status {
-                StatusCode::PARTIAL_CONTENT if have > 0 => true,
-                StatusCode::OK => false,
+            let keep = match status {
+                StatusCode::PARTIAL_CONTENT if have > 0 => have,
+                StatusCode::OK => 0,
                 _ => {
                     let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
                     return Err(decode::<serde_json::Value>(status, &bytes).err().unwrap_or_else(|| {
@@ -299,43 +307,54 @@ impl WorkerClient {
                     }));
                 }
             };
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(append)
-                .truncate(!append)
-                .open(&part)
-                .await
-                .map_err(|e| io_err("opening the partial download", e))?;
+            let mut sink = download::Sink::start(part.clone(), keep);
             // Never more than the manifest's size: a broken or hostile
             // worker sending an endless body must not fill the disk.
-            let expected = if append { entry.size - have } else { entry.size };
+            let expected = entry.size - keep;
             while let Some(chunk) = res.next().await {
-                let chunk = chunk.map_err(|e| self.unreachable(e))?;
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // What arrived stays in the .part file for a resume.
+                        let _ = sink.finish().await;
+                        return Err(self.unreachable(e));
+                    }
+                };
                 if transferred + chunk.len() as u64 > expected {
-                    drop(file);
+                    let _ = sink.finish().await;
                     let _ = tokio::fs::remove_file(&part).await;
                     return Err(ClientError::Protocol(format!(
                         "the worker sent more than the {} bytes the manifest gives for {}; the download was discarded",
                         entry.size, entry.name
                     )));
                 }
-                file.write_all(&chunk).await.map_err(|e| io_err("writing the download", e))?;
+                if let Err(e) = sink.push(&chunk).await {
+                    // The writer stopped: its own error says why.
+                    return Err(sink.finish().await.err().unwrap_or(e));
+                }
                 transferred += chunk.len() as u64;
             }
-            file.sync_all().await.map_err(|e| io_err("syncing the download", e))?;
+            sink.finish().await?
+        } else {
+            // A whole .part file left by an attempt stopped before the
+            // rename: hash it (once) and settle it like a fresh download.
+            download::Sink::start(part.clone(), have).finish().await?
+        };
+        if received.len < entry.size {
+            return Err(self.unreachable(format!(
+                "the download of {} ended after {} of {} bytes; the next attempt resumes it",
+                entry.name, received.len, entry.size
+            )));
         }
-        let p = part.clone();
-        let (actual, size) = tokio::task::spawn_blocking(move || sha256_file(&p))
+        let (p, d, sha) = (part.clone(), dest.to_path_buf(), entry.sha256.clone());
+        let settled = tokio::task::spawn_blocking(move || download::settle(received, &p, &d, &sha))
             .await
-            .map_err(|e| io_err("hashing the download", e))?
-            .map_err(|e| io_err("hashing the download", e))?;
-        if actual != entry.sha256 || size != entry.size {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(ClientError::Digest { name: entry.name.clone(), expected: entry.sha256.clone(), actual });
+            .map_err(|e| io_err("checking the download", e))?
+            .map_err(|e| io_err("moving the download into place", e))?;
+        match settled {
+            Ok(()) => Ok(transferred),
+            Err(actual) => Err(ClientError::Digest { name: entry.name.clone(), expected: entry.sha256.clone(), actual }),
         }
-        tokio::fs::rename(&part, dest).await.map_err(|e| io_err("moving the download into place", e))?;
-        Ok(transferred)
     }
 
     /// `PUT /blobs/{sha256}` from bytes in memory.

@@ -1,0 +1,235 @@
+//! The receiving end of an artifact download: one pass over the bytes.
+//!
+//! The network side (the actix thread) only gathers chunks into blocks of
+//! [`BLOCK`] bytes and hands each block over a bounded channel to one
+//! blocking writer, which hashes and writes it with `std::fs`. Writing every
+//! ~22 KiB network chunk through `tokio::fs` cost one blocking-pool round
+//! trip per chunk, and hashing the file again from disk afterwards doubled
+//! the reading; here the digest is ready when the last byte is written, the
+//! file is synced once, and memory stays bounded by
+//! `(CHANNEL_BLOCKS + 2) * BLOCK` whatever the artifact's size.
+
+use super::ClientError;
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Bytes gathered before one write (and one channel hand-off).
+pub(super) const BLOCK: usize = 1 << 20;
+/// Blocks that may wait for the writer: enough to keep the network and the
+/// disk busy at the same time, small enough to keep memory flat.
+const CHANNEL_BLOCKS: usize = 4;
+
+/// What the writer has put into the `.part` file so far.
+pub(super) struct Received {
+    file: File,
+    hasher: Sha256,
+    /// Bytes in the file, the resumed prefix included.
+    pub len: u64,
+}
+
+/// A download in progress into a `.part` file.
+pub(super) struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+    writer: JoinHandle<io::Result<Received>>,
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Io(format!("{what}: {e}"))
+}
+
+impl Sink {
+    /// Starts the writer on `part`. With `keep` > 0 the file's first `keep`
+    /// bytes are kept and hashed first (a resumed download: the worker sends
+    /// the rest); with 0 the file is created or truncated.
+    pub(super) fn start(part: PathBuf, keep: u64) -> Sink {
+        let (tx, rx) = mpsc::channel(CHANNEL_BLOCKS);
+        let writer = tokio::task::spawn_blocking(move || write_blocks(&part, keep, rx));
+        Sink { tx, buf: BytesMut::with_capacity(BLOCK), writer }
+    }
+
+    /// Adds a network chunk; a full block goes to the writer (waiting while
+    /// the writer is [`CHANNEL_BLOCKS`] blocks behind).
+    pub(super) async fn push(&mut self, chunk: &[u8]) -> Result<(), ClientError> {
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() >= BLOCK {
+            self.send_block().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_block(&mut self) -> Result<(), ClientError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let block = std::mem::replace(&mut self.buf, BytesMut::with_capacity(BLOCK)).freeze();
+        // A closed channel means the writer stopped on an error; `finish`
+        // reports that error, which says more than "channel closed".
+        if self.tx.send(block).await.is_err() {
+            return Err(ClientError::Io("the download writer stopped".into()));
+        }
+        Ok(())
+    }
+
+    /// Hands over the last partial block and waits for the writer: every
+    /// byte received is then in the file (synced or not) and hashed.
+    pub(super) async fn finish(mut self) -> Result<Received, ClientError> {
+        let sent = self.send_block().await;
+        drop(self.tx);
+        let received = self
+            .writer
+            .await
+            .map_err(|e| io_err("writing the download", e))?
+            .map_err(|e| io_err("writing the download", e))?;
+        sent.map(|()| received)
+    }
+}
+
+/// The writer: keeps and hashes the first `keep` bytes of `part`, then
+/// hashes and appends every block until the channel closes.
+fn write_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Bytes>) -> io::Result<Received> {
+    let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(keep == 0).open(part)?;
+    let mut hasher = Sha256::new();
+    if keep > 0 {
+        hash_prefix(&mut file, keep, &mut hasher)?;
+        // Whatever lies past the prefix (there should be nothing) is
+        // replaced by what the worker sends from byte `keep` on.
+        file.set_len(keep)?;
+        file.seek(SeekFrom::Start(keep))?;
+    }
+    let mut len = keep;
+    while let Some(block) = rx.blocking_recv() {
+        hasher.update(&block);
+        file.write_all(&block)?;
+        len += block.len() as u64;
+    }
+    Ok(Received { file, hasher, len })
+}
+
+/// Hashes exactly the first `len` bytes of `file`, reading from the start.
+fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(BLOCK as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the partial download shrank to {} of the {len} bytes it had", len - left),
+            ));
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Checks a complete download against the manifest: synced once, then
+/// renamed to `dest` when the digest matches, deleted when it does not.
+/// Returns the digest found on a mismatch. Blocking: run it off the async
+/// thread.
+pub(super) fn settle(received: Received, part: &Path, dest: &Path, expected: &str) -> io::Result<Result<(), String>> {
+    let Received { file, hasher, .. } = received;
+    let actual = hex::encode(hasher.finalize());
+    if actual != expected {
+        // Closed before removing: Windows refuses to delete an open file.
+        drop(file);
+        std::fs::remove_file(part)?;
+        return Ok(Err(actual));
+    }
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(part, dest)?;
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// Feeds `body` in uneven chunks (smaller and larger than a block).
+    async fn feed(sink: &mut Sink, body: &[u8]) {
+        let mut at = 0;
+        let mut step = 7_000;
+        while at < body.len() {
+            let end = (at + step).min(body.len());
+            sink.push(&body[at..end]).await.unwrap();
+            at = end;
+            step = step * 3 % (3 * BLOCK) + 1;
+        }
+    }
+
+    fn body(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[actix_rt::test]
+    async fn a_fresh_download_is_hashed_once_while_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, dest) = (dir.path().join("a.bin.part"), dir.path().join("a.bin"));
+        std::fs::write(&part, b"stale bytes from an earlier attempt").unwrap();
+        let whole = body(3 * BLOCK + 12_345);
+        let mut sink = Sink::start(part.clone(), 0);
+        feed(&mut sink, &whole).await;
+        let received = sink.finish().await.unwrap();
+        assert_eq!(received.len, whole.len() as u64);
+        assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Ok(()));
+        assert_eq!(std::fs::read(&dest).unwrap(), whole);
+        assert!(!part.exists());
+    }
+
+    #[actix_rt::test]
+    async fn a_resumed_download_hashes_the_kept_prefix_then_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, dest) = (dir.path().join("b.bin.part"), dir.path().join("b.bin"));
+        let whole = body(2 * BLOCK + 999);
+        let keep = BLOCK + 17;
+        std::fs::write(&part, &whole[..keep]).unwrap();
+        let mut sink = Sink::start(part.clone(), keep as u64);
+        feed(&mut sink, &whole[keep..]).await;
+        let received = sink.finish().await.unwrap();
+        assert_eq!(received.len, whole.len() as u64);
+        assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Ok(()));
+        assert_eq!(std::fs::read(&dest).unwrap(), whole);
+    }
+
+    #[actix_rt::test]
+    async fn a_corrupt_prefix_fails_the_digest_and_deletes_the_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, dest) = (dir.path().join("c.bin.part"), dir.path().join("c.bin"));
+        let whole = body(BLOCK + 5_000);
+        let keep = 4_096;
+        let mut bad = whole[..keep].to_vec();
+        bad[100] ^= 0xff;
+        std::fs::write(&part, &bad).unwrap();
+        let mut sink = Sink::start(part.clone(), keep as u64);
+        feed(&mut sink, &whole[keep..]).await;
+        let received = sink.finish().await.unwrap();
+        let mut corrupt = whole.clone();
+        corrupt[100] ^= 0xff;
+        assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Err(sha(&corrupt)));
+        assert!(!part.exists(), "a mismatch deletes the partial file");
+        assert!(!dest.exists(), "nothing unverified under the final name");
+    }
+
+    #[actix_rt::test]
+    async fn a_partial_file_shorter_than_its_prefix_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("d.bin.part");
+        std::fs::write(&part, b"short").unwrap();
+        let sink = Sink::start(part.clone(), 100);
+        let Err(err) = sink.finish().await else { panic!("a shrunken partial file was accepted") };
+        assert!(matches!(err, ClientError::Io(ref m) if m.contains("shrank")), "{err:?}");
+    }
+}

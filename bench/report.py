@@ -138,6 +138,10 @@ def machine():
         "cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem_gib, "kernel": platform.release(),
         "debian": sh(["cat", "/etc/debian_version"]), "rustc": sh(["rustc", "--version"]),
         "git": sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+        # Tracked files changed but not committed when the run started: the
+        # build measured them too.
+        "uncommitted": [line[3:] for line in sh(["git", "-C", ROOT, "status", "--short", "--untracked-files=no"])
+                        .splitlines() if line.strip()],
         "loadavg": os.getloadavg(),
     }
 
@@ -153,7 +157,8 @@ def save(rows, mode, started, extra):
     write_json(os.path.join(OUT_DIR, "latest.json"), data)
     m = data["machine"]
     with open(os.path.join(OUT_DIR, f"results-{mode}.md"), "w") as f:
-        f.write(f"{mode} run of {data['started_utc']}, {data['elapsed_s']:.0f} s, git {m['git']}\n\n")
+        dirty = f" plus uncommitted changes to {', '.join(m['uncommitted'])}" if m["uncommitted"] else ""
+        f.write(f"{mode} run of {data['started_utc']}, {data['elapsed_s']:.0f} s, git {m['git']}{dirty}\n\n")
         f.write(f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Linux {m['kernel']}, "
                 f"Debian {m['debian']}, {m['rustc']}; load average at the end "
                 f"{m['loadavg'][0]:.2f} / {m['loadavg'][1]:.2f} / {m['loadavg'][2]:.2f} (1/5/15 min).\n\n")

@@ -8,6 +8,7 @@
 //! succeeded anywhere is never run again: after a success only artifact
 //! synchronisation is retried.
 
+pub mod liveness;
 pub mod node_client;
 pub mod remote;
 pub mod staging;

@@ -238,3 +238,59 @@ fn every_listed_input_is_staged_and_mapped_back() {
         assert_eq!(r["result"]["files"][i]["path"], json!(local), "{}", r["result"]);
     }
 }
+
+/// Stops a process with SIGSTOP (it keeps its sockets open but answers
+/// nothing, like a hung host) and lets it go on again when dropped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let ok = std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success();
+        assert!(ok, "kill -STOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+#[test]
+fn a_worker_that_goes_silent_mid_job_is_given_up_within_the_probe_timeout() {
+    let mut w = World::new();
+    let wav = common::make_sine_wav(w.dir.path(), "voice.wav", 1.0, 22_050, 1, -18.0);
+    let engine = |delay: u32| format!("python3 -c \"import shutil, sys, time; time.sleep({delay}); shutil.copy('{}', sys.argv[2])\" {{text_file}} {{out_wav}}", wav.display());
+    let (w1, p1) = worker(&w, "w1", &command_tts_env(&engine(60)));
+    w.write_nodes(&[("w1", p1, true)]);
+    // The controller's own engine is instant, for the local re-run; the
+    // long-poll is at its default 20 s, of which the old code waited three
+    // (plus the client timeout each) before giving a silent node up.
+    let fast = engine(0);
+    w.set_env("RAYVAULT_TTS__ENGINE", "command");
+    w.set_env("RAYVAULT_TTS__COMMAND_TEMPLATE", &fast);
+    w.set_env("RAYVAULT_CONTROLLER__WAIT_POLL_S", "20");
+    let running = spawn_submit(&w, "silent", "tts", "TTS_RENDER_CHUNKS", json!({"text": "Hello from the controller."}), &[]);
+    // Once submitted, the controller is inside its first 20 s long-poll.
+    common::wait_until("the job is submitted to w1", std::time::Duration::from_secs(30), || running.stderr().contains("submitted job j"));
+    let _stopped = Stopped::new(w1.child.id());
+    let t0 = std::time::Instant::now();
+    let out = running.finish();
+    let elapsed = t0.elapsed();
+    let (code, r, err) = parse_output(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local", "{r}");
+    assert!(r["fallback_reason"].as_str().unwrap().contains("w1: went silent mid-job: no answer to /health within 2 s"), "{r}");
+    let attempts = r["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["executed_on"], "w1");
+    assert_eq!(attempts[0]["outcome"], "abandoned");
+    assert!(attempts[0]["detail"].as_str().unwrap().starts_with("went silent mid-job"), "{r}");
+    assert_eq!(attempts.last().unwrap()["outcome"], "succeeded", "{r}");
+    assert_eq!(attempts.iter().filter(|a| a["outcome"] == "succeeded").count(), 1);
+    // Detection takes at most about 1 s + the 2 s probe timeout, and the
+    // local re-run a moment (about 2 s in all when measured); 15 s, below
+    // the 20 s long-poll, is generous on a loaded machine and still far
+    // below the old behaviour (3 x (20 s + 6 s) and more, 79 s measured).
+    assert!(elapsed < std::time::Duration::from_secs(15), "the silent node held the job for {elapsed:?}: {err}");
+}

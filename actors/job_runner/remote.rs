@@ -6,6 +6,7 @@ use super::super::artifact_sync::SyncArtifacts;
 use super::super::messages::{Compat, NodeCaps, NodeLost, ProbeNow, StepSet};
 use super::super::node_probe::{NodeDirectory, NodeHandle};
 use super::super::scheduler::NodeLoad;
+use super::liveness;
 use super::node_client::CurrentClient;
 use super::staging::Staged;
 use super::{Ending, JobDeps, Trace};
@@ -347,12 +348,30 @@ async fn follow(
     let node_id = handle.config.node_id.as_str();
     let wait_s = deps.settings.controller.wait_poll_s.max(1);
     let max = deps.settings.controller.max_attempts.max(1);
+    let probe_timeout = Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1));
+    // No poll may hang longer than the worker's own wait plus the time a
+    // live worker needs to answer.
+    let poll_bound = Duration::from_secs(wait_s) + probe_timeout;
+    // The watchdog asks `/health` (unauthenticated, served by both
+    // contracts) beside the long-poll, so a worker that stops answering is
+    // given up within about a second plus the probe timeout. Its own client
+    // timeout is a little longer, so the watchdog's bound is the one seen.
+    let health = deps.keyring.clone().map(|k| CurrentClient::new(handle.config.base_url(), node_id.to_string(), k, probe_timeout + Duration::from_secs(1)));
+    let watchdog = liveness::watch(health, probe_timeout);
+    tokio::pin!(watchdog);
     let mut failures = 0u32;
+    let mut previous: Option<CallError> = None;
     let mut last_state = "";
     let t0 = Instant::now();
     let polled = loop {
         let r = tokio::select! {
-            r = poll(client, job_id, wait_s) => r,
+            // An answer that arrives together with a watchdog verdict wins:
+            // a job that succeeded must never be run again.
+            biased;
+            r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s)) => {
+                r.unwrap_or_else(|_| Err(CallError::Unreachable(format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
+            }
+            reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), reason, trace, began, true),
             _ = cancel.cancelled() => {
                 trace.say(format!("cancelling {job_id} on {node_id}"));
                 cancel_remote(client, job_id).await;
@@ -371,6 +390,7 @@ async fn follow(
             Ok(p) if !matches!(p.state, "queued" | "running") => break p,
             Ok(p) => {
                 failures = 0;
+                previous = None;
                 if p.state != last_state {
                     trace.say(format!("{job_id} is {} on {node_id}", p.state));
                     last_state = p.state;
@@ -379,13 +399,15 @@ async fn follow(
             Err(e) if e.is_transient() => {
                 failures += 1;
                 trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));
-                if failures >= max {
-                    return give_up(deps, node_id, Some(job_id.into()), format!("unreachable mid-job ({e})"), trace, began, true);
-                }
-                let backoff = Duration::from_millis(deps.settings.controller.retry_backoff_ms) * 2u32.pow(failures.min(6));
+                let backoff = match liveness::after_failure(&e, previous.as_ref(), failures, max, deps.settings.controller.retry_backoff_ms) {
+                    liveness::AfterFailure::Lost => return give_up(deps, node_id, Some(job_id.into()), format!("unreachable mid-job ({e})"), trace, began, true),
+                    liveness::AfterFailure::RetryIn(d) => d,
+                };
+                previous = Some(e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = cancel.cancelled() => {}
+                    reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), reason, trace, began, true),
                 }
             }
             Err(e) => return give_up(deps, node_id, Some(job_id.into()), format!("lost track of job {job_id}: {e}"), trace, began, false),

@@ -157,10 +157,13 @@ def save(rows, mode, started, extra):
     write_json(os.path.join(OUT_DIR, "latest.json"), data)
     m = data["machine"]
     with open(os.path.join(OUT_DIR, f"results-{mode}.md"), "w") as f:
-        dirty = f" plus uncommitted changes to {', '.join(m['uncommitted'])}" if m["uncommitted"] else ""
-        f.write(f"{mode} run of {data['started_utc']}, {data['elapsed_s']:.0f} s, git {m['git']}{dirty}\n\n")
+        built = extra.get("machine_at_start", m)
+        dirty = f" plus uncommitted changes to {', '.join(built['uncommitted'])}" if built["uncommitted"] else ""
+        f.write(f"Built from git {built['git']}{dirty}.\n\n")
+        f.write(f"{mode} run of {data['started_utc']}, {data['elapsed_s']:.0f} s.\n\n")
         f.write(f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Linux {m['kernel']}, "
-                f"Debian {m['debian']}, {m['rustc']}; load average at the end "
+                f"Debian {m['debian']}, {m['rustc']}; load average at the start "
+                f"{extra.get('load_before', (0, 0, 0))[0]:.2f}, at the end "
                 f"{m['loadavg'][0]:.2f} / {m['loadavg'][1]:.2f} / {m['loadavg'][2]:.2f} (1/5/15 min).\n\n")
         f.write(table(rows) + "\n")
     return path

@@ -14,7 +14,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from lib import NotMeasured, log, stop_all  # noqa: E402
-from report import Row, save, table  # noqa: E402
+from report import Row, machine, save, table  # noqa: E402
 
 # Sizes of each scenario: the full run and the CI-sized one (--quick).
 FULL = {
@@ -71,7 +71,8 @@ def main():
         del os.environ[k]
     started = time.time()
     load_before = os.getloadavg()
-    rows, details = [], {"config": cfg, "load_before": load_before}
+    # The tree as built (scripts/bench.sh builds just before this starts).
+    rows, details = [], {"config": cfg, "load_before": load_before, "machine_at_start": machine()}
     try:
         for num, name, fn in scenarios():
             if only and num not in only:

@@ -140,8 +140,9 @@ def machine():
         "git": sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
         # Tracked files changed but not committed when the run started: the
         # build measured them too.
-        "uncommitted": [line[3:] for line in sh(["git", "-C", ROOT, "status", "--short", "--untracked-files=no"])
-                        .splitlines() if line.strip()],
+        "uncommitted": [line.split(None, 1)[1] for line in
+                        sh(["git", "-C", ROOT, "status", "--short", "--untracked-files=no"]).splitlines()
+                        if len(line.split(None, 1)) == 2],
         "loadavg": os.getloadavg(),
     }
 

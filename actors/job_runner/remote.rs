@@ -365,13 +365,13 @@ async fn follow(
     let t0 = Instant::now();
     let polled = loop {
         let r = tokio::select! {
-            // An answer that arrives together with a watchdog verdict wins:
-            // a job that succeeded must never be run again.
+            // An answer that arrives together with a watchdog verdict wins
+            // (a job that succeeded must never be run again), and so does a
+            // cancellation.
             biased;
             r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s)) => {
                 r.unwrap_or_else(|_| Err(CallError::Unreachable(format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
             }
-            reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), reason, trace, began, true),
             _ = cancel.cancelled() => {
                 trace.say(format!("cancelling {job_id} on {node_id}"));
                 cancel_remote(client, job_id).await;
@@ -385,6 +385,9 @@ async fn follow(
                 trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
                 return Outcome::Done(with_compat(ending, handle.compat));
             }
+            // Last: a cancellation asked for at the same moment is honoured
+            // rather than moving the job elsewhere.
+            reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), reason, trace, began, true),
         };
         match r {
             Ok(p) if !matches!(p.state, "queued" | "running") => break p,

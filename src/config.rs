@@ -45,6 +45,10 @@ pub struct WorkerSettings {
     pub on_interrupted: String,
     pub shutdown_grace_s: u64,
     pub http_workers: usize,
+    /// Most threads in each tokio blocking pool of the worker (the main
+    /// runtime's and each HTTP worker's): a burst would otherwise grow them
+    /// to dozens of threads whose memory stays after it.
+    pub max_blocking_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -30,6 +30,7 @@ pub mod controller_store;
 pub mod error;
 pub mod joblog;
 pub mod legacy_v05;
+pub mod memory;
 pub mod nodes;
 pub mod process;
 pub mod protocol;

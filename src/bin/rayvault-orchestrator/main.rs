@@ -28,8 +28,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 fn main() -> ExitCode {
+    // Before any other thread: see rayvault::memory for why.
+    rayvault::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Daemon));
+    if matches!(cli.command, Command::Daemon) {
+        // Only the long-running daemon: a one-shot command exits anyway.
+        rayvault::memory::spawn_trimmer();
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => Arc::new(s),
         Err(e) => return usage_error(e.into()),

@@ -58,13 +58,28 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any other thread: see rayvault::memory for why.
+    rayvault::memory::limit_malloc_arenas();
     let args = Args::parse();
     init_tracing();
+    rayvault::memory::spawn_trimmer();
     match prepare(args) {
-        Ok(ready) => match actix_rt::System::new().block_on(serve(ready)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        },
+        Ok(ready) => {
+            let max_blocking = ready.settings.worker.max_blocking_threads.max(1);
+            let system = actix_rt::System::with_tokio_rt(move || {
+                // The System's runtime is the one actix would build, except
+                // for the capped blocking pool (see `max_blocking_threads`).
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .max_blocking_threads(max_blocking)
+                    .build()
+                    .unwrap_or_else(|e| panic!("cannot start the async runtime: {e}"))
+            });
+            match system.block_on(serve(ready)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Err(e) => fail(e),
     }
 }
@@ -201,6 +216,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
             .configure(routes)
     })
     .workers(w.http_workers.max(1))
+    .worker_max_blocking_threads(w.max_blocking_threads.max(1))
     .disable_signals()
     .shutdown_timeout(5)
     .client_request_timeout(Duration::from_secs(10))

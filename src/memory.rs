@@ -16,19 +16,15 @@ use std::time::Duration;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
-/// Caps glibc at two malloc arenas and a fixed mmap threshold. Two arenas
-/// are plenty for processes that mostly wait on disk and network; the fixed
-/// threshold (256 KiB) stops glibc from raising it dynamically after large
-/// blocks (1 MiB hashing and download buffers) are freed, which would make
-/// later large buffers come from the heap and stay there. Call it first
-/// thing in `main`, before any other thread exists.
+/// Caps glibc at two malloc arenas: two are plenty for processes that
+/// mostly wait on disk and network, and each extra arena is memory kept
+/// for good. Call it first thing in `main`, before any other thread exists.
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it runs before any
     // other thread starts, and a refusal (0) only leaves glibc's default.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

@@ -7,10 +7,9 @@
 //! trip per chunk, and hashing the file again from disk afterwards doubled
 //! the reading; here the digest is ready when the last byte is written, the
 //! file is synced once, and memory stays bounded by
-//! `(CHANNEL_BLOCKS + 2) * BLOCK` whatever the artifact's size.
+//! about `(CHANNEL_BLOCKS + 2) * BLOCK` whatever the artifact's size.
 
 use super::ClientError;
-use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -33,9 +32,14 @@ pub(super) struct Received {
 }
 
 /// A download in progress into a `.part` file.
+///
+/// The blocks circulate: the writer hands each emptied block back over
+/// `free`, so a download reuses the same few buffers instead of mapping
+/// (and page-faulting in) a fresh megabyte for every block.
 pub(super) struct Sink {
-    tx: mpsc::Sender<Bytes>,
-    buf: BytesMut,
+    tx: mpsc::Sender<Vec<u8>>,
+    free: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
     writer: JoinHandle<io::Result<Received>>,
 }
 
@@ -49,8 +53,14 @@ impl Sink {
     /// the rest); with 0 the file is created or truncated.
     pub(super) fn start(part: PathBuf, keep: u64) -> Sink {
         let (tx, rx) = mpsc::channel(CHANNEL_BLOCKS);
-        let writer = tokio::task::spawn_blocking(move || write_blocks(&part, keep, rx));
-        Sink { tx, buf: BytesMut::with_capacity(BLOCK), writer }
+        // Room for every block in circulation, so handing one back never
+        // waits; the spare buffers start empty and grow on first use.
+        let (free_tx, free) = mpsc::channel(CHANNEL_BLOCKS + 2);
+        for _ in 0..CHANNEL_BLOCKS {
+            let _ = free_tx.try_send(Vec::new());
+        }
+        let writer = tokio::task::spawn_blocking(move || write_blocks(&part, keep, rx, free_tx));
+        Sink { tx, free, buf: Vec::with_capacity(BLOCK), writer }
     }
 
     /// Adds a network chunk; a full block goes to the writer (waiting while
@@ -58,16 +68,18 @@ impl Sink {
     pub(super) async fn push(&mut self, chunk: &[u8]) -> Result<(), ClientError> {
         self.buf.extend_from_slice(chunk);
         if self.buf.len() >= BLOCK {
-            self.send_block().await?;
+            // The next buffer to fill: one the writer is done with.
+            let Some(mut next) = self.free.recv().await else {
+                return Err(ClientError::Io("the download writer stopped".into()));
+            };
+            next.reserve(BLOCK);
+            let block = std::mem::replace(&mut self.buf, next);
+            self.send(block).await?;
         }
         Ok(())
     }
 
-    async fn send_block(&mut self) -> Result<(), ClientError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let block = std::mem::replace(&mut self.buf, BytesMut::with_capacity(BLOCK)).freeze();
+    async fn send(&mut self, block: Vec<u8>) -> Result<(), ClientError> {
         // A closed channel means the writer stopped on an error; `finish`
         // reports that error, which says more than "channel closed".
         if self.tx.send(block).await.is_err() {
@@ -79,7 +91,8 @@ impl Sink {
     /// Hands over the last partial block and waits for the writer: every
     /// byte received is then in the file (synced or not) and hashed.
     pub(super) async fn finish(mut self) -> Result<Received, ClientError> {
-        let sent = self.send_block().await;
+        let last = std::mem::take(&mut self.buf);
+        let sent = if last.is_empty() { Ok(()) } else { self.send(last).await };
         drop(self.tx);
         let received = self
             .writer
@@ -92,7 +105,7 @@ impl Sink {
 
 /// The writer: keeps and hashes the first `keep` bytes of `part`, then
 /// hashes and appends every block until the channel closes.
-fn write_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Bytes>) -> io::Result<Received> {
+fn write_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Vec<u8>>, free: mpsc::Sender<Vec<u8>>) -> io::Result<Received> {
     let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(keep == 0).open(part)?;
     let mut hasher = Sha256::new();
     if keep > 0 {
@@ -103,13 +116,44 @@ fn write_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Bytes>) -> io::Re
         file.seek(SeekFrom::Start(keep))?;
     }
     let mut len = keep;
-    while let Some(block) = rx.blocking_recv() {
+    let mut flushed = keep;
+    while let Some(mut block) = rx.blocking_recv() {
         hasher.update(&block);
         file.write_all(&block)?;
         len += block.len() as u64;
+        block.clear();
+        // Back for reuse; if the receiving side is gone it is just freed.
+        let _ = free.try_send(block);
+        if len - flushed >= WRITEBACK_EVERY {
+            start_writeback(&file, flushed, len - flushed);
+            flushed = len;
+        }
     }
     Ok(Received { file, hasher, len })
 }
+
+/// Bytes written between two writeback requests.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Asks the kernel to start writing `len` bytes at `offset` to disk now,
+/// without waiting: the disk then works while the rest arrives, and the one
+/// `fsync` at the end only waits for the last few blocks (it took 0.3 s for
+/// a whole GiB of dirty pages here). Durability still comes from that
+/// `fsync`; a failure here only loses the head start, so it is ignored.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else { return };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed, and
+    // sync_file_range reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Elsewhere the final `fsync` does all the writing.
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Hashes exactly the first `len` bytes of `file`, reading from the start.
 fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> io::Result<()> {

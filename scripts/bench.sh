@@ -3,7 +3,7 @@
 # otherwise run, side by side in one run, and prints one table (also written
 # as JSON under target/bench/). How to read it: docs/benchmarks.md.
 #
-#   scripts/bench.sh                 the full run (about 30-40 minutes on 2 cores)
+#   scripts/bench.sh                 the full run (about 20-30 minutes on 2 cores)
 #   scripts/bench.sh --quick         the CI-sized version (a few minutes)
 #   scripts/bench.sh --only 1,3      some scenarios only
 #   SKIP_INSTALL=1 scripts/bench.sh  skip apt-get and pip (already installed)

@@ -222,20 +222,34 @@ enum Presented<'a> {
 pub struct NonceCache {
     seen: DashMap<String, u64>,
     capacity: usize,
+    /// Nonces expiring at or before this instant may have been evicted to
+    /// keep the cache bounded, so a request whose nonce would expire by then
+    /// is refused: it is older than anything the cache can still vouch for.
+    /// Fresh requests (expiring later) are never affected, so a flood of
+    /// signed traffic cannot lock honest clients out.
+    floor: std::sync::atomic::AtomicU64,
 }
 
 impl NonceCache {
     pub fn new(capacity: usize) -> Self {
-        NonceCache { seen: DashMap::new(), capacity }
+        NonceCache { seen: DashMap::new(), capacity: capacity.max(1), floor: Default::default() }
     }
 
     /// Records `nonce` until `expires`; false if it was already there (a
-    /// replay) or the cache is full of live nonces (fail closed).
+    /// replay) or if it expires no later than the eviction floor (it could
+    /// be a replay of an evicted nonce: fail closed for old requests only).
     pub fn insert(&self, nonce: &str, expires: u64, now: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        if expires <= self.floor.load(Ordering::Acquire) {
+            return false;
+        }
         if self.seen.len() >= self.capacity {
             self.seen.retain(|_, exp| *exp > now);
             if self.seen.len() >= self.capacity {
-                return false;
+                self.evict_oldest();
+                if expires <= self.floor.load(Ordering::Acquire) {
+                    return false;
+                }
             }
         }
         match self.seen.entry(nonce.to_string()) {
@@ -245,6 +259,21 @@ impl NonceCache {
                 true
             }
         }
+    }
+
+    /// Drops the tenth of the cache that expires first and raises the floor
+    /// to the latest expiry dropped. Amortised over the inserts that refill
+    /// that tenth, this costs a constant per request.
+    fn evict_oldest(&self) {
+        let mut expiries: Vec<u64> = self.seen.iter().map(|e| *e.value()).collect();
+        if expiries.is_empty() {
+            return;
+        }
+        let k = (expiries.len() / 10).min(expiries.len() - 1);
+        let (_, cutoff, _) = expiries.select_nth_unstable(k);
+        let cutoff = *cutoff;
+        self.floor.fetch_max(cutoff, std::sync::atomic::Ordering::AcqRel);
+        self.seen.retain(|_, exp| *exp > cutoff);
     }
 
     pub fn len(&self) -> usize {
@@ -520,10 +549,27 @@ mod tests {
         let c = NonceCache::new(2);
         assert!(c.insert("a", 10, 0));
         assert!(!c.insert("a", 10, 0));
-        assert!(c.insert("b", 10, 0));
-        assert!(!c.insert("c", 10, 5), "full of live nonces: fail closed");
-        assert!(c.insert("c", 30, 20), "expired entries are evicted");
-        assert_eq!(c.len(), 1);
+        assert!(c.insert("b", 12, 0));
+        assert!(c.insert("c", 20, 5), "full of live nonces: the oldest is evicted");
+        assert!(!c.insert("a", 10, 5), "a replay of the evicted nonce is still refused");
+        assert!(!c.insert("z", 10, 5), "so is any request as old as the evicted one");
+        assert!(!c.insert("b", 12, 5), "the nonces kept are still replays");
+        assert!(c.insert("d", 30, 20), "expired entries are evicted");
+        assert!(c.len() <= 2);
+    }
+
+    /// A flood of fresh signed requests far beyond the capacity never locks
+    /// out the next honest request, and never lets a kept nonce through.
+    #[test]
+    fn a_full_nonce_cache_keeps_accepting_fresh_requests() {
+        let c = NonceCache::new(1_000);
+        for i in 0..20_000u64 {
+            let now = 1_000 + i / 100;
+            assert!(c.insert(&format!("n{i}"), now + 600, now), "fresh request {i} refused");
+        }
+        assert!(c.len() <= 1_000);
+        assert!(!c.insert("n19999", 1_199 + 600, 1_199), "the newest nonce is still a replay");
+        assert!(!c.insert("n0", 1_600, 1_199), "an evicted nonce replayed within its window is refused");
     }
 
     #[test]

@@ -193,6 +193,22 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// A fresh trace for `spec`, started now.
+    fn new(spec: &JobSpec, submitted_at: SystemTime, deps: &JobDeps) -> Trace {
+        Trace {
+            key: spec.key(),
+            submitted_at,
+            started: Instant::now(),
+            started_at: None,
+            run_ms: 0,
+            sync_ms: 0,
+            attempts: Vec::new(),
+            placement: Vec::new(),
+            remote_failures: Vec::new(),
+            progress: deps.progress.clone(),
+        }
+    }
+
     pub fn say(&self, line: impl Into<String>) {
         let line = line.into();
         tracing::info!(job = %self.key, "{line}");
@@ -250,18 +266,7 @@ pub async fn run_job(
     submitted_at: SystemTime,
     cancel: CancellationToken,
 ) -> Receipt {
-    let mut trace = Trace {
-        key: spec.key(),
-        submitted_at,
-        started: Instant::now(),
-        started_at: None,
-        run_ms: 0,
-        sync_ms: 0,
-        attempts: Vec::new(),
-        placement: Vec::new(),
-        remote_failures: Vec::new(),
-        progress: deps.progress.clone(),
-    };
+    let mut trace = Trace::new(&spec, submitted_at, &deps);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
     // The whole-job deadline: cancelling on expiry reaches the worker the
     // same way a user's cancel does.
@@ -326,18 +331,7 @@ pub async fn run_job(
 /// The receipt of a job whose run panicked (a controller bug): failed with
 /// `INTERNAL`, written like any other receipt.
 async fn crashed(deps: &JobDeps, spec: &JobSpec, submitted_at: SystemTime, p: Panicked) -> Receipt {
-    let trace = Trace {
-        key: spec.key(),
-        submitted_at,
-        started: Instant::now(),
-        started_at: None,
-        run_ms: 0,
-        sync_ms: 0,
-        attempts: Vec::new(),
-        placement: Vec::new(),
-        remote_failures: Vec::new(),
-        progress: deps.progress.clone(),
-    };
+    let trace = Trace::new(spec, submitted_at, deps);
     let hash = crate::protocol::inputs_hash(&spec.step_name, &spec.payload);
     let receipt = build_receipt(spec, hash, Ending::failed(ErrorCode::Internal, p.to_string(), "local"), &trace);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);

@@ -55,6 +55,22 @@ pub enum ErrorCode {
     /// The worker running the job became unreachable and no other node or
     /// local fallback could take over.
     WorkerLost,
+    /// A write failed because the disk (or quota) is full (ENOSPC). The cause
+    /// is the machine, not the job: another node or a local run may succeed.
+    DiskFull,
+    /// The controller stopped renewing the job's lease (it gave the job up,
+    /// or the link was cut); the worker stopped the job and will not serve
+    /// its result.
+    LeaseExpired,
+    /// A worker refused the controller's credentials (secrets differ, or the
+    /// clocks are too far apart): a configuration error, not unavailability.
+    AuthRejected,
+    /// The worker at a node's address answered with another worker id: fix
+    /// `node_id` in nodes.json or the worker's RAYVAULT_WORKER_ID.
+    NodeIdMismatch,
+    /// Enabled nodes are configured but no RAYVAULT_CLUSTER_SECRET* is set in
+    /// the controller's environment.
+    SecretMissing,
 }
 
 impl ErrorCode {
@@ -81,6 +97,11 @@ impl ErrorCode {
             ErrorCode::NoEligibleNode => "NO_ELIGIBLE_NODE",
             ErrorCode::ArtifactSyncFailed => "ARTIFACT_SYNC_FAILED",
             ErrorCode::WorkerLost => "WORKER_LOST",
+            ErrorCode::DiskFull => "DISK_FULL",
+            ErrorCode::LeaseExpired => "LEASE_EXPIRED",
+            ErrorCode::AuthRejected => "AUTH_REJECTED",
+            ErrorCode::NodeIdMismatch => "NODE_ID_MISMATCH",
+            ErrorCode::SecretMissing => "SECRET_MISSING",
         }
     }
 }

@@ -195,6 +195,7 @@ mod tests {
             payload,
             requirements: Default::default(),
             no_fallback: false,
+            fallback: None,
             timeout_s: None,
         };
         SubmitJob { spec, resume: None, submitted_at: SystemTime::now() }

@@ -66,6 +66,8 @@ pub struct ControllerSettings {
     /// How long `submit` keeps retrying a daemon that does not answer before
     /// it gives up (the job goes on in the daemon).
     pub daemon_lost_after_s: u64,
+    /// When a job may run on the controller: `unavailable`, `always`, `never`.
+    pub fallback: crate::receipt::FallbackMode,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -159,6 +159,7 @@ mod tests {
                 payload: serde_json::json!({"media_path": "/x.mp4"}),
                 requirements: Default::default(),
                 no_fallback: false,
+                fallback: None,
                 timeout_s: None,
             },
             phase: Phase::Queued,

@@ -51,9 +51,14 @@ pub struct JobSpec {
     pub payload: Value,
     #[serde(default)]
     pub requirements: JobRequirements,
-    /// Fail instead of running locally when no worker can take the job.
+    /// Fail instead of running locally when no worker can take the job
+    /// (the older spelling of `fallback: never`, kept for stored specs).
     #[serde(default)]
     pub no_fallback: bool,
+    /// When the controller may run the job itself; None takes
+    /// `[controller] fallback` from the settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackMode>,
     /// Whole-job deadline in seconds (None: the step's own timeout applies).
     #[serde(default)]
     pub timeout_s: Option<u64>,
@@ -81,6 +86,51 @@ impl JobSpec {
     /// `run_id/job_id`, the job's key in the daemon's store and API.
     pub fn key(&self) -> String {
         format!("{}/{}", self.run_id, self.job_id)
+    }
+
+    /// The fallback rule for this job: `--no-fallback` means never, then
+    /// the job's own mode, then `default` (`[controller] fallback`).
+    pub fn fallback_mode(&self, default: FallbackMode) -> FallbackMode {
+        if self.no_fallback {
+            FallbackMode::Never
+        } else {
+            self.fallback.unwrap_or(default)
+        }
+    }
+}
+
+/// When the controller runs a job itself instead of on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackMode {
+    /// Only when no eligible worker can be reached or can take the job
+    /// (down, refused, timed out, lost mid-job, full). A configuration error
+    /// (credentials refused, wrong worker id, no secret) fails the job.
+    #[default]
+    Unavailable,
+    /// Also when a worker is misconfigured; the reason is recorded.
+    Always,
+    /// Never: the job fails when no worker can run it.
+    Never,
+}
+
+impl FallbackMode {
+    /// Parses `unavailable`, `always` or `never`.
+    pub fn parse(s: &str) -> Result<FallbackMode, String> {
+        match s {
+            "unavailable" => Ok(FallbackMode::Unavailable),
+            "always" => Ok(FallbackMode::Always),
+            "never" => Ok(FallbackMode::Never),
+            other => Err(format!("fallback must be \"unavailable\", \"always\" or \"never\", not {other:?}")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackMode::Unavailable => "unavailable",
+            FallbackMode::Always => "always",
+            FallbackMode::Never => "never",
+        }
     }
 }
 
@@ -240,6 +290,7 @@ mod tests {
             payload: serde_json::json!({}),
             requirements: JobRequirements::default(),
             no_fallback: false,
+            fallback: None,
             timeout_s: None,
         };
         assert!(spec.validate().is_ok());

@@ -46,9 +46,15 @@ pub struct SubmitArgs {
     /// {"os_in": [...], "min_ram_gb": n, "min_vram_gb": n, "gpu_required": bool}; none means any node.
     #[arg(long)]
     pub requirements_json: Option<String>,
-    /// Fail instead of running locally when no worker can take the job.
-    #[arg(long)]
+    /// Same as `--fallback never`.
+    #[arg(long, conflicts_with = "fallback")]
     pub no_fallback: bool,
+    /// When the controller may run the job itself: `unavailable` (only when
+    /// no worker can be reached or take it; the default, from
+    /// `[controller] fallback`), `always` (also when a worker is
+    /// misconfigured), `never`.
+    #[arg(long, value_name = "MODE", value_parser = ["unavailable", "always", "never"])]
+    pub fallback: Option<String>,
     /// Return once the daemon accepted the job (needs a running daemon).
     #[arg(long)]
     pub no_wait: bool,

@@ -465,6 +465,7 @@ mod tests {
                 payload: serde_json::json!({"text": "Hello there."}),
                 requirements: Default::default(),
                 no_fallback: false,
+                fallback: None,
                 timeout_s: None,
             };
             let submitted_ms = now_ms();

@@ -32,6 +32,10 @@ pub fn spec_from(args: &SubmitArgs) -> anyhow::Result<JobSpec> {
         payload,
         requirements,
         no_fallback: args.no_fallback,
+        fallback: match &args.fallback {
+            Some(f) => Some(rayvault::receipt::FallbackMode::parse(f).map_err(|e| anyhow::anyhow!("--fallback: {e}"))?),
+            None => None,
+        },
         timeout_s: args.timeout,
     };
     spec.validate().map_err(anyhow::Error::msg)?;

@@ -65,6 +65,10 @@ pub fn run(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: SubmitA
 }
 
 fn print_receipt(receipt: &Receipt) -> anyhow::Result<u8> {
+    // One plain line for every local fallback, whatever else is shown.
+    if let (Some("local"), Some(reason)) = (receipt.executed_on.as_deref(), &receipt.fallback_reason) {
+        eprintln!("ran locally: {reason}");
+    }
     println!("{}", serde_json::to_string_pretty(receipt)?);
     Ok(receipt.exit_code() as u8)
 }

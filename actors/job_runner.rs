@@ -580,7 +580,7 @@ fn fallback_reason(report: &PlacementReport, failures: &[(String, NodeFailure)],
         return report.fallback_reason();
     }
     let mut parts: Vec<String> = failures.iter().map(|(node, f)| format!("{node} {}", f.text())).collect();
-    let untried = report.explanations.iter().filter(|e| !e.eligible && !tried.iter().any(|t| *t == e.node_id));
+    let untried = report.explanations.iter().filter(|e| !e.eligible && !tried.contains(&e.node_id));
     parts.extend(untried.map(|e| {
         if e.reason.starts_with("unreachable") || e.reason.starts_with("is ") || e.reason.starts_with("refused") || e.reason.starts_with("cannot") {
             format!("{} {}", e.node_id, e.reason)

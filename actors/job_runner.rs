@@ -225,6 +225,8 @@ impl Trace {
             remote_job_id,
             outcome: outcome.to_string(),
             detail,
+            fate: None,
+            ignored_result_sha256: None,
             started_at: format_utc(began),
             ended_at: format_utc(SystemTime::now()),
         });
@@ -310,6 +312,7 @@ pub async fn run_job(
                 }
             }
             let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace).await;
+            remote::settle_fates(&deps, &mut trace).await;
             (hash, ending)
         }
         Ok(Err(e)) => (

@@ -189,6 +189,18 @@ pub struct Attempt {
     /// `succeeded`, `failed`, `cancelled`, or `abandoned` (node lost mid-job).
     pub outcome: String,
     pub detail: Option<String>,
+    /// For an abandoned remote copy: what became of it on its worker, as far
+    /// as the controller could learn at the end of the job:
+    /// `stopped_by_lease` (the worker stopped it when the lease expired),
+    /// `cancelled`, `failed`, `finished_ignored` (it ran to its end after
+    /// all; its result was not used: see `ignored_result_sha256`),
+    /// `never_started`, or `unknown` (the worker did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fate: Option<String>,
+    /// With `fate: finished_ignored`: the SHA-256 of the ignored result
+    /// (its JSON as the worker sent it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored_result_sha256: Option<String>,
     pub started_at: String,
     pub ended_at: String,
 }

@@ -316,7 +316,11 @@ fn a_worker_that_goes_silent_mid_job_is_given_up_within_the_probe_timeout() {
     let (code, r, err) = parse_output(&out);
     assert_eq!(code, 0, "{err}");
     assert_eq!(r["executed_on"], "local", "{r}");
-    assert!(r["fallback_reason"].as_str().unwrap().contains("w1 went silent mid-job: no answer to /health within 2 s"), "{r}");
+    assert!(r["fallback_reason"].as_str().unwrap().contains("w1 went silent mid-job: no answer to the status call within 2 s"), "{r}");
+    // The local copy starts only once w1's lease on its copy has surely
+    // expired (lease_s + lease_margin_ms after the last renewal).
+    assert!(err.contains("for w1's lease on"), "{err}");
+    assert_eq!(r["attempts"][0]["fate"], "unknown", "a stopped worker cannot say: {r}");
     let attempts = r["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["executed_on"], "w1");
     assert_eq!(attempts[0]["outcome"], "abandoned");

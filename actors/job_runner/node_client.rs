@@ -129,8 +129,14 @@ impl CurrentClient {
     }
 
     /// `POST /jobs`.
-    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str) -> Result<Submitted, CallError> {
-        let body = protocol::SubmitJob { step_name: step_name.into(), payload: payload.clone(), inputs_hash: Some(inputs_hash.into()), label: Some(label.into()) };
+    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64) -> Result<Submitted, CallError> {
+        let body = protocol::SubmitJob {
+            step_name: step_name.into(),
+            payload: payload.clone(),
+            inputs_hash: Some(inputs_hash.into()),
+            label: Some(label.into()),
+            lease_s: Some(lease_s),
+        };
         Ok(self.inner.submit(&body).await?)
     }
 

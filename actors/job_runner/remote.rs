@@ -233,6 +233,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Stag
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     let inputs_hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
+    let fence = lease_fence(deps, &client);
     let submitted = match &client {
         NodeClient::Current(c) => {
             for blob in &staged.blobs {
@@ -251,9 +252,13 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Stag
                 return Outcome::Done(Ending::failed(ErrorCode::Cancelled, "the job was cancelled before it was submitted", None));
             }
             let label = spec.key();
-            retry(deps, cancel, || c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label))
-                .await
-                .map(|s| (s.job.job_id, s.cached))
+            let lease_s = deps.settings.controller.lease_s.max(1);
+            retry(deps, cancel, || {
+                fence.sent();
+                c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label, lease_s)
+            })
+            .await
+            .map(|s| (s.job.job_id, s.cached))
         }
         NodeClient::Legacy(l) => {
             let Ok(step) = StepName::parse(&spec.step_name) else {
@@ -270,12 +275,38 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Stag
         Ok(s) => s,
         Err(e) => {
             let lost = matches!(e, CallError::Unreachable(_));
+            if lost && !liveness::is_refused(&e) {
+                // The submission may have reached the worker and created the
+                // job under a lease that nobody renews: it runs nowhere else
+                // until that lease has surely expired.
+                wait_for_fence(&fence, node_id, "the submitted job", trace).await;
+            }
             return give_up(deps, node_id, None, call_failure(&e, "when the job was submitted"), trace, began, lost);
         }
     };
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
     record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
-    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began).await
+    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began, &fence).await
+}
+
+/// The fence of a job on this node: the configured lease plus margin for
+/// the current contract, none for a v0.5 worker (which knows no lease).
+fn lease_fence(deps: &JobDeps, client: &NodeClient) -> liveness::Fence {
+    let c = &deps.settings.controller;
+    match client {
+        NodeClient::Current(_) => liveness::Fence::new(Duration::from_secs(c.lease_s.max(1)), Duration::from_millis(c.lease_margin_ms)),
+        NodeClient::Legacy(_) => liveness::Fence::none(),
+    }
+}
+
+/// Waits until the worker's lease on a job it may still hold has surely
+/// expired, saying so.
+async fn wait_for_fence(fence: &liveness::Fence, node_id: &str, what: &str, trace: &Trace) {
+    let left = fence.expires_at().saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        trace.say(format!("waiting {:.1} s for {node_id}'s lease on {what} to expire, so that it cannot run twice", left.as_secs_f64()));
+    }
+    fence.wait().await;
 }
 
 /// Re-attaches to a job a previous daemon handed to a node.
@@ -289,7 +320,9 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     trace.placement = r.placement.clone();
-    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began).await
+    // Renewals the previous daemon sent are older than this moment.
+    let fence = lease_fence(deps, &client);
+    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began, &fence).await
 }
 
 async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job_id: &str, placement: &[crate::receipt::NodeExplanation]) {
@@ -345,10 +378,11 @@ struct Polled {
     artifacts: Vec<crate::artifacts::ArtifactEntry>,
 }
 
-async fn poll(client: &NodeClient, job_id: &str, wait_s: u64) -> Result<Polled, CallError> {
+async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::Fence) -> Result<Polled, CallError> {
     match client {
         NodeClient::Current(c) => {
             use crate::protocol::JobState;
+            fence.sent();
             let v = c.wait(job_id, wait_s).await?;
             let state = match v.state {
                 JobState::Queued => "queued",
@@ -356,6 +390,7 @@ async fn poll(client: &NodeClient, job_id: &str, wait_s: u64) -> Result<Polled, 
                 JobState::Succeeded => "succeeded",
                 JobState::Failed => "failed",
                 JobState::Cancelled => "cancelled",
+                JobState::Abandoned => "abandoned",
             };
             let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
             Ok(Polled { state, result: v.result, error, artifacts: v.artifacts })
@@ -402,6 +437,7 @@ async fn follow(
     cancel: &CancellationToken,
     trace: &mut Trace,
     began: SystemTime,
+    fence: &liveness::Fence,
 ) -> Outcome {
     let node_id = handle.config.node_id.as_str();
     let wait_s = deps.settings.controller.wait_poll_s.max(1);
@@ -410,12 +446,14 @@ async fn follow(
     // No poll may hang longer than the worker's own wait plus the time a
     // live worker needs to answer.
     let poll_bound = Duration::from_secs(wait_s) + probe_timeout;
-    // The watchdog asks `/health` (unauthenticated, served by both
-    // contracts) beside the long-poll, so a worker that stops answering is
-    // given up within about a second plus the probe timeout. Its own client
-    // timeout is a little longer, so the watchdog's bound is the one seen.
-    let health = deps.keyring.clone().map(|k| CurrentClient::new(handle.config.base_url(), node_id.to_string(), k, probe_timeout + Duration::from_secs(1)));
-    let watchdog = liveness::watch(health, probe_timeout);
+    // The watchdog asks about the job every second beside the long-poll (a
+    // signed status call that renews the lease; `/health` for a v0.5
+    // worker), so a worker that stops answering is noticed within about a
+    // second plus the probe timeout. Its own client timeout is a little
+    // longer, so the watchdog's bound is the one seen.
+    let watcher = deps.keyring.clone().map(|k| CurrentClient::new(handle.config.base_url(), node_id.to_string(), k, probe_timeout + Duration::from_secs(1)));
+    let watched_job = matches!(client, NodeClient::Current(_)).then_some(job_id);
+    let watchdog = liveness::watch(watcher, watched_job, probe_timeout, fence);
     tokio::pin!(watchdog);
     let mut failures = 0u32;
     let mut previous: Option<CallError> = None;
@@ -427,7 +465,7 @@ async fn follow(
             // (a job that succeeded must never be run again), and so does a
             // cancellation.
             biased;
-            r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s)) => {
+            r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s, fence)) => {
                 r.unwrap_or_else(|_| Err(CallError::Unreachable(format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
             }
             _ = cancel.cancelled() => {
@@ -435,7 +473,7 @@ async fn follow(
                 cancel_remote(client, job_id).await;
                 // Wait briefly for the worker to confirm, so the log we fetch
                 // shows the cancellation.
-                let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2, fence)).await;
                 if let Err(e) = fetch_log(client, job_id, &dir.join(crate::receipt::LOG_FILE)).await {
                     tracing::warn!("could not fetch the cancelled job's log: {e}");
                 }
@@ -445,7 +483,10 @@ async fn follow(
             }
             // Last: a cancellation asked for at the same moment is honoured
             // rather than moving the job elsewhere.
-            reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true),
+            reason = &mut watchdog => {
+                wait_for_fence(fence, node_id, job_id, trace).await;
+                return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
+            }
         };
         match r {
             Ok(p) if !matches!(p.state, "queued" | "running") => break p,
@@ -461,17 +502,24 @@ async fn follow(
                 failures += 1;
                 trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));
                 let backoff = match liveness::after_failure(&e, previous.as_ref(), failures, max, deps.settings.controller.retry_backoff_ms) {
-                    liveness::AfterFailure::Lost => return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(format!("was lost mid-job: {e}")), trace, began, true),
+                    liveness::AfterFailure::Lost => {
+                        wait_for_fence(fence, node_id, job_id, trace).await;
+                        return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(format!("was lost mid-job: {e}")), trace, began, true);
+                    }
                     liveness::AfterFailure::RetryIn(d) => d,
                 };
                 previous = Some(e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = cancel.cancelled() => {}
-                    reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true),
+                    reason = &mut watchdog => {
+                        wait_for_fence(fence, node_id, job_id, trace).await;
+                        return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
+                    }
                 }
             }
             Err(e) => {
+                wait_for_fence(fence, node_id, job_id, trace).await;
                 let failure = match call_failure(&e, "while the job ran") {
                     NodeFailure::Unavailable(r) => NodeFailure::Lost(format!("lost track of job {job_id}: {r}")),
                     other => other,
@@ -562,4 +610,40 @@ pub async fn fetch_log(client: &NodeClient, job_id: &str, dest: &Path) -> Result
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("writing {}: {e}", dest.display()))
+}
+
+/// Learns what became of every remote copy this job gave up (the receipt
+/// must never contradict a worker): asks each one's worker once, bounded by
+/// the probe timeout, and records the fate on its attempt.
+pub async fn settle_fates(deps: &JobDeps, trace: &mut Trace) {
+    let bound = Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1));
+    for i in 0..trace.attempts.len() {
+        let a = &trace.attempts[i];
+        let (Some(job_id), true) = (a.remote_job_id.clone(), a.outcome == "abandoned") else { continue };
+        let node_id = a.executed_on.clone();
+        let asked = async {
+            let (_, client) = connect(deps, &node_id).await.map_err(CallError::Other)?;
+            poll(&client, &job_id, 0, &liveness::Fence::none()).await
+        };
+        let (fate, digest) = match tokio::time::timeout(bound, asked).await {
+            Ok(Ok(p)) => match p.state {
+                "abandoned" => ("stopped_by_lease", None),
+                "cancelled" => ("cancelled", None),
+                "failed" => ("failed", None),
+                "succeeded" => {
+                    let bytes = serde_json::to_vec(&p.result).unwrap_or_default();
+                    ("finished_ignored", Some(crate::artifacts::sha256_hex(&bytes)))
+                }
+                "queued" => ("never_started", None),
+                _ => ("unknown", None),
+            },
+            _ => ("unknown", None),
+        };
+        if fate == "finished_ignored" {
+            trace.say(format!("{node_id} finished job {job_id} after it was given up; its result was not used"));
+        }
+        let a = &mut trace.attempts[i];
+        a.fate = Some(fate.to_string());
+        a.ignored_result_sha256 = digest;
+    }
 }

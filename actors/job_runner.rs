@@ -97,6 +97,18 @@ impl JobRunner {
 
 impl Actor for JobRunner {
     type Context = Context<Self>;
+
+    /// Receipts kept while the disk was full are written once space
+    /// returns (see [`crate::receipt::write_pending`]).
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(std::time::Duration::from_secs(2), |_, ctx| {
+            if !crate::receipt::pending_dirs().is_empty() {
+                ctx.spawn(actix::fut::wrap_future(async {
+                    let _ = tokio::task::spawn_blocking(crate::receipt::write_pending).await;
+                }));
+            }
+        });
+    }
 }
 
 /// A restart drops the futures of the jobs in flight (actix cancels what an
@@ -339,13 +351,17 @@ pub async fn run_job(
     let receipt = build_receipt(&spec, inputs_hash, ending, &trace);
     let write = {
         let (r, d) = (receipt.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || r.write(&d)).await
+        tokio::task::spawn_blocking(move || r.write_or_keep(&d)).await
     };
     match write {
         Ok(Ok(path)) => trace.say(match &receipt.executed_on {
             Some(on) => format!("{} on {on}; receipt {}", status_word(receipt.status), path.display()),
             None => format!("{} without running anywhere; receipt {}", status_word(receipt.status), path.display()),
         }),
+        Ok(Err(e)) if crate::error::is_disk_full(&e) => trace.say(format!(
+            "DISK_FULL: the receipt could not be written into {} ({e}); it is kept in memory and written as soon as space is freed there",
+            dir.display()
+        )),
         Ok(Err(e)) => trace.say(format!("could not write the receipt into {}: {e}", dir.display())),
         Err(e) => trace.say(format!("receipt writer task failed: {e}")),
     }

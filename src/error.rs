@@ -169,3 +169,18 @@ impl StepError {
         Self::new(ErrorCode::IoError, format!("{what}: {err}"))
     }
 }
+
+/// True when an I/O error means the disk (or the user's quota) is full:
+/// ENOSPC/EDQUOT on Unix, ERROR_DISK_FULL (112) or ERROR_HANDLE_DISK_FULL
+/// (39) on Windows.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    // The raw code, not `ErrorKind::StorageFull` (Rust 1.83, above this
+    // crate's rust-version); the kinds are made from these same codes.
+    match e.raw_os_error() {
+        #[cfg(unix)]
+        Some(code) => code == libc::ENOSPC || code == libc::EDQUOT,
+        #[cfg(windows)]
+        Some(code) => code == 112 || code == 39,
+        _ => false,
+    }
+}

@@ -287,6 +287,31 @@ pub mod exit {
     pub const VERDICT_FAILED: i32 = 3;
 }
 
+/// Receipts that could not be written because the disk was full, with
+/// their folders, oldest first. A controller keeps them for as long as it
+/// runs and writes them when space returns ([`write_pending`]): the daemon
+/// tries every few seconds, a one-shot `submit` before it exits.
+static PENDING: std::sync::Mutex<Vec<(PathBuf, Receipt)>> = std::sync::Mutex::new(Vec::new());
+
+/// Tries to write every kept receipt again; answers how many are still
+/// waiting for space. Does file I/O: call it from a blocking context.
+pub fn write_pending() -> usize {
+    let Ok(mut pending) = PENDING.lock() else { return 0 };
+    pending.retain(|(dir, receipt)| match receipt.write(dir) {
+        Ok(path) => {
+            tracing::info!(path = %path.display(), "wrote a receipt kept while the disk was full");
+            false
+        }
+        Err(_) => true,
+    });
+    pending.len()
+}
+
+/// The folders of the receipts still waiting for space.
+pub fn pending_dirs() -> Vec<PathBuf> {
+    PENDING.lock().map(|p| p.iter().map(|(d, _)| d.clone()).collect()).unwrap_or_default()
+}
+
 /// The receipt folder of a job.
 pub fn receipt_dir(cluster_dir: &Path, run_id: &str, job_id: &str) -> PathBuf {
     cluster_dir.join("receipts").join(run_id).join(job_id)
@@ -307,6 +332,22 @@ impl Receipt {
         bytes.push(b'\n');
         crate::artifacts::write_atomic(&path, &bytes)?;
         Ok(path)
+    }
+
+    /// Writes the receipt like [`Receipt::write`]; when that fails because
+    /// the disk is full, keeps it in memory (see [`write_pending`]) so that
+    /// it is written once space returns, and still reports the error.
+    pub fn write_or_keep(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        match self.write(dir) {
+            Err(e) if crate::error::is_disk_full(&e) => {
+                if let Ok(mut pending) = PENDING.lock() {
+                    pending.retain(|(d, _)| d != dir);
+                    pending.push((dir.to_path_buf(), self.clone()));
+                }
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// Reads a receipt written by [`Receipt::write`].

@@ -109,7 +109,39 @@ async fn in_process(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, spec
         }
     });
     let receipt = job.await.context("job runner stopped")?;
-    print_receipt(&receipt)
+    let code = print_receipt(&receipt)?;
+    keep_until_written().await;
+    Ok(code)
+}
+
+/// A receipt that could not be written because the disk is full is kept in
+/// memory; this one-shot process waits (a while) for space to be freed so
+/// it can write it, and says what to do meanwhile.
+async fn keep_until_written() {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut told = false;
+    loop {
+        let left = tokio::task::spawn_blocking(rayvault::receipt::write_pending).await.unwrap_or(0);
+        if left == 0 {
+            if told {
+                eprintln!("the receipt is written now");
+            }
+            return;
+        }
+        if Instant::now() >= deadline {
+            for dir in rayvault::receipt::pending_dirs() {
+                eprintln!("DISK_FULL: the receipt for {} was never written: the disk stayed full. It is printed above; save it as {}", dir.display(), dir.join(rayvault::receipt::RECEIPT_FILE).display());
+            }
+            return;
+        }
+        if !told {
+            for dir in rayvault::receipt::pending_dirs() {
+                eprintln!("DISK_FULL: no space to write the receipt into {}; free some space there and it is written at once (waiting up to 2 minutes)", dir.display());
+            }
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn via_daemon(settings: &Settings, client: DaemonClient, spec: JobSpec, no_wait: bool) -> anyhow::Result<u8> {

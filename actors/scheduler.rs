@@ -312,6 +312,19 @@ mod tests {
     }
 
     #[test]
+    fn degraded_and_misconfigured_nodes_take_no_jobs() {
+        let mut nodes = vec![node("full", "windows", 8.0, 0), node("wrong", "windows", 8.0, 0), node("ok", "windows", 8.0, 5)];
+        nodes[0].health = NodeHealth::Degraded("is degraded: disk nearly full (12 MiB free)".into());
+        nodes[1].health = NodeHealth::Misconfigured(crate::error::ErrorCode::AuthRejected, "refused our credentials: 401 auth_token invalid".into());
+        let p = place(&JobRequirements::default(), StepName::FfmpegProbe, &nodes);
+        assert_eq!(p.verdicts, vec![Verdict::Degraded, Verdict::Misconfigured, Verdict::Eligible]);
+        assert_eq!(p.ranked, vec![2], "the busy but healthy node is the only choice");
+        let ex = explain(&JobRequirements::default(), StepName::FfmpegProbe, &nodes, &p);
+        assert_eq!(ex[0].reason, "is degraded: disk nearly full (12 MiB free)");
+        assert_eq!(ex[1].reason, "refused our credentials: 401 auth_token invalid");
+    }
+
+    #[test]
     fn macos_aliases_match() {
         let nodes = vec![node("mac", "macos", 8.0, 0), node("dar", "Darwin", 8.0, 0), node("win", "windows", 8.0, 0)];
         let p = place(&req(r#"{"os_in":["osx"]}"#), StepName::FfmpegProbe, &nodes);

@@ -135,3 +135,24 @@ impl StepError {
         Self::new(ErrorCode::IoError, format!("{what}: {err}"))
     }
 }
+
+/// True when `err` says the disk (or the user's quota) is full: ENOSPC and
+/// EDQUOT on Unix, ERROR_DISK_FULL (112) and ERROR_HANDLE_DISK_FULL (39) on
+/// Windows. Such a failure is the machine's, not the job's.
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    if err.kind() == std::io::ErrorKind::StorageFull || err.kind() == std::io::ErrorKind::QuotaExceeded {
+        return true;
+    }
+    if let Some(inner) = err.get_ref().and_then(|e| e.downcast_ref::<std::io::Error>()) {
+        return is_disk_full(inner);
+    }
+    match err.raw_os_error() {
+        #[cfg(unix)]
+        Some(code) => code == libc::ENOSPC || code == libc::EDQUOT,
+        #[cfg(windows)]
+        Some(code) => code == 112 || code == 39,
+        #[cfg(not(any(unix, windows)))]
+        Some(_) => false,
+        None => false,
+    }
+}

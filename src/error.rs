@@ -130,8 +130,12 @@ impl StepError {
         Self::new(ErrorCode::InputInvalid, message)
     }
 
-    /// Wraps a local I/O failure, naming what was being done.
+    /// Wraps a local I/O failure, naming what was being done: `DISK_FULL`
+    /// when the disk is full ([`is_disk_full`]), else `IO_ERROR`.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
+        if is_disk_full(&err) {
+            return Self::new(ErrorCode::DiskFull, format!("{what}: {err}; free space on this machine's disk"));
+        }
         Self::new(ErrorCode::IoError, format!("{what}: {err}"))
     }
 }

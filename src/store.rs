@@ -700,6 +700,66 @@ impl Db {
     }
 }
 
+/// A small tmpfs for tests that need a real full disk (Linux, as root).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) mod test_tmpfs {
+    use std::path::{Path, PathBuf};
+
+    /// A mounted tmpfs, unmounted on drop.
+    pub struct Tmpfs {
+        pub dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g.
+        /// "4m"); `None`, with the reason printed, where mounting is not
+        /// permitted.
+        pub fn mount(size: &str) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().ok()?;
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+                Ok(o) => {
+                    eprintln!("SKIPPED: cannot mount a tmpfs here: {}", String::from_utf8_lossy(&o.stderr).trim());
+                    None
+                }
+                Err(e) => {
+                    eprintln!("SKIPPED: cannot run mount: {e}");
+                    None
+                }
+            }
+        }
+
+        pub fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Fills the file system with `filler`; returns its path.
+        pub fn fill(&self) -> PathBuf {
+            use std::io::Write;
+            let filler = self.path().join("filler");
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let block = vec![0x5a_u8; 64 * 1024];
+            loop {
+                if let Err(e) = f.write_all(&block) {
+                    assert!(crate::error::is_disk_full(&e), "filling failed with another error: {e}");
+                    break;
+                }
+            }
+            filler
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,5 +856,58 @@ mod tests {
         let created = outcomes.iter().filter(|o| matches!(o, Submission::Created(_))).count();
         assert_eq!(created, 1);
         assert_eq!(store.in_flight().unwrap(), 1);
+    }
+
+    #[test]
+    fn child_records_are_reaped_and_cleared() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.redb")).unwrap();
+        let mut live = std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap();
+        let group = crate::process::ChildGroup::of(live.id());
+        store.record_child("ja", &group).unwrap();
+        let ended = crate::process::ChildGroup { id: 999_999, started: Some(1), boot_id: None };
+        store.record_child("jb", &ended).unwrap();
+        store.record_child("jb", &crate::process::ChildGroup { id: 999_998, ..ended.clone() }).unwrap();
+        store.forget_child("jb", &crate::process::ChildGroup { id: 999_998, ..ended.clone() }).unwrap();
+        assert_eq!(store.children().unwrap().len(), 2);
+        let report = store.reap_children().unwrap();
+        assert_eq!(report.killed, vec![("ja".to_string(), live.id())]);
+        assert_eq!(report.stale, 1);
+        assert!(store.children().unwrap().is_empty());
+        assert!(live.wait().unwrap().code().is_none(), "killed by a signal");
+    }
+
+    /// A full disk: the write fails with DISK_FULL and the store is in its
+    /// failed state; once space is back the next write succeeds on the same
+    /// handle, without a restart.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_store_recovers_once_space_returns() {
+        let Some(fs) = test_tmpfs::Tmpfs::mount("4m") else { return };
+        let store = Store::open(&fs.path().join("w.redb")).unwrap();
+        created(store.submit(new_job("before"), 1, 1000).unwrap());
+        let filler = fs.fill();
+        let big = json!({"blob": "x".repeat(256 * 1024)});
+        let mut failure = None;
+        for i in 0..64 {
+            let job = NewJob { payload: big.clone(), ..new_job(&format!("full{i}")) };
+            if let Err(e) = store.submit(job, 2, 1000) {
+                failure = Some(e);
+                break;
+            }
+        }
+        let e = failure.expect("a write on a full disk failed");
+        assert!(e.is_disk_full(), "{e:?}");
+        assert_eq!(e.code(), ErrorCode::DiskFull);
+        assert!(store.is_failed());
+        // Still full: the next call fails the same way, and says why.
+        if let Err(again) = store.submit(NewJob { payload: big.clone(), ..new_job("still") }, 3, 1000) {
+            assert!(again.is_disk_full(), "{again:?}");
+        }
+        std::fs::remove_file(filler).unwrap();
+        let after = created(store.submit(new_job("after"), 4, 1000).unwrap());
+        assert!(!store.is_failed());
+        assert_eq!(store.get(&after.job_id).unwrap().unwrap().job_id, after.job_id);
     }
 }

@@ -262,4 +262,26 @@ mod tests {
         assert_eq!(left[0].remote.as_ref().unwrap().remote_job_id, "x");
         assert_eq!(s.all().unwrap().len(), 2);
     }
+
+    #[cfg(unix)]
+    #[test]
+    fn recorded_children_are_killed_at_start_up() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let mut live = std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap();
+        {
+            let s = ControllerStore::open(&path).unwrap();
+            s.record_child("r/a", &ChildGroup::of(live.id())).unwrap();
+            let gone = ChildGroup { id: 999_999, started: Some(1), boot_id: None };
+            s.record_child("r/b", &gone).unwrap();
+            s.record_child("r/c", &ChildGroup { id: 999_998, ..gone.clone() }).unwrap();
+            s.forget_child("r/c", &ChildGroup { id: 999_998, ..gone }).unwrap();
+        }
+        let s = ControllerStore::open(&path).unwrap();
+        assert_eq!(s.children().unwrap().len(), 2);
+        assert_eq!(s.reap_children().unwrap(), vec![("r/a".to_string(), live.id())]);
+        assert!(s.children().unwrap().is_empty());
+        assert!(live.wait().unwrap().code().is_none(), "killed by a signal");
+    }
 }

@@ -160,3 +160,34 @@ pub fn is_disk_full(err: &std::io::Error) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod disk_full_tests {
+    use super::*;
+
+    #[test]
+    fn enospc_is_disk_full_and_other_errors_are_not() {
+        assert!(is_disk_full(&std::io::Error::from(std::io::ErrorKind::StorageFull)));
+        assert!(!is_disk_full(&std::io::Error::from(std::io::ErrorKind::NotFound)));
+        #[cfg(unix)]
+        {
+            assert!(is_disk_full(&std::io::Error::from_raw_os_error(libc::ENOSPC)));
+            assert!(!is_disk_full(&std::io::Error::from_raw_os_error(libc::EACCES)));
+            let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            assert!(is_disk_full(&wrapped));
+        }
+        let e = StepError::io("writing x", std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert_eq!(e.code, ErrorCode::DiskFull);
+        assert_eq!(StepError::io("reading x", std::io::Error::from(std::io::ErrorKind::NotFound)).code, ErrorCode::IoError);
+    }
+
+    /// A real ENOSPC from the kernel: /dev/full refuses every write with it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_write_to_dev_full_is_disk_full() {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let e = f.write_all(b"x").and_then(|()| f.flush()).unwrap_err();
+        assert!(is_disk_full(&e), "{e:?}");
+    }
+}

@@ -340,4 +340,31 @@ mod tests {
         let Err(err) = sink.finish().await else { panic!("a shrunken partial file was accepted") };
         assert!(matches!(err, ClientError::Io(ref m) if m.contains("shrank")), "{err:?}");
     }
+
+    /// A download that fills the disk fails with DISK_FULL and leaves no
+    /// empty `.part` file behind.
+    #[cfg(target_os = "linux")]
+    #[actix_rt::test]
+    async fn a_full_disk_is_disk_full_and_leaves_no_empty_part_file() {
+        let Some(fs) = crate::store::test_tmpfs::Tmpfs::mount("1m") else { return };
+        let filler = fs.fill();
+        let part = fs.path().join("e.bin.part");
+        let mut sink = Sink::start(part.clone(), 0);
+        let whole = body(3 * BLOCK);
+        let mut pushed = Ok(());
+        for piece in whole.chunks(BLOCK / 2) {
+            pushed = sink.push(piece).await;
+            if pushed.is_err() {
+                break;
+            }
+        }
+        let err = match pushed {
+            Err(_) => sink.finish().await.err().expect("the writer's error"),
+            Ok(()) => sink.finish().await.err().expect("a full disk fails the download"),
+        };
+        assert!(matches!(err, ClientError::DiskFull(_)), "{err:?}");
+        assert!(err.to_string().starts_with("DISK_FULL"), "{err}");
+        assert!(!part.exists(), "an empty .part file was left behind");
+        drop(filler);
+    }
 }

@@ -266,10 +266,9 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn recorded_children_are_killed_at_start_up() {
-        use std::os::unix::process::CommandExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.redb");
-        let mut live = std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap();
+        let mut live = crate::process::test_support::sleeper_in_own_group();
         {
             let s = ControllerStore::open(&path).unwrap();
             s.record_child("r/a", &ChildGroup::of(live.id())).unwrap();

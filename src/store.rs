@@ -700,66 +700,6 @@ impl Db {
     }
 }
 
-/// A small tmpfs for tests that need a real full disk (Linux, as root).
-#[cfg(all(test, target_os = "linux"))]
-pub(crate) mod test_tmpfs {
-    use std::path::{Path, PathBuf};
-
-    /// A mounted tmpfs, unmounted on drop.
-    pub struct Tmpfs {
-        pub dir: tempfile::TempDir,
-    }
-
-    impl Tmpfs {
-        /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g.
-        /// "4m"); `None`, with the reason printed, where mounting is not
-        /// permitted.
-        pub fn mount(size: &str) -> Option<Tmpfs> {
-            let dir = tempfile::tempdir().ok()?;
-            let out = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => Some(Tmpfs { dir }),
-                Ok(o) => {
-                    eprintln!("SKIPPED: cannot mount a tmpfs here: {}", String::from_utf8_lossy(&o.stderr).trim());
-                    None
-                }
-                Err(e) => {
-                    eprintln!("SKIPPED: cannot run mount: {e}");
-                    None
-                }
-            }
-        }
-
-        pub fn path(&self) -> &Path {
-            self.dir.path()
-        }
-
-        /// Fills the file system with `filler`; returns its path.
-        pub fn fill(&self) -> PathBuf {
-            use std::io::Write;
-            let filler = self.path().join("filler");
-            let mut f = std::fs::File::create(&filler).unwrap();
-            let block = vec![0x5a_u8; 64 * 1024];
-            loop {
-                if let Err(e) = f.write_all(&block) {
-                    assert!(crate::error::is_disk_full(&e), "filling failed with another error: {e}");
-                    break;
-                }
-            }
-            filler
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,10 +800,9 @@ mod tests {
 
     #[test]
     fn child_records_are_reaped_and_cleared() {
-        use std::os::unix::process::CommandExt as _;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let mut live = std::process::Command::new("sleep").arg("300").process_group(0).spawn().unwrap();
+        let mut live = crate::process::test_support::sleeper_in_own_group();
         let group = crate::process::ChildGroup::of(live.id());
         store.record_child("ja", &group).unwrap();
         let ended = crate::process::ChildGroup { id: 999_999, started: Some(1), boot_id: None };
@@ -884,7 +823,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_store_recovers_once_space_returns() {
-        let Some(fs) = test_tmpfs::Tmpfs::mount("4m") else { return };
+        let Some(fs) = crate::process::test_support::Tmpfs::mount("4m") else { return };
         let store = Store::open(&fs.path().join("w.redb")).unwrap();
         created(store.submit(new_job("before"), 1, 1000).unwrap());
         let filler = fs.fill();

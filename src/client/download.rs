@@ -346,7 +346,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[actix_rt::test]
     async fn a_full_disk_is_disk_full_and_leaves_no_empty_part_file() {
-        let Some(fs) = crate::store::test_tmpfs::Tmpfs::mount("1m") else { return };
+        let Some(fs) = crate::process::test_support::Tmpfs::mount("1m") else { return };
         let filler = fs.fill();
         let part = fs.path().join("e.bin.part");
         let mut sink = Sink::start(part.clone(), 0);

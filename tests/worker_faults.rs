@@ -94,6 +94,10 @@ fn a_step_s_processes_die_within_2_s_of_kill_9_of_the_worker() {
     w.kill9();
     let took = wait_all_dead(&[child, grandchild], Duration::from_secs(2), "the step's processes after kill -9 of the worker");
     eprintln!("the step's child and grandchild were gone {took:?} after the worker died");
+    // The executor had recorded the tool's group for the next start.
+    let store = Store::open(&WorkerPaths::new(&w.state_dir.join("worker")).db_path()).unwrap();
+    let recorded = store.children().unwrap();
+    assert!(recorded.iter().any(|(_, g)| g.id == child), "{recorded:?}");
 }
 
 #[test]

@@ -240,7 +240,9 @@ fn reap_one(g: &ChildGroup) -> Reaped {
             if members.is_empty() {
                 return Reaped::Gone;
             }
-            let recorded = g.started.unwrap_or(0);
+            // Without the leader's start time there is nothing to compare
+            // the members with: leave them.
+            let Some(recorded) = g.started else { return Reaped::Reused };
             if members.iter().any(|&(_, started)| started < recorded) {
                 return Reaped::Reused;
             }
@@ -529,7 +531,8 @@ struct ProcessTree {
 
 impl ProcessTree {
     async fn adopt(child: &tokio::process::Child, tracker: Option<ChildTracker>) -> Self {
-        let group = child.id().map(ChildGroup::of);
+        // The guardian (Unix) or the Job Object (Windows) first: they are
+        // what kills the tree if this process dies in the next moment.
         #[cfg(unix)]
         let tree = {
             let pgid = child.id().map(|id| id as i32);
@@ -543,6 +546,7 @@ impl ProcessTree {
         #[cfg(not(any(unix, windows)))]
         let tree = ProcessTree { record: None };
         let mut tree = tree;
+        let group = child.id().map(ChildGroup::of);
         if let Some(group) = group {
             if let Some(t) = &tracker {
                 t.call(&group, true).await;

@@ -2,6 +2,8 @@
 //! processes die with it, and a daemon started after a crash kills the
 //! process groups its predecessor recorded.
 
+#![cfg(unix)]
+
 mod controller_support;
 
 use controller_support::*;

@@ -3,6 +3,8 @@
 //! kills the process groups its predecessor recorded, and a full disk gives
 //! DISK_FULL and a `degraded` health until space returns, with no restart.
 
+#![cfg(unix)]
+
 mod common;
 mod worker_harness;
 

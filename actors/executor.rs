@@ -258,7 +258,8 @@ async fn execute(
     })
     .await
     .ok_or_else(|| StepError::new(ErrorCode::Internal, "log task failed"))?
-    .map_err(|e| StepError::io("opening the job log", e))?;
+    .map_err(|e| StepError::io("opening the job log", e))?
+    .tracking_children(crate::process::ChildTracker::new(rec.job_id.clone(), Arc::new(env.store.clone())));
     log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
     let payload = resolve_blobs(&rec.payload, &env.paths)?;
     let ctx = StepContext { job_id: rec.job_id.clone(), out_dir, log: log.clone(), cancel, settings: env.settings.clone() };

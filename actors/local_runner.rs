@@ -8,6 +8,7 @@ use super::messages::Stop;
 use crate::config::Settings;
 use crate::error::StepError;
 use crate::joblog::JobLog;
+use crate::process::{ChildRegistry, ChildTracker};
 use crate::steps::{self, StepContext, StepName, StepOutput};
 use actix::prelude::*;
 use serde_json::Value;
@@ -36,12 +37,21 @@ pub struct LocalRunner {
     /// Bounds how many steps run on the controller at once, so that a burst
     /// of fallbacks cannot starve the machine that also owns the final render.
     slots: Arc<Semaphore>,
+    /// Where the process groups of running steps' tools are recorded (the
+    /// daemon's store), so that a daemon started after a crash kills them.
+    children: Option<Arc<dyn ChildRegistry>>,
 }
 
 impl LocalRunner {
     pub fn new(settings: Arc<Settings>) -> Self {
         let n = settings.controller.local_concurrency.max(1);
-        LocalRunner { settings, slots: Arc::new(Semaphore::new(n)) }
+        LocalRunner { settings, slots: Arc::new(Semaphore::new(n)), children: None }
+    }
+
+    /// Records the child process groups of local steps in `registry`.
+    pub fn recording_children(mut self, registry: Option<Arc<dyn ChildRegistry>>) -> Self {
+        self.children = registry;
+        self
     }
 }
 
@@ -73,16 +83,21 @@ impl Handler<RunLocal> for LocalRunner {
     fn handle(&mut self, msg: RunLocal, _: &mut Context<Self>) -> Self::Result {
         let slots = self.slots.clone();
         let settings = self.settings.clone();
+        let children = self.children.clone();
         Box::pin(async move {
             let _permit = tokio::select! {
                 p = slots.acquire_owned() => p.map_err(|_| StepError::new(crate::error::ErrorCode::Cancelled, "the controller is shutting down"))?,
                 _ = msg.cancel.cancelled() => return Err(StepError::new(crate::error::ErrorCode::Cancelled, "cancelled before it started")),
             };
             msg.log.line("controller", &format!("running {} locally on the controller", msg.step));
+            let log = match children {
+                Some(registry) => msg.log.clone().tracking_children(ChildTracker::new(msg.job_key.clone(), registry)),
+                None => msg.log.clone(),
+            };
             let ctx = StepContext {
                 job_id: msg.job_key.clone(),
                 out_dir: msg.out_dir.clone(),
-                log: msg.log.clone(),
+                log,
                 cancel: msg.cancel.clone(),
                 settings,
             };

@@ -99,7 +99,8 @@ impl ControllerSupervisor {
         };
         let local = {
             let s = settings.clone();
-            actix::Supervisor::start(move |_| LocalRunner::new(s.clone()))
+            let registry = store.clone().map(|st| st as Arc<dyn crate::process::ChildRegistry>);
+            actix::Supervisor::start(move |_| LocalRunner::new(s.clone()).recording_children(registry.clone()))
         };
         let sync = {
             let k = keyring.clone();

@@ -118,4 +118,19 @@ mod tests {
         assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
     }
+
+    /// On a full disk the write fails as DISK_FULL (through
+    /// [`StepError::io`]) and leaves neither the artifact nor its temporary.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_disk_full_and_leaves_nothing() {
+        let Some(fs) = crate::process::test_support::Tmpfs::mount("1m") else { return };
+        let filler = fs.fill();
+        let p = fs.path().join("report.json");
+        let err = write_atomic(&p, &vec![b'x'; 256 * 1024]).unwrap_err();
+        assert!(crate::error::is_disk_full(&err), "{err:?}");
+        assert_eq!(StepError::io("writing report.json", err).code, crate::error::ErrorCode::DiskFull);
+        let names: Vec<_> = std::fs::read_dir(fs.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert_eq!(names, vec![filler], "only the filler is left");
+    }
 }

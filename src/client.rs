@@ -41,6 +41,10 @@ pub enum ClientError {
     /// A local file could not be read or written.
     #[error("local file error: {0}")]
     Io(String),
+    /// A local file could not be written because the disk is full
+    /// (`DISK_FULL`): free space, then retry (a download resumes).
+    #[error("DISK_FULL: the local disk is full ({0}); free space, then retry")]
+    DiskFull(String),
     /// A downloaded artifact does not hash to its manifest digest.
     #[error("artifact {name} has sha256 {actual}, the manifest says {expected}; the download was discarded")]
     Digest { name: String, expected: String, actual: String },
@@ -350,7 +354,7 @@ impl WorkerClient {
         let settled = tokio::task::spawn_blocking(move || download::settle(received, &p, &d, &sha))
             .await
             .map_err(|e| io_err("checking the download", e))?
-            .map_err(|e| io_err("moving the download into place", e))?;
+            .map_err(|e| download::local_io("moving the download into place", e))?;
         match settled {
             Ok(()) => Ok(transferred),
             Err(actual) => Err(ClientError::Digest { name: entry.name.clone(), expected: entry.sha256.clone(), actual }),

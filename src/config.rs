@@ -49,6 +49,10 @@ pub struct WorkerSettings {
     /// runtime's and each HTTP worker's): a burst would otherwise grow them
     /// to dozens of threads whose memory stays after it.
     pub max_blocking_threads: usize,
+    /// Below this many free bytes on the disk of the state folder, `/health`
+    /// answers `degraded` (the worker is short of space for blobs, logs,
+    /// artifacts and its store).
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

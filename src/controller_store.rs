@@ -8,12 +8,16 @@
 //! flight and on which worker, and re-attaches to them instead of running
 //! them again.
 
+use crate::process::{ChildGroup, ChildRegistry, Reaped};
 use crate::receipt::{JobSpec, Receipt};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_jobs");
+/// `<run_id>/<job_id>/<group id>` -> JSON [`ChildGroup`]: the process groups
+/// of the tools that local steps (the LocalRunner) run, while they run.
+const CHILDREN: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_children");
 
 /// A store failure, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,7 @@ impl ControllerStore {
         })?;
         let tx = db.begin_write()?;
         tx.open_table(JOBS)?;
+        tx.open_table(CHILDREN)?;
         tx.commit()?;
         Ok(ControllerStore { db, path: path.to_path_buf() })
     }
@@ -142,6 +147,73 @@ impl ControllerStore {
     }
 }
 
+impl ControllerStore {
+    /// Records a running child's group for the local job `owner`. `Eventual`
+    /// commit: it survives a crash of the daemon, not a power cut (which
+    /// kills the child as well).
+    pub fn record_child(&self, owner: &str, group: &ChildGroup) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(group).map_err(|e| StoreError(e.to_string()))?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
+        tx.open_table(CHILDREN)?.insert(format!("{owner}/{}", group.id).as_str(), bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes the record of a group that ended.
+    pub fn forget_child(&self, owner: &str, group: &ChildGroup) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
+        tx.open_table(CHILDREN)?.remove(format!("{owner}/{}", group.id).as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every recorded group, with the job it belongs to.
+    pub fn children(&self) -> Result<Vec<(String, ChildGroup)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CHILDREN)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let owner = k.value().rsplit_once('/').map(|(o, _)| o.to_string()).unwrap_or_default();
+            if let Ok(g) = serde_json::from_slice::<ChildGroup>(v.value()) {
+                out.push((owner, g));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Daemon start-up: kills the process groups that local steps of a dead
+    /// daemon left running (see [`crate::process::reap`] for the pid-reuse
+    /// checks) and clears the records. Returns the `(job, group id)` pairs
+    /// killed.
+    pub fn reap_children(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let recorded = self.children()?;
+        let groups: Vec<ChildGroup> = recorded.iter().map(|(_, g)| g.clone()).collect();
+        let killed = recorded
+            .iter()
+            .zip(crate::process::reap(&groups))
+            .filter(|(_, r)| *r == Reaped::Killed)
+            .map(|((owner, g), _)| (owner.clone(), g.id))
+            .collect();
+        let tx = self.db.begin_write()?;
+        tx.open_table(CHILDREN)?.retain(|_, _| false)?;
+        tx.commit()?;
+        Ok(killed)
+    }
+}
+
+impl ChildRegistry for ControllerStore {
+    fn record(&self, owner: &str, group: &ChildGroup) -> Result<(), String> {
+        self.record_child(owner, group).map_err(|e| e.to_string())
+    }
+
+    fn forget(&self, owner: &str, group: &ChildGroup) -> Result<(), String> {
+        self.forget_child(owner, group).map_err(|e| e.to_string())
+    }
+}
+
 fn decode(bytes: &[u8]) -> Result<StoredJob, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError(format!("a stored job does not decode: {e}")))
 }
@@ -190,5 +262,26 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].remote.as_ref().unwrap().remote_job_id, "x");
         assert_eq!(s.all().unwrap().len(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn recorded_children_are_killed_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let mut live = crate::process::test_support::sleeper_in_own_group();
+        {
+            let s = ControllerStore::open(&path).unwrap();
+            s.record_child("r/a", &ChildGroup::of(live.id())).unwrap();
+            let gone = ChildGroup { id: 999_999, started: Some(1), boot_id: None };
+            s.record_child("r/b", &gone).unwrap();
+            s.record_child("r/c", &ChildGroup { id: 999_998, ..gone.clone() }).unwrap();
+            s.forget_child("r/c", &ChildGroup { id: 999_998, ..gone }).unwrap();
+        }
+        let s = ControllerStore::open(&path).unwrap();
+        assert_eq!(s.children().unwrap().len(), 2);
+        assert_eq!(s.reap_children().unwrap(), vec![("r/a".to_string(), live.id())]);
+        assert!(s.children().unwrap().is_empty());
+        assert!(live.wait().unwrap().code().is_none(), "killed by a signal");
     }
 }

@@ -164,23 +164,65 @@ impl StepError {
         Self::new(ErrorCode::InputInvalid, message)
     }
 
-    /// Wraps a local I/O failure, naming what was being done.
+    /// Wraps a local I/O failure, naming what was being done: `DISK_FULL`
+    /// when the disk is full ([`is_disk_full`]), else `IO_ERROR`.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
+        if is_disk_full(&err) {
+            return Self::new(ErrorCode::DiskFull, format!("{what}: {err}; free space on this machine's disk"));
+        }
         Self::new(ErrorCode::IoError, format!("{what}: {err}"))
     }
 }
 
-/// True when an I/O error means the disk (or the user's quota) is full:
-/// ENOSPC/EDQUOT on Unix, ERROR_DISK_FULL (112) or ERROR_HANDLE_DISK_FULL
-/// (39) on Windows.
-pub fn is_disk_full(e: &std::io::Error) -> bool {
-    // The raw code, not `ErrorKind::StorageFull` (Rust 1.83, above this
-    // crate's rust-version); the kinds are made from these same codes.
-    match e.raw_os_error() {
+/// True when `err` says the disk (or the user's quota) is full: ENOSPC and
+/// EDQUOT on Unix, ERROR_DISK_FULL (112) and ERROR_HANDLE_DISK_FULL (39) on
+/// Windows, also when wrapped in another `io::Error`. Such a failure is the
+/// machine's, not the job's.
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    // By the OS's codes: `ErrorKind::StorageFull` is newer than the crate's
+    // minimum Rust version.
+    if let Some(inner) = err.get_ref().and_then(|e| e.downcast_ref::<std::io::Error>()) {
+        return is_disk_full(inner);
+    }
+    match err.raw_os_error() {
         #[cfg(unix)]
         Some(code) => code == libc::ENOSPC || code == libc::EDQUOT,
         #[cfg(windows)]
         Some(code) => code == 112 || code == 39,
-        _ => false,
+        #[cfg(not(any(unix, windows)))]
+        Some(_) => false,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod disk_full_tests {
+    use super::*;
+
+    #[test]
+    fn enospc_is_disk_full_and_other_errors_are_not() {
+        assert!(!is_disk_full(&std::io::Error::from(std::io::ErrorKind::NotFound)));
+        #[cfg(unix)]
+        {
+            assert!(is_disk_full(&std::io::Error::from_raw_os_error(libc::ENOSPC)));
+            assert!(!is_disk_full(&std::io::Error::from_raw_os_error(libc::EACCES)));
+            let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            assert!(is_disk_full(&wrapped));
+        }
+        #[cfg(unix)]
+        assert_eq!(StepError::io("writing x", std::io::Error::from_raw_os_error(libc::ENOSPC)).code, ErrorCode::DiskFull);
+        #[cfg(windows)]
+        assert_eq!(StepError::io("writing x", std::io::Error::from_raw_os_error(112)).code, ErrorCode::DiskFull);
+        assert_eq!(StepError::io("reading x", std::io::Error::from(std::io::ErrorKind::NotFound)).code, ErrorCode::IoError);
+    }
+
+    /// A real ENOSPC from the kernel: /dev/full refuses every write with it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_write_to_dev_full_is_disk_full() {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let e = f.write_all(b"x").and_then(|()| f.flush()).unwrap_err();
+        assert!(is_disk_full(&e), "{e:?}");
     }
 }

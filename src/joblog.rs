@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct JobLog {
     inner: Arc<Mutex<File>>,
     path: PathBuf,
+    /// Where the job's child process groups are recorded while they run.
+    children: Option<crate::process::ChildTracker>,
 }
 
 impl JobLog {
@@ -24,7 +26,18 @@ impl JobLog {
             std::fs::create_dir_all(parent)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(JobLog { inner: Arc::new(Mutex::new(file)), path: path.to_path_buf() })
+        Ok(JobLog { inner: Arc::new(Mutex::new(file)), path: path.to_path_buf(), children: None })
+    }
+
+    /// Records every child process the job starts through this log in
+    /// `tracker` while it runs (see [`crate::process::reap`]).
+    pub fn tracking_children(mut self, tracker: crate::process::ChildTracker) -> Self {
+        self.children = Some(tracker);
+        self
+    }
+
+    pub fn child_tracker(&self) -> Option<&crate::process::ChildTracker> {
+        self.children.as_ref()
     }
 
     pub fn path(&self) -> &Path {

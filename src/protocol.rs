@@ -259,6 +259,9 @@ pub enum ApiCode {
     TooManyJobs,
     /// 503: the worker is shutting down.
     ShuttingDown,
+    /// 507: the worker's disk is full; free space there (it recovers by
+    /// itself) or use another node.
+    DiskFull,
     /// 500: a bug or a local I/O failure; see the worker log.
     Internal,
 }
@@ -279,6 +282,7 @@ impl ApiCode {
             ApiCode::HeadersTooLarge => 431,
             ApiCode::Internal => 500,
             ApiCode::ShuttingDown => 503,
+            ApiCode::DiskFull => 507,
         }
     }
 
@@ -303,6 +307,7 @@ impl ApiCode {
             ApiCode::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ApiCode::TooManyJobs => "TOO_MANY_JOBS",
             ApiCode::ShuttingDown => "SHUTTING_DOWN",
+            ApiCode::DiskFull => "DISK_FULL",
             ApiCode::Internal => "INTERNAL",
         }
     }
@@ -321,10 +326,19 @@ pub struct ErrorBody {
 /// `GET /health` (no auth).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` while the worker is short of disk space or its
+    /// job store is failing (it still answers, but new work may fail).
     pub status: String,
     pub worker_id: String,
     pub contract: String,
     pub version: String,
+    /// Why the status is `degraded`; absent when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_reason: Option<String>,
+    /// Free bytes on the disk holding the worker's state folder (absent if
+    /// it could not be measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
 }
 
 /// `GET /caps`: the host capability keys (`os`, `cpu`, `ram_gb`,

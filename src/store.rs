@@ -13,7 +13,16 @@
 //! - `active`: job id -> sequence number, for jobs queued or running (its
 //!   size is the in-flight count; restart recovery walks it in order);
 //! - `meta`: counters (`next_seq`);
-//! - `nonces`: accepted request nonces and their expiry ([`nonces`]).
+//! - `nonces`: accepted request nonces and their expiry ([`nonces`]);
+//! - `children`: the process groups of running jobs' tools ([`children`]),
+//!   so that a worker started after a crash kills what is left of them.
+//!
+//! The database recovers by itself from an I/O failure (a full disk, most
+//! often): redb then refuses every later call with "Previous I/O error
+//! occurred. Please close and re-open the database", so the handle is closed
+//! and opened again by the first call that meets such an error (see
+//! [`Store::run`]); once space is back, the next call succeeds without a
+//! restart of the worker.
 
 use crate::artifacts::ArtifactEntry;
 use crate::error::{ErrorCode, StepError};
@@ -21,9 +30,12 @@ use crate::protocol::{JobError, JobState, JobView};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+pub mod children;
 pub mod nonces;
 mod paths;
 
@@ -36,17 +48,74 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// A store failure (database or record encoding).
 #[derive(Debug, thiserror::Error)]
-#[error("job store: {0}")]
-pub struct StoreError(String);
+#[error("job store: {message}")]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+    /// The error is redb's "previous I/O error" state (or a closed handle),
+    /// not a failure of this call's own I/O.
+    closed: bool,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// A write failed because the disk is full (ENOSPC).
+    DiskFull,
+    /// Another I/O failure, or the database is closed after one.
+    Io,
+    /// Anything else (a corrupt record, a bug).
+    Other,
+}
+
+impl StoreError {
+    fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError { kind, message: message.into(), closed: false }
+    }
+
+    fn closed() -> Self {
+        StoreError { kind: StoreErrorKind::Io, message: "the database is closed after an I/O error".into(), closed: true }
+    }
+
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// True when the cause is a full disk.
+    pub fn is_disk_full(&self) -> bool {
+        self.kind == StoreErrorKind::DiskFull
+    }
+
+    /// The error code a caller reports: `DISK_FULL`, `IO_ERROR` or `INTERNAL`.
+    pub fn code(&self) -> ErrorCode {
+        match self.kind {
+            StoreErrorKind::DiskFull => ErrorCode::DiskFull,
+            StoreErrorKind::Io => ErrorCode::IoError,
+            StoreErrorKind::Other => ErrorCode::Internal,
+        }
+    }
+
+    /// True for the failures after which redb must be closed and re-opened.
+    fn needs_reopen(&self) -> bool {
+        self.kind != StoreErrorKind::Other
+    }
+}
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(e: E) -> Self {
-        StoreError(e.into().to_string())
+        match e.into() {
+            redb::Error::Io(io) => {
+                let kind = if crate::error::is_disk_full(&io) { StoreErrorKind::DiskFull } else { StoreErrorKind::Io };
+                StoreError::new(kind, io.to_string())
+            }
+            redb::Error::PreviousIo => StoreError::closed(),
+            other => StoreError::new(StoreErrorKind::Other, other.to_string()),
+        }
     }
 }
 
 fn codec(e: serde_json::Error) -> StoreError {
-    StoreError(format!("corrupt job record: {e}"))
+    StoreError::new(StoreErrorKind::Other, format!("corrupt job record: {e}"))
 }
 
 /// Everything the worker keeps about one job.
@@ -149,7 +218,21 @@ pub struct Recovery {
 /// A cheap, cloneable handle on the database.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    inner: Arc<Db>,
+}
+
+/// The database behind a [`Store`], re-opened after an I/O failure.
+struct Db {
+    path: PathBuf,
+    /// A generation number, bumped at every re-open, and the open database
+    /// (`None` while a re-open failed; the next call tries again).
+    slot: RwLock<(u64, Option<Arc<Database>>)>,
+    /// Held while re-opening, so that concurrent callers re-open once.
+    reopening: Mutex<()>,
+    /// The last call failed with an I/O error and no call has succeeded since.
+    failed: AtomicBool,
+    /// That failure was a full disk.
+    disk_full: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -157,7 +240,6 @@ impl std::fmt::Debug for Store {
         f.write_str("Store")
     }
 }
-
 /// Generates a job id: `j` followed by 32 lower-case hex digits.
 pub fn new_job_id() -> String {
     format!("j{}", uuid::Uuid::new_v4().simple())
@@ -189,119 +271,200 @@ impl Store {
     pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Store, StoreError> {
         let deadline = std::time::Instant::now() + wait;
         let db = loop {
-            match Database::create(path) {
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+            match open_database(path) {
+                Err(OpenError::AlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                other => break other?,
+                Err(OpenError::AlreadyOpen) => {
+                    return Err(StoreError::new(StoreErrorKind::Other, redb::DatabaseError::DatabaseAlreadyOpen.to_string()))
+                }
+                Err(OpenError::Store(e)) => return Err(e),
+                Ok(db) => break db,
             }
         };
-        let tx = db.begin_write()?;
-        {
-            tx.open_table(JOBS)?;
-            tx.open_table(IDEMPOTENCY)?;
-            tx.open_table(ACTIVE)?;
-            tx.open_table(META)?;
-            tx.open_table(nonces::NONCES)?;
+        Ok(Store {
+            inner: Arc::new(Db {
+                path: path.to_path_buf(),
+                slot: RwLock::new((0, Some(Arc::new(db)))),
+                reopening: Mutex::new(()),
+                failed: AtomicBool::new(false),
+                disk_full: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// True while the store is in its failed state: the last call met an I/O
+    /// error and none has succeeded since. `/health` reports it.
+    pub fn is_failed(&self) -> bool {
+        self.inner.failed.load(Ordering::Acquire)
+    }
+
+    /// Runs `op` on the database. When it fails with an I/O error, the
+    /// database is closed and opened again (once per call, by one caller at
+    /// a time); `op` is then tried once more if the failure was only redb's
+    /// "previous I/O error" state, and otherwise reported. A failure whose
+    /// cause is a full disk is reported as [`StoreErrorKind::DiskFull`].
+    fn run<T>(&self, op: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = &self.inner;
+        let mut reopened = false;
+        loop {
+            let (generation, handle) = {
+                let slot = db.slot.read().unwrap_or_else(|p| p.into_inner());
+                (slot.0, slot.1.clone())
+            };
+            let result = match handle {
+                Some(handle) => op(&handle),
+                None => Err(StoreError::closed()),
+            };
+            match result {
+                Ok(v) => {
+                    db.failed.store(false, Ordering::Release);
+                    db.disk_full.store(false, Ordering::Release);
+                    return Ok(v);
+                }
+                Err(e) if e.needs_reopen() => {
+                    // Only a fresh error says what the cause was; the closed
+                    // state keeps the cause of the error that closed it.
+                    let fresh = !e.closed;
+                    if fresh {
+                        db.disk_full.store(e.is_disk_full(), Ordering::Release);
+                    }
+                    db.failed.store(true, Ordering::Release);
+                    if reopened {
+                        return Err(self.explain(e));
+                    }
+                    reopened = true;
+                    if let Err(again) = db.reopen(generation) {
+                        if again.is_disk_full() {
+                            db.disk_full.store(true, Ordering::Release);
+                        }
+                        return Err(self.explain(again));
+                    }
+                    if fresh {
+                        return Err(self.explain(e));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        tx.commit()?;
-        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Gives an I/O failure its cause and a message that says what to do.
+    fn explain(&self, e: StoreError) -> StoreError {
+        if e.is_disk_full() || self.inner.disk_full.load(Ordering::Acquire) {
+            StoreError::new(
+                StoreErrorKind::DiskFull,
+                format!(
+                    "the disk holding {} is full ({}); free space there, the worker recovers by itself",
+                    self.inner.path.display(),
+                    e.message
+                ),
+            )
+        } else {
+            StoreError::new(e.kind, format!("{} at {}", e.message, self.inner.path.display()))
+        }
     }
 
     /// Looks a job up.
     pub fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let jobs = tx.open_table(JOBS)?;
-        let rec = jobs.get(job_id)?;
-        rec.map(|g| serde_json::from_slice(g.value()).map_err(codec)).transpose()
+        self.run(|db| {
+            let tx = db.begin_read()?;
+            let jobs = tx.open_table(JOBS)?;
+            let rec = jobs.get(job_id)?;
+            rec.map(|g| serde_json::from_slice(g.value()).map_err(codec)).transpose()
+        })
     }
 
     /// Number of jobs queued or running.
     pub fn in_flight(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        Ok(tx.open_table(ACTIVE)?.len()?)
+        self.run(|db| Ok(db.begin_read()?.open_table(ACTIVE)?.len()?))
     }
 
     /// Records a submission: returns the existing job for the same step and
     /// inputs hash unless it failed or was cancelled, else queues a new one.
     pub fn submit(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        let tx = self.db.begin_write()?;
-        let outcome = {
-            let mut jobs = tx.open_table(JOBS)?;
-            let mut idem = tx.open_table(IDEMPOTENCY)?;
-            let mut active = tx.open_table(ACTIVE)?;
-            let mut meta = tx.open_table(META)?;
-            let key = idem_key(&new.step_name, &new.inputs_hash);
-            let existing_id = idem.get(key.as_str())?.map(|g| g.value().to_string());
-            let existing = match existing_id {
-                Some(id) => jobs.get(id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?,
-                None => None,
-            };
-            match existing {
-                // An abandoned job's result is never served: its submitter
-                // gave it up, and may have run it elsewhere.
-                Some(rec) if !matches!(rec.state, JobState::Failed | JobState::Cancelled | JobState::Abandoned) => Submission::Existing(rec),
-                _ if active.len()? >= max_in_flight => Submission::Full,
-                _ => {
-                    let seq = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
-                    meta.insert("next_seq", seq + 1)?;
-                    let rec = JobRecord {
-                        job_id: new_job_id(),
-                        step_name: new.step_name,
-                        state: JobState::Queued,
-                        inputs_hash: new.inputs_hash,
-                        label: new.label,
-                        payload: new.payload,
-                        created_at_ms: now_ms,
-                        started_at_ms: None,
-                        finished_at_ms: None,
-                        attempt: 0,
-                        result: None,
-                        error: None,
-                        artifacts: Vec::new(),
-                        seq,
-                        lease_s: new.lease_s,
-                    };
-                    let bytes = serde_json::to_vec(&rec).map_err(codec)?;
-                    jobs.insert(rec.job_id.as_str(), bytes.as_slice())?;
-                    idem.insert(key.as_str(), rec.job_id.as_str())?;
-                    active.insert(rec.job_id.as_str(), seq)?;
-                    Submission::Created(rec)
+        self.run(|db| {
+            let new = new.clone();
+            let tx = db.begin_write()?;
+            let outcome = {
+                let mut jobs = tx.open_table(JOBS)?;
+                let mut idem = tx.open_table(IDEMPOTENCY)?;
+                let mut active = tx.open_table(ACTIVE)?;
+                let mut meta = tx.open_table(META)?;
+                let key = idem_key(&new.step_name, &new.inputs_hash);
+                let existing_id = idem.get(key.as_str())?.map(|g| g.value().to_string());
+                let existing = match existing_id {
+                    Some(id) => jobs.get(id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?,
+                    None => None,
+                };
+                match existing {
+                    // An abandoned job's result is never served: its
+                    // submitter gave it up, and may have run it elsewhere.
+                    Some(rec) if !matches!(rec.state, JobState::Failed | JobState::Cancelled | JobState::Abandoned) => Submission::Existing(rec),
+                    _ if active.len()? >= max_in_flight => Submission::Full,
+                    _ => {
+                        let seq = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
+                        meta.insert("next_seq", seq + 1)?;
+                        let rec = JobRecord {
+                            job_id: new_job_id(),
+                            step_name: new.step_name,
+                            state: JobState::Queued,
+                            inputs_hash: new.inputs_hash,
+                            label: new.label,
+                            payload: new.payload,
+                            created_at_ms: now_ms,
+                            started_at_ms: None,
+                            finished_at_ms: None,
+                            attempt: 0,
+                            result: None,
+                            error: None,
+                            artifacts: Vec::new(),
+                            seq,
+                            lease_s: new.lease_s,
+                        };
+                        let bytes = serde_json::to_vec(&rec).map_err(codec)?;
+                        jobs.insert(rec.job_id.as_str(), bytes.as_slice())?;
+                        idem.insert(key.as_str(), rec.job_id.as_str())?;
+                        active.insert(rec.job_id.as_str(), seq)?;
+                        Submission::Created(rec)
+                    }
                 }
-            }
-        };
-        tx.commit()?;
-        Ok(outcome)
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
     }
 
     /// Applies `f` to a job inside one write transaction and saves the
     /// result; `f` returns false to leave the job unchanged.
     fn update<F>(&self, job_id: &str, f: F) -> Result<Option<(JobRecord, bool)>, StoreError>
     where
-        F: FnOnce(&mut JobRecord) -> bool,
+        F: Fn(&mut JobRecord) -> bool,
     {
-        let tx = self.db.begin_write()?;
-        let out = {
-            let mut jobs = tx.open_table(JOBS)?;
-            let mut active = tx.open_table(ACTIVE)?;
-            let current = jobs.get(job_id)?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?;
-            match current {
-                None => None,
-                Some(mut rec) => {
-                    let changed = f(&mut rec);
-                    if changed {
-                        let bytes = serde_json::to_vec(&rec).map_err(codec)?;
-                        jobs.insert(job_id, bytes.as_slice())?;
-                        if rec.state.is_terminal() {
-                            active.remove(job_id)?;
+        self.run(|db| {
+            let tx = db.begin_write()?;
+            let out = {
+                let mut jobs = tx.open_table(JOBS)?;
+                let mut active = tx.open_table(ACTIVE)?;
+                let current = jobs.get(job_id)?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?;
+                match current {
+                    None => None,
+                    Some(mut rec) => {
+                        let changed = f(&mut rec);
+                        if changed {
+                            let bytes = serde_json::to_vec(&rec).map_err(codec)?;
+                            jobs.insert(job_id, bytes.as_slice())?;
+                            if rec.state.is_terminal() {
+                                active.remove(job_id)?;
+                            }
                         }
+                        Some((rec, changed))
                     }
-                    Some((rec, changed))
                 }
-            }
-        };
-        tx.commit()?;
-        Ok(out)
+            };
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// Moves a queued job to running; `None` if it is no longer queued
@@ -332,7 +495,7 @@ impl Store {
                 return false;
             }
             r.finished_at_ms = Some(now_ms);
-            match outcome {
+            match outcome.clone() {
                 Ok((result, artifacts)) => {
                     r.state = JobState::Succeeded;
                     r.result = Some(result);
@@ -413,81 +576,161 @@ impl Store {
     /// is now queued, in submission order, for the executors, and the ids
     /// of the jobs failed as interrupted.
     pub fn recover(&self, policy: InterruptedPolicy, now_ms: u64) -> Result<Recovery, StoreError> {
-        let tx = self.db.begin_write()?;
-        let mut queued = Vec::new();
-        let mut interrupted = Vec::new();
-        {
-            let mut jobs = tx.open_table(JOBS)?;
-            let mut active = tx.open_table(ACTIVE)?;
-            let mut ids: Vec<(u64, String)> = Vec::new();
-            for item in active.iter()? {
-                let (k, v) = item?;
-                ids.push((v.value(), k.value().to_string()));
-            }
-            ids.sort();
-            for (_, id) in ids {
-                let rec = jobs.get(id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?;
-                let Some(mut rec) = rec else {
-                    active.remove(id.as_str())?;
-                    continue;
-                };
-                match (rec.state, policy) {
-                    (JobState::Running, InterruptedPolicy::Fail) => {
-                        rec.state = JobState::Failed;
-                        rec.finished_at_ms = Some(now_ms);
-                        rec.error = Some(JobError {
-                            code: ErrorCode::Interrupted.as_str().into(),
-                            message: "the worker stopped while this job was running (crash or kill); submit it again to re-run it".into(),
-                        });
-                        active.remove(id.as_str())?;
-                        interrupted.push(id.clone());
-                    }
-                    (JobState::Running, InterruptedPolicy::Rerun) => {
-                        rec.state = JobState::Queued;
-                        queued.push(rec.clone());
-                    }
-                    (JobState::Queued, _) => queued.push(rec.clone()),
-                    _ => {
+        self.run(|db| {
+            let tx = db.begin_write()?;
+            let mut queued = Vec::new();
+            let mut interrupted = Vec::new();
+            {
+                let mut jobs = tx.open_table(JOBS)?;
+                let mut active = tx.open_table(ACTIVE)?;
+                let mut ids: Vec<(u64, String)> = Vec::new();
+                for item in active.iter()? {
+                    let (k, v) = item?;
+                    ids.push((v.value(), k.value().to_string()));
+                }
+                ids.sort();
+                for (_, id) in ids {
+                    let rec = jobs.get(id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?;
+                    let Some(mut rec) = rec else {
                         active.remove(id.as_str())?;
                         continue;
+                    };
+                    match (rec.state, policy) {
+                        (JobState::Running, InterruptedPolicy::Fail) => {
+                            rec.state = JobState::Failed;
+                            rec.finished_at_ms = Some(now_ms);
+                            rec.error = Some(JobError {
+                                code: ErrorCode::Interrupted.as_str().into(),
+                                message: "the worker stopped while this job was running (crash or kill); submit it again to re-run it".into(),
+                            });
+                            active.remove(id.as_str())?;
+                            interrupted.push(id.clone());
+                        }
+                        (JobState::Running, InterruptedPolicy::Rerun) => {
+                            rec.state = JobState::Queued;
+                            queued.push(rec.clone());
+                        }
+                        (JobState::Queued, _) => queued.push(rec.clone()),
+                        _ => {
+                            active.remove(id.as_str())?;
+                            continue;
+                        }
                     }
+                    let bytes = serde_json::to_vec(&rec).map_err(codec)?;
+                    jobs.insert(id.as_str(), bytes.as_slice())?;
                 }
-                let bytes = serde_json::to_vec(&rec).map_err(codec)?;
-                jobs.insert(id.as_str(), bytes.as_slice())?;
             }
-        }
-        tx.commit()?;
-        Ok(Recovery { queued, interrupted })
+            tx.commit()?;
+            Ok(Recovery { queued, interrupted })
+        })
     }
 
     /// Deletes finished jobs that ended before `cutoff_ms`, with their
     /// idempotency entries. Returns the ids removed, so that their folders
     /// can be deleted too.
     pub fn prune(&self, cutoff_ms: u64) -> Result<Vec<String>, StoreError> {
-        let tx = self.db.begin_write()?;
-        let mut removed = Vec::new();
+        self.run(|db| {
+            let tx = db.begin_write()?;
+            let mut removed = Vec::new();
+            {
+                let mut jobs = tx.open_table(JOBS)?;
+                let mut idem = tx.open_table(IDEMPOTENCY)?;
+                let mut old = Vec::new();
+                for item in jobs.iter()? {
+                    let (k, v) = item?;
+                    let rec: JobRecord = serde_json::from_slice(v.value()).map_err(codec)?;
+                    if rec.state.is_terminal() && rec.finished_at_ms.unwrap_or(rec.created_at_ms) < cutoff_ms {
+                        old.push((k.value().to_string(), idem_key(&rec.step_name, &rec.inputs_hash)));
+                    }
+                }
+                for (id, key) in old {
+                    jobs.remove(id.as_str())?;
+                    let points_here = idem.get(key.as_str())?.is_some_and(|g| g.value() == id);
+                    if points_here {
+                        idem.remove(key.as_str())?;
+                    }
+                    removed.push(id);
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+}
+
+enum OpenError {
+    AlreadyOpen,
+    Store(StoreError),
+}
+
+/// Opens (creating) the database file and its tables.
+fn open_database(path: &Path) -> Result<Database, OpenError> {
+    let db = match Database::create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::AlreadyOpen),
+        Err(e) => return Err(OpenError::Store(e.into())),
+    };
+    let create = || -> Result<(), StoreError> {
+        let tx = db.begin_write()?;
         {
-            let mut jobs = tx.open_table(JOBS)?;
-            let mut idem = tx.open_table(IDEMPOTENCY)?;
-            let mut old = Vec::new();
-            for item in jobs.iter()? {
-                let (k, v) = item?;
-                let rec: JobRecord = serde_json::from_slice(v.value()).map_err(codec)?;
-                if rec.state.is_terminal() && rec.finished_at_ms.unwrap_or(rec.created_at_ms) < cutoff_ms {
-                    old.push((k.value().to_string(), idem_key(&rec.step_name, &rec.inputs_hash)));
-                }
-            }
-            for (id, key) in old {
-                jobs.remove(id.as_str())?;
-                let points_here = idem.get(key.as_str())?.is_some_and(|g| g.value() == id);
-                if points_here {
-                    idem.remove(key.as_str())?;
-                }
-                removed.push(id);
-            }
+            tx.open_table(JOBS)?;
+            tx.open_table(IDEMPOTENCY)?;
+            tx.open_table(ACTIVE)?;
+            tx.open_table(META)?;
+            tx.open_table(nonces::NONCES)?;
+            tx.open_table(children::CHILDREN)?;
         }
         tx.commit()?;
-        Ok(removed)
+        Ok(())
+    };
+    create().map_err(OpenError::Store)?;
+    Ok(db)
+}
+
+impl Db {
+    /// Closes the database of generation `failed` and opens the file again.
+    /// Does nothing if another caller re-opened it since.
+    fn reopen(&self, failed: u64) -> Result<(), StoreError> {
+        let _one_at_a_time = self.reopening.lock().unwrap_or_else(|p| p.into_inner());
+        let old = {
+            let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+            if slot.0 != failed {
+                return Ok(());
+            }
+            slot.0 += 1;
+            slot.1.take()
+        };
+        // The file stays locked until the last handle on the old database is
+        // dropped; callers hold one only for the length of one transaction.
+        if let Some(mut old) = old {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if std::time::Instant::now() < deadline => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => {
+                        return Err(StoreError::new(StoreErrorKind::Io, "the database could not be closed after an I/O error (still in use)"))
+                    }
+                }
+            }
+        }
+        match open_database(&self.path) {
+            Ok(db) => {
+                self.slot.write().unwrap_or_else(|p| p.into_inner()).1 = Some(Arc::new(db));
+                tracing::warn!(path = %self.path.display(), "re-opened the job store after an I/O error");
+                Ok(())
+            }
+            Err(OpenError::AlreadyOpen) => {
+                Err(StoreError::new(StoreErrorKind::Io, "the database could not be re-opened: its file is still locked"))
+            }
+            Err(OpenError::Store(e)) => Err(e),
+        }
     }
 }
 
@@ -587,5 +830,57 @@ mod tests {
         let created = outcomes.iter().filter(|o| matches!(o, Submission::Created(_))).count();
         assert_eq!(created, 1);
         assert_eq!(store.in_flight().unwrap(), 1);
+    }
+
+    #[test]
+    fn child_records_are_reaped_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.redb")).unwrap();
+        let mut live = crate::process::test_support::sleeper_in_own_group();
+        let group = crate::process::ChildGroup::of(live.id());
+        store.record_child("ja", &group).unwrap();
+        let ended = crate::process::ChildGroup { id: 999_999, started: Some(1), boot_id: None };
+        store.record_child("jb", &ended).unwrap();
+        store.record_child("jb", &crate::process::ChildGroup { id: 999_998, ..ended.clone() }).unwrap();
+        store.forget_child("jb", &crate::process::ChildGroup { id: 999_998, ..ended.clone() }).unwrap();
+        assert_eq!(store.children().unwrap().len(), 2);
+        let report = store.reap_children().unwrap();
+        assert_eq!(report.killed, vec![("ja".to_string(), live.id())]);
+        assert_eq!(report.stale, 1);
+        assert!(store.children().unwrap().is_empty());
+        assert!(live.wait().unwrap().code().is_none(), "killed by a signal");
+    }
+
+    /// A full disk: the write fails with DISK_FULL and the store is in its
+    /// failed state; once space is back the next write succeeds on the same
+    /// handle, without a restart.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_store_recovers_once_space_returns() {
+        let Some(fs) = crate::process::test_support::Tmpfs::mount("4m") else { return };
+        let store = Store::open(&fs.path().join("w.redb")).unwrap();
+        created(store.submit(new_job("before"), 1, 1000).unwrap());
+        let filler = fs.fill();
+        let big = json!({"blob": "x".repeat(256 * 1024)});
+        let mut failure = None;
+        for i in 0..64 {
+            let job = NewJob { payload: big.clone(), ..new_job(&format!("full{i}")) };
+            if let Err(e) = store.submit(job, 2, 1000) {
+                failure = Some(e);
+                break;
+            }
+        }
+        let e = failure.expect("a write on a full disk failed");
+        assert!(e.is_disk_full(), "{e:?}");
+        assert_eq!(e.code(), ErrorCode::DiskFull);
+        assert!(store.is_failed());
+        // Still full: the next call fails the same way, and says why.
+        if let Err(again) = store.submit(NewJob { payload: big.clone(), ..new_job("still") }, 3, 1000) {
+            assert!(again.is_disk_full(), "{again:?}");
+        }
+        std::fs::remove_file(filler).unwrap();
+        let after = created(store.submit(new_job("after"), 4, 1000).unwrap());
+        assert!(!store.is_failed());
+        assert_eq!(store.get(&after.job_id).unwrap().unwrap().job_id, after.job_id);
     }
 }

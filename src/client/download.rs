@@ -56,6 +56,16 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> ClientError {
     ClientError::Io(format!("{what}: {e}"))
 }
 
+/// A local file failure: [`ClientError::DiskFull`] when the disk is full
+/// ([`crate::error::is_disk_full`]), else [`ClientError::Io`].
+pub(super) fn local_io(what: &str, e: io::Error) -> ClientError {
+    if crate::error::is_disk_full(&e) {
+        ClientError::DiskFull(format!("{what}: {e}"))
+    } else {
+        io_err(what, e)
+    }
+}
+
 /// Hands a block back for reuse when this was its last holder (if both
 /// threads let go at the same instant it is simply freed; the sink then
 /// allocates a new one).
@@ -118,15 +128,29 @@ impl Sink {
         drop(self.to_hasher);
         let written = self.writer.await.map_err(|e| io_err("writing the download", e))?;
         let hashed = self.hasher.await.map_err(|e| io_err("hashing the download", e))?;
-        let (file, len) = written.map_err(|e| io_err("writing the download", e))?;
-        let hasher = hashed.map_err(|e| io_err("hashing the download", e))?;
+        let (file, len) = written.map_err(|e| local_io("writing the download", e))?;
+        let hasher = hashed.map_err(|e| local_io("hashing the download", e))?;
         sent.map(|()| Received { file, hasher, len })
     }
 }
 
 /// The writer: keeps the first `keep` bytes of `part`, then appends every
 /// block until the channel closes. Returns the file and its length.
-fn write_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Shared>, free: mpsc::Sender<Vec<u8>>) -> io::Result<(File, u64)> {
+///
+/// When the disk fills up, what was written stays for a resume, but an
+/// empty `.part` file is deleted: it holds nothing to resume and would only
+/// look like a download in progress.
+fn write_blocks(part: &Path, keep: u64, rx: mpsc::Receiver<Shared>, free: mpsc::Sender<Vec<u8>>) -> io::Result<(File, u64)> {
+    let result = append_blocks(part, keep, rx, free);
+    if let Err(e) = &result {
+        if crate::error::is_disk_full(e) && std::fs::metadata(part).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(part);
+        }
+    }
+    result
+}
+
+fn append_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Shared>, free: mpsc::Sender<Vec<u8>>) -> io::Result<(File, u64)> {
     let mut file = OpenOptions::new().create(true).write(true).truncate(keep == 0).open(part)?;
     if keep > 0 {
         let have = file.metadata()?.len();
@@ -315,5 +339,32 @@ mod tests {
         let sink = Sink::start(part.clone(), 100);
         let Err(err) = sink.finish().await else { panic!("a shrunken partial file was accepted") };
         assert!(matches!(err, ClientError::Io(ref m) if m.contains("shrank")), "{err:?}");
+    }
+
+    /// A download that fills the disk fails with DISK_FULL and leaves no
+    /// empty `.part` file behind.
+    #[cfg(target_os = "linux")]
+    #[actix_rt::test]
+    async fn a_full_disk_is_disk_full_and_leaves_no_empty_part_file() {
+        let Some(fs) = crate::process::test_support::Tmpfs::mount("1m") else { return };
+        let filler = fs.fill();
+        let part = fs.path().join("e.bin.part");
+        let mut sink = Sink::start(part.clone(), 0);
+        let whole = body(3 * BLOCK);
+        let mut pushed = Ok(());
+        for piece in whole.chunks(BLOCK / 2) {
+            pushed = sink.push(piece).await;
+            if pushed.is_err() {
+                break;
+            }
+        }
+        let err = match pushed {
+            Err(_) => sink.finish().await.err().expect("the writer's error"),
+            Ok(()) => sink.finish().await.err().expect("a full disk fails the download"),
+        };
+        assert!(matches!(err, ClientError::DiskFull(_)), "{err:?}");
+        assert!(err.to_string().starts_with("DISK_FULL"), "{err}");
+        assert!(!part.exists(), "an empty .part file was left behind");
+        drop(filler);
     }
 }

@@ -100,6 +100,13 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
     let keyring = Arc::new(Keyring::from_env()?);
     let store_path = ControllerStore::default_path(&settings.cluster_dir());
     let store = Arc::new(ControllerStore::open(&store_path)?);
+    // Before any local step starts: kill what the local steps of a dead
+    // daemon left running.
+    match store.reap_children() {
+        Ok(killed) if killed.is_empty() => {}
+        Ok(killed) => tracing::warn!(groups = ?killed, "killed child process groups left running by the previous daemon"),
+        Err(e) => tracing::warn!(error = %e, "could not check for child processes left by the previous daemon"),
+    }
     let port = settings.controller.api_port;
     System::new().block_on(async move {
         let changed = Arc::new(Notify::new());

@@ -36,6 +36,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A local file failure: `DISK_FULL` (507) when the disk is full, else
+    /// an internal error with the details in the log.
+    pub fn io(what: &str, err: std::io::Error) -> Self {
+        if rayvault::error::is_disk_full(&err) {
+            tracing::warn!(error = %err, "{what}: the disk is full");
+            return Self::new(ApiCode::DiskFull, format!("{what} failed: the worker's disk is full; free space on it or use another node"));
+        }
+        Self::internal(what, err)
+    }
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
@@ -58,6 +70,10 @@ impl ResponseError for ApiError {
 
 impl From<rayvault::store::StoreError> for ApiError {
     fn from(e: rayvault::store::StoreError) -> Self {
+        if e.is_disk_full() {
+            tracing::warn!(error = %e, "the job store's disk is full");
+            return ApiError::new(ApiCode::DiskFull, "the worker's disk is full, so the job store cannot be written; free space on it (the worker recovers by itself) or use another node");
+        }
         ApiError::internal("the job store", e)
     }
 }

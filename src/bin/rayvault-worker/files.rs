@@ -224,7 +224,7 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
     }
     let tmp = temp_path_for(&final_path);
     let t = tmp.clone();
-    let file = web::block(move || std::fs::File::create(&t)).await?.map_err(|e| ApiError::internal("creating the blob file", e))?;
+    let file = web::block(move || std::fs::File::create(&t)).await?.map_err(|e| ApiError::io("creating the blob file", e))?;
     let mut sink = Some((file, Sha256::new()));
     let mut pending = web::BytesMut::new();
     let mut total = 0u64;
@@ -248,7 +248,7 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
                     Ok((f, h))
                 })
                 .await?
-                .map_err(|e| ApiError::internal("writing the blob", e))?;
+                .map_err(|e| ApiError::io("writing the blob", e))?;
                 sink = Some((f, h));
             }
             if next.is_none() {
@@ -270,7 +270,7 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
                     std::fs::rename(&t, &fp)
                 })
                 .await?
-                .map_err(|e| ApiError::internal("storing the blob", e))
+                .map_err(|e| ApiError::io("storing the blob", e))
             }
         }
         (Err(e), _) => Err(e),

@@ -19,13 +19,31 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-/// `GET /health`: liveness without auth; nothing secret.
+/// `GET /health`: liveness without auth; nothing secret. The status is
+/// `degraded`, with the reason, while the disk of the state folder has less
+/// than `worker.min_free_bytes` free or the job store is in its failed state
+/// (an I/O error it has not recovered from yet); `ok` otherwise.
 pub async fn health(st: Data) -> HttpResponse {
+    let paths = st.env.paths.clone();
+    let free_bytes = web::block(move || paths.free_bytes()).await.ok().flatten();
+    let min = st.env.settings.worker.min_free_bytes;
+    let mut reasons = Vec::new();
+    if let Some(free) = free_bytes.filter(|&f| f < min) {
+        reasons.push(format!(
+            "only {free} bytes free on the disk of the state folder (worker.min_free_bytes is {min}); free space there"
+        ));
+    }
+    if st.env.store.is_failed() {
+        reasons.push("the job store failed with an I/O error and has not recovered yet".to_string());
+    }
+    let degraded_reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     HttpResponse::Ok().json(Health {
-        status: "ok".into(),
+        status: if degraded_reason.is_some() { "degraded" } else { "ok" }.into(),
         worker_id: st.worker_id.clone(),
         contract: protocol::CONTRACT.into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        degraded_reason,
+        free_bytes,
     })
 }
 

@@ -144,6 +144,17 @@ fn prepare(args: Args) -> anyhow::Result<Ready> {
     let store = Store::open_waiting(&paths.db_path(), Duration::from_secs(3)).with_context(|| {
         format!("cannot open {} (is another worker running on this state folder?)", paths.db_path().display())
     })?;
+    // Before any job starts: kill what the jobs of a dead predecessor left
+    // running (process groups recorded in the store while they ran).
+    match store.reap_children() {
+        Ok(r) if r.killed.is_empty() => {}
+        Ok(r) => tracing::warn!(
+            killed = r.killed.len(),
+            groups = ?r.killed,
+            "killed child process groups left running by the previous worker process"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not check for child processes left by the previous worker process"),
+    }
     match paths.remove_upload_leftovers() {
         Ok(0) => {}
         Ok(n) => tracing::warn!(removed = n, "removed the partial files of blob uploads interrupted by the last stop"),

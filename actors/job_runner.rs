@@ -492,10 +492,13 @@ async fn execute(
         // were never probed, or misconfigured, or degraded), ask them again:
         // a worker restarted a moment ago is then used at once, and a
         // reason from an earlier job is never reported for this one.
+        // A probe younger than a second (the one a one-shot `submit` makes
+        // first) is fresh enough.
+        let fresh = |n: &super::messages::NodeSnapshot| n.probed_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
         let stale: Vec<String> = placed
             .nodes
             .iter()
-            .filter(|n| !matches!(n.health, NodeHealth::Up | NodeHealth::Disabled))
+            .filter(|n| !matches!(n.health, NodeHealth::Up | NodeHealth::Disabled) && !fresh(n))
             .map(|n| n.node_id.to_string())
             .filter(|id| !tried.contains(id))
             .collect();

@@ -153,6 +153,8 @@ pub struct NodeSnapshot {
     pub caps: Option<NodeCaps>,
     /// Jobs this controller has in flight on the node.
     pub busy: u32,
+    /// When the node was last probed (None: never).
+    pub probed_at: Option<std::time::Instant>,
 }
 
 /// The scheduler's decision for one job.

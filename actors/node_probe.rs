@@ -171,7 +171,7 @@ impl NodeProbe {
     fn snapshot(&self) -> Vec<NodeSnapshot> {
         self.entries
             .iter()
-            .map(|e| NodeSnapshot { node_id: e.config.node_id.as_str().into(), health: e.health.clone(), caps: e.caps.clone(), busy: 0 })
+            .map(|e| NodeSnapshot { node_id: e.config.node_id.as_str().into(), health: e.health.clone(), caps: e.caps.clone(), busy: 0, probed_at: e.probed_at })
             .collect()
     }
 

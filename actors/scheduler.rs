@@ -275,6 +275,7 @@ mod tests {
             health: NodeHealth::Up,
             caps: Some(NodeCaps { os: os.into(), ram_gb: ram, vram_gb: 0.0, has_gpu: false, steps, compat: Compat::Current, unavailable: Arc::from(vec![(StepName::TtsRenderChunks, "no TTS engine found".to_string())]) }),
             busy,
+            probed_at: None,
         }
     }
 

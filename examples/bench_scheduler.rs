@@ -71,6 +71,7 @@ fn nodes(n: usize, rng: &mut Rng) -> Vec<NodeSnapshot> {
                 caps: (health != NodeHealth::Unprobed).then_some(caps),
                 health,
                 busy: rng.below(8) as u32,
+                probed_at: None,
             }
         })
         .collect()

@@ -159,6 +159,142 @@ pub fn health(v: &Value) -> String {
     out
 }
 
+/// `caps` as a table: one line per node with what it offers, then, per
+/// node, the steps it cannot run and why. `v` is what `caps --json` prints.
+pub fn caps(v: &Value) -> String {
+    let mut out = nodes_header(v);
+    let nodes = v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !nodes.is_empty() {
+        let rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                let c = &n["caps"];
+                let gpu = match (text(&c["gpu_model"]), c["vram_gb"].as_f64()) {
+                    (Some(m), Some(v)) if v > 0.0 => format!("{m} ({})", gb(v)),
+                    (Some(m), _) => m.to_string(),
+                    _ => "-".to_string(),
+                };
+                let steps = c["steps"].as_array().map(|s| s.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
+                vec![
+                    n["node_id"].as_str().unwrap_or("?").to_string(),
+                    n["status"].as_str().unwrap_or("?").to_string(),
+                    contract(n),
+                    text(&c["os"]).unwrap_or("-").to_string(),
+                    c["ram_gb"].as_f64().map_or("-".to_string(), gb),
+                    gpu,
+                    n["caps_age_s"].as_f64().map_or("-".to_string(), age),
+                    steps.filter(|s| !s.is_empty()).unwrap_or_else(|| text(&n["reason"]).unwrap_or("-").to_string()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NODE", "STATUS", "CONTRACT", "OS", "RAM", "GPU", "CAPS AGE", "STEPS"], &rows));
+        for n in nodes {
+            if let Some(missing) = n["caps"]["unavailable_steps"].as_object() {
+                for (step, why) in missing {
+                    out.push_str(&format!("{}: {step} unavailable: {}\n", n["node_id"].as_str().unwrap_or("?"), why.as_str().unwrap_or("")));
+                }
+            }
+        }
+    }
+    if let Some(note) = text(&v["note"]) {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+fn gb(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0} GB")
+    } else {
+        format!("{v:.1} GB")
+    }
+}
+
+/// The file name of a path, for short listings.
+fn file_name(p: &str) -> &str {
+    p.rsplit(['/', '\\']).next().unwrap_or(p)
+}
+
+/// The verdict lines of a receipt that has a top-level `verdict`: the
+/// verdict, then each failing file with its problem codes (from the
+/// verdict's own `files`/`problems` when it has them, else from the
+/// AUDIO_POSTCHECK result).
+fn verdict_lines(r: &Value) -> Vec<String> {
+    let v = &r["verdict"];
+    let word = match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "passed".into(),
+        Value::Bool(false) => "failed".into(),
+        Value::Object(o) => o.get("verdict").or_else(|| o.get("status")).and_then(Value::as_str).unwrap_or("?").to_string(),
+        _ => return Vec::new(),
+    };
+    let mut lines = vec![format!("verdict: {word}")];
+    let files = [&v["files"], &r["verdict_files"], &r["result"]["files"]].into_iter().find_map(|f| f.as_array()).map(Vec::as_slice).unwrap_or_default();
+    for f in files {
+        let problems: Vec<String> = f["problems"]
+            .as_array()
+            .map(|p| p.iter().map(|p| p["code"].as_str().or(p.as_str()).unwrap_or("?").to_string()).collect())
+            .unwrap_or_default();
+        if f["passed"] == false || !problems.is_empty() {
+            let name = f["path"].as_str().map(file_name).unwrap_or("?");
+            lines.push(format!("  {name}: {}", if problems.is_empty() { "failed".to_string() } else { problems.join(", ") }));
+        }
+    }
+    if let Some(problems) = r["problems"].as_array().or(v["problems"].as_array()) {
+        for p in problems {
+            let code = p["code"].as_str().or(p.as_str()).unwrap_or("?");
+            match text(&p["message"]) {
+                Some(m) => lines.push(format!("  {code}: {m}")),
+                None => lines.push(format!("  {code}")),
+            }
+        }
+    }
+    lines
+}
+
+/// A receipt for people: status, where it ran (and why, on a fallback), the
+/// verdict, the error, the artifacts and where the receipt is. `r` is the
+/// receipt as JSON; `receipt_path` is its file.
+pub fn receipt_summary(r: &Value, receipt_path: &std::path::Path) -> String {
+    let mut out = format!(
+        "{} {}/{} ({}): {}\n",
+        "job",
+        r["run_id"].as_str().unwrap_or("?"),
+        r["job_id"].as_str().unwrap_or("?"),
+        r["step_name"].as_str().unwrap_or("?"),
+        r["status"].as_str().unwrap_or("?"),
+    );
+    let place = text(&r["executed_on"]).unwrap_or("nowhere (it did not start)");
+    let mut ran = format!("ran on: {place}");
+    if r["cached"] == true {
+        ran.push_str(" (the worker's existing result for the same inputs)");
+    }
+    if let Some(mode) = text(&r["compat_mode"]) {
+        ran.push_str(&format!(" [compatibility mode {mode}]"));
+    }
+    out.push_str(&ran);
+    out.push('\n');
+    if let Some(why) = text(&r["fallback_reason"]) {
+        out.push_str(&format!("why: {why}\n"));
+    }
+    for line in verdict_lines(r) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if let Some(code) = text(&r["error"]["code"]) {
+        out.push_str(&format!("error: {code}: {}\n", r["error"]["message"].as_str().unwrap_or("")));
+    }
+    let artifacts = r["artifacts"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !artifacts.is_empty() {
+        out.push_str(&format!("artifacts ({}):\n", artifacts.len()));
+        for a in artifacts {
+            out.push_str(&format!("  {}  {} bytes\n", a["path"].as_str().or(a["name"].as_str()).unwrap_or("?"), a["size"]));
+        }
+    }
+    out.push_str(&format!("receipt: {}\n", receipt_path.display()));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,138 @@
+//! Job progress on stderr, for `submit` and `wait`.
+//!
+//! On a terminal: an `indicatif` spinner with the elapsed time and the job's
+//! current phase line (staging, running, syncing; with the sizes the job
+//! runner reports). Elsewhere (a log file, a pipe): plain lines, at most one
+//! a second; lines that arrive faster are coalesced, the latest one winning,
+//! but the last line is always printed at the end. Quiet: nothing.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often plain progress may print a line.
+const PLAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Plain lines starting with this are printed even when they come fast.
+pub const KEEP_PREFIX: &str = "ran locally:";
+
+/// Where progress goes.
+enum Sink {
+    Bar(ProgressBar),
+    Plain(Plain),
+    Quiet,
+}
+
+/// Coalescing state of plain progress.
+struct Plain {
+    last_printed: Option<Instant>,
+    /// The newest line not printed yet.
+    pending: Option<String>,
+}
+
+/// Progress of one job on stderr; cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct Progress {
+    key: String,
+    sink: Arc<Mutex<Sink>>,
+}
+
+impl Progress {
+    /// A spinner when stderr is a terminal, plain lines otherwise, nothing when `quiet`.
+    pub fn new(key: &str, quiet: bool) -> Progress {
+        let sink = if quiet {
+            Sink::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed}] {prefix} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(key.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Sink::Bar(bar)
+        } else {
+            Sink::Plain(Plain { last_printed: None, pending: None })
+        };
+        Progress { key: key.to_string(), sink: Arc::new(Mutex::new(sink)) }
+    }
+
+    /// Reports the job's current phase line.
+    pub fn line(&self, line: &str) {
+        let Ok(mut sink) = self.sink.lock() else { return };
+        match &mut *sink {
+            Sink::Bar(bar) => bar.set_message(line.to_string()),
+            Sink::Plain(p) if line.starts_with(KEEP_PREFIX) => {
+                // Never coalesced away: print what was pending, then it.
+                if let Some(old) = p.pending.take() {
+                    eprintln!("[{}] {old}", self.key);
+                }
+                p.last_printed = Some(Instant::now());
+                eprintln!("[{}] {line}", self.key);
+            }
+            Sink::Plain(p) => {
+                if p.last_printed.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+                    p.pending = None;
+                    p.last_printed = Some(Instant::now());
+                    eprintln!("[{}] {line}", self.key);
+                } else {
+                    p.pending = Some(line.to_string());
+                }
+            }
+            Sink::Quiet => {}
+        }
+    }
+
+    /// Prints a coalesced line once its second has passed; call it
+    /// regularly (see [`Progress::spawn_ticker`]).
+    pub fn tick(&self) {
+        let Ok(mut sink) = self.sink.lock() else { return };
+        if let Sink::Plain(p) = &mut *sink {
+            if p.last_printed.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+                if let Some(line) = p.pending.take() {
+                    p.last_printed = Some(Instant::now());
+                    eprintln!("[{}] {line}", self.key);
+                }
+            }
+        }
+    }
+
+    /// Ticks every 200 ms on the current actix/tokio runtime.
+    pub fn spawn_ticker(&self) {
+        let me = self.clone();
+        actix::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                me.tick();
+            }
+        });
+    }
+
+    /// Prints a line at once, above the spinner (for what must not be
+    /// coalesced away, e.g. a warning about the daemon).
+    pub fn note(&self, line: &str) {
+        let Ok(sink) = self.sink.lock() else { return };
+        match &*sink {
+            Sink::Bar(bar) => bar.println(format!("[{}] {line}", self.key)),
+            Sink::Plain(_) => eprintln!("[{}] {line}", self.key),
+            Sink::Quiet => {}
+        }
+    }
+
+    /// Ends the display: clears the spinner, or prints the last coalesced line.
+    pub fn finish(&self) {
+        let Ok(mut sink) = self.sink.lock() else { return };
+        match &mut *sink {
+            Sink::Bar(bar) => bar.finish_and_clear(),
+            Sink::Plain(p) => {
+                if let Some(line) = p.pending.take() {
+                    eprintln!("[{}] {line}", self.key);
+                }
+            }
+            Sink::Quiet => {}
+        }
+        *sink = Sink::Quiet;
+    }
+}

@@ -112,7 +112,7 @@ fn the_start_script_runs_the_controller() {
         .env("RAYVAULT_ORCHESTRATOR_BIN", env!("CARGO_BIN_EXE_rayvault-orchestrator"))
         .env("RAYVAULT_STATE_DIR", w.state())
         .arg(&script)
-        .args(["submit", "--run-id", "script", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string()])
+        .args(["submit", "--run-id", "script", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string(), "--json"])
         .output()
         .unwrap();
     let (code, r, err) = parse_output(&out);

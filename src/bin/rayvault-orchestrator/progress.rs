@@ -29,6 +29,14 @@ struct Plain {
     last_printed: Option<Instant>,
     /// The newest line not printed yet.
     pending: Option<String>,
+    /// Prints one line (stderr; a buffer in tests).
+    write: Box<dyn FnMut(&str) + Send>,
+}
+
+impl Plain {
+    fn print(&mut self, key: &str, line: &str) {
+        (self.write)(&format!("[{key}] {line}"));
+    }
 }
 
 /// Progress of one job on stderr; cheap to clone and share between tasks.
@@ -53,8 +61,15 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             Sink::Bar(bar)
         } else {
-            Sink::Plain(Plain { last_printed: None, pending: None })
+            Sink::Plain(Plain { last_printed: None, pending: None, write: Box::new(|l| eprintln!("{l}")) })
         };
+        Progress { key: key.to_string(), sink: Arc::new(Mutex::new(sink)) }
+    }
+
+    /// Plain progress written through `write` (for tests).
+    #[cfg(test)]
+    fn plain_to(key: &str, write: impl FnMut(&str) + Send + 'static) -> Progress {
+        let sink = Sink::Plain(Plain { last_printed: None, pending: None, write: Box::new(write) });
         Progress { key: key.to_string(), sink: Arc::new(Mutex::new(sink)) }
     }
 
@@ -66,16 +81,16 @@ impl Progress {
             Sink::Plain(p) if line.starts_with(KEEP_PREFIX) => {
                 // Never coalesced away: print what was pending, then it.
                 if let Some(old) = p.pending.take() {
-                    eprintln!("[{}] {old}", self.key);
+                    p.print(&self.key, &old);
                 }
                 p.last_printed = Some(Instant::now());
-                eprintln!("[{}] {line}", self.key);
+                p.print(&self.key, line);
             }
             Sink::Plain(p) => {
                 if p.last_printed.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
                     p.pending = None;
                     p.last_printed = Some(Instant::now());
-                    eprintln!("[{}] {line}", self.key);
+                    p.print(&self.key, line);
                 } else {
                     p.pending = Some(line.to_string());
                 }
@@ -92,7 +107,7 @@ impl Progress {
             if p.last_printed.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
                 if let Some(line) = p.pending.take() {
                     p.last_printed = Some(Instant::now());
-                    eprintln!("[{}] {line}", self.key);
+                    p.print(&self.key, &line);
                 }
             }
         }
@@ -113,10 +128,10 @@ impl Progress {
     /// Prints a line at once, above the spinner (for what must not be
     /// coalesced away, e.g. a warning about the daemon).
     pub fn note(&self, line: &str) {
-        let Ok(sink) = self.sink.lock() else { return };
-        match &*sink {
+        let Ok(mut sink) = self.sink.lock() else { return };
+        match &mut *sink {
             Sink::Bar(bar) => bar.println(format!("[{}] {line}", self.key)),
-            Sink::Plain(_) => eprintln!("[{}] {line}", self.key),
+            Sink::Plain(p) => p.print(&self.key, line),
             Sink::Quiet => {}
         }
     }
@@ -128,11 +143,60 @@ impl Progress {
             Sink::Bar(bar) => bar.finish_and_clear(),
             Sink::Plain(p) => {
                 if let Some(line) = p.pending.take() {
-                    eprintln!("[{}] {line}", self.key);
+                    p.print(&self.key, &line);
                 }
             }
             Sink::Quiet => {}
         }
         *sink = Sink::Quiet;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured() -> (Progress, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        (Progress::plain_to("r/j", move |l| sink.lock().unwrap().push(l.to_string())), lines)
+    }
+
+    #[test]
+    fn plain_lines_are_coalesced_to_one_a_second_and_the_last_is_kept() {
+        let (p, lines) = captured();
+        for i in 0..50 {
+            p.line(&format!("step {i}"));
+        }
+        assert_eq!(*lines.lock().unwrap(), ["[r/j] step 0"], "only the first line of the second is printed at once");
+        p.tick();
+        assert_eq!(lines.lock().unwrap().len(), 1, "a tick within the second prints nothing");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines.lock().unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "the coalesced line was never printed");
+            std::thread::sleep(Duration::from_millis(20));
+            p.tick();
+        }
+        assert_eq!(lines.lock().unwrap()[1], "[r/j] step 49", "the latest line wins");
+        p.line("syncing");
+        p.line("done");
+        p.finish();
+        assert_eq!(lines.lock().unwrap().last().unwrap(), "[r/j] done", "the final line is never dropped");
+        p.line("after the end");
+        assert!(!lines.lock().unwrap().iter().any(|l| l.contains("after the end")));
+    }
+
+    #[test]
+    fn ran_locally_lines_are_never_coalesced() {
+        let (p, lines) = captured();
+        p.line("probing");
+        p.line("placing on w1");
+        p.line("ran locally: w1 unreachable (connection refused)");
+        p.line("running");
+        p.finish();
+        assert_eq!(
+            *lines.lock().unwrap(),
+            ["[r/j] probing", "[r/j] placing on w1", "[r/j] ran locally: w1 unreachable (connection refused)", "[r/j] running"]
+        );
     }
 }

@@ -363,4 +363,48 @@ mod tests {
         let none = json!({"nodes_file": "/n.json", "note": "no enabled node", "nodes": []});
         assert_eq!(health(&none), "nodes.json: /n.json\nnote: no enabled node\n");
     }
+
+    #[test]
+    fn caps_is_a_table_with_unavailable_steps_below() {
+        let v = json!({"nodes_file": "/n.json", "note": null, "nodes": [
+            {"node_id": "w1", "status": "up", "contract": "rayvault-worker/1", "compat_mode": null, "caps_age_s": 3.0, "reason": null,
+             "caps": {"os": "windows", "ram_gb": 32.0, "gpu_model": "RTX 3060", "vram_gb": 12.0, "steps": ["FFMPEG_PROBE", "AUDIO_POSTCHECK"],
+                      "unavailable_steps": {"OPENCLAW_TASK": "no desktop session"}}},
+            {"node_id": "w2", "status": "down", "contract": null, "compat_mode": null, "caps_age_s": null, "reason": "unreachable (connection refused)", "caps": null}
+        ]});
+        let out = caps(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "nodes.json: /n.json");
+        assert_eq!(lines[1], "NODE  STATUS  CONTRACT           OS       RAM    GPU               CAPS AGE  STEPS");
+        assert_eq!(lines[2], "w1    up      rayvault-worker/1  windows  32 GB  RTX 3060 (12 GB)  3s        FFMPEG_PROBE, AUDIO_POSTCHECK");
+        assert_eq!(lines[3], "w2    down    -                  -        -      -                 -         unreachable (connection refused)");
+        assert_eq!(lines[4], "w1: OPENCLAW_TASK unavailable: no desktop session");
+    }
+
+    #[test]
+    fn a_receipt_summary_says_what_where_why_and_the_verdict() {
+        let r = json!({"run_id": "r", "job_id": "qc", "step_name": "AUDIO_POSTCHECK", "status": "failed", "executed_on": "local",
+            "fallback_reason": "windows-worker-1 unreachable (connection refused)", "cached": false, "compat_mode": null,
+            "verdict": "failed", "error": {"code": "QC_FAILED", "message": "1 of 2 files failed"},
+            "result": {"passed": false, "files": [
+                {"path": "/a/chunk_0001.wav", "passed": true, "problems": []},
+                {"path": "/a/chunk_0002.wav", "passed": false, "problems": [{"code": "LOUDNESS_OUT_OF_RANGE"}, {"code": "CLIPPING"}]}]},
+            "artifacts": [{"name": "postcheck_report.json", "size": 812, "path": "/s/r/qc/postcheck_report.json"}]});
+        let out = receipt_summary(&r, std::path::Path::new("/s/r/qc/job_receipt.json"));
+        assert_eq!(
+            out,
+            "job r/qc (AUDIO_POSTCHECK): failed\n\
+             ran on: local\n\
+             why: windows-worker-1 unreachable (connection refused)\n\
+             verdict: failed\n\
+             \x20 chunk_0002.wav: LOUDNESS_OUT_OF_RANGE, CLIPPING\n\
+             error: QC_FAILED: 1 of 2 files failed\n\
+             artifacts (1):\n\
+             \x20 /s/r/qc/postcheck_report.json  812 bytes\n\
+             receipt: /s/r/qc/job_receipt.json\n"
+        );
+        let ok = json!({"run_id": "r", "job_id": "p", "step_name": "FFMPEG_PROBE", "status": "succeeded", "executed_on": "w1", "fallback_reason": null, "cached": true, "artifacts": []});
+        let out = receipt_summary(&ok, std::path::Path::new("/x"));
+        assert!(out.contains("ran on: w1 (the worker's existing result") && !out.contains("why:") && !out.contains("verdict"), "{out}");
+    }
 }

@@ -175,10 +175,15 @@ pub fn caps(v: &Value) -> String {
                     _ => "-".to_string(),
                 };
                 let steps = c["steps"].as_array().map(|s| s.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
+                // `caps --json` has the contract inside the caps only.
+                let mut with_contract = n.clone();
+                if text(&n["contract"]).is_none() {
+                    with_contract["contract"] = c["contract"].clone();
+                }
                 vec![
                     n["node_id"].as_str().unwrap_or("?").to_string(),
                     n["status"].as_str().unwrap_or("?").to_string(),
-                    contract(n),
+                    contract(&with_contract),
                     text(&c["os"]).unwrap_or("-").to_string(),
                     c["ram_gb"].as_f64().map_or("-".to_string(), gb),
                     gpu,

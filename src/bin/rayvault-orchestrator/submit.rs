@@ -261,7 +261,7 @@ fn lost_daemon_message(settings: &Settings, client: &DaemonClient, run_id: &str,
     format!(
         "stopped waiting for {key}: the daemon at {base} has not answered for {secs} s. The job was handed to the daemon \
          and goes on there (if the daemon was stopped, it resumes the job when it starts again); this submit only stopped \
-         watching it. Follow it with `rayvault-orchestrator wait --run-id {run_id} --job-id {job_id}` or `status`; its receipt will be written to {receipt}",
+         watching it. Follow it with `rayvault-orchestrator status` or `rayvault-orchestrator wait --run-id {run_id} --job-id {job_id}`; its receipt will be written to {receipt}",
         key = format!("{run_id}/{job_id}"),
         base = client.base(),
         secs = silent.as_secs(),

@@ -25,7 +25,7 @@ fn zero_configuration_runs_locally_and_writes_the_receipt() {
     let art = &r["artifacts"][0];
     assert_eq!(art["name"], "ffprobe.json");
     assert_eq!(sha256(std::path::Path::new(art["path"].as_str().unwrap())), art["sha256"].as_str().unwrap());
-    assert!(err.contains("running locally"), "progress on stderr: {err}");
+    assert!(err.contains("ran locally: no worker nodes configured"), "the fallback is said on stderr: {err}");
     // No secret ever reaches a receipt.
     assert!(!std::fs::read_to_string(dir.join("job_receipt.json")).unwrap().contains(SECRET));
 }

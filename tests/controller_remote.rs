@@ -38,7 +38,9 @@ fn placement_by_os_and_ram_with_explained_rejections() {
 
 #[test]
 fn remote_run_stages_inputs_verifies_artifacts_and_resubmits_idempotently() {
-    let w = World::new();
+    let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     let (_w1, p1) = worker(&w, "w1", &[]);
     w.write_nodes(&[("w1", p1, true)]);
     let clip = video(&w);
@@ -154,7 +156,9 @@ fn unreachable_and_wrong_secret_fall_back_with_reasons() {
 
 #[test]
 fn a_worker_killed_mid_job_is_replaced_without_rerunning_a_success() {
-    let w = World::new();
+    let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     let (mut slow, ps) = legacy(&w, "slow", &["--os", "linux", "--job-delay", "30"]);
     let (_w1, p1) = worker(&w, "w1", &[]);
     // Equal load: the first listed node is chosen first.
@@ -224,7 +228,9 @@ fn command_tts_env(template: &str) -> [(&str, &str); 3] {
 
 #[test]
 fn every_listed_input_is_staged_and_mapped_back() {
-    let w = World::new();
+    let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     let (_w1, p1) = worker(&w, "w1", &[]);
     w.write_nodes(&[("w1", p1, true)]);
     let a = common::make_sine_wav(w.dir.path(), "a.wav", 1.0, 48_000, 1, -16.0);

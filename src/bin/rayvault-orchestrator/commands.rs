@@ -61,7 +61,7 @@ pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, view: Node
     let note = if enabled > 0 {
         None
     } else if std::path::Path::new(&report.nodes_file).exists() {
-        Some(format!("no enabled node in {}: every step runs locally on this controller", report.nodes_file))
+        Some(format!("no enabled node in nodes.json ({}): every step runs locally on this controller", report.nodes_file))
     } else {
         Some(rayvault::nodes::missing_note(std::path::Path::new(&report.nodes_file)))
     };

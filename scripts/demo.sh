@@ -115,9 +115,9 @@ submit demo_run ffprobe_002 FFMPEG_PROBE "{\"media_path\": \"$clip\"}" \
   | field '"executed_on=%s; fallback_reason=%s" % (r["executed_on"], r["fallback_reason"])'
 
 say "summary"
-python3 - "$RAYVAULT_STATE_DIR/cluster/receipts/demo_run" tts_001 postcheck_001 ffprobe_001 frames_001 ffprobe_002 <<'PY'
+python3 - "$bin/rayvault-orchestrator" "$RAYVAULT_STATE_DIR/cluster/receipts/demo_run" tts_001 postcheck_001 ffprobe_001 frames_001 ffprobe_002 <<'PY'
 import json, os, sys
-root, jobs = sys.argv[1], sys.argv[2:]
+orch, root, jobs = sys.argv[1], sys.argv[2], sys.argv[3:]
 what = {"tts_001": "speech from text", "postcheck_001": "QC of that speech", "ffprobe_001": "probe a video",
         "frames_001": "sample 5 frames", "ffprobe_002": "probe again, worker stopped"}
 print("%-14s %-18s %-28s %-10s %s" % ("JOB", "STEP", "WHAT", "STATUS", "RAN ON"))
@@ -143,7 +143,8 @@ if qc is not None:
         print("  %s: %s" % (os.path.basename(f.get("path", "?")), ", ".join(p["code"] for p in f.get("problems", []))))
 print()
 print("Receipts (what ran, where, why, and the artifacts): %s/<job>/job_receipt.json" % root)
-print("Look at one:  RAYVAULT_STATE_DIR=%s target/debug/rayvault-orchestrator result --run-id demo_run --job-id postcheck_001" % os.path.dirname(os.path.dirname(root)))
+state = os.path.dirname(os.path.dirname(os.path.dirname(root)))
+print("Look at one:  RAYVAULT_STATE_DIR=%s %s result --run-id demo_run --job-id postcheck_001" % (state, orch))
 PY
 if [ "$qc_code" -ne 0 ]; then
   echo "demo: the QC verdict failed (exit 3); see the summary above" >&2

@@ -353,4 +353,7 @@ fn one_shot_commands_print_warnings_as_sentences() {
         assert!(!line.contains("{ ") || line.contains("{\"nodes\""), "a debug dump reached the terminal: {line}");
     }
     assert!(err.contains("ran locally: "), "{err}");
+    for line in err.lines().filter(|l| l.contains("warning")) {
+        assert!(line.starts_with("rayvault-orchestrator: warning: "), "a warning is a sentence: {line}");
+    }
 }

@@ -92,7 +92,7 @@ fn init_tracing(daemon: bool) {
     let from_env = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").ok();
     let verbose = daemon || from_env.is_some();
     let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| progress::StderrBelowSpinner).with_ansi(std::io::stderr().is_terminal());
     if verbose {
         builder.init();
     } else {
@@ -114,30 +114,45 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let mut message = Message(String::new());
+        let mut message = Message::default();
         event.record(&mut message);
         let level = match *event.metadata().level() {
             tracing::Level::ERROR => "error",
             tracing::Level::WARN => "warning",
             _ => "note",
         };
-        writeln!(writer, "rayvault-orchestrator: {level}: {}", message.0)
+        if message.context.is_empty() {
+            writeln!(writer, "rayvault-orchestrator: {level}: {}", message.text)
+        } else {
+            writeln!(writer, "rayvault-orchestrator: {level}: {} ({})", message.text, message.context.join(", "))
+        }
     }
 }
 
-/// Keeps only an event's `message` field.
-struct Message(String);
+/// An event's `message`, plus its short plain fields (`node w1`); a field
+/// that reads like a data structure is left out.
+#[derive(Default)]
+struct Message {
+    text: String,
+    context: Vec<String>,
+}
+
+impl Message {
+    fn field(&mut self, name: &str, value: String) {
+        if name == "message" {
+            self.text = value;
+        } else if value.len() <= 80 && !value.contains(['{', '[', '(']) {
+            self.context.push(format!("{name} {value}"));
+        }
+    }
+}
 
 impl tracing::field::Visit for Message {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = value.to_string();
-        }
+        self.field(field.name(), value.to_string());
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
+        self.field(field.name(), format!("{value:?}"));
     }
 }

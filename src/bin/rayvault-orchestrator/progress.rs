@@ -17,6 +17,32 @@ const PLAIN_EVERY: Duration = Duration::from_secs(1);
 /// Plain lines starting with this are printed even when they come fast.
 pub const KEEP_PREFIX: &str = "ran locally:";
 
+/// The spinner on screen, if any: other stderr output (log lines) is
+/// written with it cleared, so that the two do not mix on one line.
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Runs `f` (which writes to stderr) with the spinner, if any, cleared.
+fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    let bar = ACTIVE_BAR.lock().ok().and_then(|b| b.clone());
+    match bar {
+        Some(bar) => bar.suspend(f),
+        None => f(),
+    }
+}
+
+/// stderr for log lines: each write is made with the spinner cleared.
+pub struct StderrBelowSpinner;
+
+impl std::io::Write for StderrBelowSpinner {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        suspended(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Where progress goes.
 enum Sink {
     Bar(ProgressBar),
@@ -59,6 +85,9 @@ impl Progress {
             );
             bar.set_prefix(key.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
+            if let Ok(mut active) = ACTIVE_BAR.lock() {
+                *active = Some(bar.clone());
+            }
             Sink::Bar(bar)
         } else {
             Sink::Plain(Plain { last_printed: None, pending: None, write: Box::new(|l| eprintln!("{l}")) })
@@ -140,7 +169,12 @@ impl Progress {
     pub fn finish(&self) {
         let Ok(mut sink) = self.sink.lock() else { return };
         match &mut *sink {
-            Sink::Bar(bar) => bar.finish_and_clear(),
+            Sink::Bar(bar) => {
+                bar.finish_and_clear();
+                if let Ok(mut active) = ACTIVE_BAR.lock() {
+                    *active = None;
+                }
+            }
             Sink::Plain(p) => {
                 if let Some(line) = p.pending.take() {
                     p.print(&self.key, &line);

@@ -257,7 +257,7 @@ fn cancel_wait_and_logs_reach_an_in_process_submit() {
         c.args(["wait", "--run-id", "inproc", "--job-id", "task", "--json"]);
         move || run(&mut c)
     });
-    let (code, out, err) = run(w.orch().args(["cancel", "--run-id", "inproc", "--job-id", "task"]));
+    let (code, out, err) = run(w.orch().args(["cancel", "--run-id", "inproc", "--job-id", "task", "--json"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["cancelling"], true, "{out}");
     let out = submit.finish();

@@ -33,7 +33,7 @@ pub enum Command {
     /// Jobs and nodes at a glance.
     Status(ViewArgs),
     /// Cancel a running job (in the daemon, or in a `submit` on this machine).
-    Cancel(JobRef),
+    Cancel(CancelArgs),
     /// Download (again) a remote job's artifacts into its receipt folder.
     SyncArtifacts(SyncArgs),
     /// Print a job's log (worker.log), running or finished.
@@ -112,6 +112,15 @@ pub struct JobRef {
     /// The job's id (as given to `submit`).
     #[arg(long)]
     pub job_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub job: JobRef,
+    /// Print the answer as JSON instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `wait` and `result`: a job, and how to print its receipt.

@@ -1,7 +1,7 @@
 //! `health`, `caps`, `status`, `cancel` and `sync-artifacts` (`logs`,
 //! `wait` and `result` are in `jobs`).
 
-use crate::cli::{JobRef, SyncArgs};
+use crate::cli::{CancelArgs, SyncArgs};
 use crate::daemon_client::DaemonClient;
 use actix::prelude::*;
 use anyhow::{anyhow, bail, Context as _};
@@ -125,7 +125,8 @@ pub fn status(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, json: bool
 /// `cancel`: cancels a job the daemon runs, or else one that a `submit` on
 /// this machine runs in its own process (it is sent SIGINT, as Ctrl-C in its
 /// terminal would).
-pub fn cancel(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, job: JobRef) -> anyhow::Result<u8> {
+pub fn cancel(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: CancelArgs) -> anyhow::Result<u8> {
+    let job = args.job;
     let key = format!("{}/{}", job.run_id, job.job_id);
     let cluster = settings.cluster_dir();
     System::new().block_on(async move {
@@ -133,7 +134,11 @@ pub fn cancel(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, job: JobRe
             if let Some(client) = DaemonClient::connect(&settings, k).await? {
                 match client.cancel(&key).await {
                     Ok(v) => {
-                        println!("{}", serde_json::to_string_pretty(&v)?);
+                        if args.json {
+                            println!("{}", serde_json::to_string_pretty(&v)?);
+                        } else {
+                            println!("cancelling {key} in the daemon at {}; `rayvault-orchestrator wait` shows how it ended", client.base());
+                        }
                         return Ok(0);
                     }
                     // Not running in the daemon: maybe in a submit process.
@@ -149,7 +154,11 @@ pub fn cancel(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, job: JobRe
             );
         };
         crate::running::interrupt(reg.pid).with_context(|| format!("cannot signal the submit process {} running {key}", reg.pid))?;
-        println!("{}", serde_json::to_string_pretty(&json!({"key": key, "cancelling": true, "submit_pid": reg.pid}))?);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&json!({"key": key, "cancelling": true, "submit_pid": reg.pid}))?);
+        } else {
+            println!("cancelling {key}: asked the submit process {} on this machine to stop it (as Ctrl-C would)", reg.pid);
+        }
         Ok(0)
     })
 }

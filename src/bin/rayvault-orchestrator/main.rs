@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         Command::Health(view) => commands::health(settings, keyring(), commands::NodesView::Health { json: view.json }),
         Command::Caps(view) => commands::health(settings, keyring(), commands::NodesView::Caps { json: view.json }),
         Command::Status(view) => commands::status(settings, keyring(), view.json),
-        Command::Cancel(job) => commands::cancel(settings, keyring(), job),
+        Command::Cancel(args) => commands::cancel(settings, keyring(), args),
         Command::SyncArtifacts(args) => commands::sync_artifacts(settings, keyring(), args),
         Command::Logs(args) => jobs::logs(settings, keyring(), args),
         Command::Wait(args) => jobs::wait(settings, keyring(), args),

@@ -116,7 +116,7 @@ impl Progress {
                 p.print(&self.key, line);
             }
             Sink::Plain(p) => {
-                if p.last_printed.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+                if p.last_printed.map_or(true, |t| t.elapsed() >= PLAIN_EVERY) {
                     p.pending = None;
                     p.last_printed = Some(Instant::now());
                     p.print(&self.key, line);
@@ -133,7 +133,7 @@ impl Progress {
     pub fn tick(&self) {
         let Ok(mut sink) = self.sink.lock() else { return };
         if let Sink::Plain(p) = &mut *sink {
-            if p.last_printed.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+            if p.last_printed.map_or(true, |t| t.elapsed() >= PLAIN_EVERY) {
                 if let Some(line) = p.pending.take() {
                     p.last_printed = Some(Instant::now());
                     p.print(&self.key, &line);

@@ -259,10 +259,9 @@ pub async fn follow_daemon(settings: &Settings, client: &DaemonClient, run_id: &
 fn lost_daemon_message(settings: &Settings, client: &DaemonClient, run_id: &str, job_id: &str, silent: Duration) -> String {
     let receipt = rayvault::receipt::receipt_dir(&settings.cluster_dir(), run_id, job_id).join(rayvault::receipt::RECEIPT_FILE);
     format!(
-        "stopped waiting for {key}: the daemon at {base} has not answered for {secs} s. The job was handed to the daemon \
+        "stopped waiting for {run_id}/{job_id}: the daemon at {base} has not answered for {secs} s. The job was handed to the daemon \
          and goes on there (if the daemon was stopped, it resumes the job when it starts again); this submit only stopped \
          watching it. Follow it with `rayvault-orchestrator status` or `rayvault-orchestrator wait --run-id {run_id} --job-id {job_id}`; its receipt will be written to {receipt}",
-        key = format!("{run_id}/{job_id}"),
         base = client.base(),
         secs = silent.as_secs(),
         receipt = std::path::absolute(&receipt).unwrap_or(receipt).display(),

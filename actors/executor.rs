@@ -61,6 +61,8 @@ pub struct ExecutorEnv {
     pub settings: Arc<crate::config::Settings>,
     /// Bumped after every job state change; long-polls wait on it.
     pub changes: watch::Sender<u64>,
+    /// The submitters' leases on jobs (see [`crate::lease`]).
+    pub leases: Arc<crate::lease::LeaseBook>,
 }
 
 impl ExecutorEnv {
@@ -104,6 +106,12 @@ impl StepExecutor {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while !self.draining && self.running.len() < self.concurrency {
             let Some(job_id) = self.queue.pop_front() else { break };
+            // A job whose lease expired while it waited never starts (the
+            // lease monitor records it abandoned); a job parked after a
+            // restart waits for its controller to re-attach.
+            if self.env.leases.expired(&job_id) || self.env.leases.parked(&job_id) {
+                continue;
+            }
             let token = CancellationToken::new();
             self.running.insert(job_id.clone(), token.clone());
             let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
@@ -204,6 +212,12 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: C
     tracing::info!(attempt = rec.attempt, "job started");
     let outcome = execute(&env, step, &rec, token.clone()).await;
     let outcome = match outcome {
+        // Whatever the step made, a job whose lease expired is abandoned:
+        // its submitter has given it up and may be running it elsewhere.
+        _ if env.leases.expired(&job_id) => Err(StepError::new(
+            ErrorCode::LeaseExpired,
+            "the controller's lease on this job expired (it stopped renewing: it gave the job up, or the link was cut); the worker stopped the job and discards its result",
+        )),
         Err(e) if token.is_cancelled() && e.code != ErrorCode::Cancelled => {
             Err(StepError::new(ErrorCode::Cancelled, format!("cancelled while running ({e})")))
         }
@@ -219,6 +233,7 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: C
     if let Some(Err(e)) = blocking(move || store.finish(&id, result, now_ms())).await {
         tracing::error!(error = %e, "cannot record the job's outcome");
     }
+    env.leases.release(&job_id);
     env.notify();
 }
 

@@ -16,7 +16,7 @@ pub mod staging;
 use super::artifact_sync::SyncArtifacts;
 use super::crash_guard::{catch, Panicked};
 use super::local_runner::RunLocal;
-use super::messages::{GetNodes, JobProgress, NodeLost, PlacementReport, ProbeNow, Stop};
+use super::messages::{GetNodes, JobProgress, NodeHealth, NodeLost, PlacementReport, ProbeNow, Stop};
 use super::node_probe::NodeDirectory;
 use super::scheduler::{NodeLoad, PlaceJob};
 use crate::auth::Keyring;
@@ -26,7 +26,7 @@ use crate::controller_store::ControllerStore;
 use crate::error::{ErrorCode, StepError};
 use crate::joblog::{format_utc, JobLog};
 use crate::receipt::{
-    receipt_dir, Attempt, JobSpec, JobStatus, NodeExplanation, Receipt, ReceiptArtifact, ReceiptError, Timings,
+    receipt_dir, Attempt, FallbackMode, JobSpec, JobStatus, NodeExplanation, Receipt, ReceiptArtifact, ReceiptError, Timings,
 };
 use crate::steps::StepName;
 use actix::prelude::*;
@@ -130,10 +130,12 @@ impl Handler<SubmitJob> for JobRunner {
         let key = msg.spec.key();
         let entry = self.running.entry(key.clone()).or_insert_with(|| (CancellationToken::new(), 0));
         entry.1 += 1;
+        // Only a run that is alone with its key may empty the receipt folder.
+        let alone = entry.1 == 1 && msg.resume.is_none();
         let cancel = entry.0.clone();
         let deps = self.deps.clone();
         let (spec, submitted_at) = (msg.spec.clone(), msg.submitted_at);
-        let job = run_job(deps.clone(), msg.spec, msg.resume, msg.submitted_at, cancel);
+        let job = run_job(deps.clone(), msg.spec, msg.resume, msg.submitted_at, cancel, alone);
         // The job's future runs inside this actor's task: a panic in it would
         // take the actor and every other job in flight down. Caught, it
         // fails this job alone, with a receipt that says so.
@@ -187,9 +189,9 @@ pub struct Trace {
     pub sync_ms: u64,
     pub attempts: Vec<Attempt>,
     pub placement: Vec<NodeExplanation>,
-    /// Why each remote attempt or node was given up, in order.
-    pub remote_failures: Vec<String>,
     pub progress: Option<Recipient<JobProgress>>,
+    /// The earlier receipt's `inputs_hash`, when this run replaced it.
+    pub replaced_inputs_hash: Option<String>,
 }
 
 impl Trace {
@@ -204,8 +206,8 @@ impl Trace {
             sync_ms: 0,
             attempts: Vec::new(),
             placement: Vec::new(),
-            remote_failures: Vec::new(),
             progress: deps.progress.clone(),
+            replaced_inputs_hash: None,
         }
     }
 
@@ -223,6 +225,8 @@ impl Trace {
             remote_job_id,
             outcome: outcome.to_string(),
             detail,
+            fate: None,
+            ignored_result_sha256: None,
             started_at: format_utc(began),
             ended_at: format_utc(SystemTime::now()),
         });
@@ -232,7 +236,8 @@ impl Trace {
 /// The end state of a job before it becomes a receipt.
 pub struct Ending {
     pub status: JobStatus,
-    pub executed_on: String,
+    /// Where the step ran; None when it ran nowhere.
+    pub executed_on: Option<String>,
     pub remote_job_id: Option<String>,
     pub cached: bool,
     pub compat_mode: Option<String>,
@@ -243,10 +248,12 @@ pub struct Ending {
 }
 
 impl Ending {
-    pub fn failed(code: ErrorCode, message: impl Into<String>, executed_on: &str) -> Ending {
+    /// A failed (or cancelled) ending; `executed_on` is None when the step
+    /// ran nowhere.
+    pub fn failed(code: ErrorCode, message: impl Into<String>, executed_on: Option<&str>) -> Ending {
         Ending {
             status: if code == ErrorCode::Cancelled { JobStatus::Cancelled } else { JobStatus::Failed },
-            executed_on: executed_on.to_string(),
+            executed_on: executed_on.map(str::to_string),
             remote_job_id: None,
             cached: false,
             compat_mode: None,
@@ -265,6 +272,7 @@ pub async fn run_job(
     resume: Option<RemoteRef>,
     submitted_at: SystemTime,
     cancel: CancellationToken,
+    fresh_folder: bool,
 ) -> Receipt {
     let mut trace = Trace::new(&spec, submitted_at, &deps);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
@@ -295,16 +303,29 @@ pub async fn run_job(
     let (inputs_hash, ending) = match staged {
         Ok(Ok(staged)) => {
             let hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
+            if fresh_folder {
+                let (d, h) = (dir.clone(), hash.clone());
+                match tokio::task::spawn_blocking(move || empty_receipt_folder(&d, &h)).await {
+                    Ok(Ok(replaced)) => trace.replaced_inputs_hash = replaced,
+                    Ok(Err(e)) => trace.say(format!("could not empty the receipt folder {}: {e}", dir.display())),
+                    Err(e) => trace.say(format!("emptying the receipt folder failed: {e}")),
+                }
+            }
             let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace).await;
+            remote::settle_fates(&deps, &mut trace).await;
             (hash, ending)
         }
         Ok(Err(e)) => (
             crate::protocol::inputs_hash(&spec.step_name, &spec.payload),
-            Ending::failed(ErrorCode::InputNotFound, format!("reading an input file failed: {e}"), "local"),
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                Ending::failed(ErrorCode::InputInvalid, e.to_string(), None)
+            } else {
+                Ending::failed(ErrorCode::InputNotFound, format!("reading an input file failed: {e}"), None)
+            },
         ),
         Err(e) => (
             crate::protocol::inputs_hash(&spec.step_name, &spec.payload),
-            Ending::failed(ErrorCode::Internal, format!("staging task failed: {e}"), "local"),
+            Ending::failed(ErrorCode::Internal, format!("staging task failed: {e}"), None),
         ),
     };
     let mut ending = ending;
@@ -321,11 +342,33 @@ pub async fn run_job(
         tokio::task::spawn_blocking(move || r.write(&d)).await
     };
     match write {
-        Ok(Ok(path)) => trace.say(format!("{} on {}; receipt {}", status_word(receipt.status), receipt.executed_on, path.display())),
+        Ok(Ok(path)) => trace.say(match &receipt.executed_on {
+            Some(on) => format!("{} on {on}; receipt {}", status_word(receipt.status), path.display()),
+            None => format!("{} without running anywhere; receipt {}", status_word(receipt.status), path.display()),
+        }),
         Ok(Err(e)) => trace.say(format!("could not write the receipt into {}: {e}", dir.display())),
         Err(e) => trace.say(format!("receipt writer task failed: {e}")),
     }
     receipt
+}
+
+/// Empties a job's receipt folder before a new run, so that no file of an
+/// earlier run with the same ids (a `chunk_0005.wav` the new run does not
+/// make) is mistaken for this run's. Answers the earlier receipt's
+/// `inputs_hash` when it differs from `inputs_hash`.
+fn empty_receipt_folder(dir: &std::path::Path, inputs_hash: &str) -> std::io::Result<Option<String>> {
+    let previous = match Receipt::read(dir) {
+        Ok(r) => Some(r.inputs_hash),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // An unreadable receipt is replaced like any other.
+        Err(_) => Some(String::new()),
+    };
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(previous.filter(|h| h != inputs_hash))
 }
 
 /// The receipt of a job whose run panicked (a controller bug): failed with
@@ -333,7 +376,7 @@ pub async fn run_job(
 async fn crashed(deps: &JobDeps, spec: &JobSpec, submitted_at: SystemTime, p: Panicked) -> Receipt {
     let trace = Trace::new(spec, submitted_at, deps);
     let hash = crate::protocol::inputs_hash(&spec.step_name, &spec.payload);
-    let receipt = build_receipt(spec, hash, Ending::failed(ErrorCode::Internal, p.to_string(), "local"), &trace);
+    let receipt = build_receipt(spec, hash, Ending::failed(ErrorCode::Internal, p.to_string(), None), &trace);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
     let (r, d) = (receipt.clone(), dir.clone());
     match tokio::task::spawn_blocking(move || r.write(&d)).await {
@@ -351,6 +394,40 @@ fn status_word(s: JobStatus) -> &'static str {
     }
 }
 
+/// Why a node could not run this job, as this job saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeFailure {
+    /// Not reachable, not answering in time, or full (429, 503) before the
+    /// job was accepted: the node is unavailable, the case where `fallback
+    /// = "unavailable"` runs the job locally.
+    Unavailable(String),
+    /// Accepted the job, then became unreachable or silent: also
+    /// unavailability (`WORKER_LOST` when nothing else ran the job).
+    Lost(String),
+    /// The node cannot be used until someone fixes the configuration
+    /// (credentials refused, another worker id): the job fails (exit 2)
+    /// unless `fallback = "always"`.
+    Misconfigured(ErrorCode, String),
+    /// The step failed there for a reason of that machine (a tool or an
+    /// input missing there, a full disk): the step's own code.
+    Step(String, String),
+}
+
+impl NodeFailure {
+    /// What happened, as the end of a sentence that starts with the node id.
+    pub fn text(&self) -> &str {
+        match self {
+            NodeFailure::Unavailable(r) | NodeFailure::Lost(r) | NodeFailure::Misconfigured(_, r) | NodeFailure::Step(_, r) => r,
+        }
+    }
+}
+
+/// A placement with the node snapshot it was made from.
+struct Placed {
+    report: PlacementReport,
+    nodes: Vec<super::messages::NodeSnapshot>,
+}
+
 /// Placement, remote attempts and fallback.
 async fn execute(
     deps: &JobDeps,
@@ -361,46 +438,71 @@ async fn execute(
     cancel: &CancellationToken,
     trace: &mut Trace,
 ) -> Ending {
+    let mode = spec.fallback_mode(deps.settings.controller.fallback);
     let mut tried: Vec<String> = Vec::new();
+    // This job's own failed attempts, in order: the fallback reason and the
+    // error code are built from these and this job's placement only.
+    let mut failures: Vec<(String, NodeFailure)> = Vec::new();
     if let Some(r) = resume {
         trace.say(format!("re-attaching to {} on {}", r.remote_job_id, r.node_id));
         tried.push(r.node_id.clone());
         match remote::resume(deps, spec, &r, staged, dir, cancel, trace).await {
             remote::Outcome::Done(ending) => return ending,
-            remote::Outcome::NodeFailed(reason) => trace.remote_failures.push(format!("{}: {reason}", r.node_id)),
+            remote::Outcome::NodeFailed(f) => failures.push((r.node_id.clone(), f)),
         }
     }
-    let report = match placement(deps, spec).await {
-        Ok(r) => r,
-        Err(e) => return Ending::failed(ErrorCode::Internal, e, "local"),
-    };
-    trace.placement = report.explanations.clone();
-    if report.ranked.is_empty() {
-        trace.say(format!("no worker fits: {}", report.fallback_reason()));
-    }
-    for node_id in report.ranked.iter() {
-        if tried.iter().any(|t| t == node_id.as_ref()) || cancel.is_cancelled() {
-            continue;
-        }
-        tried.push(node_id.to_string());
-        trace.say(format!("placing on {node_id}"));
-        match remote::run_on(deps, spec, node_id, staged, dir, cancel, trace).await {
-            remote::Outcome::Done(ending) => return ending,
-            remote::Outcome::NodeFailed(reason) => {
-                trace.say(format!("{node_id} could not run it: {reason}"));
-                trace.remote_failures.push(format!("{node_id}: {reason}"));
+    let mut reprobed = false;
+    let placed = loop {
+        let placed = match placement(deps, spec).await {
+            Ok(p) => p,
+            Err(e) => return Ending::failed(ErrorCode::Internal, e, None),
+        };
+        trace.placement = placed.report.explanations.clone();
+        for node_id in placed.report.ranked.iter() {
+            if tried.iter().any(|t| t == node_id.as_ref()) || cancel.is_cancelled() {
+                continue;
+            }
+            tried.push(node_id.to_string());
+            trace.say(format!("placing on {node_id}"));
+            match remote::run_on(deps, spec, node_id, staged, dir, cancel, trace).await {
+                remote::Outcome::Done(ending) => return ending,
+                remote::Outcome::NodeFailed(f) => {
+                    trace.say(format!("{node_id} could not run it: {}", f.text()));
+                    failures.push((node_id.to_string(), f));
+                }
             }
         }
-    }
+        // Before giving up on nodes that the cached view says are down (or
+        // were never probed, or misconfigured, or degraded), ask them again:
+        // a worker restarted a moment ago is then used at once, and a
+        // reason from an earlier job is never reported for this one.
+        let stale: Vec<String> = placed
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n.health, NodeHealth::Up | NodeHealth::Disabled))
+            .map(|n| n.node_id.to_string())
+            .filter(|id| !tried.contains(id))
+            .collect();
+        if reprobed || stale.is_empty() || cancel.is_cancelled() || placed.report.controller_only {
+            break placed;
+        }
+        reprobed = true;
+        trace.say(format!("probing {} again before deciding", stale.join(", ")));
+        reprobe(deps, &stale).await;
+    };
     if cancel.is_cancelled() {
-        return Ending::failed(ErrorCode::Cancelled, "the job was cancelled", "local");
+        return Ending::failed(ErrorCode::Cancelled, "the job was cancelled before it ran", None);
     }
-    let reason = fallback_reason(&report, &trace.remote_failures);
-    if spec.no_fallback {
+    let reason = fallback_reason(&placed.report, &failures, &tried);
+    if let Some(ending) = misconfiguration(&placed, &failures, &tried, mode, &reason) {
+        return ending;
+    }
+    if mode == FallbackMode::Never {
+        let (code, what) = why_nothing_ran(&placed.report, &failures);
         return Ending::failed(
-            if trace.remote_failures.is_empty() { ErrorCode::NoEligibleNode } else { ErrorCode::WorkerLost },
-            format!("no worker could run {} and --no-fallback forbids running it locally: {reason}", spec.step_name),
-            "local",
+            code,
+            format!("{what}, and fallback is \"never\" (--no-fallback), so nothing ran: {reason}"),
+            None,
         );
     }
     trace.say(format!("running locally: {reason}"));
@@ -409,21 +511,89 @@ async fn execute(
     ending
 }
 
-/// Joins the scheduler's rejections with the failures of remote attempts.
-fn fallback_reason(report: &PlacementReport, remote_failures: &[String]) -> String {
-    let rejected = if report.ranked.is_empty() || report.controller_only { Some(report.fallback_reason()) } else { None };
-    let rejected_nodes: Vec<String> = report
-        .explanations
+/// Probes the given nodes again, each bounded by `probe_timeout_s`.
+async fn reprobe(deps: &JobDeps, nodes: &[String]) {
+    let bound = std::time::Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1) + 1);
+    let probes = nodes.iter().map(|id| deps.probe_now.send(ProbeNow { node_id: Some(id.clone()) }));
+    let _ = tokio::time::timeout(bound, futures_util::future::join_all(probes)).await;
+}
+
+/// A configuration error among the nodes this job could have used fails the
+/// job (nothing runs anywhere), unless `fallback = "always"`.
+fn misconfiguration(placed: &Placed, failures: &[(String, NodeFailure)], tried: &[String], mode: FallbackMode, reason: &str) -> Option<Ending> {
+    if mode == FallbackMode::Always {
+        return None;
+    }
+    let mut found: Vec<(ErrorCode, String)> = failures
         .iter()
-        .filter(|e| !e.eligible)
-        .map(|e| format!("{}: {}", e.node_id, e.reason))
+        .filter_map(|(node, f)| match f {
+            NodeFailure::Misconfigured(code, r) => Some((*code, format!("{node} {r}"))),
+            _ => None,
+        })
         .collect();
-    let mut parts: Vec<String> = match rejected {
-        Some(r) => vec![r],
-        None => rejected_nodes,
-    };
-    parts.extend(remote_failures.iter().cloned());
-    parts.retain(|p| !p.is_empty());
+    for n in &placed.nodes {
+        if let NodeHealth::Misconfigured(code, r) = &n.health {
+            if !tried.iter().any(|t| t == n.node_id.as_ref()) {
+                found.push((*code, format!("{} {r}", n.node_id)));
+            }
+        }
+    }
+    let (code, _) = found.first()?.clone();
+    let problems: Vec<String> = found.into_iter().map(|(_, t)| t).collect();
+    let others = if reason.split("; ").all(|r| problems.iter().any(|p| p == r)) { String::new() } else { format!(" (every node: {reason})") };
+    Some(Ending::failed(
+        code,
+        format!(
+            "configuration error, so nothing ran: {}. A misconfigured worker is not an unavailable one: fix it, or pass --fallback always to run such jobs on this controller{others}",
+            problems.join("; ")
+        ),
+        None,
+    ))
+}
+
+/// The code and a phrase for a job that no node ran: the step's own code
+/// when every attempt failed for the same step reason, `WORKER_LOST` when a
+/// node was lost mid-job, `NO_ELIGIBLE_NODE` otherwise.
+fn why_nothing_ran(report: &PlacementReport, failures: &[(String, NodeFailure)]) -> (ErrorCode, String) {
+    let step_codes: Vec<&str> = failures
+        .iter()
+        .filter_map(|(_, f)| match f {
+            NodeFailure::Step(code, _) => Some(code.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !step_codes.is_empty() && step_codes.len() == failures.len() && step_codes.iter().all(|c| *c == step_codes[0]) {
+        if let Some(code) = crate::error::ErrorCode::parse(step_codes[0]) {
+            return (code, format!("every worker that tried failed with {}", step_codes[0]));
+        }
+    }
+    if failures.iter().any(|(_, f)| matches!(f, NodeFailure::Lost(_))) {
+        return (ErrorCode::WorkerLost, "the worker running it was lost".into());
+    }
+    if report.controller_only {
+        return (ErrorCode::NoEligibleNode, "the step runs only on the controller".into());
+    }
+    (ErrorCode::NoEligibleNode, "no worker could run it".into())
+}
+
+/// Why the job runs locally, from this job's own placement and attempts:
+/// e.g. `windows-worker-1 unreachable (connection refused)`.
+fn fallback_reason(report: &PlacementReport, failures: &[(String, NodeFailure)], tried: &[String]) -> String {
+    if report.controller_only {
+        return report.fallback_reason();
+    }
+    let mut parts: Vec<String> = failures.iter().map(|(node, f)| format!("{node} {}", f.text())).collect();
+    let untried = report.explanations.iter().filter(|e| !e.eligible && !tried.contains(&e.node_id));
+    parts.extend(untried.map(|e| {
+        if e.reason.starts_with("unreachable") || e.reason.starts_with("is ") || e.reason.starts_with("refused") || e.reason.starts_with("cannot") {
+            format!("{} {}", e.node_id, e.reason)
+        } else {
+            format!("{}: {}", e.node_id, e.reason)
+        }
+    }));
+    if report.explanations.is_empty() {
+        return report.fallback_reason();
+    }
     if parts.is_empty() {
         "no worker could run the job".to_string()
     } else {
@@ -431,20 +601,22 @@ fn fallback_reason(report: &PlacementReport, remote_failures: &[String]) -> Stri
     }
 }
 
-async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<PlacementReport, String> {
+async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<Placed, String> {
     let nodes = deps.nodes.send(GetNodes).await.map_err(|e| format!("node probe unavailable: {e}"))?;
-    deps.place
-        .send(PlaceJob { step_name: spec.step_name.clone(), requirements: spec.requirements.clone(), nodes })
+    let report = deps
+        .place
+        .send(PlaceJob { step_name: spec.step_name.clone(), requirements: spec.requirements.clone(), nodes: nodes.clone() })
         .await
         .map_err(|e| format!("scheduler unavailable: {e}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(Placed { report, nodes })
 }
 
 /// Runs the job on the controller through the LocalRunner.
 async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel: &CancellationToken, trace: &mut Trace) -> Ending {
     let step = match StepName::parse(&spec.step_name) {
         Ok(s) => s,
-        Err(e) => return Ending::failed(e.code, e.message, "local"),
+        Err(e) => return Ending::failed(e.code, e.message, None),
     };
     let log_path = dir.join(crate::receipt::LOG_FILE);
     let opened = {
@@ -458,8 +630,8 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
     };
     let log = match opened {
         Ok(Ok(l)) => l,
-        Ok(Err(e)) => return Ending::failed(ErrorCode::IoError, format!("cannot open {}: {e}", log_path.display()), "local"),
-        Err(e) => return Ending::failed(ErrorCode::Internal, format!("opening the job log failed: {e}"), "local"),
+        Ok(Err(e)) => return Ending::failed(ErrorCode::IoError, format!("cannot open {}: {e}", log_path.display()), None),
+        Err(e) => return Ending::failed(ErrorCode::Internal, format!("opening the job log failed: {e}"), None),
     };
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
@@ -493,7 +665,7 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
                 .collect();
             Ending {
                 status: JobStatus::Succeeded,
-                executed_on: "local".into(),
+                executed_on: Some("local".into()),
                 remote_job_id: None,
                 cached: false,
                 compat_mode: None,
@@ -506,7 +678,7 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
         Err(e) => {
             let outcome = if e.code == ErrorCode::Cancelled { "cancelled" } else { "failed" };
             trace.attempt("local", None, outcome, Some(e.to_string()), began);
-            Ending::failed(e.code, e.message, "local")
+            Ending::failed(e.code, e.message, Some("local"))
         }
     }
 }
@@ -520,6 +692,13 @@ fn build_receipt(spec: &JobSpec, inputs_hash: String, e: Ending, trace: &Trace) 
     let now = SystemTime::now();
     let ms = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default().as_millis() as u64;
     let started = trace.started_at;
+    let (verdict, verdict_failures) = match (&e.result, e.status, StepName::parse(&spec.step_name)) {
+        (Some(result), JobStatus::Succeeded, Ok(StepName::AudioPostcheck)) => match Receipt::verdict_of(result) {
+            Some((v, f)) => (Some(v), f),
+            None => (None, Vec::new()),
+        },
+        _ => (None, Vec::new()),
+    };
     Receipt {
         run_id: spec.run_id.clone(),
         job_id: spec.job_id.clone(),
@@ -527,6 +706,8 @@ fn build_receipt(spec: &JobSpec, inputs_hash: String, e: Ending, trace: &Trace) 
         inputs_hash,
         status: e.status,
         executed_on: e.executed_on,
+        verdict,
+        verdict_failures,
         fallback_reason: e.fallback_reason,
         remote_job_id: e.remote_job_id,
         cached: e.cached,
@@ -546,5 +727,6 @@ fn build_receipt(spec: &JobSpec, inputs_hash: String, e: Ending, trace: &Trace) 
         attempts: trace.attempts.clone(),
         placement: trace.placement.clone(),
         requirements: spec.requirements.clone(),
+        replaced_inputs_hash: trace.replaced_inputs_hash.clone(),
     }
 }

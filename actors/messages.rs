@@ -5,6 +5,7 @@
 //! JobRunner), placements (Scheduler -> JobRunner), and job progress.
 //! These are plain Rust types; nothing here knows the wire format.
 
+use crate::error::ErrorCode;
 use crate::receipt::NodeExplanation;
 use crate::steps::StepName;
 use actix::prelude::*;
@@ -91,6 +92,57 @@ pub enum NodeHealth {
     Up,
     /// The reason the last probe failed, e.g. `unreachable (connection refused)`.
     Down(Arc<str>),
+    /// The node answers but cannot be used until someone fixes the
+    /// configuration: it refused our credentials (`AUTH_REJECTED`), it is
+    /// another worker (`NODE_ID_MISMATCH`), or this controller has no
+    /// secret (`SECRET_MISSING`). Not unavailability: a job that finds no
+    /// other node fails instead of running locally (unless `fallback =
+    /// "always"`).
+    Misconfigured(ErrorCode, Arc<str>),
+    /// The worker answers `/health` with `"status": "degraded"` (short of
+    /// disk space, or its store failed): no new jobs go there.
+    Degraded(Arc<str>),
+}
+
+impl NodeHealth {
+    /// The probe outcome as the status word `health` and `status` print.
+    pub fn word(&self) -> &'static str {
+        match self {
+            NodeHealth::Disabled => "disabled",
+            NodeHealth::Unprobed => "unprobed",
+            NodeHealth::Up => "up",
+            NodeHealth::Down(_) => "down",
+            NodeHealth::Misconfigured(..) => "misconfigured",
+            NodeHealth::Degraded(_) => "degraded",
+        }
+    }
+}
+
+/// Why a probe found a node unusable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeFailure {
+    /// Not reachable, or not answering in time.
+    Down(String),
+    /// Reachable, but misconfigured (see [`NodeHealth::Misconfigured`]).
+    Misconfigured(ErrorCode, String),
+    /// Reachable and healthy enough to answer, but short of resources.
+    Degraded(String),
+}
+
+impl ProbeFailure {
+    pub fn reason(&self) -> &str {
+        match self {
+            ProbeFailure::Down(r) | ProbeFailure::Misconfigured(_, r) | ProbeFailure::Degraded(r) => r,
+        }
+    }
+
+    pub fn into_health(self) -> NodeHealth {
+        match self {
+            ProbeFailure::Down(r) => NodeHealth::Down(r.into()),
+            ProbeFailure::Misconfigured(c, r) => NodeHealth::Misconfigured(c, r.into()),
+            ProbeFailure::Degraded(r) => NodeHealth::Degraded(r.into()),
+        }
+    }
 }
 
 /// One node as the scheduler sees it at a moment.

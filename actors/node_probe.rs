@@ -9,7 +9,7 @@
 
 use super::job_runner::remote::{self, ProbeResult};
 use super::crash_guard::catch;
-use super::messages::{Compat, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeNow, Stop};
+use super::messages::{Compat, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeFailure, ProbeNow, Stop};
 use crate::auth::Keyring;
 use crate::config::Settings;
 use crate::nodes::{self, NodeConfig};
@@ -192,7 +192,7 @@ impl NodeProbe {
                 let fut = async move {
                     catch("NodeProbe", "probing a node", probe).await.unwrap_or_else(|p| ProbeResult {
                         health: None,
-                        outcome: Err(format!("probing it hit a controller bug ({})", p.message)),
+                        outcome: Err(ProbeFailure::Down(format!("probing it hit a controller bug ({})", p.message))),
                     })
                 };
                 (cfg, Box::pin(fut) as ProbeFuture)
@@ -213,11 +213,12 @@ impl NodeProbe {
                 e.caps = Some(caps);
                 e.raw_caps = Some(raw);
             }
-            Err(reason) => {
-                if e.health != NodeHealth::Down(reason.as_str().into()) {
-                    tracing::warn!(node = %cfg.node_id, "node is down: {reason}");
+            Err(failure) => {
+                let health = failure.into_health();
+                if e.health != health {
+                    tracing::warn!(node = %cfg.node_id, "node is {}: {}", health.word(), failure_text(&health));
                 }
-                e.health = NodeHealth::Down(reason.into());
+                e.health = health;
             }
         }
     }
@@ -303,6 +304,14 @@ impl Handler<NodeLost> for NodeProbe {
     }
 }
 
+/// The reason carried by a down, misconfigured or degraded node.
+fn failure_text(h: &NodeHealth) -> &str {
+    match h {
+        NodeHealth::Down(r) | NodeHealth::Misconfigured(_, r) | NodeHealth::Degraded(r) => r,
+        _ => "",
+    }
+}
+
 /// Answers with how to reach one node.
 impl Handler<NodeDirectory> for NodeProbe {
     type Result = Option<NodeHandle>;
@@ -327,9 +336,9 @@ impl Handler<DescribeNodes> for NodeProbe {
                 }
                 let (status, reason) = match &e.health {
                     NodeHealth::Up => ("up", None),
-                    NodeHealth::Down(r) => ("down", Some(r.to_string())),
                     NodeHealth::Disabled => ("disabled", Some("disabled in nodes.json".to_string())),
                     NodeHealth::Unprobed => ("unprobed", None),
+                    h => (h.word(), Some(failure_text(h).to_string())),
                 };
                 NodeReport {
                     node_id: e.config.node_id.clone(),

@@ -44,6 +44,8 @@ pub enum Verdict {
     Disabled,
     Unprobed,
     Down,
+    Misconfigured,
+    Degraded,
     OsNotAllowed,
     RamTooLow,
     VramTooLow,
@@ -84,6 +86,8 @@ fn judge(req: &JobRequirements, wants_mac: bool, step: StepName, node: &NodeSnap
         NodeHealth::Disabled => return Verdict::Disabled,
         NodeHealth::Unprobed => return Verdict::Unprobed,
         NodeHealth::Down(_) => return Verdict::Down,
+        NodeHealth::Misconfigured(..) => return Verdict::Misconfigured,
+        NodeHealth::Degraded(_) => return Verdict::Degraded,
         NodeHealth::Up => {}
     }
     let Some(caps) = &node.caps else { return Verdict::Unprobed };
@@ -136,9 +140,9 @@ fn reason_text(req: &JobRequirements, step: StepName, node: &NodeSnapshot, v: Ve
         Verdict::Eligible => format!("fits ({} job(s) in flight); another node ranked first", node.busy),
         Verdict::Disabled => "disabled in nodes.json".to_string(),
         Verdict::Unprobed => "not probed yet".to_string(),
-        Verdict::Down => match &node.health {
-            NodeHealth::Down(r) => r.to_string(),
-            _ => "down".to_string(),
+        Verdict::Down | Verdict::Misconfigured | Verdict::Degraded => match &node.health {
+            NodeHealth::Down(r) | NodeHealth::Misconfigured(_, r) | NodeHealth::Degraded(r) => r.to_string(),
+            h => h.word().to_string(),
         },
         Verdict::OsNotAllowed => format!(
             "os {} not in [{}]",

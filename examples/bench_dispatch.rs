@@ -75,7 +75,7 @@ async fn step_times(step: StepName, payloads: &[Value], n: usize) -> Result<Valu
 /// time and the run time the worker recorded (milliseconds).
 async fn one_job(client: &WorkerClient, step: &str, payload: Value) -> Result<(f64, Option<u64>), String> {
     let t0 = Instant::now();
-    let job = SubmitJob { step_name: step.to_string(), payload, inputs_hash: None, label: None };
+    let job = SubmitJob { step_name: step.to_string(), payload, inputs_hash: None, label: None, lease_s: None };
     let submitted = client.submit(&job).await.map_err(|e| e.to_string())?;
     if submitted.cached {
         return Err("a job hit the idempotency cache; the harness must give distinct payloads".into());

@@ -58,6 +58,10 @@ pub struct ControllerSettings {
     pub probe_interval_s: u64,
     pub probe_timeout_s: u64,
     pub wait_poll_s: u64,
+    /// The lease held on each remote job, seconds (see `crate::lease`).
+    pub lease_s: u64,
+    /// Added to `lease_s` before a silent node's job moves elsewhere.
+    pub lease_margin_ms: u64,
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
     pub local_concurrency: usize,

@@ -74,6 +74,40 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 25] = [
+        ErrorCode::InputInvalid,
+        ErrorCode::InputNotFound,
+        ErrorCode::FfmpegUnavailable,
+        ErrorCode::FfmpegFailed,
+        ErrorCode::TtsUnavailable,
+        ErrorCode::TtsFailed,
+        ErrorCode::AudioDecodeFailed,
+        ErrorCode::UiSessionRequired,
+        ErrorCode::OpenclawUnavailable,
+        ErrorCode::OpenclawFailed,
+        ErrorCode::Timeout,
+        ErrorCode::Cancelled,
+        ErrorCode::StepUnknown,
+        ErrorCode::StepUnavailable,
+        ErrorCode::Interrupted,
+        ErrorCode::IoError,
+        ErrorCode::Internal,
+        ErrorCode::NoEligibleNode,
+        ErrorCode::ArtifactSyncFailed,
+        ErrorCode::WorkerLost,
+        ErrorCode::DiskFull,
+        ErrorCode::LeaseExpired,
+        ErrorCode::AuthRejected,
+        ErrorCode::NodeIdMismatch,
+        ErrorCode::SecretMissing,
+    ];
+
+    /// The code for its wire spelling (`INPUT_NOT_FOUND`), if it is one.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

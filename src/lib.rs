@@ -29,6 +29,7 @@ pub mod config;
 pub mod controller_store;
 pub mod error;
 pub mod joblog;
+pub mod lease;
 pub mod legacy_v05;
 pub mod memory;
 pub mod nodes;

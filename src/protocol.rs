@@ -353,7 +353,16 @@ pub struct SubmitJob {
     /// Optional free label (e.g. the controller's run/job id), echoed back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Optional lease in seconds (see `crate::lease`): the submitter renews
+    /// it with status calls and long-polls; once it expires the worker stops
+    /// the job and records it `abandoned` (`LEASE_EXPIRED`). Without it the
+    /// job runs to its end whoever watches. 1 to [`MAX_LEASE_S`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<u64>,
 }
+
+/// The longest lease a submitter may ask for, seconds.
+pub const MAX_LEASE_S: u64 = 3600;
 
 /// A job's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -364,12 +373,15 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    /// The submitter's lease expired: the worker stopped the job (or never
+    /// started it) and will not serve its result; error `LEASE_EXPIRED`.
+    Abandoned,
 }
 
 impl JobState {
-    /// Succeeded, failed and cancelled jobs never change again.
+    /// Succeeded, failed, cancelled and abandoned jobs never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Abandoned)
     }
 }
 

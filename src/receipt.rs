@@ -189,6 +189,18 @@ pub struct Attempt {
     /// `succeeded`, `failed`, `cancelled`, or `abandoned` (node lost mid-job).
     pub outcome: String,
     pub detail: Option<String>,
+    /// For an abandoned remote copy: what became of it on its worker, as far
+    /// as the controller could learn at the end of the job:
+    /// `stopped_by_lease` (the worker stopped it when the lease expired),
+    /// `cancelled`, `failed`, `finished_ignored` (it ran to its end after
+    /// all; its result was not used: see `ignored_result_sha256`),
+    /// `never_started`, or `unknown` (the worker did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fate: Option<String>,
+    /// With `fate: finished_ignored`: the SHA-256 of the ignored result
+    /// (its JSON as the worker sent it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored_result_sha256: Option<String>,
     pub started_at: String,
     pub ended_at: String,
 }
@@ -213,8 +225,22 @@ pub struct Receipt {
     pub step_name: String,
     pub inputs_hash: String,
     pub status: JobStatus,
-    /// `local` or the node id that produced the result.
-    pub executed_on: String,
+    /// `local` or the node id where the step ran (and produced the result,
+    /// or failed); `null` when it ran nowhere (a configuration error, no
+    /// eligible node, or every attempt refused before the step ran).
+    pub executed_on: Option<String>,
+    /// For a step whose result is a verdict (`AUDIO_POSTCHECK`): `passed`
+    /// or `failed`. A failed verdict keeps `status: succeeded` (the check
+    /// ran) and makes `submit` exit 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// With a failed verdict: each failing file (the path the user gave)
+    /// and its problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdict_failures: Vec<Value>,
+    /// Why the step ran on the controller instead of a worker: this job's
+    /// own attempts and rejections, e.g. `windows-worker-1 unreachable
+    /// (connection refused)`.
     pub fallback_reason: Option<String>,
     pub remote_job_id: Option<String>,
     /// The worker returned an existing job for the same step and inputs.
@@ -229,6 +255,36 @@ pub struct Receipt {
     pub attempts: Vec<Attempt>,
     pub placement: Vec<NodeExplanation>,
     pub requirements: JobRequirements,
+    /// Set when this receipt replaced one written for the same run_id and
+    /// job_id with other inputs: that receipt's `inputs_hash`. The folder
+    /// was emptied first, so no file of the earlier run remains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_inputs_hash: Option<String>,
+}
+
+/// The outcome of a check step, apart from whether the step ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+}
+
+/// Error codes that name a configuration problem rather than a failed job:
+/// `submit` exits 2 for them, as for bad usage.
+pub const CONFIGURATION_CODES: [ErrorCode; 3] = [ErrorCode::AuthRejected, ErrorCode::NodeIdMismatch, ErrorCode::SecretMissing];
+
+/// Process exit codes of `submit`, `wait` and `result`.
+pub mod exit {
+    /// The job succeeded (and its verdict, if any, passed).
+    pub const SUCCEEDED: i32 = 0;
+    /// The job failed or was cancelled.
+    pub const FAILED: i32 = 1;
+    /// Bad usage or configuration: nothing ran.
+    pub const CONFIGURATION: i32 = 2;
+    /// The step ran and its verdict failed (e.g. AUDIO_POSTCHECK found
+    /// problems).
+    pub const VERDICT_FAILED: i32 = 3;
 }
 
 /// The receipt folder of a job.
@@ -259,13 +315,38 @@ impl Receipt {
         serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    /// The process exit code for this receipt: 0 succeeded, 1 otherwise.
+    /// The process exit code for this receipt: 0 succeeded, 3 succeeded
+    /// with a failed verdict, 2 failed on a configuration error (nothing
+    /// ran), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
-        if self.status == JobStatus::Succeeded {
-            0
-        } else {
-            1
+        match self.status {
+            JobStatus::Succeeded if self.verdict == Some(Verdict::Failed) => exit::VERDICT_FAILED,
+            JobStatus::Succeeded => exit::SUCCEEDED,
+            _ if self.error.as_ref().is_some_and(|e| CONFIGURATION_CODES.iter().any(|c| c.as_str() == e.code)) => exit::CONFIGURATION,
+            _ => exit::FAILED,
         }
+    }
+
+    /// The verdict of a check step's result and its failing files: the
+    /// result's top-level `passed` boolean, and each entry of `files` whose
+    /// `passed` is false (with its `path` and `problems`).
+    pub fn verdict_of(result: &Value) -> Option<(Verdict, Vec<Value>)> {
+        let passed = result.get("passed")?.as_bool()?;
+        if passed {
+            return Some((Verdict::Passed, Vec::new()));
+        }
+        let failures = result
+            .get("files")
+            .and_then(Value::as_array)
+            .map(|files| {
+                files
+                    .iter()
+                    .filter(|f| f.get("passed").and_then(Value::as_bool) == Some(false))
+                    .map(|f| serde_json::json!({"file": f.get("path").cloned().unwrap_or(Value::Null), "problems": f.get("problems").cloned().unwrap_or(Value::Null)}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((Verdict::Failed, failures))
     }
 }
 

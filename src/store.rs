@@ -68,6 +68,11 @@ pub struct JobRecord {
     pub artifacts: Vec<ArtifactEntry>,
     /// Submission order, used to requeue in order after a restart.
     pub seq: u64,
+    /// The submitter's lease length in seconds, if it holds one (see
+    /// `crate::lease`); kept so that a restarted worker parks the job until
+    /// its controller re-attaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<u64>,
 }
 
 impl JobRecord {
@@ -97,6 +102,7 @@ pub struct NewJob {
     pub inputs_hash: String,
     pub payload: Value,
     pub label: Option<String>,
+    pub lease_s: Option<u64>,
 }
 
 /// What [`Store::submit`] did.
@@ -232,7 +238,9 @@ impl Store {
                 None => None,
             };
             match existing {
-                Some(rec) if !matches!(rec.state, JobState::Failed | JobState::Cancelled) => Submission::Existing(rec),
+                // An abandoned job's result is never served: its submitter
+                // gave it up, and may have run it elsewhere.
+                Some(rec) if !matches!(rec.state, JobState::Failed | JobState::Cancelled | JobState::Abandoned) => Submission::Existing(rec),
                 _ if active.len()? >= max_in_flight => Submission::Full,
                 _ => {
                     let seq = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
@@ -252,6 +260,7 @@ impl Store {
                         error: None,
                         artifacts: Vec::new(),
                         seq,
+                        lease_s: new.lease_s,
                     };
                     let bytes = serde_json::to_vec(&rec).map_err(codec)?;
                     jobs.insert(rec.job_id.as_str(), bytes.as_slice())?;
@@ -330,7 +339,16 @@ impl Store {
                     r.artifacts = artifacts;
                 }
                 Err(e) => {
-                    r.state = if e.code == ErrorCode::Cancelled { JobState::Cancelled } else { JobState::Failed };
+                    r.state = match e.code {
+                        ErrorCode::Cancelled => JobState::Cancelled,
+                        ErrorCode::LeaseExpired => JobState::Abandoned,
+                        _ => JobState::Failed,
+                    };
+                    if e.code == ErrorCode::LeaseExpired {
+                        // A result made after the lease expired is not kept.
+                        r.result = None;
+                        r.artifacts.clear();
+                    }
                     r.error = Some(JobError { code: e.code.as_str().to_string(), message: e.message });
                 }
             }
@@ -357,6 +375,22 @@ impl Store {
             Some((r, false)) if r.state == JobState::Running => Cancellation::Running(r),
             Some((r, false)) => Cancellation::Finished(r),
         })
+    }
+
+    /// Marks a queued job `abandoned` with `LEASE_EXPIRED` (its lease expired
+    /// before it could start). A running job is stopped by its executor,
+    /// which records the same; `None` when the job was not queued.
+    pub fn abandon_queued(&self, job_id: &str, message: &str, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
+        let out = self.update(job_id, |r| {
+            if r.state != JobState::Queued {
+                return false;
+            }
+            r.state = JobState::Abandoned;
+            r.finished_at_ms = Some(now_ms);
+            r.error = Some(JobError { code: ErrorCode::LeaseExpired.as_str().into(), message: message.into() });
+            true
+        })?;
+        Ok(out.and_then(|(r, changed)| changed.then_some(r)))
     }
 
     /// Marks a running job failed with `INTERRUPTED` (graceful shutdown that
@@ -463,7 +497,7 @@ mod tests {
     use serde_json::json;
 
     fn new_job(hash: &str) -> NewJob {
-        NewJob { step_name: "FFMPEG_PROBE".into(), inputs_hash: hash.into(), payload: json!({"a": 1}), label: None }
+        NewJob { step_name: "FFMPEG_PROBE".into(), inputs_hash: hash.into(), payload: json!({"a": 1}), label: None, lease_s: None }
     }
 
     fn created(s: Submission) -> JobRecord {

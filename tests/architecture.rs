@@ -48,3 +48,17 @@ fn only_process_module_spawns_children() {
         .collect();
     assert!(offenders.is_empty(), "files that start processes directly: {offenders:?}");
 }
+
+/// Every stable error code, and every exit code of `submit`, is documented
+/// where a user looks for it (docs/protocol.md or docs/steps.md).
+#[test]
+fn every_code_and_exit_code_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = ["docs/protocol.md", "docs/steps.md"].map(|d| std::fs::read_to_string(root.join(d)).unwrap()).join("\n");
+    let missing: Vec<&str> =
+        rayvault::error::ErrorCode::ALL.iter().map(|c| c.as_str()).filter(|c| !docs.contains(&format!("`{c}`"))).collect();
+    assert!(missing.is_empty(), "codes missing from the docs: {missing:?}");
+    for exit in ["| 0 |", "| 1 |", "| 2 |", "| 3 |"] {
+        assert!(docs.contains(exit), "exit code row {exit} missing from docs/steps.md");
+    }
+}

@@ -33,12 +33,25 @@ fn rotation_with_current_and_previous() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(r["executed_on"], "w1", "{r}");
 
-    // RAYVAULT_CLUSTER_SECRET wins over CURRENT when both are set.
+    // RAYVAULT_CLUSTER_SECRET wins over CURRENT when both are set. A wrong
+    // secret is a configuration error: nothing runs anywhere, exit 2.
     w.set_env("RAYVAULT_CLUSTER_SECRET", "some-unrelated-secret-000");
-    let (code, r, _) = w.submit("rot", "wrong", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
-    assert_eq!(code, 0);
+    let (code, r, err) = w.submit("rot", "wrong", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["executed_on"], serde_json::Value::Null, "{r}");
+    assert_eq!(r["error"]["code"], "AUTH_REJECTED", "{r}");
+    assert!(r["attempts"].as_array().unwrap().is_empty(), "nothing ran: {r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("w1") && msg.contains("401 auth_token invalid") && msg.contains("--fallback always"), "{msg}");
+    assert!(!msg.contains("clock"), "a refused signature is not blamed on the clock: {msg}");
+    // --fallback always runs it locally anyway, with the reason on record.
+    let (code, r, err) = w.submit("rot", "wrong-always", "FFMPEG_PROBE", json!({"media_path": clip}), &["--fallback", "always"]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(r["executed_on"], "local");
-    assert!(reason_for(&r, "w1").starts_with("401 auth_token invalid"), "{r}");
+    let reason = r["fallback_reason"].as_str().unwrap();
+    assert!(reason.starts_with("w1 refused our credentials: 401 auth_token invalid"), "{reason}");
+    assert!(err.contains(&format!("ran locally: {reason}")), "{err}");
 }
 
 /// `rayvault-orchestrator submit` run an hour in the past (wall clock only).
@@ -70,12 +83,14 @@ fn clock_skew_is_reported_with_the_seed_words() {
     w.write_nodes(&[("w1", p1, true)]);
     let clip = video(&w);
     let (code, r, err) = submit_an_hour_behind(&w, "j", &clip, &[]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(r["executed_on"], "local");
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(r["executed_on"], serde_json::Value::Null);
+    assert_eq!(r["error"]["code"], "AUTH_REJECTED", "{r}");
     let reason = reason_for(&r, "w1");
-    assert!(reason.starts_with("401 timestamp outside allowed skew"), "{reason}");
+    assert!(reason.starts_with("refused our credentials: 401 timestamp outside allowed skew"), "{reason}");
     assert!(reason.ends_with("sync system clocks (NTP)"), "{reason}");
     assert!(reason.contains("+36"), "the offset is reported: {reason}");
+    assert_eq!(reason.matches("NTP").count(), 1, "the hint is stated once: {reason}");
 }
 
 #[test]
@@ -86,8 +101,9 @@ fn the_plain_token_works_around_a_rejected_hmac_only_when_allowed() {
     let clip = video(&w);
     // Strict (the default): the skewed HMAC is refused and nothing else is tried.
     let (code, r, _) = submit_an_hour_behind(&w, "strict", &clip, &[]);
-    assert_eq!(code, 0);
-    assert_eq!(r["executed_on"], "local");
+    assert_eq!(code, 2);
+    assert_eq!(r["executed_on"], serde_json::Value::Null);
+    assert_eq!(r["error"]["code"], "AUTH_REJECTED");
     // Allowed: the plain token gets through, with a warning and the mode on record.
     let (code, r, err) = submit_an_hour_behind(&w, "plain", &clip, &[("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1")]);
     assert_eq!(code, 0, "{err}");

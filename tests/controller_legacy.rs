@@ -48,10 +48,11 @@ fn plain_token_fallback_only_when_allowed() {
     let clip = video(&w);
 
     let (code, r, _) = w.submit("plain", "strict", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
-    assert_eq!(code, 0);
-    assert_eq!(r["executed_on"], "local", "hmac_strict never sends the plain secret");
-    let reason = r["fallback_reason"].as_str().unwrap();
-    assert!(reason.starts_with("old-win: 401 auth_token invalid: secrets differ between Mac and Windows, or clock skew too large"), "{reason}");
+    assert_eq!(code, 2, "a refused credential is a configuration error");
+    assert_eq!(r["executed_on"], serde_json::Value::Null, "hmac_strict never sends the plain secret");
+    assert_eq!(r["error"]["code"], "AUTH_REJECTED");
+    let reason = reason_for(&r, "old-win");
+    assert!(reason.starts_with("refused our credentials: 401 auth_token invalid: the controller's and the worker's RAYVAULT_CLUSTER_SECRET differ"), "{reason}");
     assert!(reason.contains("RAYVAULT_ALLOW_PLAIN_FALLBACK=1"), "{reason}");
 
     w.set_env("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1");
@@ -74,21 +75,27 @@ fn a_remote_failure_a_local_run_would_not_have_falls_back_locally() {
     let (_leg, pl) = legacy(&w, "half-broken", &["--steps", "ffprobe_analyze,audio_postcheck"]);
     w.write_nodes(&[("half-broken", pl, true)]);
     let wav = common::make_sine_wav(w.dir.path(), "tone.wav", 2.0, 48_000, 1, -20.0);
+    // A 2 s sine at -20 dBFS is far from the -16 LUFS target: the check
+    // runs (status succeeded) and its verdict fails (exit 3).
     let (code, r, err) = w.submit("env", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [wav]}), &[]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(r["verdict"], "failed", "{r}");
+    assert_eq!(r["verdict_failures"][0]["file"], json!(wav), "{r}");
     assert_eq!(r["executed_on"], "local", "{r}");
     assert_eq!(r["status"], "succeeded", "the local run did the work: {r}");
     assert_eq!(r["result"]["files"][0]["duration_s"], 2.0);
     let reason = r["fallback_reason"].as_str().unwrap();
-    assert!(reason.contains("half-broken: job failed there with STEP_UNAVAILABLE"), "{reason}");
+    assert!(reason.contains("half-broken failed the job with STEP_UNAVAILABLE"), "{reason}");
     assert_eq!(r["attempts"][0]["outcome"], "abandoned");
     assert_eq!(r["attempts"][1]["executed_on"], "local");
 
     // With --no-fallback the same situation is a failure naming the reason.
+    // The code is the step's own, and the receipt says nothing ran.
     let (code, r, _) = w.submit("env", "post-strict", "AUDIO_POSTCHECK", json!({"audio_paths": [wav]}), &["--no-fallback"]);
     assert_eq!(code, 1);
-    assert_eq!(r["error"]["code"], "WORKER_LOST");
-    assert!(r["error"]["message"].as_str().unwrap().contains("STEP_UNAVAILABLE"), "{r}");
+    assert_eq!(r["error"]["code"], "STEP_UNAVAILABLE", "{r}");
+    assert_eq!(r["executed_on"], serde_json::Value::Null, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("half-broken failed the job with STEP_UNAVAILABLE"), "{r}");
 }
 
 #[test]

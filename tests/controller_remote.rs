@@ -115,31 +115,62 @@ fn artifact_sync_resumes_a_partial_download_and_checks_digests() {
 }
 
 #[test]
-fn unreachable_and_wrong_secret_fall_back_with_reasons() {
+fn unreachable_falls_back_but_misconfiguration_fails_with_exit_2() {
     let mut w = World::new();
     let (_good, pg) = worker(&w, "w-other-secret", &[("RAYVAULT_CLUSTER_SECRET", "a-different-secret-entirely")]);
     let (_named, pn) = worker(&w, "real-name", &[]);
     let closed = common::free_port();
-    w.write_nodes(&[("windows-worker-1", closed, true), ("w-other-secret", pg, true), ("wrong-name", pn, true)]);
     let clip = video(&w);
-    let (code, r, _) = w.submit("fb", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
-    assert_eq!(code, 0);
+
+    // Only an unreachable node: that is unavailability, so the job runs
+    // locally, and says so on stderr in one plain line.
+    w.write_nodes(&[("windows-worker-1", closed, true)]);
+    let (code, r, err) = w.submit("fb", "down", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(r["executed_on"], "local");
     assert_eq!(reason_for(&r, "windows-worker-1"), "unreachable (connection refused)");
+    assert_eq!(r["fallback_reason"], "windows-worker-1 unreachable (connection refused)", "{r}");
+    assert!(err.contains("ran locally: windows-worker-1 unreachable (connection refused)"), "{err}");
+
+    // A wrong secret and a wrong worker id are configuration errors: the
+    // job fails, nothing runs anywhere, exit 2, and the message names each
+    // node and the fix.
+    w.write_nodes(&[("windows-worker-1", closed, true), ("w-other-secret", pg, true), ("wrong-name", pn, true)]);
+    let (code, r, err) = w.submit("fb", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["executed_on"], serde_json::Value::Null);
+    assert_eq!(r["error"]["code"], "AUTH_REJECTED", "{r}");
+    assert!(!err.contains("ran locally"), "{err}");
     assert_eq!(
         reason_for(&r, "w-other-secret"),
-        "401 auth_token invalid: secrets differ between Mac and Windows, or clock skew too large"
+        "refused our credentials: 401 auth_token invalid: the controller's and the worker's RAYVAULT_CLUSTER_SECRET differ; set the same secret on both"
     );
-    assert!(r["fallback_reason"].as_str().unwrap().starts_with("windows-worker-1: unreachable (connection refused); w-other-secret: 401 auth_token invalid"), "{r}");
     assert_eq!(
         reason_for(&r, "wrong-name"),
-        format!("the worker at 127.0.0.1:{pn} says it is \"real-name\"; set node_id in nodes.json to its RAYVAULT_WORKER_ID")
+        format!("is misconfigured: the worker at 127.0.0.1:{pn} says it is \"real-name\"; set node_id in nodes.json to its RAYVAULT_WORKER_ID, or that worker's RAYVAULT_WORKER_ID to \"wrong-name\"")
     );
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("w-other-secret refused our credentials") && msg.contains("wrong-name is misconfigured"), "{msg}");
+    let receipt_file = w.dir.path().join("state/cluster/receipts/fb/j/job_receipt.json");
+    assert!(receipt_file.exists(), "the failed receipt is written");
 
+    // A worker id mismatch alone: NODE_ID_MISMATCH, exit 2; --fallback
+    // always runs it locally with the reason recorded.
+    w.write_nodes(&[("wrong-name", pn, true)]);
+    let (code, r, _) = w.submit("fb", "id", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+    assert_eq!((code, r["error"]["code"].as_str()), (2, Some("NODE_ID_MISMATCH")), "{r}");
+    let (code, r, err) = w.submit("fb", "id-always", "FFMPEG_PROBE", json!({"media_path": clip}), &["--fallback", "always"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local");
+    assert!(r["fallback_reason"].as_str().unwrap().starts_with("wrong-name is misconfigured"), "{r}");
+
+    w.write_nodes(&[("windows-worker-1", closed, true), ("w-other-secret", pg, true), ("wrong-name", pn, true)]);
     let out = w.orch().args(["health", "--json"]).output().unwrap();
     let (code, h, _) = parse_output(&out);
     assert_eq!(code, 1, "health reports down nodes");
     assert_eq!(h["nodes"][0]["status"], "down");
+    assert_eq!(h["nodes"][1]["status"], "misconfigured");
     // Without --json: one line per node, for people.
     let out = w.orch().arg("health").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -147,11 +178,12 @@ fn unreachable_and_wrong_secret_fall_back_with_reasons() {
     let line = text.lines().find(|l| l.starts_with("windows-worker-1 ")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains(" down ") && line.ends_with("unreachable (connection refused)"), "{text}");
 
-    // Without any secret, workers cannot be used at all.
+    // Enabled nodes but no secret in the environment: SECRET_MISSING, exit 2.
     w.env.clear();
     let (code, r, _) = w.submit("fb", "nosecret", "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
-    assert_eq!(code, 0);
-    assert!(r["fallback_reason"].as_str().unwrap().contains("no cluster secret"), "{r}");
+    assert_eq!(code, 2);
+    assert_eq!(r["error"]["code"], "SECRET_MISSING", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("RAYVAULT_CLUSTER_SECRET"), "{r}");
 }
 
 #[test]
@@ -175,7 +207,7 @@ fn a_worker_killed_mid_job_is_replaced_without_rerunning_a_success() {
     let attempts = r["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["executed_on"], "slow");
     assert_eq!(attempts[0]["outcome"], "abandoned");
-    assert!(attempts[0]["detail"].as_str().unwrap().contains("unreachable mid-job"), "{r}");
+    assert!(attempts[0]["detail"].as_str().unwrap().contains("was lost mid-job"), "{r}");
     assert_eq!(attempts[1]["outcome"], "succeeded");
     assert_eq!(attempts.iter().filter(|a| a["outcome"] == "succeeded").count(), 1);
 }
@@ -214,7 +246,7 @@ fn a_real_worker_killed_mid_job_is_replaced_by_the_other() {
     assert_eq!(r["executed_on"], "w2", "{r}");
     assert_eq!(r["attempts"][0]["executed_on"], "w1");
     assert_eq!(r["attempts"][0]["outcome"], "abandoned");
-    assert!(r["attempts"][0]["detail"].as_str().unwrap().contains("unreachable mid-job"), "{r}");
+    assert!(r["attempts"][0]["detail"].as_str().unwrap().contains("was lost mid-job"), "{r}");
     assert!(!r["artifacts"].as_array().unwrap().is_empty());
     for a in r["artifacts"].as_array().unwrap() {
         assert_eq!(sha256(Path::new(a["path"].as_str().unwrap())), a["sha256"].as_str().unwrap());
@@ -235,8 +267,11 @@ fn every_listed_input_is_staged_and_mapped_back() {
     w.write_nodes(&[("w1", p1, true)]);
     let a = common::make_sine_wav(w.dir.path(), "a.wav", 1.0, 48_000, 1, -16.0);
     let b = common::make_sine_wav(w.dir.path(), "b.wav", 1.5, 48_000, 2, -16.0);
-    let (code, r, err) = w.submit("stage", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [a, b]}), &[]);
+    // Thresholds the two sines pass, so that the verdict is `passed`.
+    let thresholds = json!({"target_lufs": -20, "lufs_tolerance": 10, "max_true_peak_dbtp": 0});
+    let (code, r, err) = w.submit("stage", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [a, b], "thresholds": thresholds}), &[]);
     assert_eq!(code, 0, "{err}");
+    assert_eq!(r["verdict"], "passed", "{r}");
     assert_eq!(r["executed_on"], "w1", "{r}");
     assert_eq!(err.matches("staging ").count(), 2, "{err}");
     for (i, local) in [&a, &b].iter().enumerate() {
@@ -287,7 +322,11 @@ fn a_worker_that_goes_silent_mid_job_is_given_up_within_the_probe_timeout() {
     let (code, r, err) = parse_output(&out);
     assert_eq!(code, 0, "{err}");
     assert_eq!(r["executed_on"], "local", "{r}");
-    assert!(r["fallback_reason"].as_str().unwrap().contains("w1: went silent mid-job: no answer to /health within 2 s"), "{r}");
+    assert!(r["fallback_reason"].as_str().unwrap().contains("w1 went silent mid-job: no answer to the status call within 2 s"), "{r}");
+    // The local copy starts only once w1's lease on its copy has surely
+    // expired (lease_s + lease_margin_ms after the last renewal).
+    assert!(err.contains("for w1's lease on"), "{err}");
+    assert_eq!(r["attempts"][0]["fate"], "unknown", "a stopped worker cannot say: {r}");
     let attempts = r["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["executed_on"], "w1");
     assert_eq!(attempts[0]["outcome"], "abandoned");

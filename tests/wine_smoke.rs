@@ -214,7 +214,7 @@ async fn drive(worker: &WineWorker, wav: &Path, downloads: &Path) -> String {
     let blob = client.upload_file(wav).await.expect("PUT /blobs");
     assert_eq!(blob.sha256, sha256_file(wav).unwrap().0);
     let payload = json!({"audio_paths": [format!("{BLOB_REF_PREFIX}{}", blob.sha256)]});
-    let submit = SubmitJob { step_name: "AUDIO_POSTCHECK".into(), payload, inputs_hash: None, label: None };
+    let submit = SubmitJob { step_name: "AUDIO_POSTCHECK".into(), payload, inputs_hash: None, label: None, lease_s: None };
     let submitted = client.submit(&submit).await.expect("POST /jobs");
     let job_id = submitted.job.job_id.clone();
     let view = client.wait(&job_id, JOB_DEADLINE, 20).await.expect("waiting on the job");
@@ -252,7 +252,7 @@ async fn drive(worker: &WineWorker, wav: &Path, downloads: &Path) -> String {
 
 /// Submits a job and long-polls it to the end.
 async fn run_job(client: &WorkerClient, step: &str, payload: Value) -> rayvault::protocol::JobView {
-    let submit = SubmitJob { step_name: step.into(), payload, inputs_hash: None, label: None };
+    let submit = SubmitJob { step_name: step.into(), payload, inputs_hash: None, label: None, lease_s: None };
     let submitted = client.submit(&submit).await.expect("POST /jobs");
     let view = client.wait(&submitted.job.job_id, JOB_DEADLINE, 20).await.expect("waiting on the job");
     assert!(view.state.is_terminal(), "{view:?}");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use worker_harness::{wait_until_async, Opts, Worker};
 
 fn openclaw(task: &str) -> SubmitJob {
-    SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": task }), inputs_hash: None, label: None }
+    SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": task }), inputs_hash: None, label: None, lease_s: None }
 }
 
 /// A worker whose OPENCLAW_TASK sleeps `secs` (reading the task first).
@@ -129,7 +129,7 @@ async fn idempotency_and_inputs_hash() {
     assert_eq!(c.submit(&other).await.unwrap_err().code(), Some("INPUTS_HASH_MISMATCH"));
 
     // A failed job runs anew on resubmission.
-    let probe = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": "/definitely/not/here.mp4"}), inputs_hash: None, label: None };
+    let probe = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": "/definitely/not/here.mp4"}), inputs_hash: None, label: None, lease_s: None };
     let f1 = c.submit(&probe).await.unwrap();
     let f1 = c.wait(&f1.job.job_id, Duration::from_secs(30), 10).await.unwrap();
     assert_eq!(f1.state, JobState::Failed);
@@ -171,7 +171,7 @@ async fn blob_staging_by_digest() {
     assert_eq!((stored.sha256.clone(), stored.size), (sha.clone(), size));
     assert!(!c.upload_file(&video).await.unwrap().created, "stored once");
 
-    let job = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{sha}")}), inputs_hash: None, label: None };
+    let job = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{sha}")}), inputs_hash: None, label: None, lease_s: None };
     let sub = c.submit(&job).await.unwrap();
     let done = c.wait(&sub.job.job_id, Duration::from_secs(60), 10).await.unwrap();
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
@@ -188,9 +188,9 @@ async fn blob_staging_by_digest() {
     assert_eq!((r.status, r.code().as_str()), (422, "DIGEST_MISMATCH"));
     assert!(!w.state_dir.join("worker/blobs").join(&wrong).exists());
     // A payload naming a blob never uploaded.
-    let missing = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{wrong}")}), inputs_hash: None, label: None };
+    let missing = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{wrong}")}), inputs_hash: None, label: None, lease_s: None };
     assert_eq!(c.submit(&missing).await.unwrap_err().code(), Some("BLOB_NOT_FOUND"));
-    let malformed = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": "blob:sha256:../../etc/passwd"}), inputs_hash: None, label: None };
+    let malformed = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": "blob:sha256:../../etc/passwd"}), inputs_hash: None, label: None, lease_s: None };
     assert_eq!(c.submit(&malformed).await.unwrap_err().code(), Some("BAD_REQUEST"));
 }
 

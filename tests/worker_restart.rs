@@ -13,7 +13,7 @@ use std::time::Duration;
 use worker_harness::{base_command, wait_until_async, Opts, Worker};
 
 fn task(text: &str) -> SubmitJob {
-    SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": text }), inputs_hash: None, label: None }
+    SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": text }), inputs_hash: None, label: None, lease_s: None }
 }
 
 fn opts_in(state: &std::path::Path, secret: &str, env: &[(&str, &str)]) -> Opts {
@@ -282,7 +282,7 @@ async fn a_blob_in_use_again_is_not_pruned_as_old() {
     age(&blob, 30);
     age(&other_blob, 30);
     assert!(!c.upload_bytes(data).await.unwrap().created, "already there");
-    let job = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{}", stored.sha256)}), inputs_hash: None, label: None };
+    let job = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({"media_path": format!("blob:sha256:{}", stored.sha256)}), inputs_hash: None, label: None, lease_s: None };
     c.submit(&job).await.unwrap();
     w.kill9();
     // Pruning runs at start.

@@ -8,7 +8,8 @@
 //! defaults), and a refused one for the whole back-off series (1.5 s).
 
 use super::node_client::{CallError, CurrentClient};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How often the watchdog asks the worker whether it is alive. One small
 /// unauthenticated GET a second per followed job is cheap for the worker
@@ -20,26 +21,81 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// a dead node is given up well within a second.
 pub const QUICK_RETRY: Duration = Duration::from_millis(150);
 
-/// Asks `health` for `/health` every [`WATCH_EVERY`], each answer bounded
+/// The controller's side of a job's lease (see `crate::lease`): when the
+/// last request that could have renewed it was sent, on this process's
+/// monotonic clock. The worker's copy of the job has surely stopped once the
+/// lease plus the margin has passed since then; only then may the job run
+/// anywhere else.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    last_sent: Arc<Mutex<Instant>>,
+    /// Lease plus margin; zero for a job without a lease (a v0.5 worker).
+    hold: Duration,
+}
+
+impl Fence {
+    /// A fence for a lease of `lease` plus `margin`, counted from now.
+    pub fn new(lease: Duration, margin: Duration) -> Fence {
+        Fence { last_sent: Arc::new(Mutex::new(Instant::now())), hold: lease + margin }
+    }
+
+    /// No lease: nothing to wait for.
+    pub fn none() -> Fence {
+        Fence { last_sent: Arc::new(Mutex::new(Instant::now())), hold: Duration::ZERO }
+    }
+
+    /// Records that a renewing request (submit, status call, long-poll) is
+    /// being sent now.
+    pub fn sent(&self) {
+        if let Ok(mut t) = self.last_sent.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    /// When the worker's lease has surely expired.
+    pub fn expires_at(&self) -> Instant {
+        self.last_sent.lock().map(|t| *t).unwrap_or_else(|p| *p.into_inner()) + self.hold
+    }
+
+    /// Waits until the worker's lease has surely expired.
+    pub async fn wait(&self) {
+        tokio::time::sleep_until(self.expires_at().into()).await;
+    }
+}
+
+/// Asks the worker about the job every [`WATCH_EVERY`], each answer bounded
 /// by `timeout`, and returns the reason the node is lost at the first
-/// failure; while the node answers it never returns. Without a client (no
-/// cluster secret, so no remote job either) it never returns.
+/// failure; while the node answers it never returns. For the current
+/// contract the question is a signed status call on the job, which also
+/// renews the lease (recorded in `fence`); a v0.5 worker is asked `/health`.
+/// Without a client (no cluster secret, so no remote job either) it never
+/// returns.
 ///
 /// Only a missing answer counts as a failure: a timeout or a connection
 /// error. An answer of any kind, even a 503 from a worker shutting down,
 /// shows that the worker is there; the long-poll decides about the job.
-pub async fn watch(health: Option<CurrentClient>, timeout: Duration) -> String {
-    let Some(health) = health else {
+pub async fn watch(client: Option<CurrentClient>, job_id: Option<&str>, timeout: Duration, fence: &Fence) -> String {
+    let Some(client) = client else {
         return std::future::pending().await;
     };
+    let what = if job_id.is_some() { "the status call" } else { "/health" };
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        match tokio::time::timeout(timeout, health.health()).await {
-            Err(_) => return format!("went silent mid-job: no answer to /health within {} s", timeout.as_secs_f64()),
-            Ok(Err(CallError::Unreachable(m))) if m == "timed out" => {
-                return format!("went silent mid-job: no answer to /health within {} s", timeout.as_secs_f64());
+        let asked = async {
+            match job_id {
+                Some(id) => {
+                    fence.sent();
+                    client.wait(id, 0).await.map(|_| ())
+                }
+                None => client.health().await.map(|_| ()),
             }
-            Ok(Err(CallError::Unreachable(m))) => return format!("unreachable mid-job (/health: {m})"),
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Err(_) => return format!("went silent mid-job: no answer to {what} within {} s", timeout.as_secs_f64()),
+            Ok(Err(CallError::Unreachable(m))) if m == "timed out" => {
+                return format!("went silent mid-job: no answer to {what} within {} s", timeout.as_secs_f64());
+            }
+            Ok(Err(CallError::Unreachable(m))) => return format!("was lost mid-job ({what}: {m})"),
             Ok(_) => {}
         }
     }
@@ -130,7 +186,7 @@ mod tests {
         let keyring = std::sync::Arc::new(crate::auth::Keyring::from_secrets("a-test-secret-long-enough-0123", None).unwrap());
         let client = CurrentClient::new(format!("http://127.0.0.1:{port}"), "w".into(), keyring.clone(), Duration::from_secs(5));
         let t0 = std::time::Instant::now();
-        let reason = watch(Some(client), Duration::from_millis(500)).await;
+        let reason = watch(Some(client), None, Duration::from_millis(500), &Fence::none()).await;
         assert!(reason.starts_with("went silent mid-job"), "{reason}");
         assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
         drop(silent);
@@ -139,7 +195,7 @@ mod tests {
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let client = CurrentClient::new(format!("http://127.0.0.1:{port}"), "w".into(), keyring, Duration::from_secs(5));
-        let reason = watch(Some(client), Duration::from_millis(500)).await;
-        assert_eq!(reason, "unreachable mid-job (/health: connection refused)");
+        let reason = watch(Some(client), None, Duration::from_millis(500), &Fence::none()).await;
+        assert_eq!(reason, "was lost mid-job (/health: connection refused)");
     }
 }

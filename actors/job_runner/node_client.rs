@@ -59,9 +59,11 @@ pub fn auth_reason(message: &str, server_time: Option<u64>) -> String {
                 format!(" (worker clock differs from ours by {d:+} s)")
             })
             .unwrap_or_default();
+        // The worker's message carries its own hint; state it once.
+        let message = message.split("; sync").next().unwrap_or(message);
         format!("401 {message}{offset}: sync system clocks (NTP)")
     } else {
-        format!("401 {message}: secrets differ between Mac and Windows, or clock skew too large")
+        format!("401 {message}: the controller's and the worker's RAYVAULT_CLUSTER_SECRET differ; set the same secret on both")
     }
 }
 
@@ -127,8 +129,14 @@ impl CurrentClient {
     }
 
     /// `POST /jobs`.
-    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str) -> Result<Submitted, CallError> {
-        let body = protocol::SubmitJob { step_name: step_name.into(), payload: payload.clone(), inputs_hash: Some(inputs_hash.into()), label: Some(label.into()) };
+    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64) -> Result<Submitted, CallError> {
+        let body = protocol::SubmitJob {
+            step_name: step_name.into(),
+            payload: payload.clone(),
+            inputs_hash: Some(inputs_hash.into()),
+            label: Some(label.into()),
+            lease_s: Some(lease_s),
+        };
         Ok(self.inner.submit(&body).await?)
     }
 
@@ -245,7 +253,7 @@ mod tests {
     fn worker_errors_are_classified_with_the_seed_hints() {
         check(
             ClientError::Api { status: 401, code: "AUTH_INVALID".into(), message: "auth_token invalid".into(), server_time: None },
-            CallError::Auth("401 auth_token invalid: secrets differ between Mac and Windows, or clock skew too large".into()),
+            CallError::Auth("401 auth_token invalid: the controller's and the worker's RAYVAULT_CLUSTER_SECRET differ; set the same secret on both".into()),
         );
         let now = crate::auth::unix_now();
         let skew = CallError::from(ClientError::Api { status: 401, code: "AUTH_SKEW".into(), message: "timestamp outside allowed skew".into(), server_time: Some(now + 3600) });

@@ -3,13 +3,13 @@
 
 pub use super::node_client::{CallError, NodeClient};
 use super::super::artifact_sync::SyncArtifacts;
-use super::super::messages::{Compat, NodeCaps, NodeLost, ProbeNow, StepSet};
+use super::super::messages::{Compat, NodeCaps, NodeLost, ProbeFailure, ProbeNow, StepSet};
 use super::super::node_probe::{NodeDirectory, NodeHandle};
 use super::super::scheduler::NodeLoad;
 use super::liveness;
 use super::node_client::CurrentClient;
 use super::staging::Staged;
-use super::{Ending, JobDeps, Trace};
+use super::{Ending, JobDeps, NodeFailure, Trace};
 use crate::auth::Keyring;
 use crate::controller_store::{Phase, RemoteRef};
 use crate::error::ErrorCode;
@@ -26,20 +26,28 @@ use tokio_util::sync::CancellationToken;
 /// What one probe found.
 pub struct ProbeResult {
     pub health: Option<Value>,
-    /// The normalised caps and the raw `/caps`, or why the node is down.
-    pub outcome: Result<(NodeCaps, Value), String>,
+    /// The normalised caps and the raw `/caps`, or why the node cannot be used.
+    pub outcome: Result<(NodeCaps, Value), ProbeFailure>,
 }
 
 /// Probes `/health`, detects the contract, then fetches `/caps` with the
-/// right credential.
+/// right credential. Tells unavailability (down) from misconfiguration
+/// (credentials refused, another worker id, no secret) and from a worker
+/// that says it is degraded.
 pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Duration, allow_plain: bool) -> ProbeResult {
     let Some(keyring) = keyring else {
-        return ProbeResult { health: None, outcome: Err("no cluster secret set (RAYVAULT_CLUSTER_SECRET), so workers cannot be used".into()) };
+        return ProbeResult {
+            health: None,
+            outcome: Err(ProbeFailure::Misconfigured(
+                ErrorCode::SecretMissing,
+                "cannot be used: this controller has no cluster secret; set RAYVAULT_CLUSTER_SECRET (the same as the worker's) in its environment, or disable the node in nodes.json".into(),
+            )),
+        };
     };
     let current = CurrentClient::new(cfg.base_url(), cfg.node_id.clone(), keyring.clone(), timeout);
     let health = match current.health().await {
         Ok(h) => h,
-        Err(e) => return ProbeResult { health: None, outcome: Err(e.to_string()) },
+        Err(e) => return ProbeResult { health: None, outcome: Err(ProbeFailure::Down(e.to_string())) },
     };
     let claimed = health.get("worker_id").and_then(Value::as_str).unwrap_or_default();
     let outcome = if legacy_v05::is_legacy_health(&health) {
@@ -47,9 +55,12 @@ pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Dura
     } else if claimed != cfg.node_id {
         // Requests are signed for the node id; a worker with another id
         // would refuse them as if the secret were wrong.
-        Err(format!(
-            "the worker at {}:{} says it is {claimed:?}; set node_id in nodes.json to its RAYVAULT_WORKER_ID",
-            cfg.host, cfg.port
+        Err(ProbeFailure::Misconfigured(
+            ErrorCode::NodeIdMismatch,
+            format!(
+                "is misconfigured: the worker at {}:{} says it is {claimed:?}; set node_id in nodes.json to its RAYVAULT_WORKER_ID, or that worker's RAYVAULT_WORKER_ID to {:?}",
+                cfg.host, cfg.port, cfg.node_id
+            ),
         ))
     } else {
         match current.caps().await {
@@ -61,16 +72,45 @@ pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Dura
                         tracing::warn!(node = %cfg.node_id, "worker rejected HMAC ({reason}); using the plain token because RAYVAULT_ALLOW_PLAIN_FALLBACK=1");
                         Ok((node_caps(&raw, Compat::CurrentPlainToken), raw))
                     }
-                    Err(e) => Err(format!("{reason}; plain token also refused: {e}")),
+                    Err(e) => Err(auth_failure(format!("{reason}; plain token also refused: {e}"))),
                 }
             }
-            Err(e) => Err(e.to_string()),
+            Err(CallError::Auth(reason)) => Err(auth_failure(reason)),
+            Err(e @ (CallError::Unreachable(_) | CallError::Busy(..))) => Err(ProbeFailure::Down(e.to_string())),
+            Err(e) => Err(ProbeFailure::Down(format!("answered /caps with an error ({e})"))),
         }
+    };
+    // A worker short of disk space (or with a failed store) still answers;
+    // it says so in /health, and takes no new jobs until it recovers.
+    let outcome = match outcome {
+        Ok(ok) => match degraded_reason(&health) {
+            Some(why) => Err(ProbeFailure::Degraded(why)),
+            None => Ok(ok),
+        },
+        Err(e) => Err(e),
     };
     ProbeResult { health: Some(health), outcome }
 }
 
-async fn probe_legacy(cfg: &NodeConfig, keyring: Arc<Keyring>, timeout: Duration, allow_plain: bool) -> Result<(NodeCaps, Value), String> {
+/// The worker's own reason when its `/health` says `"status": "degraded"`.
+fn degraded_reason(health: &Value) -> Option<String> {
+    if health.get("status").and_then(Value::as_str) != Some("degraded") {
+        return None;
+    }
+    let why = health
+        .get("degraded_reason")
+        .or_else(|| health.get("reason"))
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given");
+    let free = health.get("free_bytes").and_then(Value::as_u64).map(|b| format!(" ({} MiB free)", b / (1024 * 1024))).unwrap_or_default();
+    Some(format!("is degraded: {why}{free}"))
+}
+
+fn auth_failure(reason: String) -> ProbeFailure {
+    ProbeFailure::Misconfigured(ErrorCode::AuthRejected, format!("refused our credentials: {reason}"))
+}
+
+async fn probe_legacy(cfg: &NodeConfig, keyring: Arc<Keyring>, timeout: Duration, allow_plain: bool) -> Result<(NodeCaps, Value), ProbeFailure> {
     let hmac = LegacyClient::new(cfg, keyring.clone(), LegacyAuth::Hmac, timeout);
     match hmac.caps().await.map_err(CallError::from) {
         Ok(raw) => Ok((node_caps(&raw, Compat::LegacyHmacV05), raw)),
@@ -81,11 +121,11 @@ async fn probe_legacy(cfg: &NodeConfig, keyring: Arc<Keyring>, timeout: Duration
                     tracing::warn!(node = %cfg.node_id, "v0.5 worker rejected HMAC ({reason}); using the plain token because RAYVAULT_ALLOW_PLAIN_FALLBACK=1");
                     Ok((node_caps(&raw, Compat::LegacyPlainToken), raw))
                 }
-                Err(e) => Err(format!("{reason}; plain token also refused: {e}")),
+                Err(e) => Err(auth_failure(format!("{reason}; plain token also refused: {e}"))),
             }
         }
-        Err(CallError::Auth(reason)) => Err(format!("{reason} (a v0.5 worker; RAYVAULT_ALLOW_PLAIN_FALLBACK=1 would allow the plain token)")),
-        Err(e) => Err(e.to_string()),
+        Err(CallError::Auth(reason)) => Err(auth_failure(format!("{reason} (a v0.5 worker; RAYVAULT_ALLOW_PLAIN_FALLBACK=1 would allow the plain token)"))),
+        Err(e) => Err(ProbeFailure::Down(e.to_string())),
     }
 }
 
@@ -129,8 +169,8 @@ pub enum Outcome {
     /// The job is settled (succeeded, failed for a reason a local run would
     /// share, or cancelled): this becomes the receipt.
     Done(Ending),
-    /// This node could not run it; try another or run locally.
-    NodeFailed(String),
+    /// This node could not run it (and why); try another or run locally.
+    NodeFailed(NodeFailure),
 }
 
 /// Keeps the scheduler's load count right however the attempt ends.
@@ -186,35 +226,43 @@ where
 pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Staged, dir: &Path, cancel: &CancellationToken, trace: &mut Trace) -> Outcome {
     let (handle, client) = match connect(deps, node_id).await {
         Ok(c) => c,
-        Err(e) => return Outcome::NodeFailed(e),
+        Err(e) => return Outcome::NodeFailed(NodeFailure::Unavailable(e)),
     };
     deps.load.do_send(NodeLoad { node_id: node_id.to_string(), delta: 1 });
     let _load = LoadGuard(deps.load.clone(), node_id.to_string());
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     let inputs_hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
+    let fence = lease_fence(deps, &client);
     let submitted = match &client {
         NodeClient::Current(c) => {
             for blob in &staged.blobs {
                 trace.say(format!("staging {} ({} bytes) to {node_id}", blob.original, blob.size));
                 match retry(deps, cancel, || c.put_blob(&blob.path)).await {
                     Ok(sha) if sha == blob.sha256 => {}
-                    Ok(_) => return give_up(deps, node_id, None, format!("{} changed while it was being staged", blob.original), trace, began, false),
-                    Err(e) => return give_up(deps, node_id, None, format!("staging {} failed: {e}", blob.original), trace, began, matches!(e, CallError::Unreachable(_))),
+                    Ok(_) => return give_up(deps, node_id, None, NodeFailure::Unavailable(format!("could not take {}: it changed while it was being staged", blob.original)), trace, began, false),
+                    Err(e) => {
+                        let lost = matches!(e, CallError::Unreachable(_));
+                        return give_up(deps, node_id, None, call_failure(&e, &format!("while staging {}", blob.original)), trace, began, lost);
+                    }
                 }
             }
             if cancel.is_cancelled() {
                 trace.attempt(node_id, None, "cancelled", Some("cancelled while staging".into()), began);
-                return Outcome::Done(Ending::failed(ErrorCode::Cancelled, "the job was cancelled before it was submitted", node_id));
+                return Outcome::Done(Ending::failed(ErrorCode::Cancelled, "the job was cancelled before it was submitted", None));
             }
             let label = spec.key();
-            retry(deps, cancel, || c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label))
-                .await
-                .map(|s| (s.job.job_id, s.cached))
+            let lease_s = deps.settings.controller.lease_s.max(1);
+            retry(deps, cancel, || {
+                fence.sent();
+                c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label, lease_s)
+            })
+            .await
+            .map(|s| (s.job.job_id, s.cached))
         }
         NodeClient::Legacy(l) => {
             let Ok(step) = StepName::parse(&spec.step_name) else {
-                return Outcome::NodeFailed(format!("unknown step {}", spec.step_name));
+                return Outcome::NodeFailed(NodeFailure::Unavailable(format!("does not know step {}", spec.step_name)));
             };
             // v0.5 has no blob upload: paths go as given, and must be valid
             // on the worker (documented in docs/protocol.md).
@@ -225,25 +273,56 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Stag
     };
     let (remote_job_id, cached) = match submitted {
         Ok(s) => s,
-        Err(e) => return give_up(deps, node_id, None, format!("submit failed: {e}"), trace, began, matches!(e, CallError::Unreachable(_))),
+        Err(e) => {
+            let lost = matches!(e, CallError::Unreachable(_));
+            if lost && !liveness::is_refused(&e) {
+                // The submission may have reached the worker and created the
+                // job under a lease that nobody renews: it runs nowhere else
+                // until that lease has surely expired.
+                wait_for_fence(&fence, node_id, "the submitted job", trace).await;
+            }
+            return give_up(deps, node_id, None, call_failure(&e, "when the job was submitted"), trace, began, lost);
+        }
     };
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
     record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
-    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began).await
+    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began, &fence).await
+}
+
+/// The fence of a job on this node: the configured lease plus margin for
+/// the current contract, none for a v0.5 worker (which knows no lease).
+fn lease_fence(deps: &JobDeps, client: &NodeClient) -> liveness::Fence {
+    let c = &deps.settings.controller;
+    match client {
+        NodeClient::Current(_) => liveness::Fence::new(Duration::from_secs(c.lease_s.max(1)), Duration::from_millis(c.lease_margin_ms)),
+        NodeClient::Legacy(_) => liveness::Fence::none(),
+    }
+}
+
+/// Waits until the worker's lease on a job it may still hold has surely
+/// expired, saying so.
+async fn wait_for_fence(fence: &liveness::Fence, node_id: &str, what: &str, trace: &Trace) {
+    let left = fence.expires_at().saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        trace.say(format!("waiting {:.1} s for {node_id}'s lease on {what} to expire, so that it cannot run twice", left.as_secs_f64()));
+    }
+    fence.wait().await;
 }
 
 /// Re-attaches to a job a previous daemon handed to a node.
 pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Staged, dir: &Path, cancel: &CancellationToken, trace: &mut Trace) -> Outcome {
     let (handle, client) = match connect(deps, &r.node_id).await {
         Ok(c) => c,
-        Err(e) => return Outcome::NodeFailed(e),
+        Err(e) => return Outcome::NodeFailed(NodeFailure::Unavailable(e)),
     };
     deps.load.do_send(NodeLoad { node_id: r.node_id.clone(), delta: 1 });
     let _load = LoadGuard(deps.load.clone(), r.node_id.clone());
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     trace.placement = r.placement.clone();
-    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began).await
+    // Renewals the previous daemon sent are older than this moment.
+    let fence = lease_fence(deps, &client);
+    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began, &fence).await
 }
 
 async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job_id: &str, placement: &[crate::receipt::NodeExplanation]) {
@@ -262,12 +341,24 @@ async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job
     }
 }
 
-fn give_up(deps: &JobDeps, node_id: &str, remote_job_id: Option<String>, reason: String, trace: &mut Trace, began: SystemTime, lost: bool) -> Outcome {
-    if lost {
-        deps.node_lost.do_send(NodeLost { node_id: node_id.into(), reason: reason.clone() });
+/// Classifies a failed call: refused credentials are a misconfiguration,
+/// anything else makes the node unavailable for this job.
+fn call_failure(e: &CallError, when: &str) -> NodeFailure {
+    match e {
+        CallError::Auth(m) => NodeFailure::Misconfigured(ErrorCode::AuthRejected, format!("refused our credentials {when}: {m}")),
+        CallError::Unreachable(m) => NodeFailure::Unavailable(format!("unreachable {when} ({m})")),
+        CallError::Busy(429, _) | CallError::Busy(503, _) => NodeFailure::Unavailable(format!("is full {when} ({e})")),
+        CallError::Refused { code, message, .. } if code == ErrorCode::DiskFull.as_str() => NodeFailure::Step(code.clone(), format!("is out of disk space {when}: {message}")),
+        other => NodeFailure::Unavailable(format!("could not take the job {when}: {other}")),
     }
-    trace.attempt(node_id, remote_job_id, "abandoned", Some(reason.clone()), began);
-    Outcome::NodeFailed(reason)
+}
+
+fn give_up(deps: &JobDeps, node_id: &str, remote_job_id: Option<String>, failure: NodeFailure, trace: &mut Trace, began: SystemTime, lost: bool) -> Outcome {
+    if lost {
+        deps.node_lost.do_send(NodeLost { node_id: node_id.into(), reason: failure.text().to_string() });
+    }
+    trace.attempt(node_id, remote_job_id, "abandoned", Some(failure.text().to_string()), began);
+    Outcome::NodeFailed(failure)
 }
 
 /// Job error codes that say something about the node rather than the job:
@@ -275,7 +366,7 @@ fn give_up(deps: &JobDeps, node_id: &str, remote_job_id: Option<String>, reason:
 fn environmental(code: &str) -> bool {
     matches!(
         code,
-        "STEP_UNAVAILABLE" | "STEP_UNKNOWN" | "FFMPEG_UNAVAILABLE" | "TTS_UNAVAILABLE" | "OPENCLAW_UNAVAILABLE" | "UI_SESSION_REQUIRED" | "INTERRUPTED" | "IO_ERROR" | "INPUT_NOT_FOUND" | "BLOB_NOT_FOUND"
+        "STEP_UNAVAILABLE" | "STEP_UNKNOWN" | "FFMPEG_UNAVAILABLE" | "TTS_UNAVAILABLE" | "OPENCLAW_UNAVAILABLE" | "UI_SESSION_REQUIRED" | "INTERRUPTED" | "IO_ERROR" | "INPUT_NOT_FOUND" | "BLOB_NOT_FOUND" | "DISK_FULL" | "LEASE_EXPIRED"
     )
 }
 
@@ -287,10 +378,11 @@ struct Polled {
     artifacts: Vec<crate::artifacts::ArtifactEntry>,
 }
 
-async fn poll(client: &NodeClient, job_id: &str, wait_s: u64) -> Result<Polled, CallError> {
+async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::Fence) -> Result<Polled, CallError> {
     match client {
         NodeClient::Current(c) => {
             use crate::protocol::JobState;
+            fence.sent();
             let v = c.wait(job_id, wait_s).await?;
             let state = match v.state {
                 JobState::Queued => "queued",
@@ -298,6 +390,7 @@ async fn poll(client: &NodeClient, job_id: &str, wait_s: u64) -> Result<Polled, 
                 JobState::Succeeded => "succeeded",
                 JobState::Failed => "failed",
                 JobState::Cancelled => "cancelled",
+                JobState::Abandoned => "abandoned",
             };
             let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
             Ok(Polled { state, result: v.result, error, artifacts: v.artifacts })
@@ -344,6 +437,7 @@ async fn follow(
     cancel: &CancellationToken,
     trace: &mut Trace,
     began: SystemTime,
+    fence: &liveness::Fence,
 ) -> Outcome {
     let node_id = handle.config.node_id.as_str();
     let wait_s = deps.settings.controller.wait_poll_s.max(1);
@@ -352,12 +446,14 @@ async fn follow(
     // No poll may hang longer than the worker's own wait plus the time a
     // live worker needs to answer.
     let poll_bound = Duration::from_secs(wait_s) + probe_timeout;
-    // The watchdog asks `/health` (unauthenticated, served by both
-    // contracts) beside the long-poll, so a worker that stops answering is
-    // given up within about a second plus the probe timeout. Its own client
-    // timeout is a little longer, so the watchdog's bound is the one seen.
-    let health = deps.keyring.clone().map(|k| CurrentClient::new(handle.config.base_url(), node_id.to_string(), k, probe_timeout + Duration::from_secs(1)));
-    let watchdog = liveness::watch(health, probe_timeout);
+    // The watchdog asks about the job every second beside the long-poll (a
+    // signed status call that renews the lease; `/health` for a v0.5
+    // worker), so a worker that stops answering is noticed within about a
+    // second plus the probe timeout. Its own client timeout is a little
+    // longer, so the watchdog's bound is the one seen.
+    let watcher = deps.keyring.clone().map(|k| CurrentClient::new(handle.config.base_url(), node_id.to_string(), k, probe_timeout + Duration::from_secs(1)));
+    let watched_job = matches!(client, NodeClient::Current(_)).then_some(job_id);
+    let watchdog = liveness::watch(watcher, watched_job, probe_timeout, fence);
     tokio::pin!(watchdog);
     let mut failures = 0u32;
     let mut previous: Option<CallError> = None;
@@ -369,7 +465,7 @@ async fn follow(
             // (a job that succeeded must never be run again), and so does a
             // cancellation.
             biased;
-            r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s)) => {
+            r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s, fence)) => {
                 r.unwrap_or_else(|_| Err(CallError::Unreachable(format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
             }
             _ = cancel.cancelled() => {
@@ -377,17 +473,20 @@ async fn follow(
                 cancel_remote(client, job_id).await;
                 // Wait briefly for the worker to confirm, so the log we fetch
                 // shows the cancellation.
-                let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2, fence)).await;
                 if let Err(e) = fetch_log(client, job_id, &dir.join(crate::receipt::LOG_FILE)).await {
                     tracing::warn!("could not fetch the cancelled job's log: {e}");
                 }
-                let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", node_id) };
+                let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", Some(node_id)) };
                 trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
                 return Outcome::Done(with_compat(ending, handle.compat));
             }
             // Last: a cancellation asked for at the same moment is honoured
             // rather than moving the job elsewhere.
-            reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), reason, trace, began, true),
+            reason = &mut watchdog => {
+                wait_for_fence(fence, node_id, job_id, trace).await;
+                return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
+            }
         };
         match r {
             Ok(p) if !matches!(p.state, "queued" | "running") => break p,
@@ -403,20 +502,39 @@ async fn follow(
                 failures += 1;
                 trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));
                 let backoff = match liveness::after_failure(&e, previous.as_ref(), failures, max, deps.settings.controller.retry_backoff_ms) {
-                    liveness::AfterFailure::Lost => return give_up(deps, node_id, Some(job_id.into()), format!("unreachable mid-job ({e})"), trace, began, true),
+                    liveness::AfterFailure::Lost => {
+                        wait_for_fence(fence, node_id, job_id, trace).await;
+                        return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(format!("was lost mid-job: {e}")), trace, began, true);
+                    }
                     liveness::AfterFailure::RetryIn(d) => d,
                 };
                 previous = Some(e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = cancel.cancelled() => {}
-                    reason = &mut watchdog => return give_up(deps, node_id, Some(job_id.into()), reason, trace, began, true),
+                    reason = &mut watchdog => {
+                        wait_for_fence(fence, node_id, job_id, trace).await;
+                        return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
+                    }
                 }
             }
-            Err(e) => return give_up(deps, node_id, Some(job_id.into()), format!("lost track of job {job_id}: {e}"), trace, began, false),
+            Err(e) => {
+                wait_for_fence(fence, node_id, job_id, trace).await;
+                let failure = match call_failure(&e, "while the job ran") {
+                    NodeFailure::Unavailable(r) => NodeFailure::Lost(format!("lost track of job {job_id}: {r}")),
+                    other => other,
+                };
+                return give_up(deps, node_id, Some(job_id.into()), failure, trace, began, false);
+            }
         }
     };
     trace.run_ms += t0.elapsed().as_millis() as u64;
+    // The worker names its own copies of the inputs; the user knows the
+    // paths they gave.
+    let mut polled = polled;
+    if let Some(e) = &mut polled.error {
+        e.message = super::staging::user_paths(&e.message, &staged.blobs);
+    }
     let sync_t0 = Instant::now();
     let synced = deps
         .sync
@@ -431,7 +549,7 @@ async fn follow(
     trace.sync_ms += sync_t0.elapsed().as_millis() as u64;
     let mut ending = Ending {
         status: JobStatus::Failed,
-        executed_on: node_id.into(),
+        executed_on: Some(node_id.into()),
         remote_job_id: Some(job_id.into()),
         cached,
         compat_mode: None,
@@ -465,7 +583,8 @@ async fn follow(
         _ => {
             let err = polled.error.clone().unwrap_or_else(|| ReceiptError::new(ErrorCode::Internal, "the worker reported a failure without an error"));
             if environmental(&err.code) {
-                return give_up(deps, node_id, Some(job_id.into()), format!("job failed there with {}: {}", err.code, err.message), trace, began, false);
+                let failure = NodeFailure::Step(err.code.clone(), format!("failed the job with {}: {}", err.code, err.message));
+                return give_up(deps, node_id, Some(job_id.into()), failure, trace, began, false);
             }
             trace.attempt(node_id, Some(job_id.into()), "failed", Some(format!("{}: {}", err.code, err.message)), began);
         }
@@ -491,4 +610,40 @@ pub async fn fetch_log(client: &NodeClient, job_id: &str, dest: &Path) -> Result
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("writing {}: {e}", dest.display()))
+}
+
+/// Learns what became of every remote copy this job gave up (the receipt
+/// must never contradict a worker): asks each one's worker once, bounded by
+/// the probe timeout, and records the fate on its attempt.
+pub async fn settle_fates(deps: &JobDeps, trace: &mut Trace) {
+    let bound = Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1));
+    for i in 0..trace.attempts.len() {
+        let a = &trace.attempts[i];
+        let (Some(job_id), true) = (a.remote_job_id.clone(), a.outcome == "abandoned") else { continue };
+        let node_id = a.executed_on.clone();
+        let asked = async {
+            let (_, client) = connect(deps, &node_id).await.map_err(CallError::Other)?;
+            poll(&client, &job_id, 0, &liveness::Fence::none()).await
+        };
+        let (fate, digest) = match tokio::time::timeout(bound, asked).await {
+            Ok(Ok(p)) => match p.state {
+                "abandoned" => ("stopped_by_lease", None),
+                "cancelled" => ("cancelled", None),
+                "failed" => ("failed", None),
+                "succeeded" => {
+                    let bytes = serde_json::to_vec(&p.result).unwrap_or_default();
+                    ("finished_ignored", Some(crate::artifacts::sha256_hex(&bytes)))
+                }
+                "queued" => ("never_started", None),
+                _ => ("unknown", None),
+            },
+            _ => ("unknown", None),
+        };
+        if fate == "finished_ignored" {
+            trace.say(format!("{node_id} finished job {job_id} after it was given up; its result was not used"));
+        }
+        let a = &mut trace.attempts[i];
+        a.fate = Some(fate.to_string());
+        a.ignored_result_sha256 = digest;
+    }
 }

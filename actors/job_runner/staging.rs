@@ -65,6 +65,10 @@ fn stage_value(v: &mut Value, blobs: &mut Vec<Blob>) -> std::io::Result<()> {
         return Ok(());
     }
     let path = PathBuf::from(s.as_str());
+    if path.is_dir() {
+        // A folder here is a mistake, not a path meant for the worker.
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{s} is a folder, not a file; name a media file")));
+    }
     if !path.is_file() {
         return Ok(());
     }
@@ -102,6 +106,29 @@ pub fn map_back(result: &mut Value, blobs: &[Blob], artifacts: &[(String, String
     }
 }
 
+/// Rewrites a worker's message so that it names the user's files: every
+/// path or reference that contains a staged blob's digest (the worker's
+/// `.../blobs/<sha256>` copy, or `blob:sha256:<hex>`) becomes the path the
+/// user gave. With several inputs, each is named by its own path.
+pub fn user_paths(message: &str, blobs: &[Blob]) -> String {
+    let mut out = message.to_string();
+    for b in blobs {
+        while let Some(at) = out.find(&b.sha256) {
+            let end = at + b.sha256.len();
+            // The token around the digest: back to a space, quote or
+            // opening bracket, so `C:\w\blobs\<hex>` and `/w/blobs/<hex>`
+            // are replaced whole.
+            let start = out[..at]
+                .char_indices()
+                .rev()
+                .find(|(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | '[' | '{' | '`' | '='))
+                .map_or(0, |(i, c)| i + c.len_utf8());
+            out.replace_range(start..end, &b.original);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +150,15 @@ mod tests {
         let mut result = json!({"media_path": format!("blob:sha256:{digest}"), "input": format!("/w/blobs/{digest}"), "frames": ["C:\\w\\jobs\\1\\frame_0001.jpg"]});
         map_back(&mut result, &staged.blobs, &[("frame_0001.jpg".into(), "/r/frame_0001.jpg".into())]);
         assert_eq!(result, json!({"media_path": fp, "input": fp, "frames": ["/r/frame_0001.jpg"]}));
+    }
+
+    #[test]
+    fn messages_name_the_users_files() {
+        let blob = |sha: &str, original: &str| Blob { sha256: sha.into(), size: 1, path: original.into(), original: original.into() };
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let blobs = [blob(&a, "clips/one.wav"), blob(&b, "/home/u/two.wav")];
+        let msg = format!("cannot decode /srv/state/worker/blobs/{a}: bad header; also 'C:\\w\\blobs\\{b}' and blob:sha256:{a}");
+        assert_eq!(user_paths(&msg, &blobs), "cannot decode clips/one.wav: bad header; also '/home/u/two.wav' and clips/one.wav");
+        assert_eq!(user_paths("no digests here", &blobs), "no digests here");
     }
 }

@@ -168,7 +168,7 @@ pub fn cancel(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: Canc
 pub fn sync_artifacts(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: SyncArgs) -> anyhow::Result<u8> {
     let dir = receipt_dir(&settings.cluster_dir(), &args.run_id, &args.job_id);
     let mut receipt = Receipt::read(&dir).with_context(|| format!("no readable receipt in {}; submit the job first", dir.display()))?;
-    let remote_job_id = match (&receipt.remote_job_id, receipt.executed_on == args.node_id) {
+    let remote_job_id = match (&receipt.remote_job_id, receipt.executed_on.as_deref() == Some(args.node_id.as_str())) {
         (Some(id), true) => id.clone(),
         _ => bail!("the receipt in {} says the job ran on {:?}, not on {}; nothing to sync from there", dir.display(), receipt.executed_on, args.node_id),
     };

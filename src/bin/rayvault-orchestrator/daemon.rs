@@ -494,7 +494,7 @@ mod tests {
             let job = store.get("r/tts").unwrap().unwrap();
             let receipt = job.receipt.unwrap();
             assert_eq!(receipt.status, JobStatus::Succeeded, "{:?}", receipt.error);
-            assert_eq!(receipt.executed_on, "local");
+            assert_eq!(receipt.executed_on.as_deref(), Some("local"));
         });
     }
 }

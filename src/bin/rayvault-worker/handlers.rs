@@ -113,11 +113,20 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
         }
     }
     let store = st.env.store.clone();
-    let new = NewJob { step_name: step.as_str().to_string(), inputs_hash: hash, payload: req.payload, label: req.label };
+    let lease_s = match req.lease_s {
+        Some(l) if !(1..=protocol::MAX_LEASE_S).contains(&l) => {
+            return Err(ApiError::bad_request(format!("lease_s must be 1 to {} seconds", protocol::MAX_LEASE_S)));
+        }
+        other => other,
+    };
+    let new = NewJob { step_name: step.as_str().to_string(), inputs_hash: hash, payload: req.payload, label: req.label, lease_s };
     let max = st.limits.max_jobs_in_flight;
     let outcome = web::block(move || store.submit(new, now_ms(), max)).await??;
     match outcome {
         Submission::Created(rec) => {
+            if let Some(l) = rec.lease_s {
+                st.env.leases.grant(&rec.job_id, Duration::from_secs(l));
+            }
             let log_path = st.env.paths.log_path(&rec.job_id);
             let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
             // The job is recorded: whatever happens to this first log line,
@@ -136,6 +145,13 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             Ok(HttpResponse::Created().json(Submitted { cached: false, job: rec.view() }))
         }
         Submission::Existing(rec) => {
+            // The new submitter now watches the job: its lease is renewed
+            // (or, for a job that had none, granted).
+            if let (Some(l), false) = (lease_s, rec.state.is_terminal()) {
+                if st.env.leases.renew(&rec.job_id) == rayvault::lease::Renewal::NoLease {
+                    st.env.leases.grant(&rec.job_id, Duration::from_secs(l));
+                }
+            }
             tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "duplicate submission: returning the existing job");
             Ok(HttpResponse::Ok().json(Submitted { cached: true, job: rec.view() }))
         }
@@ -159,8 +175,30 @@ pub struct JobQuery {
 /// as the job is finished, or after `wait_s` (capped by worker.max_wait_s).
 pub async fn get_job(st: Data, id: web::Path<String>, q: web::Query<JobQuery>) -> Result<HttpResponse, ApiError> {
     let wait = Duration::from_secs(q.wait_s.unwrap_or(0).min(st.limits.max_wait_s));
+    // A status call or long-poll renews the submitter's lease on the job.
+    renew_lease(&st, &id).await;
     let view = wait_for_job(&st, &id, wait).await?;
+    if !wait.is_zero() {
+        renew_lease(&st, &id).await;
+    }
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// Renews the lease on a job; a job parked after a restart (its controller
+/// has now re-attached) is handed to its executor.
+async fn renew_lease(st: &AppState, id: &str) {
+    if st.env.leases.renew(id) != rayvault::lease::Renewal::Unparked {
+        return;
+    }
+    match load_job(st, id).await {
+        Ok(rec) if rec.state == protocol::JobState::Queued => {
+            tracing::info!(job_id = %id, "a controller re-attached: the job may start");
+            if let Some(addr) = StepName::parse(&rec.step_name).ok().and_then(|s| st.executors.get(&s)) {
+                addr.do_send(Enqueue { job_id: rec.job_id });
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Reads the job, and while it is not finished waits for state changes

@@ -15,6 +15,7 @@ mod bind;
 mod files;
 mod guard;
 mod handlers;
+mod leases;
 mod maintenance;
 mod shutdown;
 mod state;
@@ -178,9 +179,15 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
     let store_for_nonces = store.clone();
     let seen = web::block(move || store_for_nonces.live_nonces(now)).await.context("loading nonces")??;
     verifier.preload_nonces(seen, now);
-    let env = Arc::new(ExecutorEnv { store, paths, settings: Arc::new(settings), changes: tokio::sync::watch::channel(0).0 });
+    let leases = Arc::new(rayvault::lease::LeaseBook::new());
+    let env = Arc::new(ExecutorEnv { store, paths, settings: Arc::new(settings), changes: tokio::sync::watch::channel(0).0, leases: leases.clone() });
     let executors = executor::start_all(env.clone());
     for rec in recovery.queued {
+        // A leased job waits for its controller to re-attach within one
+        // lease; see rayvault::lease.
+        if let Some(l) = rec.lease_s {
+            leases.park(&rec.job_id, Duration::from_secs(l));
+        }
         match StepName::parse(&rec.step_name) {
             Ok(step) => executors.get(&step).map(|a| a.do_send(Enqueue { job_id: rec.job_id })).unwrap_or(()),
             Err(e) => tracing::error!(job_id = %rec.job_id, "cannot requeue: {e}"),
@@ -203,6 +210,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
         shutting_down: Arc::new(AtomicBool::new(false)),
     });
     maintenance::spawn(state.clone());
+    leases::spawn_monitor(state.clone());
 
     let app_state = state.clone();
     let max_body = w.max_body_bytes;

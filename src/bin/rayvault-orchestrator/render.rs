@@ -222,36 +222,26 @@ fn file_name(p: &str) -> &str {
 
 /// The verdict lines of a receipt that has a top-level `verdict`: the
 /// verdict, then each failing file with its problem codes (from the
-/// verdict's own `files`/`problems` when it has them, else from the
-/// AUDIO_POSTCHECK result).
+/// receipt's `verdict_failures`, else from the AUDIO_POSTCHECK result).
 fn verdict_lines(r: &Value) -> Vec<String> {
     let v = &r["verdict"];
     let word = match v {
         Value::String(s) => s.clone(),
         Value::Bool(true) => "passed".into(),
         Value::Bool(false) => "failed".into(),
-        Value::Object(o) => o.get("verdict").or_else(|| o.get("status")).and_then(Value::as_str).unwrap_or("?").to_string(),
         _ => return Vec::new(),
     };
     let mut lines = vec![format!("verdict: {word}")];
-    let files = [&v["files"], &r["verdict_files"], &r["result"]["files"]].into_iter().find_map(|f| f.as_array()).map(Vec::as_slice).unwrap_or_default();
+    let failures = r["verdict_failures"].as_array().filter(|f| !f.is_empty());
+    let files = failures.or(r["result"]["files"].as_array()).map(Vec::as_slice).unwrap_or_default();
     for f in files {
         let problems: Vec<String> = f["problems"]
             .as_array()
             .map(|p| p.iter().map(|p| p["code"].as_str().or(p.as_str()).unwrap_or("?").to_string()).collect())
             .unwrap_or_default();
-        if f["passed"] == false || !problems.is_empty() {
+        if failures.is_some() || f["passed"] == false || !problems.is_empty() {
             let name = f["path"].as_str().map(file_name).unwrap_or("?");
             lines.push(format!("  {name}: {}", if problems.is_empty() { "failed".to_string() } else { problems.join(", ") }));
-        }
-    }
-    if let Some(problems) = r["problems"].as_array().or(v["problems"].as_array()) {
-        for p in problems {
-            let code = p["code"].as_str().or(p.as_str()).unwrap_or("?");
-            match text(&p["message"]) {
-                Some(m) => lines.push(format!("  {code}: {m}")),
-                None => lines.push(format!("  {code}")),
-            }
         }
     }
     lines
@@ -390,7 +380,8 @@ mod tests {
     fn a_receipt_summary_says_what_where_why_and_the_verdict() {
         let r = json!({"run_id": "r", "job_id": "qc", "step_name": "AUDIO_POSTCHECK", "status": "failed", "executed_on": "local",
             "fallback_reason": "windows-worker-1 unreachable (connection refused)", "cached": false, "compat_mode": null,
-            "verdict": "failed", "error": {"code": "QC_FAILED", "message": "1 of 2 files failed"},
+            "verdict": "failed", "verdict_failures": [{"path": "/a/chunk_0002.wav", "problems": [{"code": "LOUDNESS_OUT_OF_RANGE"}, {"code": "CLIPPING"}]}],
+            "error": {"code": "QC_FAILED", "message": "1 of 2 files failed"},
             "result": {"passed": false, "files": [
                 {"path": "/a/chunk_0001.wav", "passed": true, "problems": []},
                 {"path": "/a/chunk_0002.wav", "passed": false, "problems": [{"code": "LOUDNESS_OUT_OF_RANGE"}, {"code": "CLIPPING"}]}]},

@@ -120,7 +120,7 @@ import json, os, sys
 orch, root, jobs = sys.argv[1], sys.argv[2], sys.argv[3:]
 what = {"tts_001": "speech from text", "postcheck_001": "QC of that speech", "ffprobe_001": "probe a video",
         "frames_001": "sample 5 frames", "ffprobe_002": "probe again, worker stopped"}
-print("%-14s %-18s %-28s %-10s %s" % ("JOB", "STEP", "WHAT", "STATUS", "RAN ON"))
+print("%-14s %-18s %-28s %-26s %s" % ("JOB", "STEP", "WHAT", "STATUS", "RAN ON"))
 qc = None
 for job in jobs:
     r = json.load(open(os.path.join(root, job, "job_receipt.json")))
@@ -129,7 +129,8 @@ for job in jobs:
         where = "this machine (fallback: %s)" % r.get("fallback_reason") if r.get("fallback_reason") else "this machine"
     else:
         where = "worker " + where
-    print("%-14s %-18s %-28s %-10s %s" % (job, r["step_name"], what.get(job, ""), r["status"], where))
+    status = r["status"] + (", verdict " + r["verdict"] if r.get("verdict") else "")
+    print("%-14s %-18s %-28s %-26s %s" % (job, r["step_name"], what.get(job, ""), status, where))
     if r["step_name"] == "AUDIO_POSTCHECK":
         qc = r
 print()

@@ -142,6 +142,37 @@ impl Progress {
         }
     }
 
+    /// On a terminal, shows beside the phase line how many bytes the job's
+    /// receipt folder holds and how fast that grows: the artifacts being
+    /// downloaded (or written by a local run) into it. Samples every 500 ms.
+    pub fn watch_folder(&self, dir: std::path::PathBuf) {
+        let bar = match self.sink.lock().as_deref() {
+            Ok(Sink::Bar(bar)) => bar.clone(),
+            _ => return,
+        };
+        let key = self.key.clone();
+        actix::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            let mut last: Option<(u64, Instant)> = None;
+            while !bar.is_finished() {
+                every.tick().await;
+                let d = dir.clone();
+                let Ok(size) = tokio::task::spawn_blocking(move || folder_bytes(&d)).await else { return };
+                let now = Instant::now();
+                let rate = match last {
+                    Some((before, at)) if size > before => Some((size - before) as f64 / now.duration_since(at).as_secs_f64().max(0.001)),
+                    _ => None,
+                };
+                last = Some((size, now));
+                bar.set_prefix(match (size, rate) {
+                    (0, _) => key.clone(),
+                    (n, Some(r)) => format!("{key} · {} at {}/s", bytes(n), bytes(r as u64)),
+                    (n, None) => format!("{key} · {}", bytes(n)),
+                });
+            }
+        });
+    }
+
     /// Ticks every 200 ms on the current actix/tokio runtime.
     pub fn spawn_ticker(&self) {
         let me = self.clone();
@@ -186,6 +217,27 @@ impl Progress {
     }
 }
 
+/// The total size of the files in `dir` (not recursive; partial downloads included).
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+}
+
+/// A byte count for people: `812 B`, `4.2 KB`, `12.3 MB`, `1.1 GB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +270,18 @@ mod tests {
         assert_eq!(lines.lock().unwrap().last().unwrap(), "[r/j] done", "the final line is never dropped");
         p.line("after the end");
         assert!(!lines.lock().unwrap().iter().any(|l| l.contains("after the end")));
+    }
+
+    #[test]
+    fn byte_counts_read_like_sizes() {
+        for (n, want) in [(0, "0 B"), (812, "812 B"), (4_200, "4.2 KB"), (12_345_678, "12.3 MB"), (1_100_000_000, "1.1 GB")] {
+            assert_eq!(bytes(n), want);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.part"), vec![0u8; 1500]).unwrap();
+        std::fs::write(dir.path().join("b.wav"), vec![0u8; 500]).unwrap();
+        assert_eq!(folder_bytes(dir.path()), 2000);
+        assert_eq!(folder_bytes(&dir.path().join("missing")), 0);
     }
 
     #[test]

@@ -138,6 +138,7 @@ async fn in_process(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, spec
     tokio::task::spawn_blocking(move || s.put(&record)).await??;
     let progress = Progress::new(&key, out.quiet);
     progress.spawn_ticker();
+    progress.watch_folder(rayvault::receipt::receipt_dir(&cluster, &spec.run_id, &spec.job_id));
     let sink = ProgressActor(progress.clone()).start();
     let controller = ControllerSupervisor::start(ControllerOptions {
         settings: settings.clone(),
@@ -198,6 +199,7 @@ async fn via_daemon(settings: &Settings, client: DaemonClient, spec: JobSpec, no
     }
     let progress = Progress::new(&key, out.quiet);
     progress.spawn_ticker();
+    progress.watch_folder(rayvault::receipt::receipt_dir(&settings.cluster_dir(), &spec.run_id, &spec.job_id));
     progress.line(&format!("handed to the daemon at {}", client.base()));
     let code = follow_daemon(settings, &client, &spec.run_id, &spec.job_id, &progress, out).await;
     progress.finish();

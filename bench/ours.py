@@ -115,7 +115,7 @@ def submit_local(step, payload, timeout_s=1800):
         run_id, job_id = "bench", f"{step.lower()}-{time.time_ns()}"
         t0 = time.perf_counter()
         cp = subprocess.run([exe, "submit", "--run-id", run_id, "--job-id", job_id, "--step-name", step,
-                             "--payload-json", json.dumps(payload)],
+                             "--payload-json", json.dumps(payload), "--json"],
                             capture_output=True, text=True, timeout=timeout_s, env=env, cwd=state,
                             stdin=subprocess.DEVNULL)
         elapsed = time.perf_counter() - t0

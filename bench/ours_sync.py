@@ -57,7 +57,7 @@ class SyncRig:
         job_id = f"artifact-{which}"
         payload = {"chunks": [{"id": 1, "text": f"the {which} artifact"}]}
         cp = subprocess.run([self.orch, "submit", "--run-id", "sync", "--job-id", job_id, "--step-name",
-                             "TTS_RENDER_CHUNKS", "--payload-json", json.dumps(payload), "--no-fallback"],
+                             "TTS_RENDER_CHUNKS", "--payload-json", json.dumps(payload), "--no-fallback", "--json"],
                             capture_output=True, text=True, timeout=1800, env=self.env, cwd=self.state,
                             stdin=subprocess.DEVNULL)
         if cp.returncode != 0:

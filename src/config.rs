@@ -6,7 +6,7 @@
 //! from `RAYVAULT_CLUSTER_SECRET*` through [`crate::auth::Keyring`] only.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The committed defaults, embedded at compile time.
@@ -154,6 +154,92 @@ pub struct OpenclawSettings {
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
 
+/// Every key path of the defaults (`worker`, `worker.port`, `steps`, ...).
+fn known_keys() -> Result<BTreeSet<String>, ConfigError> {
+    let tree = toml_tree(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml), "config/default.toml")?;
+    let mut keys = BTreeSet::new();
+    collect_keys(&tree, "", &mut keys);
+    Ok(keys)
+}
+
+/// A TOML source as a JSON tree (tables become objects).
+fn toml_tree<S: config::Source + Send + Sync + 'static>(source: S, name: &str) -> Result<serde_json::Value, ConfigError> {
+    config::Config::builder()
+        .add_source(source)
+        .build()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+        .map_err(|e| ConfigError(format!("{name}: {e}")))
+}
+
+fn collect_keys(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let Some(table) = v.as_object() {
+        for (k, child) in table {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            collect_keys(child, &path, out);
+            out.insert(path);
+        }
+    }
+}
+
+/// Whether `path` (lower case, dot-separated) is a setting. `[steps.<name>]`
+/// tables may name any known step, with the keys of the other step tables.
+fn is_known(path: &str, known: &BTreeSet<String>) -> bool {
+    if known.contains(path) {
+        return true;
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    match parts.as_slice() {
+        ["steps", step] | ["steps", step, _] if !crate::steps::StepName::ALL.iter().any(|s| s.as_str().eq_ignore_ascii_case(step)) => false,
+        ["steps", _] => true,
+        ["steps", _, key] => known.iter().any(|k| k.starts_with("steps.") && k.ends_with(&format!(".{key}")) && k.split('.').count() == 3),
+        _ => false,
+    }
+}
+
+/// What to say about an unknown key: the keys its table does have.
+fn unknown_key_hint(path: &str, known: &BTreeSet<String>) -> String {
+    let (table, _) = path.rsplit_once('.').unwrap_or(("", path));
+    if table == "steps" || (table.starts_with("steps.") && table.split('.').count() == 2 && !is_known(table, known)) {
+        let steps: Vec<String> = crate::steps::StepName::ALL.iter().map(|s| s.as_str().to_ascii_lowercase()).collect();
+        return format!("[steps.<name>] tables are named after steps: {}", steps.join(", "));
+    }
+    let siblings: Vec<&str> = known
+        .iter()
+        .filter_map(|k| {
+            let (t, leaf) = k.rsplit_once('.').unwrap_or(("", k.as_str()));
+            (t == table).then_some(leaf)
+        })
+        .collect();
+    let table = if table.is_empty() { "the top level".to_string() } else { format!("[{table}]") };
+    format!("the keys of {table} are: {}", siblings.join(", "))
+}
+
+/// Refuses a key in a config file that is not a setting (a typo such as
+/// `prot = 8797` must not silently leave the port at its default).
+fn check_file_keys(path: &Path, known: &BTreeSet<String>) -> Result<(), ConfigError> {
+    let name = path.display().to_string();
+    let tree = toml_tree(config::File::from(path).format(config::FileFormat::Toml), &name)?;
+    let mut keys = BTreeSet::new();
+    collect_keys(&tree, "", &mut keys);
+    // The config crate lower-cases keys; so does the check.
+    match keys.iter().find(|k| !is_known(&k.to_ascii_lowercase(), known)) {
+        Some(k) => Err(ConfigError(format!("unknown key `{k}` in {name}; {}", unknown_key_hint(&k.to_ascii_lowercase(), known)))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a `RAYVAULT_<SECTION>__<KEY>` variable that names no setting.
+fn check_env_key(var: &str, known: &BTreeSet<String>) -> Result<(), ConfigError> {
+    let path = var.trim_start_matches("RAYVAULT_").to_ascii_lowercase().replace("__", ".");
+    if is_known(&path, known) {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "unknown setting in the environment: {var} (key `{path}`); {}; unset it or fix its name",
+        unknown_key_hint(&path, known)
+    )))
+}
+
 impl Settings {
     /// Loads defaults, then `local_file` (or `RAYVAULT_CONFIG`, or
     /// `config/local.toml` if present), then the environment.
@@ -170,14 +256,20 @@ impl Settings {
         let local = local_file
             .map(Path::to_path_buf)
             .or_else(|| get("RAYVAULT_CONFIG").map(PathBuf::from));
+        let known = known_keys()?;
         match local {
             Some(p) => {
                 if !p.exists() {
                     return Err(ConfigError(format!("config file {} does not exist", p.display())));
                 }
+                check_file_keys(&p, &known)?;
                 b = b.add_source(config::File::from(p).format(config::FileFormat::Toml));
             }
             None => {
+                let p = Path::new("config/local.toml");
+                if p.exists() {
+                    check_file_keys(p, &known)?;
+                }
                 b = b.add_source(config::File::with_name("config/local.toml").required(false));
             }
         }
@@ -188,6 +280,9 @@ impl Settings {
             .filter(|(k, _)| k.starts_with("RAYVAULT_") && k.contains("__") && !k.contains("SECRET"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        for var in nested.keys() {
+            check_env_key(var, &known)?;
+        }
         b = b.add_source(
             config::Environment::with_prefix("RAYVAULT")
                 .prefix_separator("_")
@@ -285,6 +380,34 @@ mod tests {
         assert_eq!(s.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.step("FFMPEG_PROBE").concurrency, 7);
         assert_eq!(s.postcheck.target_lufs, -23.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("local.toml");
+        std::fs::write(&file, "[worker]\nprot = 8797\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown key `worker.prot`") && err.contains("port"), "{err}");
+        std::fs::write(&file, "stat_dir = \"x\"\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("`stat_dir`"), "{err}");
+        std::fs::write(&file, "[steps.ffmpeg_prob]\nconcurrency = 2\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("steps.ffmpeg_prob") && err.contains("ffmpeg_probe"), "{err}");
+        std::fs::write(&file, "[steps.ffmpeg_probe]\nconcurency = 2\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("steps.ffmpeg_probe.concurency"), "{err}");
+        std::fs::write(&file, "[worker]\nport = 8797\n[steps.openclaw_task]\ntimeout_s = 5\n").unwrap();
+        let s = Settings::load_from(Some(&file), &[]).unwrap();
+        assert_eq!(s.worker.port, 8797);
+        let err = Settings::load_from(None, &env(&[("RAYVAULT_WORKER__PROT", "8797")])).unwrap_err().to_string();
+        assert!(err.contains("RAYVAULT_WORKER__PROT") && err.contains("worker.prot"), "{err}");
+        let err = Settings::load_from(None, &env(&[("RAYVAULT_STEPS__NOPE__CONCURRENCY", "1")])).unwrap_err().to_string();
+        assert!(err.contains("RAYVAULT_STEPS__NOPE__CONCURRENCY"), "{err}");
+        // Variables that are not `SECTION__KEY` settings are not checked.
+        let ok = env(&[("RAYVAULT_WORKER_ID", "w"), ("RAYVAULT_CLUSTER_SECRET__X", "s"), ("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1"), ("RAYVAULT_ORCHESTRATOR_BIN", "/x")]);
+        assert!(Settings::load_from(None, &ok).is_ok());
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub fn nodes_path(cluster_dir: &Path) -> PathBuf {
     cluster_dir.join("nodes.json")
 }
 
+/// What to say when `path` (the nodes.json looked for) does not exist.
+pub fn missing_note(path: &Path) -> String {
+    format!(
+        "no nodes.json at {}: every step runs locally on this controller; list your workers there \
+         ({{\"nodes\": [{{\"node_id\": ..., \"host\": ..., \"port\": 8787, \"enabled\": true}}]}})",
+        path.display()
+    )
+}
+
 /// Reads `path`. `Ok(None)` when the file does not exist.
 pub fn load(path: &Path) -> Result<Option<Vec<NodeConfig>>, NodesError> {
     let text = match std::fs::read_to_string(path) {

@@ -70,7 +70,7 @@ fn submit_an_hour_behind(w: &World, job: &str, clip: &std::path::Path, extra_env
         c.env(k, v);
     }
     let out = c
-        .args(["submit", "--run-id", "skew", "--job-id", job, "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string()])
+        .args(["submit", "--run-id", "skew", "--job-id", job, "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string(), "--json"])
         .output()
         .unwrap();
     parse_output(&out)

@@ -12,7 +12,7 @@ fn legacy_hmac_node_shows_compat_mode_and_runs_mapped_steps() {
     let (_leg, pl) = legacy(&w, "windows-worker-1", &["--steps", "ffprobe_analyze,audio_postcheck"]);
     w.write_nodes(&[("windows-worker-1", pl, true)]);
 
-    let out = w.orch().arg("caps").output().unwrap();
+    let out = w.orch().args(["caps", "--json"]).output().unwrap();
     let (code, caps, err) = parse_output(&out);
     assert_eq!(code, 0, "{err}");
     assert_eq!(caps["nodes"][0]["caps"]["_compat_mode"], "legacy_hmac_v05");
@@ -56,7 +56,7 @@ fn plain_token_fallback_only_when_allowed() {
     assert!(reason.contains("RAYVAULT_ALLOW_PLAIN_FALLBACK=1"), "{reason}");
 
     w.set_env("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1");
-    let out = w.orch().env("RUST_LOG", "warn").arg("caps").output().unwrap();
+    let out = w.orch().env("RUST_LOG", "warn").args(["caps", "--json"]).output().unwrap();
     let (code, caps, err) = parse_output(&out);
     assert_eq!(code, 0, "{err}");
     assert_eq!(caps["nodes"][0]["caps"]["_compat_mode"], "legacy_plain_token");

@@ -25,7 +25,7 @@ fn zero_configuration_runs_locally_and_writes_the_receipt() {
     let art = &r["artifacts"][0];
     assert_eq!(art["name"], "ffprobe.json");
     assert_eq!(sha256(std::path::Path::new(art["path"].as_str().unwrap())), art["sha256"].as_str().unwrap());
-    assert!(err.contains("running locally"), "progress on stderr: {err}");
+    assert!(err.contains("ran locally: no worker nodes configured"), "the fallback is said on stderr: {err}");
     // No secret ever reaches a receipt.
     assert!(!std::fs::read_to_string(dir.join("job_receipt.json")).unwrap().contains(SECRET));
 }
@@ -112,7 +112,7 @@ fn the_start_script_runs_the_controller() {
         .env("RAYVAULT_ORCHESTRATOR_BIN", env!("CARGO_BIN_EXE_rayvault-orchestrator"))
         .env("RAYVAULT_STATE_DIR", w.state())
         .arg(&script)
-        .args(["submit", "--run-id", "script", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string()])
+        .args(["submit", "--run-id", "script", "--job-id", "j", "--step-name", "FFMPEG_PROBE", "--payload-json", &json!({"media_path": clip}).to_string(), "--json"])
         .output()
         .unwrap();
     let (code, r, err) = parse_output(&out);

@@ -38,7 +38,9 @@ fn placement_by_os_and_ram_with_explained_rejections() {
 
 #[test]
 fn remote_run_stages_inputs_verifies_artifacts_and_resubmits_idempotently() {
-    let w = World::new();
+    let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     let (_w1, p1) = worker(&w, "w1", &[]);
     w.write_nodes(&[("w1", p1, true)]);
     let clip = video(&w);
@@ -186,7 +188,9 @@ fn unreachable_falls_back_but_misconfiguration_fails_with_exit_2() {
 
 #[test]
 fn a_worker_killed_mid_job_is_replaced_without_rerunning_a_success() {
-    let w = World::new();
+    let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     let (mut slow, ps) = legacy(&w, "slow", &["--os", "linux", "--job-delay", "30"]);
     let (_w1, p1) = worker(&w, "w1", &[]);
     // Equal load: the first listed node is chosen first.
@@ -224,7 +228,9 @@ fn controller_only_steps_never_leave_the_controller() {
 
 #[test]
 fn a_real_worker_killed_mid_job_is_replaced_by_the_other() {
-    let w = World::new();
+    let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     // A "speech engine" that copies a prepared WAV after a delay: 60 s on
     // w1 (so it is surely killed mid-job), none on w2.
     let wav = common::make_sine_wav(w.dir.path(), "voice.wav", 1.0, 22_050, 1, -18.0);
@@ -256,7 +262,9 @@ fn command_tts_env(template: &str) -> [(&str, &str); 3] {
 
 #[test]
 fn every_listed_input_is_staged_and_mapped_back() {
-    let w = World::new();
+    let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     let (_w1, p1) = worker(&w, "w1", &[]);
     w.write_nodes(&[("w1", p1, true)]);
     let a = common::make_sine_wav(w.dir.path(), "a.wav", 1.0, 48_000, 1, -16.0);
@@ -295,6 +303,8 @@ impl Drop for Stopped {
 #[test]
 fn a_worker_that_goes_silent_mid_job_is_given_up_within_the_probe_timeout() {
     let mut w = World::new();
+    // Every progress line, as log lines (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
     let wav = common::make_sine_wav(w.dir.path(), "voice.wav", 1.0, 22_050, 1, -18.0);
     let engine = |delay: u32| format!("python3 -c \"import shutil, sys, time; time.sleep({delay}); shutil.copy('{}', sys.argv[2])\" {{text_file}} {{out_wav}}", wav.display());
     let (w1, p1) = worker(&w, "w1", &command_tts_env(&engine(60)));

@@ -108,11 +108,11 @@ impl World {
         std::fs::rename(tmp, self.cluster().join("nodes.json")).unwrap();
     }
 
-    /// Runs `submit` and returns (exit code, receipt JSON or Null, stderr).
+    /// Runs `submit --json` and returns (exit code, receipt JSON or Null, stderr).
     pub fn submit(&self, run: &str, job: &str, step: &str, payload: Value, extra: &[&str]) -> (i32, Value, String) {
         let out = self
             .orch()
-            .args(["submit", "--run-id", run, "--job-id", job, "--step-name", step, "--payload-json", &payload.to_string()])
+            .args(["submit", "--run-id", run, "--job-id", job, "--step-name", step, "--payload-json", &payload.to_string(), "--json"])
             .args(extra)
             .output()
             .unwrap();
@@ -232,11 +232,11 @@ impl Running {
     }
 }
 
-/// Starts `submit` without waiting for it.
+/// Starts `submit --json` without waiting for it.
 pub fn spawn_submit(w: &World, run: &str, job: &str, step: &str, payload: Value, extra: &[&str]) -> Running {
     let mut child = w
         .orch()
-        .args(["submit", "--run-id", run, "--job-id", job, "--step-name", step, "--payload-json", &payload.to_string()])
+        .args(["submit", "--run-id", run, "--job-id", job, "--step-name", step, "--payload-json", &payload.to_string(), "--json"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

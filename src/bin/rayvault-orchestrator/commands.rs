@@ -1,6 +1,7 @@
-//! `health`, `caps`, `status`, `cancel` and `sync-artifacts`.
+//! `health`, `caps`, `status`, `cancel` and `sync-artifacts` (`logs`,
+//! `wait` and `result` are in `jobs`).
 
-use crate::cli::{JobRef, SyncArgs};
+use crate::cli::{CancelArgs, SyncArgs};
 use crate::daemon_client::DaemonClient;
 use actix::prelude::*;
 use anyhow::{anyhow, bail, Context as _};
@@ -32,14 +33,15 @@ async fn probe_all(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> an
 pub enum NodesView {
     /// `health`: one line per node, or JSON with `--json`.
     Health { json: bool },
-    /// `caps`: always JSON (the seed's docs show `"_compat_mode"` in it).
-    Caps,
+    /// `caps`: a table, or JSON with `--json` (the seed's docs show
+    /// `"_compat_mode"` in a legacy node's caps).
+    Caps { json: bool },
 }
 
 /// `health` or `caps`: 0 when every enabled node is up, 1 when one is down,
 /// 2 when nodes.json is malformed.
 pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, view: NodesView) -> anyhow::Result<u8> {
-    let caps = view == NodesView::Caps;
+    let caps = matches!(view, NodesView::Caps { .. });
     let report = System::new().block_on(probe_all(settings, keyring))?;
     if let Some(e) = &report.nodes_error {
         bail!("{e}");
@@ -56,10 +58,17 @@ pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, view: Node
         })
         .collect();
     let enabled = report.nodes.iter().filter(|n| n.enabled).count();
-    let note = if enabled == 0 { Some("no enabled node in nodes.json: every step runs locally on this controller") } else { None };
+    let note = if enabled > 0 {
+        None
+    } else if std::path::Path::new(&report.nodes_file).exists() {
+        Some(format!("no enabled node in nodes.json ({}): every step runs locally on this controller", report.nodes_file))
+    } else {
+        Some(rayvault::nodes::missing_note(std::path::Path::new(&report.nodes_file)))
+    };
     let out = json!({"nodes_file": report.nodes_file, "note": note, "nodes": nodes});
     match view {
         NodesView::Health { json: false } => print!("{}", crate::render::health(&out)),
+        NodesView::Caps { json: false } => print!("{}", crate::render::caps(&out)),
         _ => println!("{}", serde_json::to_string_pretty(&out)?),
     }
     let down = report.nodes.iter().any(|n| n.enabled && n.status != "up");
@@ -113,15 +122,43 @@ pub fn status(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, json: bool
     })
 }
 
-/// `cancel`: asks the running daemon to cancel a job.
-pub fn cancel(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, job: JobRef) -> anyhow::Result<u8> {
-    let keyring = keyring.ok_or_else(|| anyhow!("cancel talks to the daemon, which needs RAYVAULT_CLUSTER_SECRET"))?;
+/// `cancel`: cancels a job the daemon runs, or else one that a `submit` on
+/// this machine runs in its own process (it is sent SIGINT, as Ctrl-C in its
+/// terminal would).
+pub fn cancel(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: CancelArgs) -> anyhow::Result<u8> {
+    let job = args.job;
+    let key = format!("{}/{}", job.run_id, job.job_id);
+    let cluster = settings.cluster_dir();
     System::new().block_on(async move {
-        let Some(client) = DaemonClient::connect(&settings, keyring).await? else {
-            bail!("no daemon is running; a job started by a one-shot `submit` is cancelled with Ctrl-C in that terminal");
+        if let Some(k) = keyring {
+            if let Some(client) = DaemonClient::connect(&settings, k).await? {
+                match client.cancel(&key).await {
+                    Ok(v) => {
+                        if args.json {
+                            println!("{}", serde_json::to_string_pretty(&v)?);
+                        } else {
+                            println!("cancelling {key} in the daemon at {}; `rayvault-orchestrator wait` shows how it ended", client.base());
+                        }
+                        return Ok(0);
+                    }
+                    // Not running in the daemon: maybe in a submit process.
+                    Err(e) if crate::daemon_client::refusal_code(&e) == Some("JOB_CONFLICT") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let Some(reg) = crate::running::find(&cluster, &job.run_id, &job.job_id) else {
+            bail!(
+                "{key} is not running: neither a daemon nor a submit process on this machine runs it (looked for {})",
+                crate::running::path(&cluster, &job.run_id, &job.job_id).display()
+            );
         };
-        let v = client.cancel(&format!("{}/{}", job.run_id, job.job_id)).await?;
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::running::interrupt(reg.pid).with_context(|| format!("cannot signal the submit process {} running {key}", reg.pid))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&json!({"key": key, "cancelling": true, "submit_pid": reg.pid}))?);
+        } else {
+            println!("cancelling {key}: asked the submit process {} on this machine to stop it (as Ctrl-C would)", reg.pid);
+        }
         Ok(0)
     })
 }

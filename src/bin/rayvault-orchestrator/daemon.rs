@@ -192,7 +192,10 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
             .await??;
             continue;
         }
-        tracing::info!(job = %job.spec.key(), remote = ?job.remote, "resuming a job from the previous run");
+        match &job.remote {
+            Some(r) => tracing::info!(job = %job.spec.key(), "resuming a job from the previous run: re-attaching to {} on {}", r.remote_job_id, r.node_id),
+            None => tracing::info!(job = %job.spec.key(), "resuming a job from the previous run: it had not reached a worker, so it runs again"),
+        }
         dispatch(state.clone(), job.spec, job.remote, at);
     }
     Ok(())
@@ -225,11 +228,16 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
                         Ok(Ok(Some((None, j)))) => j,
                         Ok(Ok(Some((Some(receipt), _)))) => break receipt,
                         other => {
-                            tracing::error!(job = %key, "the job runner restarted mid-job and the job cannot be read back ({other:?}); it resumes at the next start");
+                            let why = match other {
+                                Ok(Ok(_)) => "it is no longer in the store".to_string(),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            tracing::error!(job = %key, "the job runner restarted mid-job and the job cannot be read back ({why}); it resumes at the next start");
                             return;
                         }
                     };
-                    tracing::warn!(job = %key, remote = ?stored.remote, "the job runner restarted mid-job; picking the job up again ({restarts}/{MAX_RUNNER_RESTARTS})");
+                    tracing::warn!(job = %key, "the job runner restarted mid-job; picking the job up again ({restarts}/{MAX_RUNNER_RESTARTS})");
                     resume = stored.remote;
                 }
                 Err(_) => {
@@ -248,7 +256,12 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
         })
         .await;
         if !matches!(saved, Ok(Ok(true))) {
-            tracing::error!(job = %key, "could not record the end of the job: {saved:?}");
+            let why = match saved {
+            Ok(Ok(_)) => "it is no longer in the store".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(job = %key, "could not record the end of the job: {why}");
         }
         state.changed.notify_waiters();
         // Progress lines only serve clients waiting on the job; keep them a
@@ -278,7 +291,10 @@ fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), Box<HttpResponse
     };
     let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
     state.verifier.precheck(&auth).map_err(|e| {
-        tracing::warn!("refused an API request: {e:?}");
+        match e {
+            AuthError::Invalid(why) => tracing::warn!("refused an API request: {why}"),
+            AuthError::Skew { .. } => tracing::warn!("refused an API request: its clock is too far from ours"),
+        }
         Box::new(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None))
     })
 }

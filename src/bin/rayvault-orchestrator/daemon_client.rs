@@ -32,6 +32,13 @@ impl DaemonClient {
         match client.call("GET", "/v1/health", "", None, Duration::from_secs(3)).await {
             Ok(_) => Ok(Some(client)),
             Err(CallFailure::Unreachable(_)) => Ok(None),
+            Err(CallFailure::Refused(e)) if e.status == 401 && e.code == "AUTH_INVALID" => Err(anyhow!(
+                "a daemon is listening at {} but refused us: {}. The daemon and this command both run on this machine, so \
+                 their cluster secrets differ: give both environments the same RAYVAULT_CLUSTER_SECRET, or restart the daemon \
+                 from this environment",
+                client.base,
+                e.message
+            )),
             Err(CallFailure::Refused(e)) => Err(anyhow!("a daemon is listening at {} but refused us: {e}", client.base)),
         }
     }
@@ -58,14 +65,19 @@ impl DaemonClient {
         let status = resp.status().as_u16();
         let bytes = resp.body().limit(64 * 1024 * 1024).await.map_err(|e| CallFailure::Unreachable(e.to_string()))?;
         if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes).map_err(|e| CallFailure::Refused(format!("unexpected answer: {e}")));
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| CallFailure::Refused(Refusal { status, code: String::new(), message: format!("unexpected answer: {e}") }));
         }
-        let msg = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) if status == 401 => rayvault::actors::job_runner::node_client::auth_reason(&b.error, b.server_time),
-            Ok(b) => format!("{} {}: {}", status, b.code, b.error),
-            Err(_) => format!("HTTP {status}"),
+        let refusal = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) if status == 401 && b.code == "AUTH_SKEW" => {
+                let message = rayvault::actors::job_runner::node_client::auth_reason(&b.error, b.server_time);
+                Refusal { status, code: b.code, message }
+            }
+            Ok(b) if status == 401 => Refusal { status, message: format!("401 {}", b.error), code: b.code },
+            Ok(b) => Refusal { status, message: format!("{} {}: {}", status, b.code, b.error), code: b.code },
+            Err(_) => Refusal { status, code: String::new(), message: format!("HTTP {status}") },
         };
-        Err(CallFailure::Refused(msg))
+        Err(CallFailure::Refused(refusal))
     }
 
     /// Hands a job to the daemon.
@@ -82,6 +94,16 @@ impl DaemonClient {
         let query = format!("wait_s={wait_s}&progress_from={progress_from}");
         let v = self.call("GET", &format!("/v1/jobs/{key}"), &query, None, Duration::from_secs(wait_s) + slack).await?;
         serde_json::from_value(v).map_err(|e| anyhow!("unexpected job view from the daemon: {e}"))
+    }
+
+    /// The daemon's view of a job right now; `Ok(None)` when the daemon does
+    /// not know it.
+    pub async fn job(&self, key: &str) -> anyhow::Result<Option<JobView>> {
+        match self.wait(key, 0, usize::MAX, Duration::from_secs(10)).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if refusal_code(&e) == Some("JOB_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks the daemon to cancel a job.
@@ -105,7 +127,25 @@ pub enum CallFailure {
     /// No answer: not listening, connection lost, or timed out.
     Unreachable(String),
     /// An answer, but an error (auth, unknown job, ...).
-    Refused(String),
+    Refused(Refusal),
+}
+
+/// An error answer of the daemon.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    /// The stable error code (`JOB_NOT_FOUND`, `JOB_CONFLICT`, ...); empty
+    /// when the answer had none.
+    pub code: String,
+    pub message: String,
+}
+
+/// The daemon's error code when `e` is an error answer of the daemon.
+pub fn refusal_code(e: &anyhow::Error) -> Option<&str> {
+    match e.downcast_ref::<CallFailure>() {
+        Some(CallFailure::Refused(r)) => Some(r.code.as_str()),
+        _ => None,
+    }
 }
 
 /// True when `e` says the daemon did not answer at all (worth retrying),
@@ -118,9 +158,15 @@ impl std::fmt::Display for CallFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallFailure::Unreachable(m) => write!(f, "daemon unreachable ({m})"),
-            CallFailure::Refused(m) => f.write_str(m),
+            CallFailure::Refused(r) => f.write_str(&r.message),
         }
     }
 }
 
 impl std::error::Error for CallFailure {}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

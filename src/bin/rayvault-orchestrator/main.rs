@@ -2,25 +2,32 @@
 //! suitable worker (or locally) and returns a receipt.
 //!
 //! `main` only parses, loads settings and the keyring, dispatches one
-//! function per subcommand and maps the outcome to an exit code: 0 for a
-//! succeeded job (or a healthy answer), 1 for a failed job (or an unhealthy
-//! node), 2 for bad usage or configuration, and 2 when `submit` stopped
-//! waiting on a daemon that no longer answers (no receipt to judge by: the
-//! job goes on in the daemon, and the message says how to follow it).
+//! function per subcommand and maps the outcome to an exit code. For a job
+//! (`submit`, `wait`, `result`) it is the receipt's `Receipt::exit_code`
+//! (0 succeeded, 1 failed, 2 configuration error, 3 failed verdict); for
+//! `health`/`caps`, 0 when every enabled node is up and 1 otherwise; 2 for
+//! bad usage or configuration, and 2 when `submit` stopped waiting on a
+//! daemon that no longer answers (no receipt to judge by: the job goes on in
+//! the daemon, and the message says how to follow it).
 //!
 //! Modules: `cli` (flags), `submit` (in-process or through the daemon),
 //! `daemon` (the long-running controller and its loopback API),
 //! `daemon_client` (the signed client of that API), `commands` (health,
-//! caps, status, cancel, sync-artifacts), `render` (their tables).
+//! caps, status, cancel, sync-artifacts), `jobs` (logs, wait, result),
+//! `running` (jobs run by in-process submits), `progress` (progress on
+//! stderr), `render` (tables and receipt summaries).
 
 mod cli;
 mod commands;
 mod daemon;
 mod daemon_client;
+mod jobs;
+mod progress;
 mod render;
+mod running;
 mod submit;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command};
 use rayvault::auth::Keyring;
 use rayvault::config::Settings;
@@ -30,7 +37,7 @@ use std::sync::Arc;
 fn main() -> ExitCode {
     // Before any other thread: see rayvault::memory for why.
     rayvault::memory::limit_malloc_arenas();
-    let cli = Cli::parse();
+    let cli = parse();
     init_tracing(matches!(cli.command, Command::Daemon));
     if matches!(cli.command, Command::Daemon) {
         // Only the long-running daemon: a one-shot command exits anyway.
@@ -44,10 +51,13 @@ fn main() -> ExitCode {
         Command::Daemon => daemon::run(settings),
         Command::Submit(args) => submit::run(settings, keyring(), args),
         Command::Health(view) => commands::health(settings, keyring(), commands::NodesView::Health { json: view.json }),
-        Command::Caps => commands::health(settings, keyring(), commands::NodesView::Caps),
+        Command::Caps(view) => commands::health(settings, keyring(), commands::NodesView::Caps { json: view.json }),
         Command::Status(view) => commands::status(settings, keyring(), view.json),
-        Command::Cancel(job) => commands::cancel(settings, keyring(), job),
+        Command::Cancel(args) => commands::cancel(settings, keyring(), args),
         Command::SyncArtifacts(args) => commands::sync_artifacts(settings, keyring(), args),
+        Command::Logs(args) => jobs::logs(settings, keyring(), args),
+        Command::Wait(args) => jobs::wait(settings, keyring(), args),
+        Command::Result(args) => jobs::result(settings, args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -66,14 +76,83 @@ fn usage_error(e: anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Parses the command line; `submit --help` lists the step names.
+fn parse() -> Cli {
+    let command = Cli::command().mut_subcommand("submit", |c| c.after_help(cli::submit_after_help()));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Logs on stderr. The daemon logs at `info` with timestamps and fields. A
+/// one-shot command only shows warnings and errors, and as sentences
+/// (`rayvault-orchestrator: warning: ...`, without fields or debug dumps),
+/// unless `RUST_LOG` asks for more, which gives the full format.
 fn init_tracing(daemon: bool) {
     use std::io::IsTerminal;
-    let default = if daemon { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let from_env = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").ok();
+    let verbose = daemon || from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| progress::StderrBelowSpinner).with_ansi(std::io::stderr().is_terminal());
+    if verbose {
+        builder.init();
+    } else {
+        builder.event_format(Sentences).init();
+    }
+}
+
+/// A log event as one sentence: its level and message, nothing else.
+struct Sentences;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Sentences
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut message = Message::default();
+        event.record(&mut message);
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            _ => "note",
+        };
+        if message.context.is_empty() {
+            writeln!(writer, "rayvault-orchestrator: {level}: {}", message.text)
+        } else {
+            writeln!(writer, "rayvault-orchestrator: {level}: {} ({})", message.text, message.context.join(", "))
+        }
+    }
+}
+
+/// An event's `message`, plus its short plain fields (`node w1`); a field
+/// that reads like a data structure is left out.
+#[derive(Default)]
+struct Message {
+    text: String,
+    context: Vec<String>,
+}
+
+impl Message {
+    fn field(&mut self, name: &str, value: String) {
+        if name == "message" {
+            self.text = value;
+        } else if value.len() <= 80 && !value.contains(['{', '[', '(']) {
+            self.context.push(format!("{name} {value}"));
+        }
+    }
+}
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.field(field.name(), value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.field(field.name(), format!("{value:?}"));
+    }
 }

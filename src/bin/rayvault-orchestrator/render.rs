@@ -159,6 +159,137 @@ pub fn health(v: &Value) -> String {
     out
 }
 
+/// `caps` as a table: one line per node with what it offers, then, per
+/// node, the steps it cannot run and why. `v` is what `caps --json` prints.
+pub fn caps(v: &Value) -> String {
+    let mut out = nodes_header(v);
+    let nodes = v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !nodes.is_empty() {
+        let rows: Vec<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                let c = &n["caps"];
+                let gpu = match (text(&c["gpu_model"]), c["vram_gb"].as_f64()) {
+                    (Some(m), Some(v)) if v > 0.0 => format!("{m} ({})", gb(v)),
+                    (Some(m), _) => m.to_string(),
+                    _ => "-".to_string(),
+                };
+                let steps = c["steps"].as_array().map(|s| s.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
+                // `caps --json` has the contract inside the caps only.
+                let mut with_contract = n.clone();
+                if text(&n["contract"]).is_none() {
+                    with_contract["contract"] = c["contract"].clone();
+                }
+                vec![
+                    n["node_id"].as_str().unwrap_or("?").to_string(),
+                    n["status"].as_str().unwrap_or("?").to_string(),
+                    contract(&with_contract),
+                    text(&c["os"]).unwrap_or("-").to_string(),
+                    c["ram_gb"].as_f64().map_or("-".to_string(), gb),
+                    gpu,
+                    n["caps_age_s"].as_f64().map_or("-".to_string(), age),
+                    steps.filter(|s| !s.is_empty()).unwrap_or_else(|| text(&n["reason"]).unwrap_or("-").to_string()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NODE", "STATUS", "CONTRACT", "OS", "RAM", "GPU", "CAPS AGE", "STEPS"], &rows));
+        for n in nodes {
+            if let Some(missing) = n["caps"]["unavailable_steps"].as_object() {
+                for (step, why) in missing {
+                    out.push_str(&format!("{}: {step} unavailable: {}\n", n["node_id"].as_str().unwrap_or("?"), why.as_str().unwrap_or("")));
+                }
+            }
+        }
+    }
+    if let Some(note) = text(&v["note"]) {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+fn gb(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0} GB")
+    } else {
+        format!("{v:.1} GB")
+    }
+}
+
+/// The file name of a path, for short listings.
+fn file_name(p: &str) -> &str {
+    p.rsplit(['/', '\\']).next().unwrap_or(p)
+}
+
+/// The verdict lines of a receipt that has a top-level `verdict`: the
+/// verdict, then each failing file with its problem codes (from the
+/// receipt's `verdict_failures`, else from the AUDIO_POSTCHECK result).
+fn verdict_lines(r: &Value) -> Vec<String> {
+    let v = &r["verdict"];
+    let word = match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "passed".into(),
+        Value::Bool(false) => "failed".into(),
+        _ => return Vec::new(),
+    };
+    let mut lines = vec![format!("verdict: {word}")];
+    let failures = r["verdict_failures"].as_array().filter(|f| !f.is_empty());
+    let files = failures.or(r["result"]["files"].as_array()).map(Vec::as_slice).unwrap_or_default();
+    for f in files {
+        let problems: Vec<String> = f["problems"]
+            .as_array()
+            .map(|p| p.iter().map(|p| p["code"].as_str().or(p.as_str()).unwrap_or("?").to_string()).collect())
+            .unwrap_or_default();
+        if failures.is_some() || f["passed"] == false || !problems.is_empty() {
+            let name = f["path"].as_str().map(file_name).unwrap_or("?");
+            lines.push(format!("  {name}: {}", if problems.is_empty() { "failed".to_string() } else { problems.join(", ") }));
+        }
+    }
+    lines
+}
+
+/// A receipt for people: status, where it ran (and why, on a fallback), the
+/// verdict, the error, the artifacts and where the receipt is. `r` is the
+/// receipt as JSON; `receipt_path` is its file.
+pub fn receipt_summary(r: &Value, receipt_path: &std::path::Path) -> String {
+    let mut out = format!(
+        "{} {}/{} ({}): {}\n",
+        "job",
+        r["run_id"].as_str().unwrap_or("?"),
+        r["job_id"].as_str().unwrap_or("?"),
+        r["step_name"].as_str().unwrap_or("?"),
+        r["status"].as_str().unwrap_or("?"),
+    );
+    let place = text(&r["executed_on"]).unwrap_or("nowhere (it did not start)");
+    let mut ran = format!("ran on: {place}");
+    if r["cached"] == true {
+        ran.push_str(" (the worker's existing result for the same inputs)");
+    }
+    if let Some(mode) = text(&r["compat_mode"]) {
+        ran.push_str(&format!(" [compatibility mode {mode}]"));
+    }
+    out.push_str(&ran);
+    out.push('\n');
+    if let Some(why) = text(&r["fallback_reason"]) {
+        out.push_str(&format!("why: {why}\n"));
+    }
+    for line in verdict_lines(r) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if let Some(code) = text(&r["error"]["code"]) {
+        out.push_str(&format!("error: {code}: {}\n", r["error"]["message"].as_str().unwrap_or("")));
+    }
+    let artifacts = r["artifacts"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !artifacts.is_empty() {
+        out.push_str(&format!("artifacts ({}):\n", artifacts.len()));
+        for a in artifacts {
+            out.push_str(&format!("  {}  {} bytes\n", a["path"].as_str().or(a["name"].as_str()).unwrap_or("?"), a["size"]));
+        }
+    }
+    out.push_str(&format!("receipt: {}\n", receipt_path.display()));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +357,50 @@ mod tests {
         );
         let none = json!({"nodes_file": "/n.json", "note": "no enabled node", "nodes": []});
         assert_eq!(health(&none), "nodes.json: /n.json\nnote: no enabled node\n");
+    }
+
+    #[test]
+    fn caps_is_a_table_with_unavailable_steps_below() {
+        let v = json!({"nodes_file": "/n.json", "note": null, "nodes": [
+            {"node_id": "w1", "status": "up", "contract": "rayvault-worker/1", "compat_mode": null, "caps_age_s": 3.0, "reason": null,
+             "caps": {"os": "windows", "ram_gb": 32.0, "gpu_model": "RTX 3060", "vram_gb": 12.0, "steps": ["FFMPEG_PROBE", "AUDIO_POSTCHECK"],
+                      "unavailable_steps": {"OPENCLAW_TASK": "no desktop session"}}},
+            {"node_id": "w2", "status": "down", "contract": null, "compat_mode": null, "caps_age_s": null, "reason": "unreachable (connection refused)", "caps": null}
+        ]});
+        let out = caps(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "nodes.json: /n.json");
+        assert_eq!(lines[1], "NODE  STATUS  CONTRACT           OS       RAM    GPU               CAPS AGE  STEPS");
+        assert_eq!(lines[2], "w1    up      rayvault-worker/1  windows  32 GB  RTX 3060 (12 GB)  3s        FFMPEG_PROBE, AUDIO_POSTCHECK");
+        assert_eq!(lines[3], "w2    down    -                  -        -      -                 -         unreachable (connection refused)");
+        assert_eq!(lines[4], "w1: OPENCLAW_TASK unavailable: no desktop session");
+    }
+
+    #[test]
+    fn a_receipt_summary_says_what_where_why_and_the_verdict() {
+        let r = json!({"run_id": "r", "job_id": "qc", "step_name": "AUDIO_POSTCHECK", "status": "failed", "executed_on": "local",
+            "fallback_reason": "windows-worker-1 unreachable (connection refused)", "cached": false, "compat_mode": null,
+            "verdict": "failed", "verdict_failures": [{"path": "/a/chunk_0002.wav", "problems": [{"code": "LOUDNESS_OUT_OF_RANGE"}, {"code": "CLIPPING"}]}],
+            "error": {"code": "QC_FAILED", "message": "1 of 2 files failed"},
+            "result": {"passed": false, "files": [
+                {"path": "/a/chunk_0001.wav", "passed": true, "problems": []},
+                {"path": "/a/chunk_0002.wav", "passed": false, "problems": [{"code": "LOUDNESS_OUT_OF_RANGE"}, {"code": "CLIPPING"}]}]},
+            "artifacts": [{"name": "postcheck_report.json", "size": 812, "path": "/s/r/qc/postcheck_report.json"}]});
+        let out = receipt_summary(&r, std::path::Path::new("/s/r/qc/job_receipt.json"));
+        assert_eq!(
+            out,
+            "job r/qc (AUDIO_POSTCHECK): failed\n\
+             ran on: local\n\
+             why: windows-worker-1 unreachable (connection refused)\n\
+             verdict: failed\n\
+             \x20 chunk_0002.wav: LOUDNESS_OUT_OF_RANGE, CLIPPING\n\
+             error: QC_FAILED: 1 of 2 files failed\n\
+             artifacts (1):\n\
+             \x20 /s/r/qc/postcheck_report.json  812 bytes\n\
+             receipt: /s/r/qc/job_receipt.json\n"
+        );
+        let ok = json!({"run_id": "r", "job_id": "p", "step_name": "FFMPEG_PROBE", "status": "succeeded", "executed_on": "w1", "fallback_reason": null, "cached": true, "artifacts": []});
+        let out = receipt_summary(&ok, std::path::Path::new("/x"));
+        assert!(out.contains("ran on: w1 (the worker's existing result") && !out.contains("why:") && !out.contains("verdict"), "{out}");
     }
 }

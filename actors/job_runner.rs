@@ -46,6 +46,11 @@ pub struct SubmitJob {
     pub resume: Option<RemoteRef>,
     /// When the job was first submitted (kept across daemon restarts).
     pub submitted_at: SystemTime,
+    /// Set when the caller probed every node just before submitting (a
+    /// one-shot `submit`): a node probed since then is not probed again
+    /// before falling back. None: nodes the cached view says are not up are
+    /// probed again first.
+    pub probed_at: Option<Instant>,
 }
 
 /// Cancels a running job; answers whether it was running here.
@@ -147,7 +152,7 @@ impl Handler<SubmitJob> for JobRunner {
         let cancel = entry.0.clone();
         let deps = self.deps.clone();
         let (spec, submitted_at) = (msg.spec.clone(), msg.submitted_at);
-        let job = run_job(deps.clone(), msg.spec, msg.resume, msg.submitted_at, cancel, alone);
+        let job = run_job(deps.clone(), msg.spec, msg.resume, msg.submitted_at, cancel, alone, msg.probed_at);
         // The job's future runs inside this actor's task: a panic in it would
         // take the actor and every other job in flight down. Caught, it
         // fails this job alone, with a receipt that says so.
@@ -285,6 +290,7 @@ pub async fn run_job(
     submitted_at: SystemTime,
     cancel: CancellationToken,
     fresh_folder: bool,
+    probed_at: Option<Instant>,
 ) -> Receipt {
     let mut trace = Trace::new(&spec, submitted_at, &deps);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
@@ -323,7 +329,7 @@ pub async fn run_job(
                     Err(e) => trace.say(format!("emptying the receipt folder failed: {e}")),
                 }
             }
-            let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace).await;
+            let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace, probed_at).await;
             remote::settle_fates(&deps, &mut trace).await;
             (hash, ending)
         }
@@ -445,6 +451,7 @@ struct Placed {
 }
 
 /// Placement, remote attempts and fallback.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     deps: &JobDeps,
     spec: &JobSpec,
@@ -453,6 +460,7 @@ async fn execute(
     dir: &std::path::Path,
     cancel: &CancellationToken,
     trace: &mut Trace,
+    probed_at: Option<Instant>,
 ) -> Ending {
     let mode = spec.fallback_mode(deps.settings.controller.fallback);
     let mut tried: Vec<String> = Vec::new();
@@ -492,9 +500,8 @@ async fn execute(
         // were never probed, or misconfigured, or degraded), ask them again:
         // a worker restarted a moment ago is then used at once, and a
         // reason from an earlier job is never reported for this one.
-        // A probe younger than a second (the one a one-shot `submit` makes
-        // first) is fresh enough.
-        let fresh = |n: &super::messages::NodeSnapshot| n.probed_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        // The probe a one-shot `submit` made just before is fresh enough.
+        let fresh = |n: &super::messages::NodeSnapshot| matches!((n.probed_at, probed_at), (Some(node), Some(caller)) if node >= caller);
         let stale: Vec<String> = placed
             .nodes
             .iter()

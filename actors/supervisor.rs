@@ -199,7 +199,7 @@ mod tests {
             fallback: None,
             timeout_s: None,
         };
-        SubmitJob { spec, resume: None, submitted_at: SystemTime::now() }
+        SubmitJob { spec, resume: None, submitted_at: SystemTime::now(), probed_at: None }
     }
 
     /// Waits (without blocking the arbiter) until `cond` holds, or panics.

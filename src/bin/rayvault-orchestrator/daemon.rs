@@ -215,7 +215,7 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
         let mut resume = resume;
         let mut restarts = 0;
         let receipt = loop {
-            let sent = state.controller.runner.send(SubmitJob { spec: spec.clone(), resume: resume.take(), submitted_at }).await;
+            let sent = state.controller.runner.send(SubmitJob { spec: spec.clone(), resume: resume.take(), submitted_at, probed_at: None }).await;
             match sent {
                 Ok(receipt) => break receipt,
                 // Restarted in place, the JobRunner keeps its address; a

@@ -6,7 +6,7 @@ use crate::apierror::ApiError;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use rayvault::actors::executor::{CancelRunning, Enqueue};
-use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, Health, JobView, SubmitJob, Submitted};
+use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, Health, JobView, JsonRefusal, SubmitJob, Submitted};
 use rayvault::steps::StepName;
 use rayvault::store::{is_job_id, Cancellation, JobRecord, NewJob, Submission};
 use serde::Deserialize;
@@ -76,7 +76,7 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
     if st.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::new(ApiCode::ShuttingDown, "the worker is shutting down; submit again after it restarts"));
     }
-    let req: SubmitJob = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the job body is not valid: {e}")))?;
+    let req = parse_submission(&body)?;
     let step = StepName::parse(&req.step_name).map_err(|e| ApiError::new(ApiCode::StepUnknown, e.message))?;
     if !req.payload.is_object() {
         return Err(ApiError::bad_request("payload must be a JSON object"));
@@ -144,6 +144,19 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             format!("{max} jobs are already queued or running (worker.max_jobs_in_flight); retry later"),
         )),
     }
+}
+
+/// Parses a `POST /jobs` body. A key given twice in any object of it is
+/// refused (`DUPLICATE_KEY`): the worker and a client that keep different
+/// copies of it would hash different payloads.
+fn parse_submission(body: &[u8]) -> Result<SubmitJob, ApiError> {
+    let doc = protocol::parse_json_unique_keys(body).map_err(|e| match e {
+        JsonRefusal::DuplicateKey(m) => {
+            ApiError::new(ApiCode::DuplicateKey, format!("the job body names a key twice: {m}; send each key once per object"))
+        }
+        JsonRefusal::Malformed(m) => ApiError::bad_request(format!("the job body is not valid JSON: {m}")),
+    })?;
+    serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("the job body is not valid: {e}")))
 }
 
 /// Query of `GET /jobs/{id}`.

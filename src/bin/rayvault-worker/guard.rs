@@ -102,7 +102,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             }
             let mut e = ApiError::new(
                 ApiCode::AuthSkew,
-                format!("{} (server time {server_time}); sync the clocks with NTP", protocol::SKEW_MESSAGE),
+                format!("{} (server time {server_time}); sync the system clocks (NTP)", protocol::SKEW_MESSAGE),
             );
             e.server_time = Some(server_time);
             return Err(e.into());

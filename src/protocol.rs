@@ -545,6 +545,27 @@ pub struct Submitted {
     pub job: JobView,
 }
 
+/// The label the controller gives the job it submits for `run_id`/`job_id`;
+/// `GET /jobs?run_id=R&job_id=J` finds the jobs labelled so.
+pub fn job_label(run_id: &str, job_id: &str) -> String {
+    format!("{run_id}/{job_id}")
+}
+
+/// Most jobs `GET /jobs` returns when no `limit` is given.
+pub const FIND_JOBS_DEFAULT_LIMIT: usize = 20;
+
+/// Most jobs `GET /jobs` returns whatever `limit` says.
+pub const FIND_JOBS_MAX_LIMIT: usize = 100;
+
+/// `GET /jobs?run_id=R&job_id=J[&limit=N]` response: the jobs labelled
+/// [`job_label`]`(R, J)`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoundJobs {
+    pub jobs: Vec<JobView>,
+    /// True when more jobs matched than were returned.
+    pub truncated: bool,
+}
+
 /// `GET /jobs/{id}/log?offset=N` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {

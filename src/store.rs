@@ -24,6 +24,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 
+mod find;
 pub mod nonces;
 mod paths;
 

@@ -233,7 +233,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     use handlers::method_not_allowed as na;
     cfg.service(web::resource("/health").route(web::get().to(handlers::health)).default_service(web::to(na)))
         .service(web::resource("/caps").route(web::get().to(handlers::caps)).default_service(web::to(na)))
-        .service(web::resource("/jobs").route(web::post().to(handlers::submit)).default_service(web::to(na)))
+        .service(web::resource("/jobs").route(web::post().to(handlers::submit)).route(web::get().to(handlers::find_jobs)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}").route(web::get().to(handlers::get_job)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}/cancel").route(web::post().to(handlers::cancel)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}/log").route(web::get().to(files::log)).default_service(web::to(na)))

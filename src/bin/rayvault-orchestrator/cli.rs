@@ -79,6 +79,9 @@ pub struct SyncArgs {
     pub run_id: String,
     #[arg(long)]
     pub job_id: String,
+    /// The node to sync from; default: the receipt's `executed_on`. Given
+    /// without a local receipt, the job is looked up on that node by run
+    /// and job id and its receipt rebuilt.
     #[arg(long)]
-    pub node_id: String,
+    pub node_id: Option<String>,
 }

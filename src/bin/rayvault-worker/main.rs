@@ -40,7 +40,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "rayvault-worker", version, about = "RayVault worker daemon (HMAC-authenticated job API)")]
 struct Args {
-    /// Address to bind: loopback or this host's Tailscale IP.
+    /// Address to bind: loopback or this host's Tailscale IP (held by the Tailscale interface).
     #[arg(long)]
     host: Option<String>,
     /// Port to listen on.
@@ -49,7 +49,7 @@ struct Args {
     /// A local configuration file layered over config/default.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Allow binding outside loopback and the Tailscale ranges (dangerous).
+    /// Allow binding outside loopback and the Tailscale interface (dangerous).
     #[arg(long)]
     allow_any_bind: bool,
     /// Accept the bare secret as `Authorization: Bearer` (compatibility only).

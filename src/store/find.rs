@@ -25,7 +25,7 @@ impl Store {
                 found.push(rec);
             }
         }
-        found.sort_by(|a, b| (b.created_at_ms, b.seq).cmp(&(a.created_at_ms, a.seq)));
+        found.sort_by_key(|r| std::cmp::Reverse((r.created_at_ms, r.seq)));
         let more = found.len() > limit;
         found.truncate(limit);
         Ok((found, more))

@@ -10,7 +10,7 @@
 use crate::artifacts::{sha256_file, ArtifactEntry};
 use crate::auth::{Keyring, RequestTarget};
 use crate::protocol::{
-    self, ArtifactManifest, BlobStored, Caps, ErrorBody, Health, JobView, LogChunk, SubmitJob, Submitted,
+    self, ArtifactManifest, BlobStored, Caps, ErrorBody, FoundJobs, Health, JobView, LogChunk, SubmitJob, Submitted,
 };
 use awc::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RANGE};
 use awc::http::{Method, StatusCode};
@@ -224,6 +224,13 @@ impl WorkerClient {
         self.call(Method::POST, "/jobs", Some(Bytes::from(body)), Duration::ZERO).await
     }
 
+    /// `GET /jobs?run_id=R&job_id=J`: the jobs this worker holds for the
+    /// controller's `run_id`/`job_id` (their label), newest first.
+    pub async fn find_jobs(&self, run_id: &str, job_id: &str) -> Result<FoundJobs, ClientError> {
+        let path = format!("/jobs?run_id={}&job_id={}", query_value(run_id), query_value(job_id));
+        self.call(Method::GET, &path, None, Duration::ZERO).await
+    }
+
     /// `GET /jobs/{id}`, long-polling up to `wait_s` seconds for completion.
     pub async fn job(&self, job_id: &str, wait_s: u64) -> Result<JobView, ClientError> {
         let path = if wait_s > 0 { format!("/jobs/{job_id}?wait_s={wait_s}") } else { format!("/jobs/{job_id}") };
@@ -403,6 +410,20 @@ impl WorkerClient {
         let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
         decode(status, &bytes)
     }
+}
+
+/// A query value percent-encoded (everything but RFC 3986's unreserved
+/// characters), so that the bytes signed are the bytes sent.
+fn query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Decodes a JSON answer, or the protocol's error body for a 4xx/5xx.

@@ -145,8 +145,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace,
-/// strings escaped as serde_json does, numbers as serde_json prints them.
+/// Canonical JSON as RFC 8785 (JSON Canonicalization Scheme) defines it:
+/// no whitespace; object keys sorted by their UTF-16 code units; strings
+/// with only `"`, `\` and the control characters escaped (`\b \t \n \f
+/// \r` in short form, the others as `\u00xx` in lower-case hex);
+/// every number written as ECMAScript's `Number.prototype.toString` writes
+/// the IEEE 754 double it denotes (so `1e21` is `1e+21`, `1e-7` is `1e-7`,
+/// `100.0` is `100`, `-0` is `0`, and an integer above 2^53 is first
+/// rounded to the nearest double, as every JCS implementation does).
 pub fn canonical_json(v: &Value) -> String {
     let mut out = String::new();
     write_canonical(v, &mut out);
@@ -156,16 +162,16 @@ pub fn canonical_json(v: &Value) -> String {
 fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
             out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            for (i, (k, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
+                write_jcs_string(k, out);
                 out.push(':');
-                write_canonical(&map[k], out);
+                write_canonical(item, out);
             }
             out.push('}');
         }
@@ -179,8 +185,43 @@ fn write_canonical(v: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        Value::String(s) => write_jcs_string(s, out),
+        Value::Number(n) => write_jcs_number(n, out),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null => out.push_str("null"),
     }
+}
+
+/// A string as RFC 8785 section 3.2.2.2 writes it.
+fn write_jcs_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\u{c}' => out.push_str("\\f"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A number as RFC 8785 section 3.2.2.3 writes it: the double it denotes,
+/// in ECMAScript's shortest round-trip form. A JSON number parsed by
+/// serde_json is always finite, and `u64`/`i64` to `f64` rounds to the
+/// nearest double, which is what parsing the same digits as a double gives.
+fn write_jcs_number(n: &serde_json::Number, out: &mut String) {
+    let f = match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u as f64,
+        (None, Some(i)) => i as f64,
+        _ => n.as_f64().unwrap_or(0.0),
+    };
+    out.push_str(ryu_js::Buffer::new().format_finite(f));
 }
 
 /// The idempotency hash of a job: lower-case hex SHA-256 of the canonical
@@ -190,6 +231,92 @@ fn write_canonical(v: &Value, out: &mut String) {
 pub fn inputs_hash(step_name: &str, payload: &Value) -> String {
     let doc = serde_json::json!({ "step_name": step_name, "payload": payload });
     sha256_hex(canonical_json(&doc).as_bytes())
+}
+
+/// Why JSON text was refused by [`parse_json_unique_keys`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonRefusal {
+    /// Not JSON at all (or a number outside the range of a double).
+    #[error("{0}")]
+    Malformed(String),
+    /// Valid JSON, but an object names the same key twice.
+    #[error("{0}")]
+    DuplicateKey(String),
+}
+
+/// Parses JSON text, refusing any object (at any depth) that names a key
+/// twice. Plain parsing keeps the last of two equal keys while another
+/// language's parser may keep the first, so the same bytes would be two
+/// different payloads, with two different `inputs_hash` values.
+pub fn parse_json_unique_keys(bytes: &[u8]) -> Result<Value, JsonRefusal> {
+    match serde_json::from_slice::<UniqueKeys>(bytes) {
+        Ok(UniqueKeys(v)) => Ok(v),
+        // Plain parsing differs from the strict one only in accepting a
+        // repeated key, so what plain parsing accepts was refused for that.
+        Err(e) if serde_json::from_slice::<Value>(bytes).is_ok() => Err(JsonRefusal::DuplicateKey(e.to_string())),
+        Err(e) => Err(JsonRefusal::Malformed(e.to_string())),
+    }
+}
+
+/// A JSON value deserialised with a check that no object repeats a key.
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map(Value::Number).unwrap_or(Value::Null))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} appears twice in one object")));
+            }
+            let UniqueKeys(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Every blob digest a payload refers to (`"blob:sha256:<64 hex>"` string
@@ -231,6 +358,8 @@ pub enum ApiCode {
     BadRequest,
     /// 400: unknown step name.
     StepUnknown,
+    /// 400: a JSON object in the body names the same key twice.
+    DuplicateKey,
     /// 404: no such route.
     NotFound,
     /// 404: no such job.
@@ -271,7 +400,7 @@ impl ApiCode {
     pub fn status(self) -> u16 {
         match self {
             ApiCode::AuthInvalid | ApiCode::AuthSkew => 401,
-            ApiCode::BadRequest | ApiCode::StepUnknown | ApiCode::ArtifactNameInvalid => 400,
+            ApiCode::BadRequest | ApiCode::StepUnknown | ApiCode::DuplicateKey | ApiCode::ArtifactNameInvalid => 400,
             ApiCode::NotFound | ApiCode::JobNotFound | ApiCode::ArtifactNotFound => 404,
             ApiCode::MethodNotAllowed => 405,
             ApiCode::JobConflict => 409,
@@ -293,6 +422,7 @@ impl ApiCode {
             ApiCode::AuthSkew => "AUTH_SKEW",
             ApiCode::BadRequest => "BAD_REQUEST",
             ApiCode::StepUnknown => "STEP_UNKNOWN",
+            ApiCode::DuplicateKey => "DUPLICATE_KEY",
             ApiCode::NotFound => "NOT_FOUND",
             ApiCode::JobNotFound => "JOB_NOT_FOUND",
             ApiCode::ArtifactNotFound => "ARTIFACT_NOT_FOUND",
@@ -441,6 +571,27 @@ pub struct Submitted {
     pub job: JobView,
 }
 
+/// The label the controller gives the job it submits for `run_id`/`job_id`;
+/// `GET /jobs?run_id=R&job_id=J` finds the jobs labelled so.
+pub fn job_label(run_id: &str, job_id: &str) -> String {
+    format!("{run_id}/{job_id}")
+}
+
+/// Most jobs `GET /jobs` returns when no `limit` is given.
+pub const FIND_JOBS_DEFAULT_LIMIT: usize = 20;
+
+/// Most jobs `GET /jobs` returns whatever `limit` says.
+pub const FIND_JOBS_MAX_LIMIT: usize = 100;
+
+/// `GET /jobs?run_id=R&job_id=J[&limit=N]` response: the jobs labelled
+/// [`job_label`]`(R, J)`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoundJobs {
+    pub jobs: Vec<JobView>,
+    /// True when more jobs matched than were returned.
+    pub truncated: bool,
+}
+
 /// `GET /jobs/{id}/log?offset=N` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
@@ -477,6 +628,83 @@ pub struct BlobStored {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// RFC 8785 number serialisation of IEEE 754 bit patterns; expected
+    /// strings computed independently with the `jcs` package from PyPI.
+    #[test]
+    fn jcs_numbers_from_bit_patterns() {
+        let check = |bits: u64, expected: &str| {
+            let n = serde_json::Number::from_f64(f64::from_bits(bits)).unwrap();
+            assert_eq!(canonical_json(&Value::Number(n)), expected, "{bits:016x}");
+        };
+        for (bits, expected) in [
+            (0x0000000000000000, "0"),
+            (0x8000000000000000, "0"),
+            (0x0000000000000001, "5e-324"),
+            (0x8000000000000001, "-5e-324"),
+            (0x7fefffffffffffff, "1.7976931348623157e+308"),
+            (0x4340000000000000, "9007199254740992"),
+            (0x4430000000000000, "295147905179352830000"),
+            (0x44b52d02c7e14af5, "9.999999999999997e+22"),
+            (0x44b52d02c7e14af6, "1e+23"),
+            (0x3eb0c6f7a0b5ed8d, "0.000001"),
+            (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+            (0x41b3de4355555555, "333333333.3333333"),
+            (0x444b1ae4d6e2ef50, "1e+21"),
+            (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+            (0xc43211ede4974a35, "-333333333333333300000"),
+            (0x3e7ad7f29abcaf48, "1e-7"),
+        ] {
+            check(bits, expected);
+        }
+    }
+
+    /// The test vectors of docs/protocol.md (`inputs_hash` test vectors):
+    /// JSON text as a client sends it, its canonical form and the hash,
+    /// computed independently with the `jcs` package from PyPI.
+    #[test]
+    fn jcs_inputs_hash_vectors() {
+        let check = |payload: &str, canonical: &str, hash: &str| {
+            let p = parse_json_unique_keys(payload.as_bytes()).unwrap();
+            let doc = serde_json::json!({"step_name": "OPENCLAW_TASK", "payload": p});
+            assert_eq!(canonical_json(&doc), canonical, "{payload}");
+            assert_eq!(inputs_hash("OPENCLAW_TASK", &p), hash, "{payload}");
+        };
+        check(
+            r#"{"task": "small", "x": 1e-7}"#,
+            r#"{"payload":{"task":"small","x":1e-7},"step_name":"OPENCLAW_TASK"}"#,
+            "ba816bbf42444f011530f78cab25f863215fc8c68b8395c6552f36eea6674416",
+        );
+        check(
+            r#"{"task": "large", "x": 1e21}"#,
+            r#"{"payload":{"task":"large","x":1e+21},"step_name":"OPENCLAW_TASK"}"#,
+            "4c5076ebb5156ceda596edcb45e81efcae3f03d94f0a8864e2118a956695621a",
+        );
+        check(
+            r#"{"task": "above 2^53", "x": 9007199254740993}"#,
+            r#"{"payload":{"task":"above 2^53","x":9007199254740992},"step_name":"OPENCLAW_TASK"}"#,
+            "67164dd2e025d1aa5bb4435202052000b7382308831d15646a05522c3aa2d997",
+        );
+        check(
+            r#"{"task": "mixed", "n": [100.0, -0.0, 0.1, 1e23, 5e-324, 18446744073709551616, -1.5E-10], "\ue000": 1, "\ud83d\ude00": 2, "s": "tab\t nul\u0000 del\u007f \u00e9 /"}"#,
+            "{\"payload\":{\"n\":[100,0,0.1,1e+23,5e-324,18446744073709552000,-1.5e-10],\"s\":\"tab\\t nul\\u0000 del\u{7f} \u{e9} /\",\"task\":\"mixed\",\"\u{1f600}\":2,\"\u{e000}\":1},\"step_name\":\"OPENCLAW_TASK\"}",
+            "a93564f1d5848ee20ddabe038211f9b08daa7f6a3a49b719b88f29789c060917",
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(matches!(parse_json_unique_keys(br#"{"a":1,"a":2}"#), Err(JsonRefusal::DuplicateKey(_))));
+        let nested = br#"{"step_name":"X","payload":{"p":[{"k":1,"k":1}]}}"#;
+        match parse_json_unique_keys(nested) {
+            Err(JsonRefusal::DuplicateKey(m)) => assert!(m.contains("\"k\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_json_unique_keys(b"{\"a\":"), Err(JsonRefusal::Malformed(_))));
+        assert!(matches!(parse_json_unique_keys(b"[1e400]"), Err(JsonRefusal::Malformed(_))));
+        let ok = parse_json_unique_keys(br#"{"a":{"a":1},"b":[{"a":2},{"a":3}]}"#).unwrap();
+        assert_eq!(ok, serde_json::json!({"a":{"a":1},"b":[{"a":2},{"a":3}]}));
+    }
 
     #[test]
     fn canonical_json_sorts_and_strips() {

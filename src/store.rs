@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub mod children;
+mod find;
 pub mod nonces;
 mod paths;
 

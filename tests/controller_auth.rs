@@ -89,6 +89,7 @@ fn clock_skew_is_reported_with_the_seed_words() {
     let reason = reason_for(&r, "w1");
     assert!(reason.starts_with("refused our credentials: 401 timestamp outside allowed skew"), "{reason}");
     assert!(reason.ends_with("sync system clocks (NTP)"), "{reason}");
+    assert_eq!(reason.matches("NTP").count(), 1, "the hint is given once: {reason}");
     assert!(reason.contains("+36"), "the offset is reported: {reason}");
     assert_eq!(reason.matches("NTP").count(), 1, "the hint is stated once: {reason}");
 }

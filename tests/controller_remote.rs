@@ -144,7 +144,7 @@ fn unreachable_falls_back_but_misconfiguration_fails_with_exit_2() {
     assert!(!err.contains("ran locally"), "{err}");
     assert_eq!(
         reason_for(&r, "w-other-secret"),
-        "refused our credentials: 401 auth_token invalid: the controller's and the worker's RAYVAULT_CLUSTER_SECRET differ; set the same secret on both"
+        "refused our credentials: 401 auth_token invalid: secrets differ between Mac and Windows"
     );
     assert_eq!(
         reason_for(&r, "wrong-name"),

@@ -18,6 +18,8 @@ import hmac
 import http.client
 import json
 import os
+import random
+import struct
 import sys
 import time
 import urllib.parse
@@ -71,9 +73,64 @@ def signed(method, target, body=b"", headers=None, body_sha256=None, **kw):
     return send(method, target, body, headers, authorization(method, path, query, digest, WORKER_ID, **kw))
 
 
+def jcs_string(s):
+    """Section 3, POST /jobs (JCS strings): only `"`, `\\` and controls escaped."""
+    short = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+    out = []
+    for c in s:
+        if c in short:
+            out.append(short[c])
+        elif ord(c) < 0x20:
+            out.append("\\u%04x" % ord(c))
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def jcs_number(x):
+    """Section 3, POST /jobs (JCS numbers): the double, as ECMAScript writes it."""
+    f = float(x)  # an int beyond 2^53 becomes the nearest double, as the document says
+    if f != f or f in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    if f == 0:
+        return "0"
+    sign = "-" if f < 0 else ""
+    mantissa, _, exp = repr(abs(f)).partition("e")  # shortest round-trip digits
+    whole, _, frac = mantissa.partition(".")
+    digits = (whole + frac).lstrip("0")
+    power = (int(exp) if exp else 0) - len(frac)  # value = int(digits) * 10**power
+    stripped = digits.rstrip("0")
+    power += len(digits) - len(stripped)
+    digits, k = stripped, len(stripped)
+    n = k + power  # 10**(n-1) <= value < 10**n
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        text = "0." + "0" * (-n) + digits
+    else:
+        e = n - 1
+        text = digits[0] + ("." + digits[1:] if k > 1 else "") + "e" + ("+" if e >= 0 else "-") + str(abs(e))
+    return sign + text
+
+
 def canonical(value):
-    """Section 3, POST /jobs: sorted keys, no whitespace, `/` and non-ASCII as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Section 3, POST /jobs: RFC 8785 (JCS). Keys sorted by UTF-16 code units."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return jcs_string(value)
+    if isinstance(value, (int, float)):
+        return jcs_number(value)
+    if isinstance(value, list):
+        return "[" + ",".join(canonical(v) for v in value) + "]"
+    keys = sorted(value, key=lambda k: k.encode("utf-16-be"))
+    return "{" + ",".join(jcs_string(k) + ":" + canonical(value[k]) for k in keys) + "}"
 
 
 def inputs_hash(step_name, payload):
@@ -129,6 +186,51 @@ text = {"task": "caf\u00e9 / \u00fcber \U0001F600 \"quoted\" \\ back\tslash\n", 
 oc = {"step_name": "OPENCLAW_TASK", "payload": text, "inputs_hash": inputs_hash("OPENCLAW_TASK", text)}
 status, _, body = signed("POST", "/jobs", json.dumps(oc).encode("utf-8"), {"Content-Type": "application/json"})
 check(status == 201 and json.loads(body)["job"]["inputs_hash"] == oc["inputs_hash"], "inputs_hash of non-ASCII, escaped and nested JSON agrees")
+
+# The document's test vectors, first offline, then against the worker: the
+# payload text is sent as written (the worker parses and hashes it), with our
+# own inputs_hash.
+VECTORS = [
+    ('{"task": "small", "x": 1e-7}',
+     '{"payload":{"task":"small","x":1e-7},"step_name":"OPENCLAW_TASK"}',
+     "ba816bbf42444f011530f78cab25f863215fc8c68b8395c6552f36eea6674416"),
+    ('{"task": "large", "x": 1e21}',
+     '{"payload":{"task":"large","x":1e+21},"step_name":"OPENCLAW_TASK"}',
+     "4c5076ebb5156ceda596edcb45e81efcae3f03d94f0a8864e2118a956695621a"),
+    ('{"task": "above 2^53", "x": 9007199254740993}',
+     '{"payload":{"task":"above 2^53","x":9007199254740992},"step_name":"OPENCLAW_TASK"}',
+     "67164dd2e025d1aa5bb4435202052000b7382308831d15646a05522c3aa2d997"),
+    ('{"task": "mixed", "n": [100.0, -0.0, 0.1, 1e23, 5e-324, 18446744073709551616, -1.5E-10], "\\ue000": 1, "\\ud83d\\ude00": 2, "s": "tab\\t nul\\u0000 del\\u007f \\u00e9 /"}',
+     '{"payload":{"n":[100,0,0.1,1e+23,5e-324,18446744073709552000,-1.5e-10],"s":"tab\\t nul\\u0000 del\x7f \u00e9 /","task":"mixed","\U0001F600":2,"\ue000":1},"step_name":"OPENCLAW_TASK"}',
+     "a93564f1d5848ee20ddabe038211f9b08daa7f6a3a49b719b88f29789c060917"),
+]
+for text, expected_canonical, expected_hash in VECTORS:
+    payload = json.loads(text)
+    got = canonical({"payload": payload, "step_name": "OPENCLAW_TASK"})
+    check(got == expected_canonical and inputs_hash("OPENCLAW_TASK", payload) == expected_hash, "test vector offline: %s" % text)
+    body = ('{"step_name": "OPENCLAW_TASK", "inputs_hash": "%s", "payload": %s}' % (expected_hash, text)).encode("utf-8")
+    status, _, answer = signed("POST", "/jobs", body, {"Content-Type": "application/json"})
+    check(status in (200, 201) and json.loads(answer)["job"]["inputs_hash"] == expected_hash, "test vector accepted by the worker: %s (%d)" % (text, status))
+
+# Random doubles over the whole range (every bit pattern but NaN and the
+# infinities), written by Python's json as text the worker parses itself.
+rng = random.Random(8785)
+doubles = []
+while len(doubles) < 2000:
+    f = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+    if f == f and abs(f) != float("inf"):
+        doubles.append(f)
+payload = {"task": "random doubles", "values": doubles, "ints": [rng.getrandbits(80) for _ in range(50)]}
+job = {"step_name": "OPENCLAW_TASK", "payload": payload, "inputs_hash": inputs_hash("OPENCLAW_TASK", payload)}
+status, _, answer = signed("POST", "/jobs", json.dumps(job).encode("utf-8"), {"Content-Type": "application/json"})
+check(status == 201 and json.loads(answer)["job"]["inputs_hash"] == job["inputs_hash"], "inputs_hash of 2000 random doubles and 50 large integers agrees")
+
+# A key given twice, inside the payload or at the top level.
+for body in [b'{"step_name": "OPENCLAW_TASK", "payload": {"task": "a", "task": "b"}}',
+             b'{"step_name": "OPENCLAW_TASK", "payload": {"o": [{"k": 1, "k": 1}]}}',
+             b'{"step_name": "OPENCLAW_TASK", "step_name": "OPENCLAW_TASK", "payload": {}}']:
+    status, _, answer = signed("POST", "/jobs", body, {"Content-Type": "application/json"})
+    check(status == 400 and json.loads(answer)["code"] == "DUPLICATE_KEY", "a duplicate key is refused: %s" % body)
 
 # Long-poll until final.
 deadline = time.time() + 60

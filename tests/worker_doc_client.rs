@@ -2,8 +2,11 @@
 //! Python client written from the document alone (standard library only,
 //! nothing from this crate), talks to the real worker binary. It signs
 //! requests, stages a blob, computes `inputs_hash`, long-polls, tails the
-//! log and resumes a download with `Range`, and checks the documented
-//! refusals (replay, skew, wrong `inputs_hash`).
+//! log and resumes a download with `Range`, checks the documented
+//! refusals (replay, skew, wrong `inputs_hash`, a key given twice), and
+//! computes `inputs_hash` with its own RFC 8785 code for the document's
+//! test vectors (`1e-7`, `1e21`, integers above 2^53) and for 2000 random
+//! doubles, which the worker must hash the same way.
 
 mod common;
 mod worker_harness;

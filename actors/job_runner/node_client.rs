@@ -50,21 +50,36 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// The worker's 401 message verbatim, followed by the seed's hint.
+/// The hint for a refused credential. A clock difference is never the
+/// cause: a worker tells a caller whose signature verified that its
+/// timestamp is off ([`skew_reason`]), so this is a secret mismatch.
+const SECRETS_HINT: &str = "secrets differ between Mac and Windows";
+
+/// The hint for a timestamp outside the worker's window.
+const CLOCK_HINT: &str = "sync system clocks (NTP)";
+
+/// A 401 as the controller reports it, from the message alone: for a
+/// peer whose answers carry no machine code (a v0.5 worker, the daemon).
+/// The skew message is rebuilt from [`skew_reason`], so its hint appears
+/// once whatever the peer's own text already says.
 pub fn auth_reason(message: &str, server_time: Option<u64>) -> String {
-    if message.contains(protocol::SKEW_MESSAGE) {
-        let offset = server_time
-            .map(|t| {
-                let d = t as i64 - crate::auth::unix_now() as i64;
-                format!(" (worker clock differs from ours by {d:+} s)")
-            })
-            .unwrap_or_default();
-        // The worker's message carries its own hint; state it once.
-        let message = message.split("; sync").next().unwrap_or(message);
-        format!("401 {message}{offset}: sync system clocks (NTP)")
+    if message.starts_with(protocol::SKEW_MESSAGE) {
+        skew_reason(server_time)
     } else {
-        format!("401 {message}: the controller's and the worker's RAYVAULT_CLUSTER_SECRET differ; set the same secret on both")
+        format!("401 {message}: {SECRETS_HINT}")
     }
+}
+
+/// `401 timestamp outside allowed skew`, with the worker's clock offset
+/// when it was told, and the hint once.
+pub fn skew_reason(server_time: Option<u64>) -> String {
+    let offset = server_time
+        .map(|t| {
+            let d = t as i64 - crate::auth::unix_now() as i64;
+            format!(" (worker clock differs from ours by {d:+} s)")
+        })
+        .unwrap_or_default();
+    format!("401 {}{offset}: {CLOCK_HINT}", protocol::SKEW_MESSAGE)
 }
 
 impl From<LegacyFailure> for CallError {
@@ -90,7 +105,10 @@ impl From<ClientError> for CallError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Unreachable { message, .. } => CallError::Unreachable(describe_send_error(&message)),
-            ClientError::Api { status: 401, message, server_time, .. } => CallError::Auth(auth_reason(&message, server_time)),
+            ClientError::Api { status: 401, code, server_time, .. } if code == protocol::ApiCode::AuthSkew.as_str() => {
+                CallError::Auth(skew_reason(server_time))
+            }
+            ClientError::Api { status: 401, message, .. } => CallError::Auth(format!("401 {message}: {SECRETS_HINT}")),
             ClientError::Api { status, message, .. } if status >= 500 || status == 429 => CallError::Busy(status, message),
             ClientError::Api { status, code, message, .. } => CallError::Refused { status, code, message },
             other => CallError::Other(other.to_string()),
@@ -253,13 +271,19 @@ mod tests {
     fn worker_errors_are_classified_with_the_seed_hints() {
         check(
             ClientError::Api { status: 401, code: "AUTH_INVALID".into(), message: "auth_token invalid".into(), server_time: None },
-            CallError::Auth("401 auth_token invalid: the controller's and the worker's RAYVAULT_CLUSTER_SECRET differ; set the same secret on both".into()),
+            CallError::Auth("401 auth_token invalid: secrets differ between Mac and Windows".into()),
         );
         let now = crate::auth::unix_now();
-        let skew = CallError::from(ClientError::Api { status: 401, code: "AUTH_SKEW".into(), message: "timestamp outside allowed skew".into(), server_time: Some(now + 3600) });
+        // The worker's own message carries a hint already; it is said once.
+        let message = format!("timestamp outside allowed skew (server time {}); sync the system clocks (NTP)", now + 3600);
+        let skew = CallError::from(ClientError::Api { status: 401, code: "AUTH_SKEW".into(), message, server_time: Some(now + 3600) });
         let CallError::Auth(text) = skew else { panic!("{skew:?}") };
         assert!(text.starts_with("401 timestamp outside allowed skew (worker clock differs from ours by +3"), "{text}");
         assert!(text.ends_with(": sync system clocks (NTP)"), "{text}");
+        assert_eq!(text.matches("NTP").count(), 1, "{text}");
+        // The message-only form (v0.5 workers, the daemon) says it once too.
+        assert_eq!(auth_reason("timestamp outside allowed skew; sync the clocks (NTP)", None), "401 timestamp outside allowed skew: sync system clocks (NTP)");
+        assert!(!auth_reason("auth_token invalid", None).contains("skew"));
         check(ClientError::Api { status: 503, code: "SHUTTING_DOWN".into(), message: "bye".into(), server_time: None }, CallError::Busy(503, "bye".into()));
         check(
             ClientError::Unreachable { url: "http://127.0.0.1:1".into(), message: "Connection refused (os error 111)".into() },

@@ -150,7 +150,9 @@ pub struct SyncArgs {
     /// The job's id.
     #[arg(long)]
     pub job_id: String,
-    /// The node the job ran on (the receipt's `executed_on`).
+    /// The node to sync from; default: the receipt's `executed_on`. Given
+    /// without a local receipt, the job is looked up on that node by run
+    /// and job id and its receipt rebuilt.
     #[arg(long)]
-    pub node_id: String,
+    pub node_id: Option<String>,
 }

@@ -1,7 +1,11 @@
-//! Bind policy: the worker listens only on loopback or on an address inside
-//! the Tailscale ranges (REFERENCES.md section 1), unless the operator
-//! overrides it loudly. Whether the address belongs to this host is settled
-//! by the bind itself, which fails for a foreign address.
+//! Bind policy: the worker listens only on loopback or on a Tailscale
+//! address of this host (REFERENCES.md section 1), unless the operator
+//! overrides it loudly. A Tailscale address is one inside the Tailscale
+//! ranges *and* held by Tailscale's interface ([`interfaces`]): carrier-grade
+//! NAT and other VPNs use the same 100.64.0.0/10 range on ordinary
+//! interfaces, where binding would expose the worker to that network.
+
+mod interfaces;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -35,21 +39,37 @@ pub fn is_tailnet(ip: IpAddr) -> bool {
 /// Checks an address against the policy. `Ok(None)` is allowed; `Ok(Some)`
 /// is allowed only because of the override and carries the warning to log.
 pub fn check(ip: IpAddr, allow_any: bool) -> Result<Option<String>, String> {
-    if ip.is_loopback() || is_tailnet(ip) {
+    check_with(ip, allow_any, interfaces::holder_of)
+}
+
+/// [`check`] with the interface lookup given (tests use a table).
+fn check_with(ip: IpAddr, allow_any: bool, holder_of: impl Fn(IpAddr) -> Result<Option<String>, String>) -> Result<Option<String>, String> {
+    if ip.is_loopback() {
         return Ok(None);
     }
-    let what = if ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) || ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-        "every interface"
+    let problem = if is_tailnet(ip) {
+        match holder_of(ip) {
+            Ok(Some(name)) if interfaces::is_tailscale(&name) => return Ok(None),
+            Ok(Some(name)) => format!(
+                "{ip} is in the Tailscale range but is held by interface {name}, not by {}; carrier-grade NAT and other networks use the same range, so {name} may be reachable by others",
+                interfaces::TAILSCALE_INTERFACE
+            ),
+            Ok(None) => format!("{ip} is not an address of this host (no interface holds it; see `tailscale ip -4`)"),
+            Err(e) => format!("{e}, so it cannot be checked that {ip} belongs to Tailscale"),
+        }
+    } else if ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) || ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        format!("{ip} is every interface")
     } else {
-        "an address outside loopback and the Tailscale ranges"
+        format!("{ip} is outside loopback and the Tailscale ranges")
     };
     if allow_any {
         return Ok(Some(format!(
-            "SECURITY WARNING: binding {ip}, {what}, because --allow-any-bind (worker.allow_any_bind) is set; the worker may be reachable from the LAN or the internet. Bind the Tailscale IP instead."
+            "SECURITY WARNING: binding {ip} although {problem}, because --allow-any-bind (worker.allow_any_bind) is set; the worker may be reachable from the LAN or the internet. Bind the Tailscale IP instead."
         )));
     }
     Err(format!(
-        "refusing to bind {ip} ({what}): the worker binds only to loopback (127.0.0.1) or this host's Tailscale IP (100.64.0.0/10 or fd7a:115c:a1e0::/48; see `tailscale ip -4`). Pass --allow-any-bind to override at your own risk."
+        "refusing to bind {ip}: {problem}. The worker binds only to loopback (127.0.0.1) or this host's Tailscale IP (100.64.0.0/10 or fd7a:115c:a1e0::/48 on {}; see `tailscale ip -4`). Pass --allow-any-bind to override at your own risk.",
+        interfaces::TAILSCALE_INTERFACE
     ))
 }
 
@@ -57,24 +77,37 @@ pub fn check(ip: IpAddr, allow_any: bool) -> Result<Option<String>, String> {
 mod tests {
     use super::*;
 
+    /// A host with Tailscale on 100.101.102.103 and fd7a:115c:a1e0::1, and
+    /// carrier-grade NAT on 100.64.0.2 (a plain interface).
+    fn this_host(ip: IpAddr) -> Result<Option<String>, String> {
+        let ts = if cfg!(target_os = "macos") { "utun4" } else if cfg!(windows) { "Tailscale" } else { "tailscale0" };
+        Ok(match ip.to_string().as_str() {
+            "100.101.102.103" | "fd7a:115c:a1e0::1" => Some(ts.to_string()),
+            "100.64.0.2" => Some("eth1".to_string()),
+            _ => None,
+        })
+    }
+
     #[test]
     fn policy_table() {
         let check_one = |host: &str, allowed: bool| {
             let ip = parse_host(host).unwrap();
-            assert_eq!(check(ip, false).is_ok(), allowed, "{host}");
+            assert_eq!(check_with(ip, false, this_host).is_ok(), allowed, "{host}");
         };
         for (host, ok) in [
             ("127.0.0.1", true),
             ("localhost", true),
             ("::1", true),
-            ("100.64.0.1", true),
             ("100.101.102.103", true),
-            ("100.127.255.254", true),
+            ("fd7a:115c:a1e0::1", true),
+            // In the ranges, but not on the Tailscale interface, or on none.
+            ("100.64.0.2", false),
+            ("100.127.255.254", false),
+            ("fd7a:115c:a1e0::2", false),
             ("100.115.92.5", false),
             ("100.115.93.5", false),
             ("100.128.0.1", false),
             ("100.63.255.255", false),
-            ("fd7a:115c:a1e0::1", true),
             ("fd7a:115c:a1e1::1", false),
             ("0.0.0.0", false),
             ("::", false),
@@ -83,7 +116,15 @@ mod tests {
         ] {
             check_one(host, ok);
         }
+        let cgnat = check_with(parse_host("100.64.0.2").unwrap(), false, this_host).unwrap_err();
+        assert!(cgnat.contains("held by interface eth1") && cgnat.contains("--allow-any-bind"), "{cgnat}");
+        let unlisted = check_with(parse_host("100.64.0.2").unwrap(), false, |_| Err("cannot list".into())).unwrap_err();
+        assert!(unlisted.starts_with("refusing to bind 100.64.0.2: cannot list"), "{unlisted}");
+        assert!(check_with(parse_host("100.64.0.2").unwrap(), true, this_host).unwrap().is_some());
         assert!(check(parse_host("0.0.0.0").unwrap(), true).unwrap().is_some());
         assert!(parse_host("worker.example").is_err());
+        for host in ["100.64.0.1", "100.101.102.103", "100.127.255.254", "fd7a:115c:a1e0::1"] {
+            assert!(is_tailnet(parse_host(host).unwrap()), "{host}");
+        }
     }
 }

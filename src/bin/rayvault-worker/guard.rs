@@ -1,6 +1,7 @@
 //! The middleware every request passes first: header-size limit, body-size
-//! limit, then authentication. Only `GET /health` skips authentication;
-//! loopback callers get no exemption.
+//! limit, then authentication. Only `GET /health` skips authentication
+//! (but not the refusal of a credential in the query string); loopback
+//! callers get no exemption.
 //!
 //! The body is read here (up to `worker.max_body_bytes`) because the
 //! signature covers its hash; it is put back for the handler. A blob upload
@@ -32,14 +33,16 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
     check_header_size(&req, state.limits.max_header_bytes)?;
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    if method == "GET" && path == "/health" {
-        return next.call(req).await;
-    }
     let query = req.uri().query().unwrap_or("").to_string();
+    // Checked before the `/health` exemption: a secret in a URL is refused
+    // on every route, so a client that puts it there learns so at once.
     if has_credential_param(&query) {
         // The value is never logged, only the fact.
         tracing::warn!(%path, "refused a request carrying a credential in the query string");
         return Err(ApiError::auth_invalid().into());
+    }
+    if method == "GET" && path == "/health" {
+        return next.call(req).await;
     }
     // Refuse what the header alone shows to be unusable before reading a
     // body, so a peer without a usable credential can neither make us
@@ -99,7 +102,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             }
             let mut e = ApiError::new(
                 ApiCode::AuthSkew,
-                format!("{} (server time {server_time}); sync the clocks with NTP", protocol::SKEW_MESSAGE),
+                format!("{} (server time {server_time}); sync the system clocks (NTP)", protocol::SKEW_MESSAGE),
             );
             e.server_time = Some(server_time);
             return Err(e.into());

@@ -1,12 +1,12 @@
-//! JSON endpoints: health, caps, submit, job status (with long-poll),
-//! cancel, and the artifact manifest. Files (log, artifact download, blob
+//! JSON endpoints: health, caps, submit, find by label, job status (with
+//! long-poll), cancel, and the artifact manifest. Files (log, artifact download, blob
 //! upload) are in `files.rs`.
 
 use crate::apierror::ApiError;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use rayvault::actors::executor::{CancelRunning, Enqueue};
-use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, Health, JobView, SubmitJob, Submitted};
+use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, FoundJobs, Health, JobView, JsonRefusal, SubmitJob, Submitted};
 use rayvault::steps::StepName;
 use rayvault::store::{is_job_id, Cancellation, JobRecord, NewJob, Submission};
 use serde::Deserialize;
@@ -94,7 +94,7 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
     if st.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::new(ApiCode::ShuttingDown, "the worker is shutting down; submit again after it restarts"));
     }
-    let req: SubmitJob = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the job body is not valid: {e}")))?;
+    let req = parse_submission(&body)?;
     let step = StepName::parse(&req.step_name).map_err(|e| ApiError::new(ApiCode::StepUnknown, e.message))?;
     if !req.payload.is_object() {
         return Err(ApiError::bad_request("payload must be a JSON object"));
@@ -178,6 +178,46 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             format!("{max} jobs are already queued or running (worker.max_jobs_in_flight); retry later"),
         )),
     }
+}
+
+/// Parses a `POST /jobs` body. A key given twice in any object of it is
+/// refused (`DUPLICATE_KEY`): the worker and a client that keep different
+/// copies of it would hash different payloads.
+fn parse_submission(body: &[u8]) -> Result<SubmitJob, ApiError> {
+    let doc = protocol::parse_json_unique_keys(body).map_err(|e| match e {
+        JsonRefusal::DuplicateKey(m) => {
+            ApiError::new(ApiCode::DuplicateKey, format!("the job body names a key twice: {m}; send each key once per object"))
+        }
+        JsonRefusal::Malformed(m) => ApiError::bad_request(format!("the job body is not valid JSON: {m}")),
+    })?;
+    serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("the job body is not valid: {e}")))
+}
+
+/// Query of `GET /jobs`: the controller's run and job ids, whose label
+/// ([`protocol::job_label`]) the jobs must carry exactly.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindQuery {
+    pub run_id: String,
+    pub job_id: String,
+    /// At most this many jobs (default 20, capped at 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `GET /jobs?run_id=R&job_id=J[&limit=N]`: the jobs labelled `R/J`, newest
+/// first, so that a controller that lost its receipt can find the job it
+/// submitted (and its artifacts) again.
+pub async fn find_jobs(st: Data, q: web::Query<FindQuery>) -> Result<HttpResponse, ApiError> {
+    let FindQuery { run_id, job_id, limit } = q.into_inner();
+    if run_id.is_empty() || job_id.is_empty() {
+        return Err(ApiError::bad_request("run_id and job_id must not be empty"));
+    }
+    let label = protocol::job_label(&run_id, &job_id);
+    let limit = limit.unwrap_or(protocol::FIND_JOBS_DEFAULT_LIMIT).clamp(1, protocol::FIND_JOBS_MAX_LIMIT);
+    let store = st.env.store.clone();
+    let (records, truncated) = web::block(move || store.find_by_label(&label, limit)).await??;
+    Ok(HttpResponse::Ok().json(FoundJobs { jobs: records.iter().map(JobRecord::view).collect(), truncated }))
 }
 
 /// Query of `GET /jobs/{id}`.

@@ -41,7 +41,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "rayvault-worker", version, about = "RayVault worker daemon (HMAC-authenticated job API)")]
 struct Args {
-    /// Address to bind: loopback or this host's Tailscale IP.
+    /// Address to bind: loopback or this host's Tailscale IP (held by the Tailscale interface).
     #[arg(long)]
     host: Option<String>,
     /// Port to listen on.
@@ -50,7 +50,7 @@ struct Args {
     /// A local configuration file layered over config/default.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Allow binding outside loopback and the Tailscale ranges (dangerous).
+    /// Allow binding outside loopback and the Tailscale interface (dangerous).
     #[arg(long)]
     allow_any_bind: bool,
     /// Accept the bare secret as `Authorization: Bearer` (compatibility only).
@@ -252,7 +252,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     use handlers::method_not_allowed as na;
     cfg.service(web::resource("/health").route(web::get().to(handlers::health)).default_service(web::to(na)))
         .service(web::resource("/caps").route(web::get().to(handlers::caps)).default_service(web::to(na)))
-        .service(web::resource("/jobs").route(web::post().to(handlers::submit)).default_service(web::to(na)))
+        .service(web::resource("/jobs").route(web::post().to(handlers::submit)).route(web::get().to(handlers::find_jobs)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}").route(web::get().to(handlers::get_job)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}/cancel").route(web::post().to(handlers::cancel)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}/log").route(web::get().to(files::log)).default_service(web::to(na)))

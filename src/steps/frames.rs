@@ -30,8 +30,9 @@ use std::time::Duration;
 
 /// Most frames one job may ask for with `count` or `interval_s`.
 pub const MAX_FRAMES: u64 = 10_000;
-/// Most entries in `timestamps_s`: each one becomes a term of the select
-/// filter, and the filter graph has to fit on a Windows command line.
+/// Most entries in `timestamps_s`: each one is written into the select
+/// filter's expression, and the filter graph has to fit on a Windows
+/// command line (500 take about 20,000 of its 32,767 characters).
 pub const MAX_TIMESTAMPS: usize = 500;
 /// Narrowest `max_width` accepted.
 pub const MIN_MAX_WIDTH: u32 = 16;
@@ -407,6 +408,23 @@ mod tests {
             let err = validate(&payload(bad.clone())).unwrap_err();
             assert_eq!(err.code, ErrorCode::InputInvalid, "{bad}");
         }
+    }
+
+    /// Whatever the count or interval, a single pass selects them with a
+    /// grid and at most one extra time, so the select expression stays
+    /// short; explicit times at their maximum stay within bounds too.
+    #[test]
+    fn selections_stay_small_at_the_maxima() {
+        use super::super::frame_extract::select_expression;
+        for wanted in [Wanted::Count(MAX_FRAMES), Wanted::Interval(0.001)] {
+            let p = plan(&wanted, 10.0, 9.94).unwrap();
+            assert_eq!(p.targets.len() as u64, MAX_FRAMES);
+            assert!(p.selection.times.len() <= 1, "{:?}", p.selection.times);
+            assert!(select_expression(&p.selection).len() < 300);
+        }
+        let times: Vec<f64> = (0..MAX_TIMESTAMPS).map(|k| k as f64 * 0.019).collect();
+        let p = plan(&Wanted::Timestamps(times), 10.0, 9.94).unwrap();
+        assert!(select_expression(&p.selection).len() < 24_000);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod frame_extract;
 pub mod frames;
 pub mod image_header;
 pub mod loudness;
+pub mod normalize;
 pub mod openclaw;
 pub mod postcheck;
 pub mod probe;

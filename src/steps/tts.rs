@@ -12,11 +12,20 @@
 //! `chunk_0001.wav`, `chunk_0002.wav`, ... in the output folder, so no
 //! half-written chunk is ever visible under its final name.
 //!
-//! Result: `{"engine", "voice", "rate", "chunks": [{"id", "artifact",
-//! "text_chars", "duration_s", "sample_rate"}], "total_duration_s"}`; chunks
-//! cut from `"text"` also carry their `"text"` and get ids 1, 2, ...
+//! Each chunk is then normalised to `tts.normalize_lufs` (by default the
+//! QC's `postcheck.target_lufs`) with its true peak held below
+//! `postcheck.max_true_peak_dbtp` ([`super::normalize`]), so the chunks
+//! pass the default AUDIO_POSTCHECK.
+//!
+//! Result: `{"engine", "voice", "rate", "normalize": {"target_lufs",
+//! "ceiling_dbtp"} | null, "chunks": [{"id", "artifact", "text_chars",
+//! "duration_s", "sample_rate", "loudness": {"before_lufs", "after_lufs",
+//! "true_peak_before_dbtp", "true_peak_after_dbtp", "gain_db", "limited"} |
+//! null}], "total_duration_s"}`; chunks cut from `"text"` also carry their
+//! `"text"` and get ids 1, 2, ...
 
 use super::audio_io;
+use super::normalize::{normalize_wav, Normalized, Target, TRUE_PEAK_MARGIN_DB};
 use super::text_chunks::split_text;
 use super::tts_engines::{build_tool, Engine, RenderSpec, RATE_RANGE};
 use super::{parse_payload, StepContext, StepName, StepOutput};
@@ -79,6 +88,8 @@ struct Chunk {
 struct Rendered {
     entry: ArtifactEntry,
     summary: audio_io::AudioSummary,
+    /// What loudness normalisation did (`None` when it is off).
+    normalized: Option<Normalized>,
 }
 
 /// Runs the step.
@@ -90,6 +101,11 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     let rate = validate_rate(p.rate, tts.rate)?;
     let engine = Engine::resolve(p.engine.as_deref(), &ctx.settings)?;
     let parallel = tts.parallel_chunks.max(1);
+    let postcheck = &ctx.settings.postcheck;
+    let target = tts
+        .normalize_lufs
+        .resolve(postcheck)
+        .map(|lufs| Target { lufs, ceiling_dbtp: postcheck.max_true_peak_dbtp - TRUE_PEAK_MARGIN_DB });
     ctx.log.line(
         "tts",
         &format!("rendering {} chunk(s) with {}, {parallel} at a time", chunks.len(), engine.name()),
@@ -97,7 +113,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
 
     let work = ctx.out_dir.join(format!(".tts-work-{}", uuid::Uuid::new_v4().simple()));
     tokio::fs::create_dir_all(&work).await.map_err(|e| StepError::io("creating the TTS work folder", e))?;
-    let outcome = render_all(&chunks, &engine, &voice, rate, parallel, &work, ctx).await;
+    let outcome = render_all(&chunks, &engine, &voice, rate, parallel, target, &work, ctx).await;
     // The work folder only ever holds inputs and unfinished files.
     let _ = tokio::fs::remove_dir_all(&work).await;
     let rendered = outcome?;
@@ -114,6 +130,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
             "text_chars": chunk.text.chars().count(),
             "duration_s": round_ms(duration),
             "sample_rate": r.summary.sample_rate,
+            "loudness": r.normalized,
         });
         if chunk.generated {
             item["text"] = Value::String(chunk.text.clone());
@@ -125,6 +142,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
         "engine": engine.name(),
         "voice": if voice.is_empty() { Value::Null } else { Value::String(voice) },
         "rate": rate,
+        "normalize": target.map(|t| json!({"target_lufs": t.lufs, "ceiling_dbtp": t.ceiling_dbtp})),
         "chunks": listed,
         "total_duration_s": round_ms(total),
     });
@@ -267,6 +285,7 @@ async fn render_all(
     voice: &str,
     rate: Option<u32>,
     parallel: usize,
+    target: Option<Target>,
     work: &Path,
     ctx: &StepContext,
 ) -> Result<Vec<Rendered>, StepError> {
@@ -281,6 +300,7 @@ async fn render_all(
             engine: engine.clone(),
             voice: voice.to_string(),
             rate,
+            target,
             timeout,
             work: work.to_path_buf(),
             ctx: ctx.clone(),
@@ -299,6 +319,7 @@ struct ChunkJob {
     engine: Engine,
     voice: String,
     rate: Option<u32>,
+    target: Option<Target>,
     timeout: Duration,
     work: PathBuf,
     ctx: StepContext,
@@ -347,6 +368,7 @@ impl ChunkJob {
         }
         let out_dir = self.ctx.out_dir.clone();
         let engine_name = self.engine.name();
+        let (target, cancel) = (self.target, self.cancel.clone());
         blocking(move || {
             // The artifact is named .wav, so it must be one (a "command"
             // engine could write MP3 or raw samples by mistake).
@@ -365,10 +387,11 @@ impl ChunkJob {
             if summary.frames == 0 {
                 return Err(StepError::new(ErrorCode::TtsFailed, format!("{engine_name} rendered no audio for {name}")));
             }
+            let normalized = target.map(|t| normalize_wav(&tmp_wav, t, &cancel)).transpose()?;
             artifacts::commit_temp(&tmp_wav, &out_dir.join(&name))
                 .map_err(|e| StepError::io(format!("moving {name} into place"), e))?;
             let entry = artifacts::entry_for(&out_dir, &name)?;
-            Ok(Rendered { entry, summary })
+            Ok(Rendered { entry, summary, normalized })
         })
         .await
     }

@@ -130,8 +130,88 @@ impl StepError {
         Self::new(ErrorCode::InputInvalid, message)
     }
 
-    /// Wraps a local I/O failure, naming what was being done.
+    /// Wraps a local I/O failure, naming what was being done. A full disk
+    /// is `DISK_FULL` (see [`is_disk_full`]), anything else `IO_ERROR`.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
-        Self::new(ErrorCode::IoError, format!("{what}: {err}"))
+        if is_disk_full(&err) {
+            Self::new(
+                ErrorCode::DiskFull,
+                format!("{what}: {err}; the disk is full: free space on it (or move state_dir to a larger disk) and retry"),
+            )
+        } else {
+            Self::new(ErrorCode::IoError, format!("{what}: {err}"))
+        }
+    }
+
+    /// Like [`StepError::io`], for a failure while writing into `folder`:
+    /// a full disk's message names the folder.
+    pub fn io_in(what: impl fmt::Display, folder: &std::path::Path, err: std::io::Error) -> Self {
+        if is_disk_full(&err) {
+            Self::disk_full(folder, format!("{what}: {err}"))
+        } else {
+            Self::new(ErrorCode::IoError, format!("{what}: {err}"))
+        }
+    }
+
+    /// `DISK_FULL` for `folder`, with what was found (`detail`) and what to do.
+    pub fn disk_full(folder: &std::path::Path, detail: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::DiskFull,
+            format!(
+                "the disk holding {} is full ({detail}); free space on it, or move the state folder (state_dir) \
+                 to a larger disk, then retry",
+                folder.display()
+            ),
+        )
+    }
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full: the
+/// raw OS codes ENOSPC and EDQUOT on Unix, ERROR_DISK_FULL (112) and
+/// ERROR_HANDLE_DISK_FULL (39) on Windows. These are the codes behind
+/// `ErrorKind::StorageFull`, which is newer than the crate's minimum Rust
+/// version, so the codes are compared instead.
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    let Some(code) = err.raw_os_error() else { return false };
+    #[cfg(unix)]
+    {
+        code == libc::ENOSPC || code == libc::EDQUOT
+    }
+    #[cfg(windows)]
+    {
+        const ERROR_HANDLE_DISK_FULL: i32 = 39;
+        const ERROR_DISK_FULL: i32 = 112;
+        code == ERROR_DISK_FULL || code == ERROR_HANDLE_DISK_FULL
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = code;
+        false
+    }
+}
+
+/// The text ffmpeg and espeak-ng print when a write fails for lack of
+/// space (strerror(ENOSPC)). Their exit status does not say why they
+/// failed, so their stderr is the only place the cause shows.
+pub const NO_SPACE_TEXT: &str = "No space left on device";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disks_are_told_apart_from_other_io_errors() {
+        #[cfg(unix)]
+        {
+            let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+            let e = StepError::io("writing chunk_0001.wav", full);
+            assert_eq!(e.code, ErrorCode::DiskFull);
+            assert!(e.message.contains("free space"), "{e}");
+            let e = StepError::io_in("writing", std::path::Path::new("/data/jobs/j1"), std::io::Error::from_raw_os_error(libc::ENOSPC));
+            assert_eq!(e.code, ErrorCode::DiskFull);
+            assert!(e.message.contains("/data/jobs/j1") && e.message.contains("state_dir"), "{e}");
+        }
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(StepError::io("writing", denied).code, ErrorCode::IoError);
     }
 }

@@ -18,7 +18,7 @@
 //! `FFMPEG_FAILED` and "Unrecognized option" in the message.
 
 use super::probe::media_input_arg;
-use crate::error::{ErrorCode, StepError};
+use crate::error::{ErrorCode, StepError, NO_SPACE_TEXT};
 use crate::joblog::JobLog;
 use crate::process::{run_tool, Tool};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -104,6 +104,11 @@ impl Extraction<'_> {
             return Ok(());
         }
         let tail = out.stderr_tail.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        if out.stderr_tail.contains(NO_SPACE_TEXT) {
+            // The scratch folder lives inside the job's output folder.
+            let folder = self.scratch.parent().unwrap_or(self.scratch);
+            return Err(StepError::disk_full(folder, format!("ffmpeg failed while {what}: {tail}")));
+        }
         Err(StepError::new(
             ErrorCode::FfmpegFailed,
             format!("ffmpeg failed while {what} ({}): {tail}; see the job log", out.status),

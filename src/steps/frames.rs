@@ -18,6 +18,7 @@
 
 use super::frame_extract::{extract_by_seeking, extract_single_pass, Extraction, Selection};
 use super::image_header::image_size;
+use super::disk;
 use super::probe::{probe_media, require_media_path, StreamSummary};
 use super::{parse_payload, StepContext, StepName, StepOutput};
 use crate::artifacts::{self, ArtifactEntry};
@@ -216,6 +217,22 @@ fn plan(wanted: &Wanted, duration_s: f64, last_s: f64) -> Result<Plan, StepError
     Ok(Plan { selection: Selection { grid, times }, targets })
 }
 
+/// A small estimate of the bytes `frames` images take: a tenth of a byte per
+/// pixel for JPEG, one byte per pixel for PNG (real frames of ordinary
+/// video take more; this only catches a disk that is plainly too full).
+fn estimated_bytes(frames: usize, video: &StreamSummary, max_width: Option<u32>, format: ImageFormat) -> u64 {
+    let (w, h) = (video.width.unwrap_or(640) as u64, video.height.unwrap_or(360) as u64);
+    let (w, h) = match max_width.map(u64::from) {
+        Some(m) if m < w => (m, (h * m / w.max(1)).max(1)),
+        _ => (w, h),
+    };
+    let per_frame = match format {
+        ImageFormat::Jpg => w * h / 10,
+        ImageFormat::Png => w * h,
+    };
+    per_frame.saturating_mul(frames as u64)
+}
+
 /// The latest time sure to have a frame: the end minus a margin.
 fn last_frame_time(duration_s: f64, video: &StreamSummary) -> f64 {
     let end = video.duration_s.map_or(duration_s, |d| d.min(duration_s));
@@ -242,6 +259,11 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     let choice = choose_strategy(plan.targets.len(), duration_s, &ctx.settings.frames);
     ctx.log.line("job", &format!("{} frame(s) by {}: {}", plan.targets.len(), choice.strategy.as_str(), choice.reason));
 
+    let needed = estimated_bytes(plan.targets.len(), &video, p.max_width, p.format);
+    let (out_dir, what) = (ctx.out_dir.clone(), format!("{} frame(s)", plan.targets.len()));
+    tokio::task::spawn_blocking(move || disk::ensure_free(&out_dir, needed, &what))
+        .await
+        .map_err(|e| StepError::new(ErrorCode::Internal, format!("the free-space check failed: {e}")))??;
     let scratch = Scratch::create(&ctx.out_dir).await?;
     let x = Extraction {
         ffmpeg: &ctx.settings.tools.ffmpeg,
@@ -305,7 +327,7 @@ fn commit_frames(out_dir: &Path, sources: &[PathBuf], ext: &str) -> Result<Vec<C
         })?;
         let final_path = out_dir.join(&name);
         let shared_later = sources[k + 1..].contains(src);
-        let io = |e| StepError::io(format!("writing {name}"), e);
+        let io = |e| StepError::io_in(format!("writing {name}"), out_dir, e);
         if shared_later {
             artifacts::write_atomic(&final_path, &bytes).map_err(io)?;
         } else {
@@ -324,7 +346,9 @@ impl Scratch {
     async fn create(out_dir: &Path) -> Result<Scratch, StepError> {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let dir = out_dir.join(format!(".frames-{}.part", &unique[..12]));
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| StepError::io("creating the frames scratch folder", e))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StepError::io_in("creating the frames scratch folder", out_dir, e))?;
         Ok(Scratch(dir))
     }
 

@@ -12,6 +12,7 @@
 //! and its availability check in [`crate::caps`].
 
 pub mod audio_io;
+pub mod disk;
 pub mod frame_extract;
 pub mod frames;
 pub mod image_header;
@@ -126,7 +127,7 @@ pub struct StepOutput {
 /// Runs one step under its configured timeout.
 pub async fn run_step(step: StepName, payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepError> {
     let timeout = Duration::from_secs(ctx.settings.step(step.as_str()).timeout_s);
-    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| StepError::io("creating the job's output folder", e))?;
+    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| StepError::io_in("creating the job's output folder", &ctx.out_dir, e))?;
     ctx.log.line("job", &format!("step {step} started"));
     // The step runs under a child of the job's token: a timeout stops the
     // step's tools through the child, while the job's own token stays

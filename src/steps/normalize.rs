@@ -124,7 +124,8 @@ pub fn normalize_wav(path: &Path, target: Target, cancel: &CancellationToken) ->
             format!("normalising {} could not hold the true peak below {:.1} dBTP", path.display(), target.ceiling_dbtp),
         )
     })?;
-    write_wav16(path, fmt, &pcm).map_err(|e| StepError::io(format!("rewriting {}", path.display()), e))?;
+    let folder = path.parent().unwrap_or(path);
+    write_wav16(path, fmt, &pcm).map_err(|e| StepError::io_in(format!("rewriting {}", path.display()), folder, e))?;
     Ok(Normalized {
         before_lufs: Some(round2(before_lufs)),
         after_lufs: level.lufs.map(round2),

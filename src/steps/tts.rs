@@ -25,12 +25,13 @@
 //! `"text"` and get ids 1, 2, ...
 
 use super::audio_io;
+use super::disk;
 use super::normalize::{normalize_wav, Normalized, Target, TRUE_PEAK_MARGIN_DB};
 use super::text_chunks::split_text;
 use super::tts_engines::{build_tool, Engine, RenderSpec, RATE_RANGE};
 use super::{parse_payload, StepContext, StepName, StepOutput};
 use crate::artifacts::{self, ArtifactEntry};
-use crate::error::{ErrorCode, StepError};
+use crate::error::{ErrorCode, StepError, NO_SPACE_TEXT};
 use crate::process::run_tool;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -47,6 +48,10 @@ pub const MAX_CHUNKS: usize = 1000;
 pub const MAX_CHUNK_CHARS: usize = 5000;
 /// Longest text of a whole job, in characters.
 pub const MAX_TOTAL_CHARS: usize = 500_000;
+/// A small estimate of the WAV bytes one character of text becomes: the
+/// engines write 22,050 Hz 16-bit mono (44,100 bytes a second) and speak
+/// about 15 characters a second.
+const BYTES_PER_CHAR: u64 = 2_900;
 /// Allowed `max_chars` for the `text` form.
 pub const MAX_CHARS_RANGE: std::ops::RangeInclusive<usize> = 20..=MAX_CHUNK_CHARS;
 
@@ -112,7 +117,12 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     );
 
     let work = ctx.out_dir.join(format!(".tts-work-{}", uuid::Uuid::new_v4().simple()));
-    tokio::fs::create_dir_all(&work).await.map_err(|e| StepError::io("creating the TTS work folder", e))?;
+    let needed = chunks.iter().map(|c| c.text.chars().count() as u64).sum::<u64>() * BYTES_PER_CHAR;
+    let (out_dir, what) = (ctx.out_dir.clone(), format!("{} chunk(s) of speech", chunks.len()));
+    blocking(move || disk::ensure_free(&out_dir, needed, &what)).await?;
+    tokio::fs::create_dir_all(&work)
+        .await
+        .map_err(|e| StepError::io_in("creating the TTS work folder", &ctx.out_dir, e))?;
     let outcome = render_all(&chunks, &engine, &voice, rate, parallel, target, &work, ctx).await;
     // The work folder only ever holds inputs and unfinished files.
     let _ = tokio::fs::remove_dir_all(&work).await;
@@ -339,7 +349,7 @@ impl ChunkJob {
         let (tf, tw) = (text_file.clone(), tmp_wav.clone());
         let text = self.text.clone();
         let tool = blocking(move || {
-            std::fs::write(&tf, text.as_bytes()).map_err(|e| StepError::io("writing the chunk text file", e))?;
+            std::fs::write(&tf, text.as_bytes()).map_err(|e| StepError::io_in("writing the chunk text file", &work, e))?;
             let spec = RenderSpec { text_file: &tf, out_wav: &tw, work_dir: &work, voice: &voice, rate, timeout };
             build_tool(&engine, &spec, &settings)
         })
@@ -354,6 +364,12 @@ impl ChunkJob {
         let out = run_tool(&tool, &self.ctx.log, &self.cancel).await;
         drop(permit);
         let out = out?;
+        if out.stderr_tail.contains(NO_SPACE_TEXT) {
+            return Err(StepError::disk_full(
+                &self.work,
+                format!("{} failed on chunk {}: {}", self.engine.name(), self.index + 1, out.stderr_tail.trim()),
+            ));
+        }
         if !out.success() {
             return Err(StepError::new(
                 ErrorCode::TtsFailed,
@@ -368,8 +384,16 @@ impl ChunkJob {
         }
         let out_dir = self.ctx.out_dir.clone();
         let engine_name = self.engine.name();
-        let (target, cancel) = (self.target, self.cancel.clone());
+        let (target, cancel, work) = (self.target, self.cancel.clone(), self.work.clone());
         blocking(move || {
+            // espeak-ng exits 0 after a write cut short by a full disk, so
+            // its file cannot be trusted when the disk is (nearly) full.
+            if disk::is_nearly_full(&work) {
+                return Err(StepError::disk_full(
+                    &work,
+                    format!("{engine_name} may have been cut short writing {name}: under {} free", disk::human(disk::NEARLY_FULL_BYTES)),
+                ));
+            }
             // The artifact is named .wav, so it must be one (a "command"
             // engine could write MP3 or raw samples by mistake).
             if !audio_io::is_riff_wave(&tmp_wav) {

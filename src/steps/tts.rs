@@ -123,7 +123,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     tokio::fs::create_dir_all(&work)
         .await
         .map_err(|e| StepError::io_in("creating the TTS work folder", &ctx.out_dir, e))?;
-    let outcome = render_all(&chunks, &engine, &voice, rate, parallel, target, &work, ctx).await;
+    let outcome = render_all(&chunks, &engine, &voice, rate, target, &work, ctx).await;
     // The work folder only ever holds inputs and unfinished files.
     let _ = tokio::fs::remove_dir_all(&work).await;
     let rendered = outcome?;
@@ -287,19 +287,19 @@ fn validate_rate(requested: Option<i64>, configured: i32) -> Result<Option<u32>,
     Ok(Some(rate as u32))
 }
 
-/// Renders every chunk, at most `parallel` at once. The first failure
-/// cancels the others and is returned.
+/// Renders every chunk, at most `tts.parallel_chunks` at once, and
+/// normalises each to `target`. The first failure cancels the others and
+/// is returned.
 async fn render_all(
     chunks: &[Chunk],
     engine: &Engine,
     voice: &str,
     rate: Option<u32>,
-    parallel: usize,
     target: Option<Target>,
     work: &Path,
     ctx: &StepContext,
 ) -> Result<Vec<Rendered>, StepError> {
-    let permits = Arc::new(Semaphore::new(parallel));
+    let permits = Arc::new(Semaphore::new(ctx.settings.tts.parallel_chunks.max(1)));
     let cancel = ctx.cancel.child_token();
     let timeout = Duration::from_secs(ctx.settings.tts.chunk_timeout_s.max(1));
     let mut set = JoinSet::new();

@@ -385,7 +385,7 @@ fn frame_digests(dir: &Path, out: &StepOutput, ext: &str) -> Vec<(f64, String)> 
 #[tokio::test]
 async fn five_hundred_timestamps_work_with_both_strategies() {
     let dir = common::tempdir();
-    let media = common::make_video(dir.path(), "short.mp4", 2.0, 64, 48, 25);
+    let media = common::make_video(dir.path(), "short.mp4", 2.0, 160, 120, 25);
     // Ten targets inside each 40 ms frame interval of the first 48 frames,
     // none within 5 ms of a frame time, so that each target's frame (the
     // first at or after it) is beyond doubt.

@@ -129,8 +129,10 @@ impl StepExecutor {
             let fut = run_job(self.env.clone(), self.step, job_id.clone(), token).instrument(span);
             let addr = addr.clone();
             // A task of its own: a restart of this actor does not drop it.
+            // The slot is freed even if the job's own bookkeeping panics
+            // (the step itself is guarded inside `run_job`).
             actix::spawn(async move {
-                fut.await;
+                let _ = catch("StepExecutor", "recording a job", fut).await;
                 addr.do_send(JobEnded { job_id });
             });
         }

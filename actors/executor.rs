@@ -181,6 +181,13 @@ impl Handler<JobEnded> for StepExecutor {
     fn handle(&mut self, msg: JobEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.job_id);
         self.running_count.send_replace(self.running.len());
+        #[cfg(debug_assertions)]
+        if guard("StepExecutor", "running the test hook", ctx, || test_hook::panic_in_executor_if_requested(&msg.job_id))
+            .is_err()
+        {
+            // Stopped by the guard; `started` pumps after the restart.
+            return;
+        }
         self.pump_guarded(ctx);
     }
 }
@@ -309,7 +316,7 @@ async fn execute(
     log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
     let payload = resolve_blobs(&rec.payload, &env.paths)?;
     #[cfg(debug_assertions)]
-    test_hook::panic_if_requested(step, &payload);
+    test_hook::panic_if_requested(step, &rec.job_id, &payload);
     let ctx = StepContext { job_id: rec.job_id.clone(), out_dir, log: log.clone(), cancel, settings: env.settings.clone() };
     let outcome = steps::run_step(step, &payload, &ctx).await;
     if let Ok(out) = &outcome {
@@ -361,9 +368,13 @@ pub fn start_all(env: Arc<ExecutorEnv>) -> HashMap<StepName, Addr<StepExecutor>>
         .collect()
 }
 
-/// A payload containing this text makes a job panic when the test hook
-/// (`RAYVAULT_TEST_PANIC_STEP`, debug builds only) names its step.
-pub const TEST_PANIC_MARKER: &str = "RAYVAULT_TEST_PANIC";
+/// A payload containing this text makes a job's step panic when the test
+/// hook (`RAYVAULT_TEST_PANIC_STEP`, debug builds only) names its step.
+pub const TEST_PANIC_MARKER: &str = "rayvault-test-panic:step";
+
+/// A payload containing this text makes the executor actor itself panic
+/// once the job has ended, under the same conditions.
+pub const TEST_EXECUTOR_PANIC_MARKER: &str = "rayvault-test-panic:executor";
 
 /// A way for the integration tests to make a step panic inside the real
 /// worker binary, to prove that a panic fails only its job.
@@ -372,22 +383,43 @@ pub const TEST_PANIC_MARKER: &str = "RAYVAULT_TEST_PANIC";
 /// build has no such behaviour whatever its environment. The worker reads
 /// `RAYVAULT_TEST_PANIC_STEP` (a step name such as `FFMPEG_PROBE`) once when
 /// it starts its executors; a job of that step whose payload contains
-/// [`TEST_PANIC_MARKER`] anywhere then panics just before its step runs.
+/// [`TEST_PANIC_MARKER`] anywhere then panics just before its step runs,
+/// and one whose payload contains [`TEST_EXECUTOR_PANIC_MARKER`] runs
+/// normally, after which its executor's handler panics.
 #[cfg(debug_assertions)]
 mod test_hook {
     use super::*;
-    use std::sync::OnceLock;
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
 
     static PANIC_STEP: OnceLock<Option<String>> = OnceLock::new();
+    /// Jobs whose end makes their executor panic.
+    static EXECUTOR_PANICS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
     pub fn read_environment() {
         PANIC_STEP.get_or_init(|| std::env::var("RAYVAULT_TEST_PANIC_STEP").ok());
     }
 
-    pub fn panic_if_requested(step: StepName, payload: &Value) {
+    pub fn panic_if_requested(step: StepName, job_id: &str, payload: &Value) {
         let Some(Some(wanted)) = PANIC_STEP.get() else { return };
-        if wanted == step.as_str() && payload.to_string().contains(TEST_PANIC_MARKER) {
+        if wanted != step.as_str() {
+            return;
+        }
+        let text = payload.to_string();
+        if text.contains(TEST_EXECUTOR_PANIC_MARKER) {
+            if let Ok(mut set) = EXECUTOR_PANICS.lock() {
+                set.get_or_insert_with(HashSet::new).insert(job_id.to_string());
+            }
+        }
+        if text.contains(TEST_PANIC_MARKER) {
             panic!("test panic requested by RAYVAULT_TEST_PANIC_STEP for {step}");
+        }
+    }
+
+    pub fn panic_in_executor_if_requested(job_id: &str) {
+        let hit = EXECUTOR_PANICS.lock().ok().and_then(|mut set| set.as_mut().map(|s| s.remove(job_id))).unwrap_or(false);
+        if hit {
+            panic!("test panic in the executor requested by RAYVAULT_TEST_PANIC_STEP after job {job_id}");
         }
     }
 }

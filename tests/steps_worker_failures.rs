@@ -86,3 +86,45 @@ async fn a_panicking_step_fails_its_job_and_the_executor_keeps_serving() {
     let mut w = w;
     assert!(w.child.try_wait().unwrap().is_none(), "the worker is still running");
 }
+
+/// Debug builds only, like the hook: the executor actor itself panics in a
+/// handler after a job ends; it is restarted in place and later jobs of its
+/// type, queued or new, still run.
+#[cfg(debug_assertions)]
+#[actix_rt::test]
+async fn an_executor_that_panics_is_restarted_and_keeps_serving() {
+    let dir = common::tempdir();
+    let media = common::make_video(dir.path(), "clip.mp4", 1.0, 160, 120, 25);
+    let media = media.to_string_lossy().into_owned();
+    let w = Worker::start(Opts {
+        env: vec![
+            ("RAYVAULT_TEST_PANIC_STEP".into(), "FFMPEG_PROBE".into()),
+            ("RAYVAULT_STEPS__FFMPEG_PROBE__CONCURRENCY".into(), "1".into()),
+        ],
+        ..Opts::default()
+    });
+    let c = w.client();
+    let marker = format!("{media}#{}", rayvault::actors::executor::TEST_EXECUTOR_PANIC_MARKER);
+    let first = c.submit(&probe(&marker)).await.unwrap().job.job_id;
+    // Queued behind it (one slot): these start only once the executor has
+    // handled the first job's end, that is, after its restart.
+    let later: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            // Distinct paths to the same file, so each is a job of its own.
+            let path = format!("{}/{}clip.mp4", dir.path().display(), "./".repeat(i + 1));
+            ids.push(c.submit(&probe(&path)).await.unwrap().job.job_id);
+        }
+        ids
+    };
+    let done = c.job(&first, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Failed, "a path with a '#' suffix does not exist: {done:?}");
+    for id in &later {
+        let done = c.job(id, 30).await.unwrap();
+        assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    }
+    let job = c.submit(&probe(&media)).await.unwrap().job;
+    assert_eq!(c.job(&job.job_id, 30).await.unwrap().state, JobState::Succeeded);
+    let log = w.stderr();
+    assert!(log.contains("test panic in the executor") && log.contains("executor restarted"), "{log}");
+}

@@ -125,7 +125,8 @@ pub fn normalize_wav(path: &Path, target: Target, cancel: &CancellationToken) ->
         )
     })?;
     let folder = path.parent().unwrap_or(path);
-    write_wav16(path, fmt, &pcm).map_err(|e| StepError::io_in(format!("rewriting {}", path.display()), folder, e))?;
+    write_wav16(path, fmt, &pcm)
+        .map_err(|e| StepError::io_in(format!("rewriting {} at its new loudness", path.display()), folder, e))?;
     Ok(Normalized {
         before_lufs: Some(round2(before_lufs)),
         after_lufs: level.lufs.map(round2),

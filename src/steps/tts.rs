@@ -348,8 +348,10 @@ impl ChunkJob {
         let (engine, voice, rate, timeout, work) = (self.engine.clone(), self.voice.clone(), self.rate, self.timeout, self.work.clone());
         let (tf, tw) = (text_file.clone(), tmp_wav.clone());
         let text = self.text.clone();
+        let out_dir = self.ctx.out_dir.clone();
         let tool = blocking(move || {
-            std::fs::write(&tf, text.as_bytes()).map_err(|e| StepError::io_in("writing the chunk text file", &work, e))?;
+            std::fs::write(&tf, text.as_bytes())
+                .map_err(|e| StepError::io_in("writing the chunk text file", &out_dir, e))?;
             let spec = RenderSpec { text_file: &tf, out_wav: &tw, work_dir: &work, voice: &voice, rate, timeout };
             build_tool(&engine, &spec, &settings)
         })
@@ -366,7 +368,7 @@ impl ChunkJob {
         let out = out?;
         if out.stderr_tail.contains(NO_SPACE_TEXT) {
             return Err(StepError::disk_full(
-                &self.work,
+                &self.ctx.out_dir,
                 format!("{} failed on chunk {}: {}", self.engine.name(), self.index + 1, out.stderr_tail.trim()),
             ));
         }
@@ -390,7 +392,7 @@ impl ChunkJob {
             // its file cannot be trusted when the disk is (nearly) full.
             if disk::is_nearly_full(&work) {
                 return Err(StepError::disk_full(
-                    &work,
+                    &out_dir,
                     format!("{engine_name} may have been cut short writing {name}: under {} free", disk::human(disk::NEARLY_FULL_BYTES)),
                 ));
             }

@@ -7,7 +7,17 @@
 //! with a cancellation token -> the store records the outcome. Store calls
 //! go through `spawn_blocking`, so the actor never blocks its thread.
 //! Every state change bumps [`ExecutorEnv::changes`], which wakes long-polls.
+//!
+//! Each job runs in a task of its own, and the actor keeps only the registry
+//! of queued and running jobs: a panic inside a step is caught in that task
+//! and fails the job with `INTERNAL` (the message carries the panic's text),
+//! the task still reports [`JobEnded`], so the slot is freed and later jobs
+//! of the type run. The actors are started under `actix::Supervisor`, and a
+//! handler that panics stops its actor through
+//! [`crate::actors::crash_guard::guard`], so it is restarted in place with
+//! its registry and without dropping the jobs in flight.
 
+use crate::actors::crash_guard::{catch, guard};
 use crate::error::{ErrorCode, StepError};
 use crate::joblog::JobLog;
 use crate::protocol::BLOB_REF_PREFIX;
@@ -26,6 +36,14 @@ use tracing::Instrument;
 #[rtype(result = "()")]
 pub struct Enqueue {
     pub job_id: String,
+}
+
+/// A job's task finished (its outcome is already in the store): free its
+/// slot and start the next queued job.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+struct JobEnded {
+    job_id: String,
 }
 
 /// Stop a running job; answers whether it was running here.
@@ -102,8 +120,9 @@ impl StepExecutor {
         }
     }
 
-    /// Starts queued jobs while slots are free.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
+    /// Starts queued jobs while slots are free; each job's task reports
+    /// its end to `addr`.
+    fn pump(&mut self, addr: &Addr<Self>) {
         while !self.draining && self.running.len() < self.concurrency {
             let Some(job_id) = self.queue.pop_front() else { break };
             // A job whose lease expired while it waited never starts (the
@@ -116,18 +135,41 @@ impl StepExecutor {
             self.running.insert(job_id.clone(), token.clone());
             let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
             let fut = run_job(self.env.clone(), self.step, job_id.clone(), token).instrument(span);
-            ctx.spawn(fut.into_actor(self).map(move |_, act, ctx| {
-                act.running.remove(&job_id);
-                act.running_count.send_replace(act.running.len());
-                act.pump(ctx);
-            }));
+            let addr = addr.clone();
+            // A task of its own: a restart of this actor does not drop it.
+            // The slot is freed even if the job's own bookkeeping panics
+            // (the step itself is guarded inside `run_job`).
+            actix::spawn(async move {
+                let _ = catch("StepExecutor", "recording a job", fut).await;
+                addr.do_send(JobEnded { job_id });
+            });
         }
         self.running_count.send_replace(self.running.len());
+    }
+
+    /// Runs [`Self::pump`] so that a panic in it stops the actor, which
+    /// `actix::Supervisor` then restarts, instead of killing it for good.
+    fn pump_guarded(&mut self, ctx: &mut Context<Self>) {
+        let addr = ctx.address();
+        let _ = guard("StepExecutor", "starting queued jobs", ctx, || self.pump(&addr));
     }
 }
 
 impl Actor for StepExecutor {
     type Context = Context<Self>;
+
+    /// Also runs after a restart: jobs queued meanwhile start.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.pump_guarded(ctx);
+    }
+}
+
+/// A restarted executor keeps its registry: running jobs live in tasks of
+/// their own and still report [`JobEnded`], and queued jobs stay queued.
+impl actix::Supervised for StepExecutor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(step = %self.step, "executor restarted");
+    }
 }
 
 /// Queues the job and starts it if a slot is free.
@@ -137,7 +179,24 @@ impl Handler<Enqueue> for StepExecutor {
         if !self.running.contains_key(&msg.job_id) && !self.queue.contains(&msg.job_id) {
             self.queue.push_back(msg.job_id);
         }
-        self.pump(ctx);
+        self.pump_guarded(ctx);
+    }
+}
+
+/// Frees the finished job's slot and starts the next one.
+impl Handler<JobEnded> for StepExecutor {
+    type Result = ();
+    fn handle(&mut self, msg: JobEnded, ctx: &mut Context<Self>) {
+        self.running.remove(&msg.job_id);
+        self.running_count.send_replace(self.running.len());
+        #[cfg(debug_assertions)]
+        if guard("StepExecutor", "running the test hook", ctx, || test_hook::panic_in_executor_if_requested(&msg.job_id))
+            .is_err()
+        {
+            // Stopped by the guard; `started` pumps after the restart.
+            return;
+        }
+        self.pump_guarded(ctx);
     }
 }
 
@@ -210,7 +269,17 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: C
     };
     env.notify();
     tracing::info!(attempt = rec.attempt, "job started");
-    let outcome = execute(&env, step, &rec, token.clone()).await;
+    // A panic inside the step fails this job only; see the module doc.
+    let outcome = match catch("StepExecutor", "running a step", execute(&env, step, &rec, token.clone())).await {
+        Ok(outcome) => outcome,
+        Err(p) => Err(StepError::new(
+            ErrorCode::Internal,
+            format!(
+                "{step} hit a bug and stopped: {}; the worker keeps serving; retry, and report the bug with the job log",
+                p.message
+            ),
+        )),
+    };
     let outcome = match outcome {
         // Whatever the step made, a job whose lease expired is abandoned:
         // its submitter has given it up and may be running it elsewhere.
@@ -262,6 +331,8 @@ async fn execute(
     .tracking_children(crate::process::ChildTracker::new(rec.job_id.clone(), Arc::new(env.store.clone())));
     log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
     let payload = resolve_blobs(&rec.payload, &env.paths)?;
+    #[cfg(debug_assertions)]
+    test_hook::panic_if_requested(step, &rec.job_id, &payload);
     let ctx = StepContext { job_id: rec.job_id.clone(), out_dir, log: log.clone(), cancel, settings: env.settings.clone() };
     let outcome = steps::run_step(step, &payload, &ctx).await;
     if let Ok(out) = &outcome {
@@ -299,9 +370,74 @@ pub fn resolve_blobs(payload: &Value, paths: &WorkerPaths) -> Result<Value, Step
     })
 }
 
-/// Starts one executor per step type, each in the current arbiter.
+/// Starts one supervised executor per step type, each in the current
+/// arbiter.
 pub fn start_all(env: Arc<ExecutorEnv>) -> HashMap<StepName, Addr<StepExecutor>> {
-    StepName::ALL.into_iter().map(|s| (s, StepExecutor::new(s, env.clone()).start())).collect()
+    #[cfg(debug_assertions)]
+    test_hook::read_environment();
+    StepName::ALL
+        .into_iter()
+        .map(|s| {
+            let env = env.clone();
+            (s, actix::Supervisor::start(move |_| StepExecutor::new(s, env)))
+        })
+        .collect()
+}
+
+/// A payload containing this text makes a job's step panic when the test
+/// hook (`RAYVAULT_TEST_PANIC_STEP`, debug builds only) names its step.
+pub const TEST_PANIC_MARKER: &str = "rayvault-test-panic:step";
+
+/// A payload containing this text makes the executor actor itself panic
+/// once the job has ended, under the same conditions.
+pub const TEST_EXECUTOR_PANIC_MARKER: &str = "rayvault-test-panic:executor";
+
+/// A way for the integration tests to make a step panic inside the real
+/// worker binary, to prove that a panic fails only its job.
+///
+/// It exists only in debug builds (`cfg(debug_assertions)`), so a release
+/// build has no such behaviour whatever its environment. The worker reads
+/// `RAYVAULT_TEST_PANIC_STEP` (a step name such as `FFMPEG_PROBE`) once when
+/// it starts its executors; a job of that step whose payload contains
+/// [`TEST_PANIC_MARKER`] anywhere then panics just before its step runs,
+/// and one whose payload contains [`TEST_EXECUTOR_PANIC_MARKER`] runs
+/// normally, after which its executor's handler panics.
+#[cfg(debug_assertions)]
+mod test_hook {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+
+    static PANIC_STEP: OnceLock<Option<String>> = OnceLock::new();
+    /// Jobs whose end makes their executor panic.
+    static EXECUTOR_PANICS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+    pub fn read_environment() {
+        PANIC_STEP.get_or_init(|| std::env::var("RAYVAULT_TEST_PANIC_STEP").ok());
+    }
+
+    pub fn panic_if_requested(step: StepName, job_id: &str, payload: &Value) {
+        let Some(Some(wanted)) = PANIC_STEP.get() else { return };
+        if wanted != step.as_str() {
+            return;
+        }
+        let text = payload.to_string();
+        if text.contains(TEST_EXECUTOR_PANIC_MARKER) {
+            if let Ok(mut set) = EXECUTOR_PANICS.lock() {
+                set.get_or_insert_with(HashSet::new).insert(job_id.to_string());
+            }
+        }
+        if text.contains(TEST_PANIC_MARKER) {
+            panic!("test panic requested by RAYVAULT_TEST_PANIC_STEP for {step}");
+        }
+    }
+
+    pub fn panic_in_executor_if_requested(job_id: &str) {
+        let hit = EXECUTOR_PANICS.lock().ok().and_then(|mut set| set.as_mut().map(|s| s.remove(job_id))).unwrap_or(false);
+        if hit {
+            panic!("test panic in the executor requested by RAYVAULT_TEST_PANIC_STEP after job {job_id}");
+        }
+    }
 }
 
 #[cfg(test)]

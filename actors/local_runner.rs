@@ -128,6 +128,38 @@ mod tests {
     }
 
     #[test]
+    fn a_step_timeout_is_reported_as_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::load_from(
+            None,
+            &env(&[
+                ("RAYVAULT_STEPS__TTS_RENDER_CHUNKS__TIMEOUT_S", "1"),
+                ("RAYVAULT_TTS__ENGINE", "command"),
+                ("RAYVAULT_TTS__COMMAND_TEMPLATE", "python3 -c \"import time; time.sleep(30)\" {text_file} {out_wav}"),
+            ]),
+        )
+        .unwrap();
+        actix::System::new().block_on(async move {
+            let runner = LocalRunner::new(Arc::new(settings)).start();
+            let started = std::time::Instant::now();
+            let err = runner
+                .send(RunLocal {
+                    job_key: "slow".into(),
+                    step: StepName::TtsRenderChunks,
+                    payload: serde_json::json!({"text": "Hello there."}),
+                    out_dir: dir.path().join("slow"),
+                    log: JobLog::open(&dir.path().join("slow.log")).unwrap(),
+                    cancel: CancellationToken::new(),
+                })
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(err.code, crate::error::ErrorCode::Timeout, "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        });
+    }
+
+    #[test]
     fn jobs_wait_for_a_free_slot() {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings::load_from(

@@ -105,6 +105,74 @@ pub struct TtsSettings {
     pub piper_model: String,
     pub command_template: String,
     pub chunk_timeout_s: u64,
+    /// The loudness each rendered chunk is normalised to (`"target"`,
+    /// `"off"` or a number of LUFS).
+    pub normalize_lufs: NormalizeLufs,
+}
+
+/// `[tts] normalize_lufs`: what loudness TTS_RENDER_CHUNKS gives each chunk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NormalizeLufs {
+    /// `"target"`: the QC's own target, `[postcheck] target_lufs`, so that
+    /// the rendered chunks pass the default AUDIO_POSTCHECK.
+    Target,
+    /// `"off"`: chunks are kept as the engine wrote them.
+    Off,
+    /// A loudness in LUFS.
+    Lufs(f64),
+}
+
+/// Loudness targets accepted for `normalize_lufs`, LUFS.
+pub const NORMALIZE_LUFS_RANGE: std::ops::RangeInclusive<f64> = -40.0..=-5.0;
+
+impl NormalizeLufs {
+    /// The loudness to normalise to, or `None` when normalisation is off.
+    pub fn resolve(self, postcheck: &PostcheckThresholds) -> Option<f64> {
+        match self {
+            NormalizeLufs::Target => Some(postcheck.target_lufs),
+            NormalizeLufs::Off => None,
+            NormalizeLufs::Lufs(l) => Some(l),
+        }
+    }
+
+    fn from_number(l: f64) -> Result<Self, String> {
+        if NORMALIZE_LUFS_RANGE.contains(&l) {
+            Ok(NormalizeLufs::Lufs(l))
+        } else {
+            Err(format!(
+                "tts.normalize_lufs {l} is outside {} to {} LUFS; use a number in that range, \"target\" or \"off\"",
+                NORMALIZE_LUFS_RANGE.start(),
+                NORMALIZE_LUFS_RANGE.end()
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NormalizeLufs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A number from TOML, or text (environment variables that do not
+        /// parse as numbers, and the two keywords).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::Number(l) => NormalizeLufs::from_number(l),
+            Raw::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "target" => Ok(NormalizeLufs::Target),
+                "off" => Ok(NormalizeLufs::Off),
+                other => match other.parse::<f64>() {
+                    Ok(l) => NormalizeLufs::from_number(l),
+                    Err(_) => Err(format!(
+                        "tts.normalize_lufs {t:?} is not understood; use \"target\" (the postcheck target), \"off\" or a number of LUFS"
+                    )),
+                },
+            },
+        };
+        parsed.map_err(serde::de::Error::custom)
+    }
 }
 
 /// AUDIO_POSTCHECK thresholds; a payload's `thresholds` object overrides any
@@ -408,6 +476,31 @@ mod tests {
         // Variables that are not `SECTION__KEY` settings are not checked.
         let ok = env(&[("RAYVAULT_WORKER_ID", "w"), ("RAYVAULT_CLUSTER_SECRET__X", "s"), ("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1"), ("RAYVAULT_ORCHESTRATOR_BIN", "/x")]);
         assert!(Settings::load_from(None, &ok).is_ok());
+    }
+
+    #[test]
+    fn tts_normalisation_follows_the_postcheck_target_unless_set() {
+        let load = |pairs: &[(&str, &str)]| Settings::load_from(None, &env(pairs));
+        let s = load(&[]).unwrap();
+        assert_eq!(s.tts.normalize_lufs, NormalizeLufs::Target);
+        assert_eq!(s.tts.normalize_lufs.resolve(&s.postcheck), Some(-16.0));
+        let s = load(&[("RAYVAULT_POSTCHECK__TARGET_LUFS", "-23")]).unwrap();
+        assert_eq!(s.tts.normalize_lufs.resolve(&s.postcheck), Some(-23.0));
+        for (value, expected) in [
+            ("off", NormalizeLufs::Off),
+            ("OFF", NormalizeLufs::Off),
+            ("-18", NormalizeLufs::Lufs(-18.0)),
+            ("-14.5", NormalizeLufs::Lufs(-14.5)),
+            ("target", NormalizeLufs::Target),
+        ] {
+            let s = load(&[("RAYVAULT_TTS__NORMALIZE_LUFS", value)]).unwrap();
+            assert_eq!(s.tts.normalize_lufs, expected, "{value}");
+        }
+        assert_eq!(load(&[("RAYVAULT_TTS__NORMALIZE_LUFS", "off")]).unwrap().tts.normalize_lufs.resolve(&s.postcheck), None);
+        for bad in ["loud", "3", "-80"] {
+            let err = load(&[("RAYVAULT_TTS__NORMALIZE_LUFS", bad)]).unwrap_err();
+            assert!(err.to_string().contains("normalize_lufs"), "{bad}: {err}");
+        }
     }
 
     #[test]

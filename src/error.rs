@@ -164,13 +164,65 @@ impl StepError {
         Self::new(ErrorCode::InputInvalid, message)
     }
 
-    /// Wraps a local I/O failure, naming what was being done: `DISK_FULL`
-    /// when the disk is full ([`is_disk_full`]), else `IO_ERROR`.
+    /// Wraps a local I/O failure, naming what was being done. A full disk
+    /// is `DISK_FULL` (see [`is_disk_full`]), anything else `IO_ERROR`.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
         if is_disk_full(&err) {
-            return Self::new(ErrorCode::DiskFull, format!("{what}: {err}; free space on this machine's disk"));
+            Self::new(
+                ErrorCode::DiskFull,
+                format!("{what}: {err}; the disk is full: free space on it (or move state_dir to a larger disk) and retry"),
+            )
+        } else {
+            Self::new(ErrorCode::IoError, format!("{what}: {err}"))
         }
-        Self::new(ErrorCode::IoError, format!("{what}: {err}"))
+    }
+
+    /// Like [`StepError::io`], for a failure while writing into `folder`:
+    /// a full disk's message names the folder.
+    pub fn io_in(what: impl fmt::Display, folder: &std::path::Path, err: std::io::Error) -> Self {
+        if is_disk_full(&err) {
+            Self::disk_full(folder, format!("{what}: {err}"))
+        } else {
+            Self::new(ErrorCode::IoError, format!("{what}: {err}"))
+        }
+    }
+
+    /// `DISK_FULL` for `folder`, with what was found (`detail`) and what to do.
+    pub fn disk_full(folder: &std::path::Path, detail: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorCode::DiskFull,
+            format!(
+                "the disk holding {} is full ({detail}); free space on it, or move the state folder (state_dir) \
+                 to a larger disk, then retry",
+                folder.display()
+            ),
+        )
+    }
+}
+
+/// The text ffmpeg and espeak-ng print when a write fails for lack of
+/// space (strerror(ENOSPC)). Their exit status does not say why they
+/// failed, so their stderr is the only place the cause shows.
+pub const NO_SPACE_TEXT: &str = "No space left on device";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disks_are_told_apart_from_other_io_errors() {
+        #[cfg(unix)]
+        {
+            let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+            let e = StepError::io("writing chunk_0001.wav", full);
+            assert_eq!(e.code, ErrorCode::DiskFull);
+            assert!(e.message.contains("free space"), "{e}");
+            let e = StepError::io_in("writing", std::path::Path::new("/data/jobs/j1"), std::io::Error::from_raw_os_error(libc::ENOSPC));
+            assert_eq!(e.code, ErrorCode::DiskFull);
+            assert!(e.message.contains("/data/jobs/j1") && e.message.contains("state_dir"), "{e}");
+        }
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(StepError::io("writing", denied).code, ErrorCode::IoError);
     }
 }
 

@@ -601,3 +601,42 @@ async fn bad_tts_payloads_are_input_invalid() {
         assert!(err.message.contains(needle), "{payload}: {:?} should mention {needle}", err.message);
     }
 }
+
+/// The demo's own script rendered with espeak-ng (about -20 LUFS as the
+/// engine writes it) and checked by AUDIO_POSTCHECK with the default
+/// thresholds: after normalisation every chunk passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn espeak_chunks_are_normalised_to_pass_the_default_postcheck() {
+    let dir = common::tempdir();
+    let mut s = settings();
+    s.tts.engine = "espeak-ng".into();
+    let script = "Welcome to RayVault. This demo renders speech on a worker. Then it checks the audio, probes a clip, and samples frames.";
+    let out = tts(dir.path(), s, json!({"text": script, "max_chars": 60})).await.expect("espeak renders");
+    check_rendered(dir.path(), &out, out.artifacts.len());
+    assert!(out.artifacts.len() >= 2);
+    assert_eq!(out.result["normalize"], json!({"target_lufs": -16.0, "ceiling_dbtp": -1.3}));
+    for c in out.result["chunks"].as_array().unwrap() {
+        let l = &c["loudness"];
+        assert!(num(l, "before_lufs") < -17.0, "espeak-ng renders quieter than the target: {c}");
+        assert!((num(l, "after_lufs") + 16.0).abs() <= 0.2, "{c}");
+        assert!(num(l, "true_peak_after_dbtp") <= -1.3, "{c}");
+    }
+    let paths: Vec<String> =
+        out.artifacts.iter().map(|a| dir.path().join("out").join(&a.name).to_string_lossy().into_owned()).collect();
+    let qc = postcheck(&dir.path().join("qc"), json!({"audio_paths": paths})).await.expect("postcheck runs");
+    assert_eq!(qc.result["passed"], true, "{:#}", qc.result);
+
+    // With normalisation off the chunks stay as the engine wrote them.
+    let off = dir.path().join("off");
+    let mut s = settings();
+    s.tts.engine = "espeak-ng".into();
+    s.tts.normalize_lufs = rayvault::config::NormalizeLufs::Off;
+    let out = tts(&off, s, json!({"text": script, "max_chars": 60})).await.expect("espeak renders");
+    assert_eq!(out.result["normalize"], Value::Null);
+    assert!(out.result["chunks"].as_array().unwrap().iter().all(|c| c["loudness"].is_null()));
+    // ... and those fail the same QC (which is why normalisation exists).
+    let paths: Vec<String> =
+        out.artifacts.iter().map(|a| off.join("out").join(&a.name).to_string_lossy().into_owned()).collect();
+    let qc = postcheck(&off.join("qc"), json!({"audio_paths": paths})).await.expect("postcheck runs");
+    assert_eq!(qc.result["passed"], false, "{:#}", qc.result);
+}

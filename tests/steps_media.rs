@@ -358,3 +358,57 @@ async fn a_cancelled_job_stops_before_writing_frames() {
     assert_eq!(err.code, ErrorCode::Cancelled, "{err}");
     assert!(listing(&dir.path().join("out")).is_empty());
 }
+
+/// The frames a FRAME_SAMPLING result lists, checked against the files in
+/// the output folder, as (timestamp, sha256); cheaper than `check_frames`
+/// (no ffprobe per frame) for results with hundreds of frames.
+fn frame_digests(dir: &Path, out: &StepOutput, ext: &str) -> Vec<(f64, String)> {
+    let out_dir = dir.join("out");
+    let frames = out.result["frames"].as_array().unwrap();
+    assert_eq!(out.artifacts.len(), frames.len());
+    let expected_names: Vec<String> = (1..=frames.len()).map(|k| format!("frame_{k:04}.{ext}")).collect();
+    assert_eq!(listing(&out_dir), expected_names);
+    frames
+        .iter()
+        .zip(&out.artifacts)
+        .map(|(f, entry)| {
+            assert_eq!(f["name"], entry.name.as_str());
+            assert_eq!(sha256_file(&out_dir.join(&entry.name)).unwrap(), (entry.sha256.clone(), entry.size));
+            (f["timestamp_s"].as_f64().unwrap(), entry.sha256.clone())
+        })
+        .collect()
+}
+
+/// The documented maximum of 500 `timestamps_s` works with both strategies
+/// (ffmpeg's expression parser used to refuse the single pass's select
+/// filter from about a hundred times on), and both take the same pictures.
+#[tokio::test]
+async fn five_hundred_timestamps_work_with_both_strategies() {
+    let dir = common::tempdir();
+    let media = common::make_video(dir.path(), "short.mp4", 2.0, 160, 120, 25);
+    // Ten targets inside each 40 ms frame interval of the first 48 frames,
+    // none within 5 ms of a frame time, so that each target's frame (the
+    // first at or after it) is beyond doubt.
+    let times: Vec<f64> = (0..500).map(|k| (k % 48) as f64 * 0.04 + 0.005 + (k / 48) as f64 * 0.0025).collect();
+    assert_eq!(times.len(), rayvault::steps::frames::MAX_TIMESTAMPS);
+    let payload = json!({"media_path": media, "timestamps_s": times});
+    let mut digests = Vec::new();
+    for (name, seek_cost) in [("single_pass", 1000.0), ("seek", 0.0)] {
+        let mut s = settings();
+        s.frames.seek_cost_s = seek_cost;
+        let sub = dir.path().join(name);
+        let out = run_step(StepName::FrameSampling, &payload, &context(&sub, s))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.result["strategy"], name);
+        let frames = frame_digests(&sub, &out, "jpg");
+        assert_eq!(frames.len(), 500);
+        assert!(frames.iter().zip(&times).all(|(f, t)| (f.0 - t).abs() < 1e-9), "timestamps in the caller's order");
+        let mut distinct: Vec<&String> = frames.iter().map(|f| &f.1).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 48, "{name}: one picture per frame interval");
+        digests.push(frames.into_iter().map(|f| f.1).collect::<Vec<_>>());
+    }
+    assert_eq!(digests[0], digests[1], "seek and single pass took different frames");
+}

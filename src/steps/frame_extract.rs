@@ -18,7 +18,7 @@
 //! `FFMPEG_FAILED` and "Unrecognized option" in the message.
 
 use super::probe::media_input_arg;
-use crate::error::{ErrorCode, StepError};
+use crate::error::{ErrorCode, StepError, NO_SPACE_TEXT};
 use crate::joblog::JobLog;
 use crate::process::{run_tool, Tool};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -67,7 +67,8 @@ pub struct Selection {
     /// A regular grid `first + k * step` (count and interval requests), which
     /// the filter evaluates in constant time per frame.
     pub grid: Option<(f64, f64)>,
-    /// Individual times, each costing one term per decoded frame.
+    /// Individual times, looked up per decoded frame by a binary search
+    /// written into the expression (see [`select_expression`]).
     pub times: Vec<f64>,
 }
 
@@ -103,6 +104,11 @@ impl Extraction<'_> {
             return Ok(());
         }
         let tail = out.stderr_tail.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        if out.stderr_tail.contains(NO_SPACE_TEXT) {
+            // The scratch folder lives inside the job's output folder.
+            let folder = self.scratch.parent().unwrap_or(self.scratch);
+            return Err(StepError::disk_full(folder, format!("ffmpeg failed while {what}: {tail}")));
+        }
         Err(StepError::new(
             ErrorCode::FfmpegFailed,
             format!("ffmpeg failed while {what} ({}): {tail}; see the job log", out.status),
@@ -191,6 +197,15 @@ pub async fn extract_single_pass(
 /// The `select` expression: keep a frame when some target lies after the
 /// previously kept frame and at or before this one. Register 0 holds the
 /// previous kept time (NaN before the first, replaced by a huge negative).
+///
+/// Individual times are not written as one term each: ffmpeg's expression
+/// parser gives up on a long sum ("Error while parsing expression ...
+/// Cannot allocate memory" from about a hundred terms). Instead the
+/// expression holds a balanced binary search over the sorted times that
+/// yields the first time after the previous kept frame, and the frame is
+/// kept when it is at or after that time. Nesting grows with the logarithm
+/// of the count (9 levels for 500 times), and each frame costs that many
+/// comparisons rather than one term per time.
 pub fn select_expression(selection: &Selection) -> String {
     let mut terms = Vec::new();
     if let Some((first, step)) = selection.grid {
@@ -200,17 +215,40 @@ pub fn select_expression(selection: &Selection) -> String {
             "gte(t,{first:.6})*gt(floor((t-({first:.6}))/{step:.6}),floor((ld(0)-({first:.6}))/{step:.6}))"
         ));
     }
-    let mut times = selection.times.clone();
-    times.sort_by(f64::total_cmp);
+    // Written out once, so that comparisons and results use the very same
+    // numbers and times that print alike count once.
+    let mut times: Vec<String> = {
+        let mut sorted = selection.times.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.iter().map(|t| format!("{:.6}", t - SELECT_EPSILON_S)).collect()
+    };
     times.dedup();
-    for t in times {
-        let t = t - SELECT_EPSILON_S;
-        terms.push(format!("gte(t,{t:.6})*lt(ld(0),{t:.6})"));
+    if !times.is_empty() {
+        terms.push(format!("gte(t,{})", next_time_after_previous(&times, 0, times.len())));
     }
     if terms.is_empty() {
         terms.push("0".into());
     }
     format!("st(0,if(isnan(prev_selected_t),-1e12,prev_selected_t));gt({},0)", terms.join("+"))
+}
+
+/// Beyond any media time: "no time left to take".
+const NO_MORE_TIMES: &str = "1e12";
+
+/// An expression for the first of `times[lo..]` that is above register 0
+/// (the previous kept time), knowing that it is one of `times[lo..=hi]`
+/// (`hi == times.len()` standing for none). `times` is sorted ascending.
+fn next_time_after_previous(times: &[String], lo: usize, hi: usize) -> String {
+    if lo == hi {
+        return times.get(lo).cloned().unwrap_or_else(|| NO_MORE_TIMES.to_string());
+    }
+    let mid = lo + (hi - lo) / 2;
+    format!(
+        "if(lt(ld(0),{}),{},{})",
+        times[mid],
+        next_time_after_previous(times, lo, mid),
+        next_time_after_previous(times, mid + 1, hi)
+    )
 }
 
 /// Reads the kept frames' times (seconds) from the `metadata` filter's
@@ -258,13 +296,67 @@ mod tests {
         assert_eq!(
             e,
             "st(0,if(isnan(prev_selected_t),-1e12,prev_selected_t));\
-             gt(gte(t,0.499900)*lt(ld(0),0.499900)+gte(t,1.999900)*lt(ld(0),1.999900),0)"
+             gt(gte(t,if(lt(ld(0),1.999900),if(lt(ld(0),0.499900),0.499900,1.999900),1e12)),0)"
         );
         let g = select_expression(&Selection { grid: Some((0.5, 1.0)), times: vec![] });
         assert!(g.contains("floor((t-(0.499900))/1.000000)"), "{g}");
         // No comma may appear outside the quoted expression's functions in a
         // way that would split the filter graph: the caller quotes it whole.
         assert!(!g.contains('\''));
+    }
+
+    /// Evaluates the binary search the way ffmpeg would, for a previous
+    /// kept time `prev`.
+    fn next_after(times: &[f64], prev: f64) -> f64 {
+        let printed: Vec<String> = times.iter().map(|t| format!("{t:.6}")).collect();
+        let mut expr = next_time_after_previous(&printed, 0, printed.len());
+        // Walk the nested if(lt(ld(0),X),A,B) by hand.
+        loop {
+            let Some(rest) = expr.strip_prefix("if(lt(ld(0),") else { return expr.parse().unwrap() };
+            let (x, rest) = rest.split_once("),").unwrap();
+            let x: f64 = x.parse().unwrap();
+            // Split the two branches at the top-level comma.
+            let body = &rest[..rest.len() - 1];
+            let mut depth = 0;
+            let cut = body
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    c == ',' && depth == 0
+                })
+                .unwrap()
+                .0;
+            expr = if prev < x { body[..cut].to_string() } else { body[cut + 1..].to_string() };
+        }
+    }
+
+    #[test]
+    fn the_search_finds_the_next_time_and_stays_shallow() {
+        let times: Vec<f64> = (0..500).map(|k| k as f64 * 0.25).collect();
+        for prev in [-1e12, 0.0, 0.1, 0.25, 61.3, 124.75, 200.0] {
+            let expected = times.iter().copied().find(|&t| t > prev).unwrap_or(1e12);
+            assert_eq!(next_after(&times, prev), expected, "after {prev}");
+        }
+        // 500 times a day apart nest 9 deep and fit a Windows command line
+        // (32,767 characters) with room to spare.
+        let far: Vec<f64> = (0..500).map(|k| 86_000.0 + k as f64 * 0.8).collect();
+        let e = select_expression(&Selection { grid: Some((0.5, 1.0)), times: far });
+        assert!(e.len() < 24_000, "{} characters", e.len());
+        assert_eq!(e.matches("if(lt(").count(), 500);
+        let mut depth = 0usize;
+        let deepest = e.chars().fold(0usize, |m, c| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            m.max(depth)
+        });
+        assert!(deepest < 40, "nesting {deepest}");
     }
 
     #[test]

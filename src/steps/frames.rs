@@ -18,6 +18,7 @@
 
 use super::frame_extract::{extract_by_seeking, extract_single_pass, Extraction, Selection};
 use super::image_header::image_size;
+use super::disk;
 use super::probe::{probe_media, require_media_path, StreamSummary};
 use super::{parse_payload, StepContext, StepName, StepOutput};
 use crate::artifacts::{self, ArtifactEntry};
@@ -30,8 +31,9 @@ use std::time::Duration;
 
 /// Most frames one job may ask for with `count` or `interval_s`.
 pub const MAX_FRAMES: u64 = 10_000;
-/// Most entries in `timestamps_s`: each one becomes a term of the select
-/// filter, and the filter graph has to fit on a Windows command line.
+/// Most entries in `timestamps_s`: each one is written into the select
+/// filter's expression, and the filter graph has to fit on a Windows
+/// command line (500 take about 20,000 of its 32,767 characters).
 pub const MAX_TIMESTAMPS: usize = 500;
 /// Narrowest `max_width` accepted.
 pub const MIN_MAX_WIDTH: u32 = 16;
@@ -215,6 +217,22 @@ fn plan(wanted: &Wanted, duration_s: f64, last_s: f64) -> Result<Plan, StepError
     Ok(Plan { selection: Selection { grid, times }, targets })
 }
 
+/// A small estimate of the bytes `frames` images take: a tenth of a byte per
+/// pixel for JPEG, one byte per pixel for PNG (real frames of ordinary
+/// video take more; this only catches a disk that is plainly too full).
+fn estimated_bytes(frames: usize, video: &StreamSummary, max_width: Option<u32>, format: ImageFormat) -> u64 {
+    let (w, h) = (video.width.unwrap_or(640) as u64, video.height.unwrap_or(360) as u64);
+    let (w, h) = match max_width.map(u64::from) {
+        Some(m) if m < w => (m, (h * m / w.max(1)).max(1)),
+        _ => (w, h),
+    };
+    let per_frame = match format {
+        ImageFormat::Jpg => w * h / 10,
+        ImageFormat::Png => w * h,
+    };
+    per_frame.saturating_mul(frames as u64)
+}
+
 /// The latest time sure to have a frame: the end minus a margin.
 fn last_frame_time(duration_s: f64, video: &StreamSummary) -> f64 {
     let end = video.duration_s.map_or(duration_s, |d| d.min(duration_s));
@@ -241,6 +259,11 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     let choice = choose_strategy(plan.targets.len(), duration_s, &ctx.settings.frames);
     ctx.log.line("job", &format!("{} frame(s) by {}: {}", plan.targets.len(), choice.strategy.as_str(), choice.reason));
 
+    let needed = estimated_bytes(plan.targets.len(), &video, p.max_width, p.format);
+    let (out_dir, what) = (ctx.out_dir.clone(), format!("{} frame(s)", plan.targets.len()));
+    tokio::task::spawn_blocking(move || disk::ensure_free(&out_dir, needed, &what))
+        .await
+        .map_err(|e| StepError::new(ErrorCode::Internal, format!("the free-space check failed: {e}")))??;
     let scratch = Scratch::create(&ctx.out_dir).await?;
     let x = Extraction {
         ffmpeg: &ctx.settings.tools.ffmpeg,
@@ -304,7 +327,7 @@ fn commit_frames(out_dir: &Path, sources: &[PathBuf], ext: &str) -> Result<Vec<C
         })?;
         let final_path = out_dir.join(&name);
         let shared_later = sources[k + 1..].contains(src);
-        let io = |e| StepError::io(format!("writing {name}"), e);
+        let io = |e| StepError::io_in(format!("writing {name}"), out_dir, e);
         if shared_later {
             artifacts::write_atomic(&final_path, &bytes).map_err(io)?;
         } else {
@@ -323,7 +346,9 @@ impl Scratch {
     async fn create(out_dir: &Path) -> Result<Scratch, StepError> {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let dir = out_dir.join(format!(".frames-{}.part", &unique[..12]));
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| StepError::io("creating the frames scratch folder", e))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StepError::io_in("creating the frames scratch folder", out_dir, e))?;
         Ok(Scratch(dir))
     }
 
@@ -407,6 +432,23 @@ mod tests {
             let err = validate(&payload(bad.clone())).unwrap_err();
             assert_eq!(err.code, ErrorCode::InputInvalid, "{bad}");
         }
+    }
+
+    /// Whatever the count or interval, a single pass selects them with a
+    /// grid and at most one extra time, so the select expression stays
+    /// short; explicit times at their maximum stay within bounds too.
+    #[test]
+    fn selections_stay_small_at_the_maxima() {
+        use super::super::frame_extract::select_expression;
+        for wanted in [Wanted::Count(MAX_FRAMES), Wanted::Interval(0.001)] {
+            let p = plan(&wanted, 10.0, 9.94).unwrap();
+            assert_eq!(p.targets.len() as u64, MAX_FRAMES);
+            assert!(p.selection.times.len() <= 1, "{:?}", p.selection.times);
+            assert!(select_expression(&p.selection).len() < 300);
+        }
+        let times: Vec<f64> = (0..MAX_TIMESTAMPS).map(|k| k as f64 * 0.019).collect();
+        let p = plan(&Wanted::Timestamps(times), 10.0, 9.94).unwrap();
+        assert!(select_expression(&p.selection).len() < 24_000);
     }
 
     #[test]

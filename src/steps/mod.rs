@@ -12,10 +12,12 @@
 //! and its availability check in [`crate::caps`].
 
 pub mod audio_io;
+pub mod disk;
 pub mod frame_extract;
 pub mod frames;
 pub mod image_header;
 pub mod loudness;
+pub mod normalize;
 pub mod openclaw;
 pub mod postcheck;
 pub mod probe;
@@ -125,9 +127,15 @@ pub struct StepOutput {
 /// Runs one step under its configured timeout.
 pub async fn run_step(step: StepName, payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepError> {
     let timeout = Duration::from_secs(ctx.settings.step(step.as_str()).timeout_s);
-    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| StepError::io("creating the job's output folder", e))?;
+    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| StepError::io_in("creating the job's output folder", &ctx.out_dir, e))?;
     ctx.log.line("job", &format!("step {step} started"));
+    // The step runs under a child of the job's token: a timeout stops the
+    // step's tools through the child, while the job's own token stays
+    // uncancelled, so callers that check it (the executor, the LocalRunner)
+    // report TIMEOUT rather than mistaking the timeout for a cancellation.
+    let step_ctx = StepContext { cancel: ctx.cancel.child_token(), ..ctx.clone() };
     let fut = async {
+        let ctx = &step_ctx;
         match step {
             StepName::FfmpegProbe => probe::run(payload, ctx).await,
             StepName::FrameSampling => frames::run(payload, ctx).await,
@@ -139,7 +147,7 @@ pub async fn run_step(step: StepName, payload: &Value, ctx: &StepContext) -> Res
     let outcome = tokio::select! {
         r = fut => r,
         _ = tokio::time::sleep(timeout) => {
-            ctx.cancel.cancel();
+            step_ctx.cancel.cancel();
             Err(StepError::new(
                 ErrorCode::Timeout,
                 format!("{step} did not finish within {} s; raise steps.{}.timeout_s or split the work", timeout.as_secs(), step.as_str().to_ascii_lowercase()),

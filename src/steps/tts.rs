@@ -12,16 +12,26 @@
 //! `chunk_0001.wav`, `chunk_0002.wav`, ... in the output folder, so no
 //! half-written chunk is ever visible under its final name.
 //!
-//! Result: `{"engine", "voice", "rate", "chunks": [{"id", "artifact",
-//! "text_chars", "duration_s", "sample_rate"}], "total_duration_s"}`; chunks
-//! cut from `"text"` also carry their `"text"` and get ids 1, 2, ...
+//! Each chunk is then normalised to `tts.normalize_lufs` (by default the
+//! QC's `postcheck.target_lufs`) with its true peak held below
+//! `postcheck.max_true_peak_dbtp` ([`super::normalize`]), so the chunks
+//! pass the default AUDIO_POSTCHECK.
+//!
+//! Result: `{"engine", "voice", "rate", "normalize": {"target_lufs",
+//! "ceiling_dbtp"} | null, "chunks": [{"id", "artifact", "text_chars",
+//! "duration_s", "sample_rate", "loudness": {"before_lufs", "after_lufs",
+//! "true_peak_before_dbtp", "true_peak_after_dbtp", "gain_db", "limited"} |
+//! null}], "total_duration_s"}`; chunks cut from `"text"` also carry their
+//! `"text"` and get ids 1, 2, ...
 
 use super::audio_io;
+use super::disk;
+use super::normalize::{normalize_wav, Normalized, Target, TRUE_PEAK_MARGIN_DB};
 use super::text_chunks::split_text;
 use super::tts_engines::{build_tool, Engine, RenderSpec, RATE_RANGE};
 use super::{parse_payload, StepContext, StepName, StepOutput};
 use crate::artifacts::{self, ArtifactEntry};
-use crate::error::{ErrorCode, StepError};
+use crate::error::{ErrorCode, StepError, NO_SPACE_TEXT};
 use crate::process::run_tool;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -38,6 +48,10 @@ pub const MAX_CHUNKS: usize = 1000;
 pub const MAX_CHUNK_CHARS: usize = 5000;
 /// Longest text of a whole job, in characters.
 pub const MAX_TOTAL_CHARS: usize = 500_000;
+/// A small estimate of the WAV bytes one character of text becomes: the
+/// engines write 22,050 Hz 16-bit mono (44,100 bytes a second) and speak
+/// about 15 characters a second.
+const BYTES_PER_CHAR: u64 = 2_900;
 /// Allowed `max_chars` for the `text` form.
 pub const MAX_CHARS_RANGE: std::ops::RangeInclusive<usize> = 20..=MAX_CHUNK_CHARS;
 
@@ -79,6 +93,8 @@ struct Chunk {
 struct Rendered {
     entry: ArtifactEntry,
     summary: audio_io::AudioSummary,
+    /// What loudness normalisation did (`None` when it is off).
+    normalized: Option<Normalized>,
 }
 
 /// Runs the step.
@@ -90,14 +106,24 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     let rate = validate_rate(p.rate, tts.rate)?;
     let engine = Engine::resolve(p.engine.as_deref(), &ctx.settings)?;
     let parallel = tts.parallel_chunks.max(1);
+    let postcheck = &ctx.settings.postcheck;
+    let target = tts
+        .normalize_lufs
+        .resolve(postcheck)
+        .map(|lufs| Target { lufs, ceiling_dbtp: postcheck.max_true_peak_dbtp - TRUE_PEAK_MARGIN_DB });
     ctx.log.line(
         "tts",
         &format!("rendering {} chunk(s) with {}, {parallel} at a time", chunks.len(), engine.name()),
     );
 
     let work = ctx.out_dir.join(format!(".tts-work-{}", uuid::Uuid::new_v4().simple()));
-    tokio::fs::create_dir_all(&work).await.map_err(|e| StepError::io("creating the TTS work folder", e))?;
-    let outcome = render_all(&chunks, &engine, &voice, rate, parallel, &work, ctx).await;
+    let needed = chunks.iter().map(|c| c.text.chars().count() as u64).sum::<u64>() * BYTES_PER_CHAR;
+    let (out_dir, what) = (ctx.out_dir.clone(), format!("{} chunk(s) of speech", chunks.len()));
+    blocking(move || disk::ensure_free(&out_dir, needed, &what)).await?;
+    tokio::fs::create_dir_all(&work)
+        .await
+        .map_err(|e| StepError::io_in("creating the TTS work folder", &ctx.out_dir, e))?;
+    let outcome = render_all(&chunks, &engine, &voice, rate, target, &work, ctx).await;
     // The work folder only ever holds inputs and unfinished files.
     let _ = tokio::fs::remove_dir_all(&work).await;
     let rendered = outcome?;
@@ -114,6 +140,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
             "text_chars": chunk.text.chars().count(),
             "duration_s": round_ms(duration),
             "sample_rate": r.summary.sample_rate,
+            "loudness": r.normalized,
         });
         if chunk.generated {
             item["text"] = Value::String(chunk.text.clone());
@@ -125,6 +152,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
         "engine": engine.name(),
         "voice": if voice.is_empty() { Value::Null } else { Value::String(voice) },
         "rate": rate,
+        "normalize": target.map(|t| json!({"target_lufs": t.lufs, "ceiling_dbtp": t.ceiling_dbtp})),
         "chunks": listed,
         "total_duration_s": round_ms(total),
     });
@@ -259,18 +287,19 @@ fn validate_rate(requested: Option<i64>, configured: i32) -> Result<Option<u32>,
     Ok(Some(rate as u32))
 }
 
-/// Renders every chunk, at most `parallel` at once. The first failure
-/// cancels the others and is returned.
+/// Renders every chunk, at most `tts.parallel_chunks` at once, and
+/// normalises each to `target`. The first failure cancels the others and
+/// is returned.
 async fn render_all(
     chunks: &[Chunk],
     engine: &Engine,
     voice: &str,
     rate: Option<u32>,
-    parallel: usize,
+    target: Option<Target>,
     work: &Path,
     ctx: &StepContext,
 ) -> Result<Vec<Rendered>, StepError> {
-    let permits = Arc::new(Semaphore::new(parallel));
+    let permits = Arc::new(Semaphore::new(ctx.settings.tts.parallel_chunks.max(1)));
     let cancel = ctx.cancel.child_token();
     let timeout = Duration::from_secs(ctx.settings.tts.chunk_timeout_s.max(1));
     let mut set = JoinSet::new();
@@ -281,6 +310,7 @@ async fn render_all(
             engine: engine.clone(),
             voice: voice.to_string(),
             rate,
+            target,
             timeout,
             work: work.to_path_buf(),
             ctx: ctx.clone(),
@@ -299,6 +329,7 @@ struct ChunkJob {
     engine: Engine,
     voice: String,
     rate: Option<u32>,
+    target: Option<Target>,
     timeout: Duration,
     work: PathBuf,
     ctx: StepContext,
@@ -317,8 +348,10 @@ impl ChunkJob {
         let (engine, voice, rate, timeout, work) = (self.engine.clone(), self.voice.clone(), self.rate, self.timeout, self.work.clone());
         let (tf, tw) = (text_file.clone(), tmp_wav.clone());
         let text = self.text.clone();
+        let out_dir = self.ctx.out_dir.clone();
         let tool = blocking(move || {
-            std::fs::write(&tf, text.as_bytes()).map_err(|e| StepError::io("writing the chunk text file", e))?;
+            std::fs::write(&tf, text.as_bytes())
+                .map_err(|e| StepError::io_in("writing the chunk text file", &out_dir, e))?;
             let spec = RenderSpec { text_file: &tf, out_wav: &tw, work_dir: &work, voice: &voice, rate, timeout };
             build_tool(&engine, &spec, &settings)
         })
@@ -333,6 +366,12 @@ impl ChunkJob {
         let out = run_tool(&tool, &self.ctx.log, &self.cancel).await;
         drop(permit);
         let out = out?;
+        if out.stderr_tail.contains(NO_SPACE_TEXT) {
+            return Err(StepError::disk_full(
+                &self.ctx.out_dir,
+                format!("{} failed on chunk {}: {}", self.engine.name(), self.index + 1, out.stderr_tail.trim()),
+            ));
+        }
         if !out.success() {
             return Err(StepError::new(
                 ErrorCode::TtsFailed,
@@ -347,7 +386,16 @@ impl ChunkJob {
         }
         let out_dir = self.ctx.out_dir.clone();
         let engine_name = self.engine.name();
+        let (target, cancel, work) = (self.target, self.cancel.clone(), self.work.clone());
         blocking(move || {
+            // espeak-ng exits 0 after a write cut short by a full disk, so
+            // its file cannot be trusted when the disk is (nearly) full.
+            if disk::is_nearly_full(&work) {
+                return Err(StepError::disk_full(
+                    &out_dir,
+                    format!("{engine_name} may have been cut short writing {name}: under {} free", disk::human(disk::NEARLY_FULL_BYTES)),
+                ));
+            }
             // The artifact is named .wav, so it must be one (a "command"
             // engine could write MP3 or raw samples by mistake).
             if !audio_io::is_riff_wave(&tmp_wav) {
@@ -365,10 +413,11 @@ impl ChunkJob {
             if summary.frames == 0 {
                 return Err(StepError::new(ErrorCode::TtsFailed, format!("{engine_name} rendered no audio for {name}")));
             }
+            let normalized = target.map(|t| normalize_wav(&tmp_wav, t, &cancel)).transpose()?;
             artifacts::commit_temp(&tmp_wav, &out_dir.join(&name))
                 .map_err(|e| StepError::io(format!("moving {name} into place"), e))?;
             let entry = artifacts::entry_for(&out_dir, &name)?;
-            Ok(Rendered { entry, summary })
+            Ok(Rendered { entry, summary, normalized })
         })
         .await
     }

@@ -482,13 +482,20 @@ async fn execute(
             Err(e) => return Ending::failed(ErrorCode::Internal, e, None),
         };
         trace.placement = placed.report.explanations.clone();
+        // The Scheduler counted this job on its first choice; that slot is
+        // handed to the attempt there, or released if it is not made.
+        let mut reservation = Reservation(placed.report.reserved.clone(), deps.load.clone());
+        if reservation.0.as_deref().is_some_and(|r| tried.iter().any(|t| t == r)) {
+            drop(std::mem::replace(&mut reservation, Reservation(None, deps.load.clone())));
+        }
         for node_id in placed.report.ranked.iter() {
             if tried.iter().any(|t| t == node_id.as_ref()) || cancel.is_cancelled() {
                 continue;
             }
             tried.push(node_id.to_string());
             trace.say(format!("placing on {node_id}"));
-            match remote::run_on(deps, spec, node_id, staged, dir, cancel, trace).await {
+            let reserved = reservation.take_for(node_id);
+            match remote::run_on(deps, spec, node_id, reserved, staged, dir, cancel, trace).await {
                 remote::Outcome::Done(ending) => return ending,
                 remote::Outcome::NodeFailed(f) => {
                     trace.say(format!("{node_id} could not run it: {}", f.text()));
@@ -535,6 +542,30 @@ async fn execute(
     let mut ending = run_local(deps, spec, dir, cancel, trace).await;
     ending.fallback_reason = Some(reason);
     ending
+}
+
+/// A slot the Scheduler reserved on a node for this job; released on drop
+/// unless an attempt on that node took it over.
+struct Reservation(Option<Arc<str>>, Recipient<NodeLoad>);
+
+impl Reservation {
+    /// True (and the slot is handed over) when the slot is on `node_id`.
+    fn take_for(&mut self, node_id: &str) -> bool {
+        if self.0.as_deref() == Some(node_id) {
+            self.0 = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.take() {
+            self.1.do_send(NodeLoad { node_id: node.to_string(), delta: -1 });
+        }
+    }
 }
 
 /// Probes the given nodes again, each bounded by `probe_timeout_s`.

@@ -299,8 +299,10 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: C
     let store = env.store.clone();
     let id = job_id.clone();
     let result = outcome.map(|o| (o.result, o.artifacts));
-    if let Some(Err(e)) = blocking(move || store.finish(&id, result, now_ms())).await {
-        tracing::error!(error = %e, "cannot record the job's outcome");
+    match blocking(move || store.finish(&id, result, now_ms())).await {
+        Some(Ok(Some(rec))) => crate::metrics::worker().record_job(&rec),
+        Some(Err(e)) => tracing::error!(error = %e, "cannot record the job's outcome"),
+        _ => {}
     }
     env.leases.release(&job_id);
     env.notify();

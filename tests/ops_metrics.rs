@@ -83,3 +83,71 @@ fn one_unsigned_scrape_on_the_controller_sees_the_whole_cluster() {
     // Nothing in the exposition names a file.
     assert!(!text.contains(w.dir.path().to_str().unwrap()), "{text}");
 }
+
+/// Scrapes the daemon of `w` and parses the answer.
+fn scrape(w: &World) -> Option<ops_metrics_support::Metrics> {
+    let (status, _, text) = unsigned_get(w.api_port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    parse(&text)
+}
+
+#[test]
+fn a_misconfigured_worker_is_a_fallback_class_and_its_refusals_are_counted() {
+    let w = World::new();
+    let (_bad, pb) = worker(&w, "bad", &[("RAYVAULT_CLUSTER_SECRET", "another-secret-0123456789abcdef")]);
+    w.write_nodes(&[("bad", pb, true)]);
+    let _daemon = w.daemon();
+    let clip = video(&w);
+    // The worker refuses our credentials: without `--fallback always` the
+    // job fails, with it the job runs locally.
+    let (code, r, err) = w.submit("m", "always", "FFMPEG_PROBE", json!({"media_path": clip}), &["--fallback", "always"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local", "{r}");
+    let Some(m) = scrape(&w) else { return };
+    assert_eq!(m.get("rayvault_controller_fallbacks_total", &[("reason", "misconfigured")]), 1.0);
+    assert_eq!(m.get("rayvault_controller_fallbacks_total", &[("reason", "unavailable")]), 0.0);
+    assert_eq!(m.get("rayvault_node_state", &[("node", "bad"), ("state", "misconfigured")]), 1.0);
+    assert_eq!(m.get("rayvault_node_up", &[("node", "bad")]), 0.0);
+    // The worker refused the scrape too: no re-exported counters from it.
+    assert_eq!(m.get("rayvault_node_scrape_up", &[("node", "bad")]), 0.0);
+    assert!(m.matching("rayvault_jobs_total", &[("node", "bad")]).is_empty());
+    assert!(m.get("rayvault_controller_remote_auth_refusals_total", &[("code", "AUTH_INVALID")]) >= 1.0);
+}
+
+#[test]
+fn no_eligible_node_and_controller_only_fallbacks_and_verdicts() {
+    let w = World::new();
+    let (_w1, p1) = worker(&w, "w1", &[]);
+    w.write_nodes(&[("w1", p1, true)]);
+    // The world's folder is the commands' working directory.
+    std::fs::create_dir_all(w.dir.path().join("config")).unwrap();
+    std::fs::write(w.dir.path().join("config/local.toml"), "[controller]\ncontroller_only_steps = [\"AUDIO_POSTCHECK\"]\n").unwrap();
+    let _daemon = w.daemon();
+    let clip = video(&w);
+    let (code, r, err) = w.submit("m", "win", "FFMPEG_PROBE", json!({"media_path": clip}), &["--requirements-json", r#"{"os_in":["windows"]}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local", "{r}");
+    // A 2 s sine at -20 dBFS misses the loudness target: a failed verdict.
+    let wav = common::make_sine_wav(w.dir.path(), "tone.wav", 2.0, 48_000, 1, -20.0);
+    let (code, r, err) = w.submit("m", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [wav]}), &[]);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(r["executed_on"], "local", "{r}");
+    let Some(m) = scrape(&w) else { return };
+    assert_eq!(m.get("rayvault_controller_fallbacks_total", &[("reason", "no_eligible_node")]), 1.0);
+    assert_eq!(m.get("rayvault_controller_fallbacks_total", &[("reason", "controller_only")]), 1.0);
+    assert_eq!(m.get("rayvault_controller_fallbacks_total", &[("reason", "unavailable")]), 0.0);
+    assert_eq!(m.get("rayvault_controller_verdicts_total", &[("step", "AUDIO_POSTCHECK"), ("verdict", "failed")]), 1.0);
+    assert_eq!(m.get("rayvault_controller_jobs_total", &[("step", "AUDIO_POSTCHECK"), ("status", "succeeded"), ("executed_on", "local")]), 1.0);
+    // The worker answered its scrape, with no job of its own yet.
+    assert_eq!(m.get("rayvault_node_scrape_up", &[("node", "w1")]), 1.0);
+    assert!(m.matching("rayvault_jobs_total", &[("node", "w1")]).is_empty());
+}
+
+#[test]
+fn the_daemon_refuses_to_listen_outside_loopback() {
+    let w = World::new();
+    let out = w.orch().arg("daemon").env("RAYVAULT_CONTROLLER__API_HOST", "0.0.0.0").output().unwrap();
+    let (code, _, err) = parse_output(&out);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("is not a loopback address"), "{err}");
+}

@@ -151,3 +151,24 @@ fn the_daemon_refuses_to_listen_outside_loopback() {
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("is not a loopback address"), "{err}");
 }
+
+#[test]
+fn silent_workers_cost_one_probe_timeout_per_scrape_not_one_each() {
+    // Two "workers" that accept connections and never answer.
+    let silent: Vec<std::net::TcpListener> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = silent.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let w = World::new();
+    w.write_nodes(&[("s1", ports[0], true), ("s2", ports[1], true)]);
+    let _daemon = w.daemon();
+    // World sets controller.probe_timeout_s to 2: asked one after the
+    // other, the two would take 4 s.
+    let t0 = std::time::Instant::now();
+    let Some(m) = scrape(&w) else { return };
+    let took = t0.elapsed();
+    // It did ask them (and waited for the timeout), at the same time.
+    assert!(took >= std::time::Duration::from_millis(1900), "the scrape took {took:?}");
+    assert!(took < std::time::Duration::from_millis(3500), "the scrape took {took:?}");
+    assert_eq!(m.get("rayvault_node_scrape_up", &[("node", "s1")]), 0.0);
+    assert_eq!(m.get("rayvault_node_scrape_up", &[("node", "s2")]), 0.0);
+    drop(silent);
+}

@@ -55,9 +55,14 @@ async fn the_worker_counts_its_jobs_bytes_refusals_and_expired_leases() {
     assert_eq!(got.body.len() as u64, artifact.size);
 
     // A leased job nobody renews: scraping does not renew it, so wait on
-    // the counter itself.
-    let slow = SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": "slow task" }), inputs_hash: None, label: None, lease_s: Some(1) };
+    // the counter itself. One slot: a job submitted meanwhile waits in the
+    // queue, and is cancelled there.
+    let slow = SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": "slow task" }), inputs_hash: None, label: None, lease_s: Some(2) };
     let slow_id = c.submit(&slow).await.unwrap().job.job_id;
+    let waiting = SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": "waiting task" }), inputs_hash: None, label: None, lease_s: None };
+    let waiting_id = c.submit(&waiting).await.unwrap().job.job_id;
+    c.cancel(&waiting_id).await.unwrap();
+    assert_eq!(c.job(&waiting_id, 0).await.unwrap().started_at_ms, None, "it was cancelled while queued");
     let deadline = Instant::now() + Duration::from_secs(20);
     let m = loop {
         let Some(m) = scrape(&w) else { return };
@@ -72,6 +77,7 @@ async fn the_worker_counts_its_jobs_bytes_refusals_and_expired_leases() {
     assert_eq!(m.kind("rayvault_jobs"), "counter");
     assert_eq!(m.get("rayvault_jobs_total", &[("step", "OPENCLAW_TASK"), ("state", "succeeded")]), 2.0);
     assert_eq!(m.get("rayvault_jobs_total", &[("step", "OPENCLAW_TASK"), ("state", "abandoned")]), 1.0);
+    assert_eq!(m.get("rayvault_jobs_total", &[("step", "OPENCLAW_TASK"), ("state", "cancelled")]), 1.0);
     assert_eq!(m.get("rayvault_leases_expired_total", &[]), 1.0);
     assert_eq!(m.kind("rayvault_job_duration_seconds"), "histogram");
     assert_eq!(m.get("rayvault_job_duration_seconds_count", &[("step", "OPENCLAW_TASK")]), 3.0);

@@ -317,7 +317,12 @@ async fn record_outcome(env: &Arc<ExecutorEnv>, job_id: &str, result: Result<(Va
     loop {
         let (store, id, r) = (env.store.clone(), job_id.to_string(), result.clone());
         match blocking(move || store.finish(&id, r, now_ms())).await {
-            Some(Ok(_)) => return,
+            Some(Ok(rec)) => {
+                if let Some(rec) = rec {
+                    crate::metrics::worker().record_job(&rec);
+                }
+                return;
+            }
             Some(Err(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "cannot record the job's outcome yet; retrying in {:?}", pause);
             }

@@ -355,6 +355,7 @@ pub async fn run_job(
         ));
     }
     let receipt = build_receipt(&spec, inputs_hash, ending, &trace);
+    crate::metrics::controller().record_receipt(&receipt);
     let write = {
         let (r, d) = (receipt.clone(), dir.clone());
         tokio::task::spawn_blocking(move || r.write_or_keep(&d)).await
@@ -399,6 +400,7 @@ async fn crashed(deps: &JobDeps, spec: &JobSpec, submitted_at: SystemTime, p: Pa
     let trace = Trace::new(spec, submitted_at, deps);
     let hash = crate::protocol::inputs_hash(&spec.step_name, &spec.payload);
     let receipt = build_receipt(spec, hash, Ending::failed(ErrorCode::Internal, p.to_string(), None), &trace);
+    crate::metrics::controller().record_receipt(&receipt);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
     let (r, d) = (receipt.clone(), dir.clone());
     match tokio::task::spawn_blocking(move || r.write(&d)).await {
@@ -539,6 +541,7 @@ async fn execute(
         );
     }
     trace.say(format!("running locally: {reason}"));
+    crate::metrics::controller().record_fallback(fallback_class(&placed, &failures));
     let mut ending = run_local(deps, spec, dir, cancel, trace).await;
     ending.fallback_reason = Some(reason);
     ending
@@ -656,6 +659,25 @@ fn fallback_reason(report: &PlacementReport, failures: &[(String, NodeFailure)],
     } else {
         parts.join("; ")
     }
+}
+
+/// The class of a local fallback for the metrics, from this job's typed
+/// placement and failures (the receipt only keeps their text). A
+/// misconfigured node reaches here only under `fallback = "always"`.
+fn fallback_class(placed: &Placed, failures: &[(String, NodeFailure)]) -> crate::metrics::FallbackClass {
+    use crate::metrics::FallbackClass;
+    if placed.report.controller_only {
+        return FallbackClass::ControllerOnly;
+    }
+    let misconfigured = |h: &NodeHealth| matches!(h, NodeHealth::Misconfigured(..));
+    if failures.iter().any(|(_, f)| matches!(f, NodeFailure::Misconfigured(..))) || placed.nodes.iter().any(|n| misconfigured(&n.health)) {
+        return FallbackClass::Misconfigured;
+    }
+    let unavailable = |h: &NodeHealth| matches!(h, NodeHealth::Down(_) | NodeHealth::Degraded(_) | NodeHealth::Unprobed);
+    if !failures.is_empty() || placed.nodes.iter().any(|n| unavailable(&n.health)) {
+        return FallbackClass::Unavailable;
+    }
+    FallbackClass::NoEligibleNode
 }
 
 async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<Placed, String> {

@@ -12,7 +12,8 @@
 //!
 //! Modules: `cli` (flags), `submit` (in-process or through the daemon),
 //! `daemon` (the long-running controller and its loopback API),
-//! `daemon_client` (the signed client of that API), `commands` (health,
+//! `daemon_client` (the signed client of that API), `daemon_metrics`
+//! (its unsigned `GET /metrics`), `commands` (health,
 //! caps, status, cancel, sync-artifacts), `jobs` (logs, wait, result),
 //! `running` (jobs run by in-process submits), `progress` (progress on
 //! stderr), `render` (tables and receipt summaries).
@@ -21,6 +22,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod daemon_client;
+mod daemon_metrics;
 mod jobs;
 mod progress;
 mod render;

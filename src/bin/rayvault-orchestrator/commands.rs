@@ -84,6 +84,14 @@ pub fn job_line(j: &StoredJob) -> Value {
         "remote": j.remote,
         "status": j.receipt.as_ref().map(|r| r.status),
         "executed_on": j.receipt.as_ref().map(|r| r.executed_on.clone()),
+        // What became of each copy the controller gave up (see the receipt's
+        // attempts): e.g. "w1: stopped_by_lease".
+        "given_up": j.receipt.as_ref().map(|r| r
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == "abandoned")
+            .map(|a| format!("{}: {}", a.executed_on, a.fate.as_deref().unwrap_or("unknown")))
+            .collect::<Vec<_>>()),
         "submitted_at_ms": j.submitted_at_ms,
     })
 }

@@ -505,7 +505,7 @@ async fn execute(
         let stale: Vec<String> = placed
             .nodes
             .iter()
-            .filter(|n| !matches!(n.health, NodeHealth::Up | NodeHealth::Disabled) && !fresh(n))
+            .filter(|n| !matches!(n.health, NodeHealth::Up | NodeHealth::Disabled | NodeHealth::Draining(super::messages::DrainedBy::NodesJson)) && !fresh(n))
             .map(|n| n.node_id.to_string())
             .filter(|id| !tried.contains(id))
             .collect();

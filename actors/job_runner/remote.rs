@@ -82,7 +82,10 @@ pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Dura
     };
     // A worker short of disk space (or with a failed store) still answers;
     // it says so in /health, and takes no new jobs until it recovers.
+    // A worker asked to drain says so too; it takes no new jobs either.
+    let draining = health.get("draining").and_then(Value::as_bool) == Some(true);
     let outcome = match outcome {
+        Ok(_) if draining => Err(ProbeFailure::Draining),
         Ok(ok) => match degraded_reason(&health) {
             Some(why) => Err(ProbeFailure::Degraded(why)),
             None => Ok(ok),

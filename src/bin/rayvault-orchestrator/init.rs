@@ -57,6 +57,7 @@ pub fn run(settings: Arc<Settings>, args: InitArgs) -> anyhow::Result<u8> {
     secret_step(args.new_secret)?;
 
     let path = nodes::nodes_path(&settings.cluster_dir());
+    let path = std::path::absolute(&path).unwrap_or(path);
     println!("2. The worker list\n");
     if path.exists() {
         let list = nodes::load(&path).map_err(anyhow::Error::msg)?.unwrap_or_default();
@@ -68,10 +69,11 @@ pub fn run(settings: Arc<Settings>, args: InitArgs) -> anyhow::Result<u8> {
 
     let addr = if worker_host.contains(':') { format!("[{worker_host}]:{port}") } else { format!("{worker_host}:{port}") };
     println!("3. On the worker machine (Windows PowerShell, in the repository folder)\n");
-    println!("   [Environment]::SetEnvironmentVariable('RAYVAULT_WORKER_ID', '{worker_id}', 'User')");
-    println!("   # open a new PowerShell window (it reads the variables set above), then either run it here:");
+    println!("   [Environment]::SetEnvironmentVariable('RAYVAULT_WORKER_ID', '{worker_id}', 'User')   # new windows");
+    println!("   $env:RAYVAULT_WORKER_ID = '{worker_id}'                                          # this window");
+    println!("   # then either run it in this window:");
     println!("   ./scripts/start_worker.ps1 -Host {worker_host} -Port {port}");
-    println!("   # or install it as a service that starts with your session:");
+    println!("   # or install it as a task that starts at your logon (it keeps the variables of this window):");
     println!("   rayvault-worker service install --host {worker_host} --port {port}\n");
     if args.worker_host.is_none() {
         println!("   (100.x.y.z is the worker's Tailscale address: run `tailscale ip -4` there, or pass --worker-host.)\n");
@@ -93,7 +95,7 @@ fn secret_step(new_secret: bool) -> anyhow::Result<()> {
              Pass --new-secret to make a new one instead.\n",
             keyring.current.kid()
         );
-        how_to_set("<the same secret>");
+        how_to_set("the same secret");
         return Ok(());
     }
     let mut bytes = [0u8; 32];
@@ -104,18 +106,20 @@ fn secret_step(new_secret: bool) -> anyhow::Result<()> {
     }
     println!("   A new secret (32 random bytes, hex). It is shown here once and written nowhere else:\n   copy it now.\n");
     println!("   {secret}\n");
-    how_to_set("<paste the secret>");
+    how_to_set("the secret");
     Ok(())
 }
 
 /// The lines that set the secret on each machine; each reads it from a
-/// prompt, so that it does not end up in a shell history.
+/// prompt, so that it does not end up in a shell history. `service install`
+/// takes it from the environment it is run in.
 fn how_to_set(what: &str) {
-    println!("   On this machine (macOS/Linux shell that runs rayvault-orchestrator); paste it at the prompt:");
+    println!("   On this machine (macOS/Linux shell), paste {what} at the prompt (nothing is echoed):");
     println!("     read -rs RAYVAULT_CLUSTER_SECRET && export RAYVAULT_CLUSTER_SECRET");
-    println!("   or, for the service, this line in its environment file (`rayvault-orchestrator service print` shows where):");
-    println!("     RAYVAULT_CLUSTER_SECRET={what}");
-    println!("   On the worker (Windows PowerShell 7), once for your user; paste it at the prompt:");
-    println!("     [Environment]::SetEnvironmentVariable('RAYVAULT_CLUSTER_SECRET', (Read-Host -AsSecureString 'secret' | ConvertFrom-SecureString -AsPlainText), 'User')");
-    println!("   or the same line in the worker service's environment file (`rayvault-worker service print`).\n");
+    println!("   `rayvault-orchestrator service install`, run from that shell, hands it to the daemon's service");
+    println!("   (docs/operations.md, \"Where the secret goes\").");
+    println!("   On the worker (Windows PowerShell 7), paste it at the prompt, for this window:");
+    println!("     $env:RAYVAULT_CLUSTER_SECRET = Read-Host -AsSecureString 'secret' | ConvertFrom-SecureString -AsPlainText");
+    println!("   or once for your user (every new window, and scripts/start_worker.ps1, see it):");
+    println!("     [Environment]::SetEnvironmentVariable('RAYVAULT_CLUSTER_SECRET', (Read-Host -AsSecureString 'secret' | ConvertFrom-SecureString -AsPlainText), 'User')\n");
 }

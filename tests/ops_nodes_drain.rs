@@ -172,6 +172,14 @@ fn a_worker_drains_itself_lets_its_job_finish_and_stays_drained_after_a_restart(
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&unsigned.stdout), "401");
     assert!(draining(&c), "an unsigned request changed nothing");
+    for body in [&b"{\"drain\": \"no\"}"[..], b"{\"drain\": false, \"extra\": 1}", b""] {
+        let bad = actix_rt::System::new().block_on(c.send_raw(awc::http::Method::POST, "/drain", bytes::Bytes::copy_from_slice(body))).unwrap();
+        assert_eq!(bad.status, 400, "{:?}", String::from_utf8_lossy(&bad.body));
+        let answer: Value = serde_json::from_slice(&bad.body).unwrap();
+        assert_eq!(answer["code"], "BAD_REQUEST");
+        assert!(answer["error"].as_str().unwrap_or_default().contains("{\"drain\": true}"), "{answer}");
+    }
+    assert!(draining(&c), "a refused request changed nothing");
 
     // The running job goes on and finishes.
     assert_eq!(state_of(&c, &running), JobState::Running);

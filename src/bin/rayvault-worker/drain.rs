@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use rayvault::protocol::{DrainRequest, DrainState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The message of `503 DRAINING`.
 pub const DRAINING_MESSAGE: &str = "this worker is draining: it takes no new jobs while its running ones finish; \
@@ -28,6 +28,9 @@ pub struct DrainFlag {
     on: AtomicBool,
     /// `<state>/worker/drain.json`: present while draining.
     path: PathBuf,
+    /// Held while the file and the flag change, so that two requests at
+    /// once cannot leave the file saying one thing and the flag another.
+    changing: Mutex<()>,
 }
 
 impl DrainFlag {
@@ -38,7 +41,7 @@ impl DrainFlag {
         if on {
             tracing::warn!("draining (since before this start, per {}): no new jobs are taken; `rayvault-worker drain --off` ends it", path.display());
         }
-        Arc::new(DrainFlag { on: AtomicBool::new(on), path })
+        Arc::new(DrainFlag { on: AtomicBool::new(on), path, changing: Mutex::new(()) })
     }
 
     pub fn is_on(&self) -> bool {
@@ -48,6 +51,7 @@ impl DrainFlag {
     /// Sets the flag and its file (written atomically, or removed).
     /// Blocking: call it from a blocking task.
     fn set(&self, on: bool) -> std::io::Result<()> {
+        let _changing = self.changing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if on {
             let text = format!("{{\"draining\": true, \"since_ms\": {}}}\n", now_ms());
             rayvault::artifacts::write_atomic(&self.path, text.as_bytes())?;
@@ -105,19 +109,23 @@ pub struct DrainArgs {
 }
 
 /// Sends `POST /drain` to this machine's worker, signed with the local
-/// `RAYVAULT_CLUSTER_SECRET` for the local `RAYVAULT_WORKER_ID`.
-pub fn cli(args: DrainArgs, config: Option<&Path>) -> anyhow::Result<()> {
+/// `RAYVAULT_CLUSTER_SECRET` for the local `RAYVAULT_WORKER_ID`. The address
+/// is `--host`/`--port` (given after `drain` or before it, as when serving),
+/// else `worker.host`/`worker.port` from the configuration.
+pub fn cli(args: DrainArgs, config: Option<&Path>, host: Option<String>, port: Option<u16>) -> anyhow::Result<()> {
     let settings = rayvault::config::Settings::load(config)?;
     let keyring = Arc::new(rayvault::auth::Keyring::from_env()?);
-    let host = args.host.unwrap_or(settings.worker.host.clone());
-    let port = args.port.unwrap_or(settings.worker.port);
+    let host = args.host.or(host).unwrap_or(settings.worker.host.clone());
+    let port = args.port.or(port).unwrap_or(settings.worker.port);
     let base = match host.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V6(ip)) => format!("http://[{ip}]:{port}"),
         _ => format!("http://{host}:{port}"),
     };
     let client = rayvault::client::WorkerClient::new(&base, &settings.worker.id, keyring).with_timeout(std::time::Duration::from_secs(10));
     actix_rt::System::new().block_on(async move {
-        let mut state = client.drain(args.on).await.with_context(|| format!("the worker {} at {base} did not take the request", settings.worker.id))?;
+        let mut state = client.drain(args.on).await.with_context(|| {
+            format!("the worker {} at {base} did not take the request (is it running there, with this RAYVAULT_WORKER_ID and secret?)", settings.worker.id)
+        })?;
         if !state.draining {
             println!("{} at {base} takes new jobs again", state.worker_id);
             return Ok(());

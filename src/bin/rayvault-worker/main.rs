@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     if let Some(WorkerCommand::Drain(drain_args)) = args.command {
-        return match drain::cli(drain_args, args.config.as_deref()) {
+        return match drain::cli(drain_args, args.config.as_deref(), args.host, args.port) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         };

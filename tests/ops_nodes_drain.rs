@@ -221,3 +221,26 @@ fn a_worker_drains_itself_lets_its_job_finish_and_stays_drained_after_a_restart(
     assert!(out.contains("the worker w1 drains too: 0 job(s)"), "{out}");
     assert!(draining(&c));
 }
+
+#[test]
+fn a_worker_that_drains_after_the_last_probe_refuses_the_job_with_its_reason() {
+    let mut w = World::new();
+    let gate = w.dir.path().join("gate");
+    let (_w1, port) = gated_worker(&w, "w1", &gate);
+    w.write_nodes(&[("w1", port, true)]);
+    w.set_env("DISPLAY", "");
+    // The daemon probes at start and then not again during the test: its
+    // view of w1 stays "up" after w1 starts draining.
+    w.set_env("RAYVAULT_CONTROLLER__PROBE_INTERVAL_S", "3600");
+    let _daemon = w.daemon();
+    common::wait_until("the daemon sees w1 up", Duration::from_secs(20), || node(&status(&w), "w1")["status"] == "up");
+    let (code, _, err) = worker_drain(&w, "w1", port, &["--on"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node(&status(&w), "w1")["status"], "up", "the daemon has not probed again");
+
+    let (code, receipt, err) = w.submit("race", "job", "OPENCLAW_TASK", task("too late"), &["--fallback", "never"]);
+    assert_eq!(code, 1, "{receipt}\n{err}");
+    assert_eq!(receipt["error"]["code"], "NO_ELIGIBLE_NODE", "{receipt}");
+    let message = receipt["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("w1 is draining, so it refused the job") && message.contains("rayvault-worker drain --off"), "{message}");
+}

@@ -351,6 +351,9 @@ fn call_failure(e: &CallError, when: &str) -> NodeFailure {
         CallError::Auth(m) => NodeFailure::Misconfigured(ErrorCode::AuthRejected, format!("refused our credentials {when}: {m}")),
         CallError::Unreachable(m) => NodeFailure::Unavailable(format!("unreachable {when} ({m})")),
         CallError::Busy(429, _) | CallError::Busy(503, _) => NodeFailure::Unavailable(format!("is full {when} ({e})")),
+        CallError::Refused { code, message, .. } if code == crate::protocol::ApiCode::Draining.as_str() => {
+            NodeFailure::Unavailable(format!("is draining, so it refused the job {when}: {message}"))
+        }
         CallError::Refused { code, message, .. } if code == ErrorCode::DiskFull.as_str() => NodeFailure::Step(code.clone(), format!("is out of disk space {when}: {message}")),
         other => NodeFailure::Unavailable(format!("could not take the job {when}: {other}")),
     }

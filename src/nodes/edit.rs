@@ -256,8 +256,10 @@ fn unknown_node(id: &str, known: &[String]) -> EditError {
 
 /// Reads `path` (a missing file is an empty list), applies `change`, checks
 /// the result with the one parser and writes it atomically. Nothing is
-/// written when `change` fails.
+/// written when `change` fails. Edits are serialised by a lock file beside
+/// `path`, so that two edits at once cannot lose one of them.
 pub fn edit<T>(path: &Path, change: impl FnOnce(&mut NodesFile) -> Result<T, EditError>) -> Result<T, EditError> {
+    let _lock = EditLock::take(path)?;
     let shown = path.display().to_string();
     let mut file = match std::fs::read_to_string(path) {
         Ok(text) => NodesFile::parse(&text).map_err(|message| EditError::File(NodesError { path: shown.clone(), message }))?,
@@ -270,6 +272,52 @@ pub fn edit<T>(path: &Path, change: impl FnOnce(&mut NodesFile) -> Result<T, Edi
     super::parse(&text).map_err(|message| EditError::Refused(format!("the edit would make nodes.json invalid ({message}); nothing was changed")))?;
     write(path, &text)?;
     Ok(out)
+}
+
+/// `nodes.json.lock`, created exclusively for the time of one edit and
+/// removed when dropped. A lock older than [`EditLock::STALE`] was left by
+/// an edit that died, and is taken over.
+struct EditLock(std::path::PathBuf);
+
+impl EditLock {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    const STALE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn take(path: &Path) -> Result<EditLock, EditError> {
+        let lock = path.with_extension("json.lock");
+        let io = |source| EditError::Io { path: lock.display().to_string(), source };
+        if let Some(dir) = lock.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let deadline = std::time::Instant::now() + Self::WAIT;
+        loop {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+                Ok(_) => return Ok(EditLock(lock)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = std::fs::metadata(&lock).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    if age.is_some_and(|a| a > Self::STALE) {
+                        let _ = std::fs::remove_file(&lock);
+                        continue;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(EditError::Refused(format!(
+                            "another edit of nodes.json holds {} (for over {} s); try again, or delete that file if no `nodes` command runs",
+                            lock.display(),
+                            Self::WAIT.as_secs()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
+}
+
+impl Drop for EditLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Writes `text` to `path` atomically, creating the folder if needed.
@@ -439,6 +487,27 @@ mod tests {
         assert_eq!(host_warning("100.127.1.1"), None);
         assert!(host_warning("192.168.1.5").unwrap().contains("neither loopback nor a Tailscale address"));
         assert!(host_warning("box.lan").unwrap().contains("is a name"));
+    }
+
+    #[test]
+    fn concurrent_edits_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster").join("nodes.json");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        edit(&path, |f| f.add(&format!("w{t}-{i}"), "127.0.0.1", 8787)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(super::super::load(&path).unwrap().unwrap().len(), 100);
+        assert!(!path.with_extension("json.lock").exists(), "the lock is removed after each edit");
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct NodeReport {
     /// `draining`, or `drained` (draining with no job of this controller
     /// left there; see [`NodesReport::settle_drains`]).
     pub status: String,
+    /// True when `status` is `draining` (for [`NodesReport::settle_drains`]).
+    #[serde(skip)]
+    pub draining: bool,
     pub reason: Option<String>,
     pub contract: Option<String>,
     pub compat_mode: Option<String>,
@@ -356,7 +359,8 @@ impl Handler<DescribeNodes> for NodeProbe {
                 if let (Some(Value::Object(m)), Some(mode)) = (&mut caps, compat.and_then(Compat::mode_name)) {
                     m.insert("_compat_mode".into(), Value::String(mode.into()));
                 }
-                let (status, reason) = match &e.effective_health() {
+                let health = e.effective_health();
+                let (status, reason) = match &health {
                     NodeHealth::Up => ("up", None),
                     NodeHealth::Disabled => ("disabled", Some("disabled in nodes.json".to_string())),
                     NodeHealth::Unprobed => ("unprobed", None),
@@ -369,6 +373,7 @@ impl Handler<DescribeNodes> for NodeProbe {
                     enabled: e.config.enabled,
                     drain: e.config.drain,
                     status: status.into(),
+                    draining: matches!(health, NodeHealth::Draining(_)),
                     reason,
                     contract: e.raw_health.as_ref().and_then(|h| h.get("contract")).and_then(Value::as_str).map(str::to_string).or_else(|| compat.filter(|c| c.is_legacy()).map(|_| "v0.5".to_string())),
                     compat_mode: compat.and_then(Compat::mode_name).map(str::to_string),
@@ -389,7 +394,7 @@ impl NodesReport {
     /// controller is in flight any more (`in_flight` counts them per node
     /// id), and says how many still run on the others.
     pub fn settle_drains(&mut self, in_flight: impl Fn(&str) -> usize) {
-        for n in self.nodes.iter_mut().filter(|n| n.status == "draining") {
+        for n in self.nodes.iter_mut().filter(|n| n.draining) {
             let reason = n.reason.take().unwrap_or_default();
             match in_flight(&n.node_id) {
                 0 => {

@@ -23,7 +23,9 @@ mod commands;
 mod daemon;
 mod daemon_client;
 mod daemon_metrics;
+mod init;
 mod jobs;
+mod nodes_cmd;
 mod progress;
 mod render;
 mod running;
@@ -60,6 +62,8 @@ fn main() -> ExitCode {
         Command::Logs(args) => jobs::logs(settings, keyring(), args),
         Command::Wait(args) => jobs::wait(settings, keyring(), args),
         Command::Result(args) => jobs::result(settings, args),
+        Command::Init(args) => init::run(settings, args),
+        Command::Nodes(args) => nodes_cmd::run(settings, keyring(), args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -357,6 +357,9 @@ def s_disk_full(t, r):
         check_jobs(w, t, jobs)
 
         # (b) the controller's receipt folder.
+        # A healthy worker runs the job; only the controller's disk is full.
+        w2 = w.worker("w2")
+        w.write_nodes([w2])
         receipts = os.path.join(w.ctl_state, "cluster", "receipts")
         w.tmpfs(receipts, "1m")
         fill(receipts)
@@ -365,7 +368,10 @@ def s_disk_full(t, r):
         s = w.submit(*job3, extra=["--no-wait"])
         if not wait_exit(s, 30) or s.p.returncode != 0:
             t.fail(f"submit --no-wait failed: {s.log()[-300:]}")
-        wait_until("the step ends", 60, lambda: any(c["end"] for c in w.ledger.starts(job3[2])))
+        try:
+            wait_until("the step ends", 30, lambda: any(c["end"] for c in w.ledger.starts(job3[2])))
+        except TimeoutError:
+            t.fail("the step never ran while the receipt folder was full")
         time.sleep(2)
         empty = [os.path.join(d, f) for d, _, fs in os.walk(receipts) for f in fs if f.endswith(".part") and os.path.getsize(os.path.join(d, f)) == 0]
         os.unlink(os.path.join(receipts, "filler"))

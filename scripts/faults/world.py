@@ -371,16 +371,17 @@ class World:
 
 
 def fill(path):
-    """Fills the file system holding `path` to the last byte."""
-    with open(os.path.join(path, "filler"), "ab") as f:
+    """Fills the file system holding `path` to the last byte (in `filler`)."""
+    fd = os.open(os.path.join(path, "filler"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
         for size in (1 << 20, 1 << 12, 1):
             try:
                 while True:
-                    f.write(b"\0" * size)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.write(fd, b"\0" * size)
             except OSError:
                 pass
+    finally:
+        os.close(fd)
 
 
 _JSON_FLAG = {}

@@ -144,7 +144,13 @@ fn a_partitioned_worker_stops_its_copy_before_the_controller_runs_the_job_locall
     // the last renewal it received; so a local copy that starts after that
     // stop starts at least lease_s after the last renewal, and the two
     // copies never overlap.
-    assert!(died_at <= local.at, "the remote copy was still running {:.2} s into the local one", died_at - local.at);
+    assert!(
+        died_at <= local.at,
+        "two copies at once: the remote copy was still running {:.2} s into the local one (cut at 0, remote copy stopped at {:.2} s, local copy started at {:.2} s)",
+        died_at - local.at,
+        died_at - cut_at,
+        local.at - cut_at
+    );
     let wlog = std::fs::read_to_string(w.dir.path().join("w1.log")).unwrap_or_default();
     assert!(wlog.contains("lease expired: stopping the running job"), "the lease stopped the copy: {wlog}");
     // The last renewal was sent at most one renewal period before the cut.

@@ -249,9 +249,15 @@ def s_partition(t, r):
         w1 = w.worker("w1", host=addr, netns=ns)
         w.write_nodes([w1])
         run, job, text = "partition", f"r{r}", f"partition-r{r}"
-        sub = w.submit(run, job, text)
+        # Odd rounds use short long-polls and probes (2 s each, as the tests
+        # do) and cut at once, so a long-poll is in flight at the cut.
+        short = r % 2 == 1
+        poll_env = {"RAYVAULT_CONTROLLER__WAIT_POLL_S": "2", "RAYVAULT_CONTROLLER__PROBE_TIMEOUT_S": "2"} if short else {}
+        t.note(f"round {r + 1}: {'wait_poll_s = probe_timeout_s = 2, cut at the start' if short else 'defaults, cut 1 s into the step'}")
+        sub = w.submit(run, job, text, env=poll_env)
         remote = wait_until("the copy starts on w1", 60, lambda: next(iter(w.ledger.starts(text, "w1")), None))
-        time.sleep(1.0)
+        if not short:
+            time.sleep(1.0)
         cut_at = time.time()
         # The worker's side goes down: the host side loses its carrier and
         # drops packets silently (a true partition, not a refusal).
@@ -381,9 +387,9 @@ def s_disk_full(t, r):
             t.fail(f"{e} (the receipt was not kept for later)")
         leftover = [os.path.join(d, f) for d, _, fs in os.walk(receipts) for f in fs if f.endswith(".part")]
         if empty:
-            t.fail(f"0-byte .part files on the full disk: {empty}")
+            t.fail(f"0-byte .part files on the full disk: {[os.path.relpath(p, w.ctl_state) for p in empty]}")
         if leftover:
-            t.fail(f".part files left after space returned: {leftover}")
+            t.fail(f".part files left after space returned: {[os.path.relpath(p, w.ctl_state) for p in leftover]}")
         check_jobs(w, t, [job3])
     finally:
         w.close()

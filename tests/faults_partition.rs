@@ -161,7 +161,9 @@ fn a_partitioned_worker_stops_its_copy_before_the_controller_runs_the_job_locall
     for (what, at) in [("the give-up", stamp_s(gave_up["ended_at"].as_str().unwrap())), ("the local attempt", stamp_s(local_attempt["started_at"].as_str().unwrap())), ("the local step", local.at)] {
         assert!(at - cut_at >= LEASE_S - RENEW_EVERY_S, "{what} came {:.2} s after the cut, before the lease could expire: {r}", at - cut_at);
     }
-    assert!(died_at - cut_at >= LEASE_S - RENEW_EVERY_S, "the worker stopped its copy {:.2} s after the cut", died_at - cut_at);
+    // The worker's last renewal came at most about one renewal period
+    // (stretched by the status call's round trip) before the cut.
+    assert!(died_at - cut_at >= LEASE_S - 2.0 * RENEW_EVERY_S, "the worker stopped its copy only {:.2} s after the cut", died_at - cut_at);
     let fate = gave_up["fate"].as_str().unwrap_or("");
     assert!(["unknown", "stopped_by_lease"].contains(&fate), "the link was down when the job ended: {r}");
 

@@ -424,6 +424,10 @@ def s_panic(t, r):
             t.fail("submit of a panicking step did not end within 60 s")
         rec = w.receipt(*jobs[0][:2]) or {}
         t.note(f"panicking step: {rec.get('status')} {(rec.get('error') or {}).get('code')} on {rec.get('executed_on')}")
+        if rec.get("status") == "succeeded" and rec.get("executed_on") == "w1":
+            t.fail(f"the step did not panic on w1 with {var}=TTS_RENDER_CHUNKS: read the hook's documentation in actors/executor.rs and adjust s_panic")
+        elif rec and rec.get("status") != "succeeded" and not (rec.get("error") or {}).get("code"):
+            t.fail(f"the panicking job's receipt has no error code: {rec}")
         if w1.p.poll() is not None:
             t.fail("the worker died with the panicking step")
         elif not _health(w1.host, w1.port):

@@ -19,6 +19,8 @@ import sys
 import time
 import traceback
 
+# No __pycache__ folder in the source tree.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from world import World, fill, log, parse_utc, signed_get, wait_until, http_get, ROOT  # noqa: E402
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 need=()
-for pkg in ffmpeg espeak-ng gcc-mingw-w64-x86-64 wine wine64 faketime python3 curl ca-certificates procps; do
+for pkg in ffmpeg espeak-ng gcc-mingw-w64-x86-64 wine wine64 faketime python3 python3-venv curl ca-certificates procps iproute2 util-linux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

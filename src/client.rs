@@ -244,6 +244,11 @@ impl WorkerClient {
         self.call(Method::GET, &path, None, Duration::from_secs(wait_s)).await
     }
 
+    /// `GET /jobs/{id}?peek=1`: the job, without renewing its lease.
+    pub async fn peek_job(&self, job_id: &str) -> Result<JobView, ClientError> {
+        self.call(Method::GET, &format!("/jobs/{job_id}?peek=1"), None, Duration::ZERO).await
+    }
+
     /// Long-polls until the job is finished or `timeout` passes, `poll_s`
     /// seconds per request; returns the last state seen.
     pub async fn wait(&self, job_id: &str, timeout: Duration, poll_s: u64) -> Result<JobView, ClientError> {

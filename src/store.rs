@@ -300,6 +300,20 @@ impl Store {
         self.inner.failed.load(Ordering::Acquire)
     }
 
+    /// Tries to leave the failed state: an empty write transaction, which
+    /// re-opens the database first if it is poisoned by an earlier I/O
+    /// error. True when the store works again. Cheap, and only worth calling
+    /// while [`Store::is_failed`]: nothing else would write (and so heal)
+    /// while the controller keeps jobs away from a degraded worker.
+    pub fn try_heal(&self) -> bool {
+        self.run(|db| {
+            let tx = db.begin_write()?;
+            tx.commit()?;
+            Ok(())
+        })
+        .is_ok()
+    }
+
     /// Runs `op` on the database. When it fails with an I/O error, the
     /// database is closed and opened again (once per call, by one caller at
     /// a time); `op` is then tried once more if the failure was only redb's

@@ -20,7 +20,7 @@ use std::time::Duration;
 /// assert the rest: `/health` says "degraded" on a full disk, the fallback
 /// reason names the full disk, and after space is freed the next job runs on
 /// the worker again without a restart.
-const DISK_FULL_HANDLING: bool = false;
+const DISK_FULL_HANDLING: bool = true;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -82,6 +82,8 @@ fn a_worker_with_a_full_disk_loses_no_job_and_serves_again_once_space_is_freed()
     w.set_env("FAULT_STEP_S", "0.2");
     let mut wenv = step.clone();
     wenv.push(("FAULT_STEP_S".into(), "0.2".into()));
+    // The whole disk is 16 MiB: "short of space" means under 1 MiB here.
+    wenv.push(("RAYVAULT_WORKER__MIN_FREE_BYTES".into(), "1048576".into()));
     let (mut worker, port) = worker_at(&w, "w1", "127.0.0.1", None, &state, &wenv);
     w.write_nodes(&[("w1", port, true)]);
     let payload = |text: &str| json!({ "chunks": [{ "id": 1, "text": text }] });

@@ -30,12 +30,17 @@ impl Netns {
     /// `rvt<pid>` with 100.66.<n>.1/30 on our side and .2 inside.
     fn create() -> Result<(Netns, String), String> {
         let tag = std::process::id() % 100_000;
-        let n = Netns { name: format!("rvt{tag}"), host_if: format!("rvth{tag}"), inner_if: format!("rvtw{tag}") };
+        // Inside its own namespace the worker's end is named `tailscale0`,
+        // as on a real tailnet host: the worker's bind guard accepts a
+        // 100.64.0.0/10 address only on Tailscale's interface.
+        let n = Netns { name: format!("rvt{tag}"), host_if: format!("rvth{tag}"), inner_if: "tailscale0".into() };
+        let peer = format!("rvtw{tag}");
         let octet = tag % 250;
         let (host_ip, inner_ip) = (format!("100.66.{octet}.1/30"), format!("100.66.{octet}.2"));
         sys(&["ip", "netns", "add", &n.name])?;
-        sys(&["ip", "link", "add", &n.host_if, "type", "veth", "peer", "name", &n.inner_if])?;
-        sys(&["ip", "link", "set", &n.inner_if, "netns", &n.name])?;
+        sys(&["ip", "link", "add", &n.host_if, "type", "veth", "peer", "name", &peer])?;
+        sys(&["ip", "link", "set", &peer, "netns", &n.name])?;
+        n.exec(&["ip", "link", "set", &peer, "name", &n.inner_if])?;
         sys(&["ip", "addr", "add", &host_ip, "dev", &n.host_if])?;
         sys(&["ip", "link", "set", &n.host_if, "up"])?;
         n.exec(&["ip", "addr", "add", &format!("{inner_ip}/30"), "dev", &n.inner_if])?;

@@ -168,6 +168,11 @@ impl CurrentClient {
         Ok(self.inner.job(job_id, wait_s).await?)
     }
 
+    /// `GET /jobs/{id}?peek=1`: the job's state without renewing its lease.
+    pub async fn peek(&self, job_id: &str) -> Result<JobView, CallError> {
+        Ok(self.inner.peek_job(job_id).await?)
+    }
+
     /// `POST /jobs/{id}/cancel`.
     pub async fn cancel(&self, job_id: &str) -> Result<(), CallError> {
         self.inner.cancel(job_id).await.map(|_| ()).map_err(Into::into)

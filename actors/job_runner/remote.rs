@@ -392,19 +392,9 @@ struct Polled {
 async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::Fence) -> Result<Polled, CallError> {
     match client {
         NodeClient::Current(c) => {
-            use crate::protocol::JobState;
             fence.sent();
             let v = c.wait(job_id, wait_s).await?;
-            let state = match v.state {
-                JobState::Queued => "queued",
-                JobState::Running => "running",
-                JobState::Succeeded => "succeeded",
-                JobState::Failed => "failed",
-                JobState::Cancelled => "cancelled",
-                JobState::Abandoned => "abandoned",
-            };
-            let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
-            Ok(Polled { state, result: v.result, error, artifacts: v.artifacts })
+            Ok(polled_of(v))
         }
         NodeClient::Legacy(l) => {
             // v0.5 has no long-poll: wait a little between polls instead.
@@ -422,6 +412,21 @@ async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::
             Ok(Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts })
         }
     }
+}
+
+/// A current worker's job view in the poll's terms.
+fn polled_of(v: crate::protocol::JobView) -> Polled {
+    use crate::protocol::JobState;
+    let state = match v.state {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Abandoned => "abandoned",
+    };
+    let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
+    Polled { state, result: v.result, error, artifacts: v.artifacts }
 }
 
 async fn cancel_remote(client: &NodeClient, job_id: &str) {
@@ -627,14 +632,20 @@ pub async fn fetch_log(client: &NodeClient, job_id: &str, dest: &Path) -> Result
 /// must never contradict a worker): asks each one's worker once, bounded by
 /// the probe timeout, and records the fate on its attempt.
 pub async fn settle_fates(deps: &JobDeps, trace: &mut Trace) {
-    let bound = Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1));
+    // Short: a node given up for silence would only hold the receipt back.
+    let bound = Duration::from_secs(1);
     for i in 0..trace.attempts.len() {
         let a = &trace.attempts[i];
         let (Some(job_id), true) = (a.remote_job_id.clone(), a.outcome == "abandoned") else { continue };
         let node_id = a.executed_on.clone();
+        // A peek, never a renewal: the job was given up, and a renewal
+        // would re-attach a copy parked by a restarted worker.
         let asked = async {
             let (_, client) = connect(deps, &node_id).await.map_err(CallError::Other)?;
-            poll(&client, &job_id, 0, &liveness::Fence::none()).await
+            match &client {
+                NodeClient::Current(c) => c.peek(&job_id).await.map(polled_of),
+                NodeClient::Legacy(_) => poll(&client, &job_id, 0, &liveness::Fence::none()).await,
+            }
         };
         let (fate, digest) = match tokio::time::timeout(bound, asked).await {
             Ok(Ok(p)) => match p.state {

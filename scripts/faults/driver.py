@@ -332,7 +332,8 @@ def s_disk_full(t, r):
         # (a) the worker's disk.
         wstate = os.path.join(w.dir, "w1-state")
         w.tmpfs(wstate, "16m")
-        w1 = w.worker("w1", state=wstate)
+        # The whole disk is 16 MiB: "short of space" means under 1 MiB here.
+        w1 = w.worker("w1", state=wstate, env={"RAYVAULT_WORKER__MIN_FREE_BYTES": "1048576"})
         w.write_nodes([w1])
         fill(wstate)
         time.sleep(1.5)

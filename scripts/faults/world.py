@@ -333,12 +333,16 @@ class World:
         """A namespace `rvf<tag>` joined to this one by a veth pair:
         100.64.<subnet>.1 here, 100.64.<subnet>.2 inside. Returns
         (namespace, host veth, inner veth, inner address)."""
-        ns, host_if, inner_if = f"rvf{tag}", f"rvfh{tag}", f"rvfw{tag}"
+        # Inside the namespace the worker's end is named tailscale0, as on a
+        # tailnet host: the worker's bind guard accepts 100.64.0.0/10 only
+        # on Tailscale's interface.
+        ns, host_if, peer, inner_if = f"rvf{tag}", f"rvfh{tag}", f"rvfw{tag}", "tailscale0"
         self.sh("ip", "netns", "add", ns)
         self.cleanups.append(lambda: self.sh("ip", "netns", "del", ns, check=False))
-        self.sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", inner_if)
+        self.sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer)
         self.cleanups.append(lambda: self.sh("ip", "link", "del", host_if, check=False))
-        self.sh("ip", "link", "set", inner_if, "netns", ns)
+        self.sh("ip", "link", "set", peer, "netns", ns)
+        self.sh("ip", "netns", "exec", ns, "ip", "link", "set", peer, "name", inner_if)
         self.sh("ip", "addr", "add", f"100.64.{subnet}.1/24", "dev", host_if)
         self.sh("ip", "link", "set", host_if, "up")
         self.sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"100.64.{subnet}.2/24", "dev", inner_if)

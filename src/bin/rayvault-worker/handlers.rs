@@ -33,6 +33,13 @@ pub async fn health(st: Data) -> HttpResponse {
             "only {free} bytes free on the disk of the state folder (worker.min_free_bytes is {min}); free space there"
         ));
     }
+    // Once space is back, heal the store here: the controller sends no job
+    // to a degraded worker, so no other write would.
+    let space_back = !matches!(free_bytes, Some(f) if f < min);
+    if st.env.store.is_failed() && space_back {
+        let store = st.env.store.clone();
+        let _ = web::block(move || store.try_heal()).await;
+    }
     if st.env.store.is_failed() {
         reasons.push("the job store failed with an I/O error and has not recovered yet".to_string());
     }
@@ -231,18 +238,24 @@ pub struct JobQuery {
     /// Long-poll: wait up to this many seconds for the job to finish.
     #[serde(default)]
     pub wait_s: Option<u64>,
+    /// `peek=1`: read the job without renewing its lease (a controller
+    /// that gave the job up, asking what became of it).
+    #[serde(default)]
+    pub peek: Option<u8>,
 }
 
 /// `GET /jobs/{id}[?wait_s=N]`: the job; with `wait_s` it answers as soon
 /// as the job is finished, or after `wait_s` (capped by worker.max_wait_s).
 pub async fn get_job(st: Data, id: web::Path<String>, q: web::Query<JobQuery>) -> Result<HttpResponse, ApiError> {
     let wait = Duration::from_secs(q.wait_s.unwrap_or(0).min(st.limits.max_wait_s));
-    // A status call or long-poll renews the submitter's lease on the job.
-    renew_lease(&st, &id).await;
-    let view = wait_for_job(&st, &id, wait).await?;
-    if !wait.is_zero() {
+    // A status call or long-poll renews the submitter's lease on the job,
+    // when it arrives and never later: the controller counts its fence from
+    // when it sent the request, so a renewal at the end of a long-poll
+    // would outlive it.
+    if q.peek != Some(1) {
         renew_lease(&st, &id).await;
     }
+    let view = wait_for_job(&st, &id, wait).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 

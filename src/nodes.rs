@@ -103,9 +103,13 @@ fn parse_node(text: &str, i: usize, node: &Value) -> Result<NodeConfig, String> 
         format!("line {line}: nodes[{i}].{field} {what}")
     };
     for key in obj.keys() {
-        if !matches!(key.as_str(), "node_id" | "host" | "port" | "enabled") {
-            return Err(field_err(key, "is not a known field; use node_id, host, port, enabled"));
+        if !matches!(key.as_str(), "node_id" | "host" | "port" | "enabled" | "drain") {
+            return Err(field_err(key, "is not a known field; use node_id, host, port, enabled, drain"));
         }
+    }
+    // `"drain": true` is written by the dashboard's drain button.
+    if obj.get("drain").is_some_and(|v| !v.is_boolean()) {
+        return Err(field_err("drain", "must be true or false"));
     }
     let string_field = |field: &str| -> Result<String, String> {
         match obj.get(field) {

@@ -42,6 +42,8 @@ pub enum Command {
     Wait(ReceiptArgs),
     /// Print a finished job's receipt and exit with its exit code.
     Result(ReceiptArgs),
+    /// Log a browser in to the daemon's web dashboard (prints a one-time link).
+    Dashboard(crate::dashboard::DashboardArgs),
 }
 
 /// The steps `submit --step-name` accepts, for `submit --help`.

@@ -11,6 +11,10 @@
 //! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]
 //! - `POST /v1/jobs/{run_id}/{job_id}/cancel`
 //! - `GET /v1/status`
+//!
+//! Plus the web dashboard (`dashboard`): `POST /v1/dashboard/login` is
+//! signed like the rest; its pages, data and files answer to a browser
+//! session instead.
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -127,6 +131,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
             progress,
         });
         resume_unfinished(&state).await?;
+        let dashboard = web::Data::new(crate::dashboard::Dashboard::new(settings.clone(), store.clone(), controller.clone(), state.progress.clone())?);
         let st = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -148,6 +153,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
                 .route("/v1/jobs/{run_id}/{job_id}", web::get().to(job))
                 .route("/v1/jobs/{run_id}/{job_id}/cancel", web::post().to(cancel))
                 .route("/v1/status", web::get().to(status))
+                .configure(|cfg| crate::dashboard::routes(cfg, dashboard.clone()))
         })
         .workers(1)
         .shutdown_timeout(5)
@@ -289,6 +295,9 @@ fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), Box<HttpResponse
     let Some(state) = req.app_data::<Data>() else {
         return Err(Box::new(error(500, "INTERNAL", "the API state is missing", None)));
     };
+    if crate::dashboard::is_session_path(req.path()) {
+        return Ok(());
+    }
     let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
     state.verifier.precheck(&auth).map_err(|e| {
         match e {

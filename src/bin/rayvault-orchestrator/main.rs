@@ -20,6 +20,7 @@
 mod cli;
 mod commands;
 mod daemon;
+mod dashboard;
 mod daemon_client;
 mod jobs;
 mod progress;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => jobs::logs(settings, keyring(), args),
         Command::Wait(args) => jobs::wait(settings, keyring(), args),
         Command::Result(args) => jobs::result(settings, args),
+        Command::Dashboard(args) => dashboard::command(settings, keyring(), args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

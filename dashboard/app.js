@@ -81,6 +81,12 @@ function ago(ms) {
   return new Date(ms).toLocaleString();
 }
 
+// The time of day of an RFC 3339 UTC timestamp (the date is in its title).
+function clock(stamp) {
+  const m = /T(\d\d:\d\d:\d\d(\.\d+)?)Z$/.exec(stamp || '');
+  return m ? m[1] : (stamp || '');
+}
+
 function size(bytes) {
   if (bytes < 1024) return bytes + ' B';
   if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(1) + ' KiB';
@@ -131,13 +137,12 @@ function drawJobs(state) {
   body.replaceChildren(...state.jobs.map((j) => {
     const where = j.node || (j.phase === 'finished' ? 'nowhere' : '');
     const row = el('tr', { 'data-job': j.key, class: j.key === selected ? 'selected' : '' },
-      el('td', {}, el('a', { href: '#job=' + j.key }, j.key)),
-      el('td', {}, j.step_name),
+      el('td', {}, el('a', { href: '#job=' + j.key }, j.key), el('div', { class: 'muted' }, j.step_name)),
       el('td', { class: 'state-cell' }, stateBadge(j.state), j.error_code ? el('div', { class: 'reason' }, j.error_code) : null,
-        j.phase !== 'finished' && j.last_progress ? el('div', { class: 'muted' }, j.last_progress) : null),
+        j.phase !== 'finished' && j.last_progress ? el('div', { class: 'muted progress-line', title: j.last_progress }, j.last_progress) : null),
       el('td', {}, where, j.fallback_reason ? el('div', { class: 'reason', title: j.fallback_reason }, 'fallback: ' + j.fallback_reason) : null),
       el('td', {}, ago(j.submitted_at_ms)),
-      el('td', {}, duration(j.total_ms)));
+      el('td', { class: 'took' }, duration(j.total_ms)));
     return row;
   }));
   $('jobs-empty').hidden = state.jobs.length > 0;
@@ -210,17 +215,17 @@ function drawJob(job) {
 
   const attempts = r ? r.attempts : [];
   $('attempts').tBodies[0].replaceChildren(...attempts.map((a) =>
-    el('tr', {}, el('td', {}, a.executed_on + (a.remote_job_id ? ' (' + a.remote_job_id + ')' : '')), el('td', {}, stateBadge(a.outcome)),
-      el('td', { class: 'fate' }, a.fate || ''), el('td', {}, a.detail || ''), el('td', {}, a.started_at), el('td', {}, a.ended_at))));
+    el('tr', {}, el('td', { title: a.remote_job_id || '' }, a.executed_on), el('td', {}, stateBadge(a.outcome)),
+      el('td', { class: 'fate' }, a.fate || ''), el('td', {}, a.detail || ''), el('td', { title: a.started_at }, clock(a.started_at)), el('td', { title: a.ended_at }, clock(a.ended_at)))));
 
   const t = $('timings');
   t.replaceChildren();
   if (r) {
     fact(t, 'submitted', r.timings.submitted_at);
-    fact(t, 'started', r.timings.started_at);
-    fact(t, 'finished', r.timings.finished_at);
     fact(t, 'queued', duration(r.timings.queue_ms));
+    fact(t, 'started', r.timings.started_at);
     fact(t, 'ran', duration(r.timings.run_ms));
+    fact(t, 'finished', r.timings.finished_at);
     fact(t, 'synced', duration(r.timings.sync_ms));
     fact(t, 'total', duration(r.timings.total_ms));
   } else {

@@ -8,7 +8,7 @@
 //! - `GET /login?t=<token>`: burns the token, sets the session cookie and
 //!   redirects (303) to `/`;
 //! - `GET /` (the page, with the session's CSRF token in a meta tag),
-//!   `GET /static/{app.js,style.css}`;
+//!   `GET /static/{app.js,style.css,favicon.svg}`;
 //! - `GET /api/state` (nodes and jobs), `GET /api/jobs/{run_id}/{job_id}`
 //!   (one job with its receipt and files), `GET
 //!   /api/jobs/{run_id}/{job_id}/log?offset=N` (its log from byte N);
@@ -68,6 +68,7 @@ const INDEX_HTML: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/dash
 const LOGIN_HTML: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard/login.html"));
 const APP_JS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard/app.js"));
 const STYLE_CSS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard/style.css"));
+const FAVICON_SVG: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard/favicon.svg"));
 
 /// True for the paths the dashboard serves with a browser session rather
 /// than the API's signature; the daemon's signature precheck lets them
@@ -297,6 +298,7 @@ async fn asset(req: HttpRequest, name: web::Path<String>) -> HttpResponse {
     match name.as_str() {
         "app.js" => HttpResponse::Ok().content_type("text/javascript; charset=utf-8").body(APP_JS),
         "style.css" => HttpResponse::Ok().content_type("text/css; charset=utf-8").body(STYLE_CSS),
+        "favicon.svg" => HttpResponse::Ok().content_type("image/svg+xml").body(FAVICON_SVG),
         _ => error(404, "NOT_FOUND", "no such file"),
     }
 }

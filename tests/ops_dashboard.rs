@@ -391,6 +391,38 @@ fn the_login_link_works_once_and_every_dashboard_route_needs_its_session() {
     assert_eq!(http(port, "GET", "/api/state", &[("Cookie", &cookie)], b"").status, 401);
 }
 
+/// `dashboard` opens its link with xdg-open in a graphical session (here a
+/// stand-in that records what it was given), without the cluster secret in
+/// its environment; without a display it only prints the link.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_dashboard_command_opens_its_link_with_xdg_open_and_no_secret() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new();
+    let _daemon = w.daemon();
+    let bin = w.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let record = w.dir.path().join("xdg-open.txt");
+    let script = bin.join("xdg-open");
+    std::fs::write(&script, format!("#!/bin/sh\n{{ echo \"$1\"; env; }} > {}.tmp && mv {0}.tmp {0}\n", record.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+
+    let out = w.orch().arg("dashboard").env("PATH", &path).env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!record.exists(), "no display: no browser is opened");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Opened"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = w.orch().arg("dashboard").env("PATH", &path).env("DISPLAY", ":99").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Opened it in your browser"), "{}", String::from_utf8_lossy(&out.stderr));
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(recorded.lines().next(), Some(url.as_str()));
+    assert!(recorded.contains("DISPLAY=:99"), "{recorded}");
+    assert!(!recorded.contains("RAYVAULT_CLUSTER_SECRET") && !recorded.contains(SECRET), "the secret stays out of the browser's environment: {recorded}");
+}
+
 #[test]
 fn the_dashboard_in_headless_chromium() {
     let Some(driver) = chromedriver() else {

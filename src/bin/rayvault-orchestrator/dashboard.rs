@@ -567,8 +567,9 @@ pub fn command(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, args: Das
 }
 
 /// Opens `url` with `open` (macOS) or `xdg-open` (Linux, in a graphical
-/// session); false when there is no browser to open it with. The child
-/// gets the scrubbed environment of every tool (no cluster secret).
+/// session); false when there is no browser to open it with. Started
+/// through `process::run_detached`: the browser outlives this command, and
+/// gets no cluster secret in its environment.
 async fn open_browser(url: &str) -> bool {
     let program = if cfg!(target_os = "macos") {
         "open"
@@ -577,16 +578,11 @@ async fn open_browser(url: &str) -> bool {
     } else {
         return false;
     };
-    let tool = rayvault::process::Tool::new(program, program).arg(url);
-    let mut cmd = rayvault::process::scrubbed_command(&tool);
-    // The browser outlives this command.
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(false);
-    match cmd.spawn() {
-        Ok(mut child) => match tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await {
-            Ok(Ok(status)) => status.success(),
-            // Still running after a while: it is the browser itself.
-            _ => true,
-        },
+    let tool = rayvault::process::Tool::new(program, program).arg(url).timeout(std::time::Duration::from_secs(10));
+    match rayvault::process::run_detached(&tool).await {
+        Ok(Some(status)) => status.success(),
+        // Still running after a while: it is the browser itself.
+        Ok(None) => true,
         Err(_) => false,
     }
 }

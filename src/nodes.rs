@@ -180,6 +180,12 @@ mod tests {
     }
 
     #[test]
+    fn drain_is_a_known_boolean_field() {
+        assert_eq!(parse(r#"{"nodes":[{"node_id":"w1","host":"h","port":1,"enabled":true,"drain":true}]}"#).unwrap().len(), 1);
+        check_err("{\"nodes\": [{\"node_id\": \"a\", \"host\": \"h\", \"port\": 1,\n\"drain\": \"yes\"}]}", &["line 2", "nodes[0].drain must be true or false"]);
+    }
+
+    #[test]
     fn missing_file_means_no_nodes() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(&dir.path().join("nodes.json")).unwrap(), None);

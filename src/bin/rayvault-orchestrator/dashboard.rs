@@ -387,7 +387,7 @@ async fn state(dash: Data, req: HttpRequest) -> HttpResponse {
         })
         .collect();
     let local_in_flight = in_flight(None);
-    jobs.sort_by(|a, b| b.submitted_at_ms.cmp(&a.submitted_at_ms));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.submitted_at_ms));
     let listed: Vec<Value> = jobs.iter().take(MAX_LISTED_JOBS).map(|j| job_summary(&dash, j)).collect();
     HttpResponse::Ok().json(json!({
         "daemon": {"pid": std::process::id(), "now_ms": crate::dashboard::now_ms()},

@@ -391,14 +391,23 @@ fn the_login_link_works_once_and_every_dashboard_route_needs_its_session() {
     assert_eq!(http(port, "GET", "/api/state", &[("Cookie", &cookie)], b"").status, 401);
 }
 
-/// `dashboard` opens its link with xdg-open in a graphical session (here a
-/// stand-in that records what it was given), without the cluster secret in
-/// its environment; without a display it only prints the link.
+/// `dashboard` needs the daemon and the secret; it opens its link with
+/// xdg-open in a graphical session (here a stand-in that records what it was
+/// given), without the cluster secret in its environment; without a display
+/// it only prints the link.
 #[cfg(target_os = "linux")]
 #[test]
 fn the_dashboard_command_opens_its_link_with_xdg_open_and_no_secret() {
     use std::os::unix::fs::PermissionsExt as _;
     let w = World::new();
+    // Without a daemon, or without the secret, it says what to do.
+    let out = w.orch().args(["dashboard", "--no-open"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start it with `rayvault-orchestrator daemon`"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = World::bare().orch().args(["dashboard", "--no-open"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set RAYVAULT_CLUSTER_SECRET"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
     let _daemon = w.daemon();
     let bin = w.dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();

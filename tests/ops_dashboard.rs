@@ -552,6 +552,24 @@ fn the_dashboard_in_headless_chromium() {
     let cookie = format!("rayvault_session={}", session["value"].as_str().unwrap());
     let resp = http(port, "POST", "/api/nodes/w1/drain", &[("Cookie", &cookie)], b"");
     assert_eq!(resp.status, 403, "{}", resp.text());
+
+    // The files as served: the bytes of the receipt folder, their type,
+    // whole or a byte range (players seek with ranges).
+    let frame = std::fs::read(w.receipt_dir("dash", "frames").join("frame_0001.jpg")).unwrap();
+    let whole = http(port, "GET", "/files/dash/frames/frame_0001.jpg", &[("Cookie", &cookie)], b"");
+    assert_eq!((whole.status, whole.header("content-type"), whole.header("content-disposition")), (200, Some("image/jpeg"), Some("inline")));
+    assert_eq!(whole.body, frame);
+    let part = http(port, "GET", "/files/dash/frames/frame_0001.jpg", &[("Cookie", &cookie), ("Range", "bytes=10-19")], b"");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some(format!("bytes 10-19/{}", frame.len()).as_str()));
+    assert_eq!(part.body, frame[10..20]);
+    let beyond = http(port, "GET", "/files/dash/frames/frame_0001.jpg", &[("Cookie", &cookie), ("Range", &format!("bytes={}-", frame.len()))], b"");
+    assert_eq!(beyond.status, 416);
+    let receipt_file = http(port, "GET", "/files/dash/frames/job_receipt.json", &[("Cookie", &cookie)], b"");
+    assert_eq!(receipt_file.header("content-disposition"), Some("attachment; filename=\"job_receipt.json\""));
+    assert_eq!(receipt_file.json()["status"], "succeeded");
+    let missing = http(port, "GET", "/files/dash/frames/frame_0009.jpg", &[("Cookie", &cookie)], b"");
+    assert_eq!((missing.status, missing.json()["code"].clone()), (404, json!("FILE_NOT_FOUND")));
     // The page ran without a script error, a failed request or a breach of
     // its own Content-Security-Policy: the only errors in the console are
     // the two expected 401s (the page before logging in, the used link).

@@ -105,9 +105,41 @@ pub fn read_from(path: &Path, offset: u64, max: u64) -> std::io::Result<(String,
     Ok((String::from_utf8_lossy(&buf).into_owned(), start + cut as u64, size))
 }
 
+/// The byte range a `Range` header asks for, inclusive, within a file of
+/// `len` bytes: `Ok(None)` for the whole file (no header, or one we do not
+/// serve in part: several ranges, another unit), `Err(())` when the range
+/// lies outside the file (416).
+pub fn byte_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else { return Ok(None) };
+    let (first, last) = (first.trim(), last.trim());
+    let parse = |s: &str| s.parse::<u64>().map_err(|_| ());
+    let range = match (first.is_empty(), last.is_empty()) {
+        // `bytes=-N`: the last N bytes.
+        (true, false) => {
+            let n = parse(last)?;
+            if n == 0 || len == 0 {
+                return Err(());
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (false, true) => (parse(first)?, len.saturating_sub(1)),
+        (false, false) => (parse(first)?, parse(last)?.min(len.saturating_sub(1))),
+        (true, true) => return Ok(None),
+    };
+    if range.0 >= len || range.0 > range.1 {
+        return Err(());
+    }
+    Ok(Some(range))
+}
+
 /// `GET /files/{run_id}/{job_id}/{name}`: a file of the job's receipt
-/// folder, streamed. Pictures, sound and video are shown in the page
-/// (`inline`); everything else is a download (`attachment`).
+/// folder, streamed, whole or one byte range (so that players can seek).
+/// Pictures, sound and video are shown in the page (`inline`); everything
+/// else is a download (`attachment`).
 pub async fn serve(dash: Data, req: HttpRequest, path: web::Path<(String, String, String)>) -> HttpResponse {
     if let Err(r) = dash.session(&req) {
         return r.response();
@@ -128,16 +160,36 @@ pub async fn serve(dash: Data, req: HttpRequest, path: web::Path<(String, String
     .await
     .ok()
     .flatten();
-    let Some((file, len)) = found else {
+    let Some((mut file, len)) = found else {
         return error(404, "FILE_NOT_FOUND", format!("no file {name} in the receipt folder of {run_id}/{job_id}"));
     };
     let (content_type, kind) = kind_of(&name);
     let disposition = if kind == Kind::File { format!("attachment; filename=\"{name}\"") } else { "inline".to_string() };
-    HttpResponse::Ok()
+    let range = byte_range(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), len);
+    let mut answer = match range {
+        Ok(None) => HttpResponse::Ok(),
+        Ok(Some((first, last))) => {
+            if file.seek(std::io::SeekFrom::Start(first)).is_err() {
+                return error(500, "INTERNAL", "cannot read the file");
+            }
+            let mut partial = HttpResponse::PartialContent();
+            partial.insert_header((header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}")));
+            partial
+        }
+        Err(()) => {
+            return HttpResponse::RangeNotSatisfiable().insert_header((header::CONTENT_RANGE, format!("bytes */{len}"))).finish();
+        }
+    };
+    let send = match range {
+        Ok(Some((first, last))) => last - first + 1,
+        _ => len,
+    };
+    answer
         .content_type(content_type)
         .insert_header((header::CONTENT_DISPOSITION, disposition))
-        .no_chunking(len)
-        .streaming(chunks(tokio::fs::File::from_std(file), len))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .no_chunking(send)
+        .streaming(chunks(tokio::fs::File::from_std(file), send))
 }
 
 /// The first `len` bytes of `file` as a stream of chunks.
@@ -199,6 +251,25 @@ mod tests {
         let listed = listing(&dir, None);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].url, "/files/run/job/worker.log");
+    }
+
+    #[test]
+    fn byte_ranges() {
+        let check = |h: Option<&str>, len: u64, expected: Result<Option<(u64, u64)>, ()>| assert_eq!(byte_range(h, len), expected, "{h:?} of {len}");
+        check(None, 100, Ok(None));
+        check(Some("bytes=0-"), 100, Ok(Some((0, 99))));
+        check(Some("bytes=10-19"), 100, Ok(Some((10, 19))));
+        check(Some("bytes=90-200"), 100, Ok(Some((90, 99))));
+        check(Some("bytes=-10"), 100, Ok(Some((90, 99))));
+        check(Some("bytes=-200"), 100, Ok(Some((0, 99))));
+        check(Some("bytes=100-"), 100, Err(()));
+        check(Some("bytes=20-10"), 100, Err(()));
+        check(Some("bytes=-0"), 100, Err(()));
+        check(Some("bytes=0-"), 0, Err(()));
+        check(Some("bytes=x-1"), 100, Err(()));
+        check(Some("bytes=0-1,5-6"), 100, Ok(None));
+        check(Some("items=0-1"), 100, Ok(None));
+        check(Some("bytes=-"), 100, Ok(None));
     }
 
     #[test]

@@ -132,7 +132,10 @@ async fn sync_one(
             tracing::info!("resuming {} from byte {have} of {}", entry.name, entry.size);
         }
         match client.download(job_id, entry, &final_path).await {
-            Ok(()) => return Ok(final_path),
+            Ok(()) => {
+                crate::metrics::controller().artifact_bytes_synced(entry.size);
+                return Ok(final_path);
+            }
             Err(e) => {
                 last = format!("downloading {} failed (attempt {attempt}/{attempts}): {e}", entry.name);
                 tracing::warn!("{last}");

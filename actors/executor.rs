@@ -296,14 +296,45 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: C
         Ok(_) => tracing::info!("job succeeded"),
         Err(e) => tracing::info!(code = %e.code, "job ended: {}", e.message),
     }
-    let store = env.store.clone();
-    let id = job_id.clone();
     let result = outcome.map(|o| (o.result, o.artifacts));
-    if let Some(Err(e)) = blocking(move || store.finish(&id, result, now_ms())).await {
-        tracing::error!(error = %e, "cannot record the job's outcome");
-    }
+    record_outcome(&env, &job_id, result).await;
     env.leases.release(&job_id);
     env.notify();
+}
+
+/// How long the executor keeps trying to record a job's outcome while the
+/// store fails (a full disk): the store re-opens itself once space returns,
+/// and a job must not stay `running` for ever because one write failed.
+const RECORD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Records a finished job's outcome, retrying with back-off while the store
+/// fails. A job whose outcome could not be recorded in that time stays
+/// `running` in the store and is recovered (INTERRUPTED or re-run) at the
+/// next start.
+async fn record_outcome(env: &Arc<ExecutorEnv>, job_id: &str, result: Result<(Value, Vec<crate::artifacts::ArtifactEntry>), StepError>) {
+    let deadline = tokio::time::Instant::now() + RECORD_RETRY_FOR;
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        let (store, id, r) = (env.store.clone(), job_id.to_string(), result.clone());
+        match blocking(move || store.finish(&id, r, now_ms())).await {
+            Some(Ok(rec)) => {
+                if let Some(rec) = rec {
+                    crate::metrics::worker().record_job(&rec);
+                }
+                return;
+            }
+            Some(Err(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "cannot record the job's outcome yet; retrying in {:?}", pause);
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "gave up recording the job's outcome; it is recovered at the next start");
+                return;
+            }
+            None => return,
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 /// Opens the log, resolves staged inputs and runs the step.

@@ -355,6 +355,7 @@ pub async fn run_job(
         ));
     }
     let receipt = build_receipt(&spec, inputs_hash, ending, &trace);
+    crate::metrics::controller().record_receipt(&receipt);
     let write = {
         let (r, d) = (receipt.clone(), dir.clone());
         tokio::task::spawn_blocking(move || r.write_or_keep(&d)).await
@@ -399,6 +400,7 @@ async fn crashed(deps: &JobDeps, spec: &JobSpec, submitted_at: SystemTime, p: Pa
     let trace = Trace::new(spec, submitted_at, deps);
     let hash = crate::protocol::inputs_hash(&spec.step_name, &spec.payload);
     let receipt = build_receipt(spec, hash, Ending::failed(ErrorCode::Internal, p.to_string(), None), &trace);
+    crate::metrics::controller().record_receipt(&receipt);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
     let (r, d) = (receipt.clone(), dir.clone());
     match tokio::task::spawn_blocking(move || r.write(&d)).await {
@@ -482,13 +484,20 @@ async fn execute(
             Err(e) => return Ending::failed(ErrorCode::Internal, e, None),
         };
         trace.placement = placed.report.explanations.clone();
+        // The Scheduler counted this job on its first choice; that slot is
+        // handed to the attempt there, or released if it is not made.
+        let mut reservation = Reservation(placed.report.reserved.clone(), deps.load.clone());
+        if reservation.0.as_deref().is_some_and(|r| tried.iter().any(|t| t == r)) {
+            drop(std::mem::replace(&mut reservation, Reservation(None, deps.load.clone())));
+        }
         for node_id in placed.report.ranked.iter() {
             if tried.iter().any(|t| t == node_id.as_ref()) || cancel.is_cancelled() {
                 continue;
             }
             tried.push(node_id.to_string());
             trace.say(format!("placing on {node_id}"));
-            match remote::run_on(deps, spec, node_id, staged, dir, cancel, trace).await {
+            let reserved = reservation.take_for(node_id);
+            match remote::run_on(deps, spec, node_id, reserved, staged, dir, cancel, trace).await {
                 remote::Outcome::Done(ending) => return ending,
                 remote::Outcome::NodeFailed(f) => {
                     trace.say(format!("{node_id} could not run it: {}", f.text()));
@@ -532,9 +541,34 @@ async fn execute(
         );
     }
     trace.say(format!("running locally: {reason}"));
+    crate::metrics::controller().record_fallback(fallback_class(&placed, &failures));
     let mut ending = run_local(deps, spec, dir, cancel, trace).await;
     ending.fallback_reason = Some(reason);
     ending
+}
+
+/// A slot the Scheduler reserved on a node for this job; released on drop
+/// unless an attempt on that node took it over.
+struct Reservation(Option<Arc<str>>, Recipient<NodeLoad>);
+
+impl Reservation {
+    /// True (and the slot is handed over) when the slot is on `node_id`.
+    fn take_for(&mut self, node_id: &str) -> bool {
+        if self.0.as_deref() == Some(node_id) {
+            self.0 = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.take() {
+            self.1.do_send(NodeLoad { node_id: node.to_string(), delta: -1 });
+        }
+    }
 }
 
 /// Probes the given nodes again, each bounded by `probe_timeout_s`.
@@ -625,6 +659,25 @@ fn fallback_reason(report: &PlacementReport, failures: &[(String, NodeFailure)],
     } else {
         parts.join("; ")
     }
+}
+
+/// The class of a local fallback for the metrics, from this job's typed
+/// placement and failures (the receipt only keeps their text). A
+/// misconfigured node reaches here only under `fallback = "always"`.
+fn fallback_class(placed: &Placed, failures: &[(String, NodeFailure)]) -> crate::metrics::FallbackClass {
+    use crate::metrics::FallbackClass;
+    if placed.report.controller_only {
+        return FallbackClass::ControllerOnly;
+    }
+    let misconfigured = |h: &NodeHealth| matches!(h, NodeHealth::Misconfigured(..));
+    if failures.iter().any(|(_, f)| matches!(f, NodeFailure::Misconfigured(..))) || placed.nodes.iter().any(|n| misconfigured(&n.health)) {
+        return FallbackClass::Misconfigured;
+    }
+    let unavailable = |h: &NodeHealth| matches!(h, NodeHealth::Down(_) | NodeHealth::Degraded(_) | NodeHealth::Unprobed);
+    if !failures.is_empty() || placed.nodes.iter().any(|n| unavailable(&n.health)) {
+        return FallbackClass::Unavailable;
+    }
+    FallbackClass::NoEligibleNode
 }
 
 async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<Placed, String> {

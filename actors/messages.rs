@@ -166,6 +166,12 @@ pub struct PlacementReport {
     pub explanations: Vec<NodeExplanation>,
     /// The step may only run on the controller (never placed remotely).
     pub controller_only: bool,
+    /// The first ranked node, whose in-flight count the Scheduler raised by
+    /// one when it placed the job (so that placements made at the same
+    /// moment spread out). The JobRunner owns that slot: it releases it
+    /// with a [`super::scheduler::NodeLoad`] of -1 when the job leaves the
+    /// node, or at once if it does not use the node.
+    pub reserved: Option<Arc<str>>,
 }
 
 impl PlacementReport {

@@ -176,15 +176,24 @@ pub struct Scheduler {
     controller_only: Vec<String>,
     /// Jobs this controller has in flight per node, for ranking.
     load: HashMap<String, u32>,
+    /// Turns at each placement, so that equally loaded nodes take turns
+    /// instead of the first one in nodes.json always winning.
+    tie_turn: u32,
 }
 
 impl Scheduler {
     pub fn new(controller_only: Vec<String>) -> Self {
-        Scheduler { controller_only, load: HashMap::new() }
+        Scheduler { controller_only, load: HashMap::new(), tie_turn: 0 }
     }
 
     /// The full decision: controller-only check, then [`place`] and [`explain`].
     pub fn decide(&self, msg: PlaceJob) -> PlacementReport {
+        self.decide_turn(msg, 0)
+    }
+
+    /// [`Scheduler::decide`], breaking ties between equally loaded nodes by
+    /// starting from the `turn`-th one (round robin over placements).
+    pub fn decide_turn(&self, msg: PlaceJob, turn: u32) -> PlacementReport {
         let PlaceJob { step_name, requirements, mut nodes } = msg;
         let controller_only = self.controller_only.iter().any(|s| s.eq_ignore_ascii_case(&step_name));
         for n in &mut nodes {
@@ -210,13 +219,16 @@ impl Scheduler {
                         })
                         .collect(),
                     controller_only,
+                    reserved: None,
                 }
             }
         };
-        let placement = place(&requirements, step, &nodes);
+        let mut placement = place(&requirements, step, &nodes);
+        let n = nodes.len().max(1) as u32;
+        placement.ranked.sort_by_key(|&i| (nodes[i as usize].busy, (i + n - turn % n) % n));
         let explanations = explain(&requirements, step, &nodes, &placement);
         let ranked: Vec<Arc<str>> = placement.ranked.iter().map(|&i| nodes[i as usize].node_id.clone()).collect();
-        PlacementReport { ranked, explanations, controller_only: false }
+        PlacementReport { ranked, explanations, controller_only: false, reserved: None }
     }
 }
 
@@ -238,8 +250,17 @@ impl actix::Supervised for Scheduler {
 impl Handler<PlaceJob> for Scheduler {
     type Result = Result<PlacementReport, Panicked>;
     fn handle(&mut self, msg: PlaceJob, ctx: &mut Context<Self>) -> Self::Result {
+        let turn = self.tie_turn;
+        self.tie_turn = self.tie_turn.wrapping_add(1);
         let me = &*self;
-        guard("Scheduler", "placing a job", ctx, || me.decide(msg))
+        let mut report = guard("Scheduler", "placing a job", ctx, || me.decide_turn(msg, turn))?;
+        // Reserve the chosen node's slot here, in the same step as the
+        // decision, so that the next placement already sees it.
+        if let Some(first) = report.ranked.first() {
+            *self.load.entry(first.to_string()).or_insert(0) += 1;
+            report.reserved = Some(first.clone());
+        }
+        Ok(report)
     }
 }
 
@@ -354,19 +375,49 @@ mod tests {
     }
 
     #[test]
+    fn simultaneous_placements_spread_over_equal_nodes() {
+        actix::System::new().block_on(async {
+            let s = Scheduler::new(vec![]).start();
+            let nodes: Vec<NodeSnapshot> = (0..4).map(|i| node(&format!("w{i}"), "windows", 8.0, 0)).collect();
+            let mut chosen = Vec::new();
+            // Eight placements before any job reports its load: each one
+            // reserves its node's slot at once, so they spread two per node.
+            for _ in 0..8 {
+                let rep = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes.clone() }).await.unwrap().unwrap();
+                assert_eq!(rep.reserved.as_ref(), rep.ranked.first());
+                chosen.push(rep.reserved.unwrap().to_string());
+            }
+            for i in 0..4 {
+                assert_eq!(chosen.iter().filter(|c| **c == format!("w{i}")).count(), 2, "{chosen:?}");
+            }
+            // Releasing a slot makes its node the least loaded again.
+            s.send(NodeLoad { node_id: "w2".into(), delta: -1 }).await.unwrap();
+            let rep = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes.clone() }).await.unwrap().unwrap();
+            assert_eq!(rep.reserved.as_deref(), Some("w2"));
+        });
+    }
+
+    #[test]
     fn the_actor_ranks_by_the_load_it_is_told_about() {
         actix::System::new().block_on(async {
             let s = Scheduler::new(vec![]).start();
             let nodes = || vec![node("a", "linux", 8.0, 0), node("b", "linux", 8.0, 0)];
             let first = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap().unwrap();
-            assert_eq!(first.ranked[0].as_ref(), "a");
-            s.send(NodeLoad { node_id: "a".into(), delta: 1 }).await.unwrap();
+            let (one, other) = (first.ranked[0].to_string(), first.ranked[1].to_string());
+            // The first placement reserved its node: the next goes elsewhere.
             let second = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap().unwrap();
-            assert_eq!(second.ranked[0].as_ref(), "b");
-            assert!(second.explanations[0].reason.contains("1 job(s) in flight"), "{:?}", second.explanations);
-            s.send(NodeLoad { node_id: "a".into(), delta: -1 }).await.unwrap();
+            assert_eq!(second.ranked[0].as_ref(), other);
+            let on_one = second.explanations.iter().find(|e| e.node_id == one).unwrap();
+            assert!(on_one.reason.contains("1 job(s) in flight"), "{:?}", second.explanations);
+            // Load reported from elsewhere counts too: `one` now has 2.
+            s.send(NodeLoad { node_id: one.clone(), delta: 1 }).await.unwrap();
             let third = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap().unwrap();
-            assert_eq!(third.ranked[0].as_ref(), "a");
+            assert_eq!(third.ranked[0].as_ref(), other);
+            for (node, delta) in [(one.clone(), -2), (other.clone(), -2)] {
+                s.send(NodeLoad { node_id: node, delta }).await.unwrap();
+            }
+            let fourth = s.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: nodes() }).await.unwrap().unwrap();
+            assert!(fourth.explanations.iter().all(|e| e.reason.contains("0 job(s) in flight")), "{:?}", fourth.explanations);
         });
     }
 

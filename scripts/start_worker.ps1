@@ -44,6 +44,8 @@ if (-not $Binary) {
             (Join-Path $repo "rayvault-worker.exe"),
             (Join-Path $repo "target\release\rayvault-worker.exe"),
             (Join-Path $repo "target\x86_64-pc-windows-gnu\release\rayvault-worker.exe"),
+            (Join-Path $repo "target\cross\x86_64-pc-windows-gnu\release\rayvault-worker.exe"),
+            (Join-Path $repo "target\cross\x86_64-pc-windows-gnu\debug\rayvault-worker.exe"),
             (Join-Path $repo "target\debug\rayvault-worker.exe"))) {
         if (Test-Path $candidate) { $Binary = $candidate; break }
     }

@@ -14,6 +14,8 @@
 //! - [`caps`]: the host capability probe (`/caps`).
 //! - [`ui_session`]: is an interactive desktop session active (for
 //!   `OPENCLAW_TASK`).
+//! - [`metrics`]: the Prometheus counters of both binaries and their text
+//!   format.
 //!
 //! Actors (the top-level `actors/` folder, included as [`actors`]): the
 //! controller's Supervisor, NodeProbe, Scheduler, JobRunner, ArtifactSync and
@@ -32,6 +34,7 @@ pub mod joblog;
 pub mod lease;
 pub mod legacy_v05;
 pub mod memory;
+pub mod metrics;
 pub mod nodes;
 pub mod process;
 pub mod protocol;

@@ -123,6 +123,8 @@ async fn after_a_restart_a_leased_job_runs_only_if_its_controller_reattaches() {
     let v = c2.job(&lost, 0).await.unwrap();
     assert_eq!(v.state, JobState::Abandoned, "{v:?}");
     assert_eq!(v.error.as_ref().unwrap().code, "LEASE_EXPIRED");
+    // The re-run's step writes its pid once it has read its input.
+    common::wait_until("the re-run step starts", Duration::from_secs(20), || ledger_pids(dir.path()).len() >= 2);
     assert_eq!(ledger_pids(dir.path()).len(), 2, "kept ran twice (once per worker life), lost never: {:?}", ledger_pids(dir.path()));
     c2.cancel(&kept).await.unwrap();
 }

@@ -103,6 +103,9 @@ pub struct CurrentClient {
 
 impl From<ClientError> for CallError {
     fn from(e: ClientError) -> Self {
+        if let ClientError::Api { status: 401, code, .. } = &e {
+            crate::metrics::controller().remote_auth_refusal(code);
+        }
         match e {
             ClientError::Unreachable { message, .. } => CallError::Unreachable(describe_send_error(&message)),
             ClientError::Api { status: 401, code, server_time, .. } if code == protocol::ApiCode::AuthSkew.as_str() => {

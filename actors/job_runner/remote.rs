@@ -223,13 +223,18 @@ where
 }
 
 /// Runs the job on `node_id` from the start (staging, submit, wait, sync).
-pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, staged: &Staged, dir: &Path, cancel: &CancellationToken, trace: &mut Trace) -> Outcome {
+/// `reserved`: the Scheduler already counted this job on the node when it
+/// placed it; the slot is released when the attempt ends, either way.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: bool, staged: &Staged, dir: &Path, cancel: &CancellationToken, trace: &mut Trace) -> Outcome {
+    if !reserved {
+        deps.load.do_send(NodeLoad { node_id: node_id.to_string(), delta: 1 });
+    }
+    let _load = LoadGuard(deps.load.clone(), node_id.to_string());
     let (handle, client) = match connect(deps, node_id).await {
         Ok(c) => c,
         Err(e) => return Outcome::NodeFailed(NodeFailure::Unavailable(e)),
     };
-    deps.load.do_send(NodeLoad { node_id: node_id.to_string(), delta: 1 });
-    let _load = LoadGuard(deps.load.clone(), node_id.to_string());
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     let inputs_hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);

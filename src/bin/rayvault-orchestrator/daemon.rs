@@ -5,12 +5,14 @@
 //! on Ctrl-C or SIGTERM.
 //!
 //! API (every route authenticated with the workers' HMAC scheme, target id
-//! `controller`; loopback callers get no exemption):
+//! `controller`; loopback callers get no exemption), except the routes in
+//! [`UNSIGNED_ROUTES`]:
 //! - `GET /v1/health`
 //! - `POST /v1/jobs` (a job spec) -> accepted
 //! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]
 //! - `POST /v1/jobs/{run_id}/{job_id}/cancel`
 //! - `GET /v1/status`
+//! - `GET /metrics` (unsigned; Prometheus text, see `daemon_metrics`)
 //!
 //! Plus the web dashboard (`dashboard`): `POST /v1/dashboard/login` is
 //! signed like the rest; its pages, data and files answer to a browser
@@ -36,6 +38,12 @@ use tokio::sync::Notify;
 
 /// The target id requests to the daemon are signed for.
 pub const DAEMON_ID: &str = "controller";
+
+/// The routes served without a signature, as (method, path). The API
+/// listens on loopback only (`run` refuses any other `api_host`), so anyone
+/// logged in on this machine can read them: they must hold nothing secret.
+/// Every other route refuses a request without a valid signature.
+const UNSIGNED_ROUTES: [(&str, &str); 1] = [("GET", "/metrics")];
 
 /// A job as `GET /v1/jobs/{run_id}/{job_id}` shows it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,10 +126,11 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
         let sink = ProgressSink { lines: progress.clone(), changed: changed.clone() }.start();
         let controller = ControllerSupervisor::start(ControllerOptions {
             settings: settings.clone(),
-            keyring: Some(keyring),
+            keyring: Some(keyring.clone()),
             store: Some(store.clone()),
             progress: Some(sink.recipient()),
         });
+        let scrape = web::Data::new(crate::daemon_metrics::Scrape { settings: settings.clone(), keyring: Some(keyring), probe: controller.probe.clone(), store: store.clone() });
         let state = web::Data::new(ApiState {
             settings: settings.clone(),
             verifier: Verifier::new(verifier_keys, DAEMON_ID.into(), settings.worker.skew_s, false),
@@ -154,6 +163,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
                 .route("/v1/jobs/{run_id}/{job_id}/cancel", web::post().to(cancel))
                 .route("/v1/status", web::get().to(status))
                 .configure(|cfg| crate::dashboard::routes(cfg, dashboard.clone()))
+                .configure(|cfg| crate::daemon_metrics::routes(cfg, scrape.clone()))
         })
         .workers(1)
         .shutdown_timeout(5)
@@ -292,18 +302,24 @@ fn error(status: u16, code: &str, message: impl Into<String>, server_time: Optio
 /// The body-free part of [`authorize`]: one Authorization header with a
 /// known key id (see [`Verifier::precheck`]).
 fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), Box<HttpResponse>> {
-    let Some(state) = req.app_data::<Data>() else {
-        return Err(Box::new(error(500, "INTERNAL", "the API state is missing", None)));
-    };
+    if UNSIGNED_ROUTES.iter().any(|(m, p)| req.method().as_str() == *m && req.path() == *p) {
+        return Ok(());
+    }
+    // The dashboard's pages, data and files answer to a browser session.
     if crate::dashboard::is_session_path(req.path()) {
         return Ok(());
     }
+    let Some(state) = req.app_data::<Data>() else {
+        return Err(Box::new(error(500, "INTERNAL", "the API state is missing", None)));
+    };
     let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
     state.verifier.precheck(&auth).map_err(|e| {
-        match e {
-            AuthError::Invalid(why) => tracing::warn!("refused an API request: {why}"),
-            AuthError::Skew { .. } => tracing::warn!("refused an API request: its clock is too far from ours"),
-        }
+        let why = match e {
+            AuthError::Invalid(why) => why,
+            AuthError::Skew { .. } => protocol::SKEW_MESSAGE,
+        };
+        tracing::warn!("refused an API request: {why}");
+        rayvault::metrics::controller().auth_refusal(why);
         Box::new(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None))
     })
 }
@@ -314,9 +330,13 @@ fn authorize(state: &ApiState, req: &HttpRequest, body: &[u8]) -> Result<(), Box
     let query = req.uri().query().unwrap_or("");
     match state.verifier.verify(&auth, req.method().as_str(), req.uri().path(), query, &sha, rayvault::auth::unix_now()) {
         Ok(_) => Ok(()),
-        Err(AuthError::Skew { server_time }) => Err(Box::new(error(401, "AUTH_SKEW", protocol::SKEW_MESSAGE, Some(server_time)))),
+        Err(AuthError::Skew { server_time }) => {
+            rayvault::metrics::controller().auth_refusal(protocol::SKEW_MESSAGE);
+            Err(Box::new(error(401, "AUTH_SKEW", protocol::SKEW_MESSAGE, Some(server_time))))
+        }
         Err(AuthError::Invalid(why)) => {
             tracing::warn!("refused an API request: {why}");
+            rayvault::metrics::controller().auth_refusal(why);
             Err(Box::new(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None)))
         }
     }

@@ -218,11 +218,13 @@ async fn issue_login(dash: Data, req: HttpRequest, body: web::Bytes) -> HttpResp
     match dash.verifier.verify(&auth, req.method().as_str(), req.uri().path(), query, &sha, rayvault::auth::unix_now()) {
         Ok(_) => {}
         Err(AuthError::Skew { server_time }) => {
+            rayvault::metrics::controller().auth_refusal(protocol::SKEW_MESSAGE);
             let body = protocol::ErrorBody { error: protocol::SKEW_MESSAGE.into(), code: "AUTH_SKEW".into(), server_time: Some(server_time) };
             return HttpResponse::Unauthorized().json(body);
         }
         Err(AuthError::Invalid(why)) => {
             tracing::warn!("refused a dashboard login request: {why}");
+            rayvault::metrics::controller().auth_refusal(why);
             return error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE);
         }
     }

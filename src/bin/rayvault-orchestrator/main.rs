@@ -12,8 +12,9 @@
 //!
 //! Modules: `cli` (flags), `submit` (in-process or through the daemon),
 //! `daemon` (the long-running controller and its loopback API),
-//! `daemon_client` (the signed client of that API), `dashboard` (the
-//! daemon's web dashboard and the `dashboard` subcommand), `commands` (health,
+//! `daemon_client` (the signed client of that API), `daemon_metrics`
+//! (its unsigned `GET /metrics`), `dashboard` (the daemon's web dashboard
+//! and the `dashboard` subcommand), `commands` (health,
 //! caps, status, cancel, sync-artifacts), `jobs` (logs, wait, result),
 //! `running` (jobs run by in-process submits), `progress` (progress on
 //! stderr), `render` (tables and receipt summaries).
@@ -23,6 +24,7 @@ mod commands;
 mod daemon;
 mod dashboard;
 mod daemon_client;
+mod daemon_metrics;
 mod jobs;
 mod progress;
 mod render;

@@ -181,6 +181,7 @@ fn file_stream(
         match f.read(&mut buf).await {
             Ok(0) => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "artifact shrank")), (f, pos, 0, true))),
             Ok(n) => {
+                rayvault::metrics::worker().artifact_bytes_served(n as u64);
                 buf.truncate(n);
                 Some((Ok(web::Bytes::from(buf)), (f, pos + n as u64, left - n as u64, true)))
             }
@@ -281,6 +282,7 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
         return Err(e);
     }
     tracing::info!(sha256 = %digest, size = total, "blob stored");
+    rayvault::metrics::worker().blob_bytes_received(total);
     Ok(HttpResponse::Created().json(BlobStored { sha256: digest, size: total, created: true }))
 }
 

@@ -39,6 +39,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
     if has_credential_param(&query) {
         // The value is never logged, only the fact.
         tracing::warn!(%path, "refused a request carrying a credential in the query string");
+        rayvault::metrics::worker().auth_refusal("credential in query string");
         return Err(ApiError::auth_invalid().into());
     }
     if method == "GET" && path == "/health" {
@@ -51,6 +52,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
     let auth: Vec<&[u8]> = headers.get_all(header::AUTHORIZATION).map(|v| v.as_bytes()).collect();
     if let Err(AuthError::Invalid(reason)) = state.verifier.precheck(&auth) {
         tracing::warn!(%method, %path, peer = ?req.peer_addr(), reason, "refused: {}", protocol::AUTH_INVALID_MESSAGE);
+        rayvault::metrics::worker().auth_refusal(reason);
         return Err(ApiError::auth_invalid().into());
     }
     let body_sha256 = match blob_upload_digest(&method, &path) {
@@ -88,10 +90,12 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
         }
         Err(AuthError::Invalid(reason)) => {
             tracing::warn!(%method, %path, peer = ?req.peer_addr(), reason, "refused: {}", protocol::AUTH_INVALID_MESSAGE);
+            rayvault::metrics::worker().auth_refusal(reason);
             return Err(ApiError::auth_invalid().into());
         }
         Err(AuthError::Skew { server_time }) => {
             tracing::warn!(%method, %path, server_time, "refused: {}", protocol::SKEW_MESSAGE);
+            rayvault::metrics::worker().auth_refusal(protocol::SKEW_MESSAGE);
             // Dated ahead: it would become valid later, so its nonce is
             // recorded (durably) like an accepted one.
             if let Some((nonce, expires)) = state.verifier.future_nonce(&auth, now) {
@@ -125,6 +129,7 @@ async fn persist_nonce(state: &web::Data<AppState>, nonce: String, expires: u64,
         Ok(true) => Ok(()),
         Ok(false) => {
             tracing::warn!(reason = "nonce replayed (seen before a restart)", "refused: {}", protocol::AUTH_INVALID_MESSAGE);
+            rayvault::metrics::worker().auth_refusal("nonce replayed");
             Err(ApiError::auth_invalid())
         }
         Err(e) => Err(ApiError::from(e)),

@@ -288,6 +288,7 @@ pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, Api
     let job_id = rec.job_id.clone();
     match web::block(move || store.cancel(&job_id, now_ms())).await?? {
         Cancellation::Cancelled(rec) => {
+            rayvault::metrics::worker().record_job(&rec);
             st.env.notify();
             Ok(HttpResponse::Ok().json(rec.view()))
         }

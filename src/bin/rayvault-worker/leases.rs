@@ -50,7 +50,8 @@ async fn stop(state: &AppState, job_id: String) {
             let store = state.env.store.clone();
             let id = job_id.clone();
             let message = "the controller's lease on this job expired before it started (the controller gave it up, or the link was cut); it will not run";
-            if let Ok(Ok(Some(_))) = web::block(move || store.abandon_queued(&id, message, now_ms())).await {
+            if let Ok(Ok(Some(rec))) = web::block(move || store.abandon_queued(&id, message, now_ms())).await {
+                rayvault::metrics::worker().record_job(&rec);
                 tracing::warn!(job_id = %job_id, "lease expired: queued job abandoned");
                 log_line(state, &job_id, message);
                 state.env.leases.release(&job_id);

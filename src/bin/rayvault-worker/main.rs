@@ -7,7 +7,8 @@
 //!
 //! Modules: `guard` (limits + authentication middleware), `handlers` (JSON
 //! endpoints), `files` (log, artifact download, blob upload), `bind` (bind
-//! policy), `maintenance` (pruning, capability refresh), `shutdown`
+//! policy), `maintenance` (pruning, capability refresh), `metrics`
+//! (`GET /metrics`), `shutdown`
 //! (graceful stop), `state`, `apierror`.
 
 mod apierror;
@@ -17,6 +18,7 @@ mod guard;
 mod handlers;
 mod leases;
 mod maintenance;
+mod metrics;
 mod shutdown;
 mod state;
 
@@ -259,5 +261,6 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/jobs/{id}/artifacts").route(web::get().to(handlers::artifacts)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}/artifacts/{name}").route(web::get().to(files::download)).default_service(web::to(na)))
         .service(web::resource("/blobs/{sha256}").route(web::put().to(files::put_blob)).default_service(web::to(na)))
+        .service(web::resource("/metrics").route(web::get().to(metrics::metrics)).default_service(web::to(na)))
         .default_service(web::to(handlers::not_found));
 }

@@ -514,7 +514,7 @@ async fn execute(
         let stale: Vec<String> = placed
             .nodes
             .iter()
-            .filter(|n| !matches!(n.health, NodeHealth::Up | NodeHealth::Disabled) && !fresh(n))
+            .filter(|n| !matches!(n.health, NodeHealth::Up | NodeHealth::Disabled | NodeHealth::Draining(super::messages::DrainedBy::NodesJson)) && !fresh(n))
             .map(|n| n.node_id.to_string())
             .filter(|id| !tried.contains(id))
             .collect();
@@ -673,7 +673,7 @@ fn fallback_class(placed: &Placed, failures: &[(String, NodeFailure)]) -> crate:
     if failures.iter().any(|(_, f)| matches!(f, NodeFailure::Misconfigured(..))) || placed.nodes.iter().any(|n| misconfigured(&n.health)) {
         return FallbackClass::Misconfigured;
     }
-    let unavailable = |h: &NodeHealth| matches!(h, NodeHealth::Down(_) | NodeHealth::Degraded(_) | NodeHealth::Unprobed);
+    let unavailable = |h: &NodeHealth| matches!(h, NodeHealth::Down(_) | NodeHealth::Degraded(_) | NodeHealth::Unprobed | NodeHealth::Draining(_));
     if !failures.is_empty() || placed.nodes.iter().any(|n| unavailable(&n.health)) {
         return FallbackClass::Unavailable;
     }

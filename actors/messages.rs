@@ -102,6 +102,30 @@ pub enum NodeHealth {
     /// The worker answers `/health` with `"status": "degraded"` (short of
     /// disk space, or its store failed): no new jobs go there.
     Degraded(Arc<str>),
+    /// Draining: no new jobs go there, and the jobs already running there
+    /// finish. Unavailability, like a down node: `fallback =
+    /// "unavailable"` may run a job locally.
+    Draining(DrainedBy),
+}
+
+/// Who asked a node to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainedBy {
+    /// `"drain": true` in nodes.json (`rayvault-orchestrator nodes drain`).
+    NodesJson,
+    /// The worker itself (`POST /drain`, `rayvault-worker drain --on`): its
+    /// `/health` says `"draining": true`.
+    Worker,
+}
+
+impl DrainedBy {
+    /// Why the node takes no new jobs, as a placement reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DrainedBy::NodesJson => "draining (nodes.json)",
+            DrainedBy::Worker => "draining (the worker was asked to; `rayvault-worker drain --off` on it takes jobs again)",
+        }
+    }
 }
 
 impl NodeHealth {
@@ -114,6 +138,7 @@ impl NodeHealth {
             NodeHealth::Down(_) => "down",
             NodeHealth::Misconfigured(..) => "misconfigured",
             NodeHealth::Degraded(_) => "degraded",
+            NodeHealth::Draining(_) => "draining",
         }
     }
 }
@@ -127,12 +152,16 @@ pub enum ProbeFailure {
     Misconfigured(ErrorCode, String),
     /// Reachable and healthy enough to answer, but short of resources.
     Degraded(String),
+    /// Reachable, and draining at its own request (`/health` says
+    /// `"draining": true`).
+    Draining,
 }
 
 impl ProbeFailure {
     pub fn reason(&self) -> &str {
         match self {
             ProbeFailure::Down(r) | ProbeFailure::Misconfigured(_, r) | ProbeFailure::Degraded(r) => r,
+            ProbeFailure::Draining => DrainedBy::Worker.reason(),
         }
     }
 
@@ -141,6 +170,7 @@ impl ProbeFailure {
             ProbeFailure::Down(r) => NodeHealth::Down(r.into()),
             ProbeFailure::Misconfigured(c, r) => NodeHealth::Misconfigured(c, r.into()),
             ProbeFailure::Degraded(r) => NodeHealth::Degraded(r.into()),
+            ProbeFailure::Draining => NodeHealth::Draining(DrainedBy::Worker),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use super::job_runner::remote::{self, ProbeResult};
 use super::crash_guard::catch;
-use super::messages::{Compat, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeFailure, ProbeNow, Stop};
+use super::messages::{Compat, DrainedBy, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeFailure, ProbeNow, Stop};
 use crate::auth::Keyring;
 use crate::config::Settings;
 use crate::nodes::{self, NodeConfig};
@@ -57,8 +57,15 @@ pub struct NodeReport {
     pub host: String,
     pub port: u16,
     pub enabled: bool,
-    /// `up`, `down`, `disabled` or `unprobed`.
+    /// `"drain": true` in nodes.json.
+    pub drain: bool,
+    /// `up`, `down`, `disabled`, `unprobed`, `misconfigured`, `degraded`,
+    /// `draining`, or `drained` (draining with no job of this controller
+    /// left there; see [`NodesReport::settle_drains`]).
     pub status: String,
+    /// True when `status` is `draining` (for [`NodesReport::settle_drains`]).
+    #[serde(skip)]
+    pub draining: bool,
     pub reason: Option<String>,
     pub contract: Option<String>,
     pub compat_mode: Option<String>,
@@ -87,6 +94,17 @@ impl NodeEntry {
     fn new(config: NodeConfig) -> Self {
         let health = if config.enabled { NodeHealth::Unprobed } else { NodeHealth::Disabled };
         NodeEntry { config, health, caps: None, raw_health: None, raw_caps: None, probed_at: None }
+    }
+
+    /// The health the scheduler sees: an enabled node drained in nodes.json
+    /// is draining whatever its probe said (it is still probed, so that
+    /// `status` shows its health and it is ready the moment it is undrained).
+    fn effective_health(&self) -> NodeHealth {
+        if self.config.enabled && self.config.drain {
+            NodeHealth::Draining(DrainedBy::NodesJson)
+        } else {
+            self.health.clone()
+        }
     }
 }
 
@@ -156,9 +174,15 @@ impl NodeProbe {
         let mut next = Vec::with_capacity(loaded.len());
         for cfg in loaded {
             // A node whose address and switch are unchanged keeps its probe
-            // state; anything else starts over.
-            match self.entries.iter().position(|e| e.config == cfg) {
-                Some(i) => next.push(self.entries.swap_remove(i)),
+            // state (draining or undraining it changes neither); anything
+            // else starts over.
+            let same = |c: &NodeConfig| NodeConfig { drain: cfg.drain, ..c.clone() } == cfg;
+            match self.entries.iter().position(|e| same(&e.config)) {
+                Some(i) => {
+                    let mut entry = self.entries.swap_remove(i);
+                    entry.config.drain = cfg.drain;
+                    next.push(entry);
+                }
                 None => next.push(NodeEntry::new(cfg)),
             }
         }
@@ -171,7 +195,7 @@ impl NodeProbe {
     fn snapshot(&self) -> Vec<NodeSnapshot> {
         self.entries
             .iter()
-            .map(|e| NodeSnapshot { node_id: e.config.node_id.as_str().into(), health: e.health.clone(), caps: e.caps.clone(), busy: 0, probed_at: e.probed_at })
+            .map(|e| NodeSnapshot { node_id: e.config.node_id.as_str().into(), health: e.effective_health(), caps: e.caps.clone(), busy: 0, probed_at: e.probed_at })
             .collect()
     }
 
@@ -201,7 +225,7 @@ impl NodeProbe {
     }
 
     fn apply(&mut self, cfg: &NodeConfig, r: ProbeResult) {
-        let Some(e) = self.entries.iter_mut().find(|e| &e.config == cfg) else { return };
+        let Some(e) = self.entries.iter_mut().find(|e| NodeConfig { drain: cfg.drain, ..e.config.clone() } == *cfg) else { return };
         e.probed_at = Some(Instant::now());
         e.raw_health = r.health;
         match r.outcome {
@@ -308,6 +332,7 @@ impl Handler<NodeLost> for NodeProbe {
 fn failure_text(h: &NodeHealth) -> &str {
     match h {
         NodeHealth::Down(r) | NodeHealth::Misconfigured(_, r) | NodeHealth::Degraded(r) => r,
+        NodeHealth::Draining(by) => by.reason(),
         _ => "",
     }
 }
@@ -334,7 +359,8 @@ impl Handler<DescribeNodes> for NodeProbe {
                 if let (Some(Value::Object(m)), Some(mode)) = (&mut caps, compat.and_then(Compat::mode_name)) {
                     m.insert("_compat_mode".into(), Value::String(mode.into()));
                 }
-                let (status, reason) = match &e.health {
+                let health = e.effective_health();
+                let (status, reason) = match &health {
                     NodeHealth::Up => ("up", None),
                     NodeHealth::Disabled => ("disabled", Some("disabled in nodes.json".to_string())),
                     NodeHealth::Unprobed => ("unprobed", None),
@@ -345,7 +371,9 @@ impl Handler<DescribeNodes> for NodeProbe {
                     host: e.config.host.clone(),
                     port: e.config.port,
                     enabled: e.config.enabled,
+                    drain: e.config.drain,
                     status: status.into(),
+                    draining: matches!(health, NodeHealth::Draining(_)),
                     reason,
                     contract: e.raw_health.as_ref().and_then(|h| h.get("contract")).and_then(Value::as_str).map(str::to_string).or_else(|| compat.filter(|c| c.is_legacy()).map(|_| "v0.5".to_string())),
                     compat_mode: compat.and_then(Compat::mode_name).map(str::to_string),
@@ -358,5 +386,23 @@ impl Handler<DescribeNodes> for NodeProbe {
             })
             .collect();
         MessageResult(NodesReport { nodes_file: self.path.display().to_string(), nodes_error: self.file_error.clone(), nodes })
+    }
+}
+
+impl NodesReport {
+    /// Turns `draining` into `drained` for each node where no job of this
+    /// controller is in flight any more (`in_flight` counts them per node
+    /// id), and says how many still run on the others.
+    pub fn settle_drains(&mut self, in_flight: impl Fn(&str) -> usize) {
+        for n in self.nodes.iter_mut().filter(|n| n.draining) {
+            let reason = n.reason.take().unwrap_or_default();
+            match in_flight(&n.node_id) {
+                0 => {
+                    n.status = "drained".into();
+                    n.reason = Some(format!("{reason}; no job of this controller runs there"));
+                }
+                k => n.reason = Some(format!("{reason}; {k} job(s) still running there")),
+            }
+        }
     }
 }

@@ -46,6 +46,7 @@ pub enum Verdict {
     Down,
     Misconfigured,
     Degraded,
+    Draining,
     OsNotAllowed,
     RamTooLow,
     VramTooLow,
@@ -88,6 +89,7 @@ fn judge(req: &JobRequirements, wants_mac: bool, step: StepName, node: &NodeSnap
         NodeHealth::Down(_) => return Verdict::Down,
         NodeHealth::Misconfigured(..) => return Verdict::Misconfigured,
         NodeHealth::Degraded(_) => return Verdict::Degraded,
+        NodeHealth::Draining(_) => return Verdict::Draining,
         NodeHealth::Up => {}
     }
     let Some(caps) = &node.caps else { return Verdict::Unprobed };
@@ -142,6 +144,10 @@ fn reason_text(req: &JobRequirements, step: StepName, node: &NodeSnapshot, v: Ve
         Verdict::Unprobed => "not probed yet".to_string(),
         Verdict::Down | Verdict::Misconfigured | Verdict::Degraded => match &node.health {
             NodeHealth::Down(r) | NodeHealth::Misconfigured(_, r) | NodeHealth::Degraded(r) => r.to_string(),
+            h => h.word().to_string(),
+        },
+        Verdict::Draining => match &node.health {
+            NodeHealth::Draining(by) => by.reason().to_string(),
             h => h.word().to_string(),
         },
         Verdict::OsNotAllowed => format!(
@@ -344,6 +350,19 @@ mod tests {
         let ex = explain(&JobRequirements::default(), StepName::FfmpegProbe, &nodes, &p);
         assert_eq!(ex[0].reason, "is degraded: disk nearly full (12 MiB free)");
         assert_eq!(ex[1].reason, "refused our credentials: 401 auth_token invalid");
+    }
+
+    #[test]
+    fn draining_nodes_take_no_new_jobs() {
+        use crate::actors::messages::DrainedBy;
+        let mut nodes = vec![node("gaming", "windows", 8.0, 0), node("asked", "windows", 8.0, 0), node("busy", "windows", 8.0, 4)];
+        nodes[0].health = NodeHealth::Draining(DrainedBy::NodesJson);
+        nodes[1].health = NodeHealth::Draining(DrainedBy::Worker);
+        let p = place(&JobRequirements::default(), StepName::FfmpegProbe, &nodes);
+        assert_eq!(p.verdicts, vec![Verdict::Draining, Verdict::Draining, Verdict::Eligible]);
+        let ex = explain(&JobRequirements::default(), StepName::FfmpegProbe, &nodes, &p);
+        assert_eq!(ex[0].reason, "draining (nodes.json)");
+        assert!(ex[1].reason.contains("rayvault-worker drain --off"), "{}", ex[1].reason);
     }
 
     #[test]

@@ -240,7 +240,7 @@ mod tests {
             let placed = c.scheduler.send(PlaceJob { step_name: "FFMPEG_PROBE".into(), requirements: Default::default(), nodes: Vec::new() }).await;
             assert!(placed.unwrap().unwrap().ranked.is_empty());
             let node = NodeHandle {
-                config: crate::nodes::NodeConfig { node_id: "w".into(), host: "127.0.0.1".into(), port: 9, enabled: true },
+                config: crate::nodes::NodeConfig { node_id: "w".into(), host: "127.0.0.1".into(), port: 9, enabled: true, drain: false },
                 compat: crate::actors::messages::Compat::Current,
                 probed: false,
             };

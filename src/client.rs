@@ -213,6 +213,13 @@ impl WorkerClient {
         decode(status, &bytes)
     }
 
+    /// `POST /drain`: asks the worker to drain (take no new jobs) or to
+    /// take jobs again.
+    pub async fn drain(&self, drain: bool) -> Result<protocol::DrainState, ClientError> {
+        let body = serde_json::to_vec(&protocol::DrainRequest { drain }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call(Method::POST, "/drain", Some(Bytes::from(body)), Duration::ZERO).await
+    }
+
     /// `GET /caps`.
     pub async fn caps(&self) -> Result<Caps, ClientError> {
         self.call(Method::GET, "/caps", None, Duration::ZERO).await

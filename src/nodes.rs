@@ -1,13 +1,19 @@
 //! `nodes.json`: the controller's list of workers.
 //!
 //! The file lives at `$RAYVAULT_STATE_DIR/cluster/nodes.json` and has the
-//! seed's shape: `{"nodes": [{"node_id", "host", "port", "enabled"}]}`.
+//! seed's shape: `{"nodes": [{"node_id", "host", "port", "enabled"}]}`,
+//! plus an optional `"drain": true` per node (no new jobs go there; see
+//! docs/operations.md). Keys starting with `_` (`"_comment"`) are comments,
+//! kept untouched by `rayvault-orchestrator nodes`, which edits the file
+//! through [`edit`].
 //! A missing file is not an error: it means "no workers", so every step runs
 //! locally and zero configuration works. A malformed file is an error whose
 //! message names the line and the field to fix.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+pub mod edit;
 
 /// One worker as configured by the operator.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -16,6 +22,10 @@ pub struct NodeConfig {
     pub host: String,
     pub port: u16,
     pub enabled: bool,
+    /// `"drain": true`: the scheduler places no new job on the node, and
+    /// the jobs already running there finish.
+    #[serde(default)]
+    pub drain: bool,
 }
 
 impl NodeConfig {
@@ -103,13 +113,11 @@ fn parse_node(text: &str, i: usize, node: &Value) -> Result<NodeConfig, String> 
         format!("line {line}: nodes[{i}].{field} {what}")
     };
     for key in obj.keys() {
-        if !matches!(key.as_str(), "node_id" | "host" | "port" | "enabled" | "drain") {
-            return Err(field_err(key, "is not a known field; use node_id, host, port, enabled, drain"));
+        // A key starting with `_` is a comment; any other unknown key is
+        // most likely a typo, which must not silently change nothing.
+        if !matches!(key.as_str(), "node_id" | "host" | "port" | "enabled" | "drain") && !key.starts_with('_') {
+            return Err(field_err(key, "is not a known field; use node_id, host, port, enabled, drain (or a \"_comment\" key)"));
         }
-    }
-    // `"drain": true` is written by the dashboard's drain button.
-    if obj.get("drain").is_some_and(|v| !v.is_boolean()) {
-        return Err(field_err("drain", "must be true or false"));
     }
     let string_field = |field: &str| -> Result<String, String> {
         match obj.get(field) {
@@ -134,7 +142,12 @@ fn parse_node(text: &str, i: usize, node: &Value) -> Result<NodeConfig, String> 
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(field_err("enabled", "must be true or false")),
     };
-    Ok(NodeConfig { node_id, host, port, enabled })
+    let drain = match obj.get("drain") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(field_err("drain", "must be true or false")),
+    };
+    Ok(NodeConfig { node_id, host, port, enabled, drain })
 }
 
 /// The 1-based line of the `nth` (0-based) occurrence of `needle`, or of the
@@ -177,12 +190,6 @@ mod tests {
         check_err("{\"nodes\": [{\"node_id\": \"a\", \"host\": \"h\"}]}", &["nodes[0].port is missing"]);
         check_err("{\"nodes\": [\n{\"node_id\": \"a\", \"host\": \"h\", \"port\": 1},\n{\"node_id\": \"a\", \"host\": \"h\", \"port\": 2}]}", &["line 3", "used twice"]);
         check_err("{}", &["\"nodes\" is missing"]);
-    }
-
-    #[test]
-    fn drain_is_a_known_boolean_field() {
-        assert_eq!(parse(r#"{"nodes":[{"node_id":"w1","host":"h","port":1,"enabled":true,"drain":true}]}"#).unwrap().len(), 1);
-        check_err("{\"nodes\": [{\"node_id\": \"a\", \"host\": \"h\", \"port\": 1,\n\"drain\": \"yes\"}]}", &["line 2", "nodes[0].drain must be true or false"]);
     }
 
     #[test]

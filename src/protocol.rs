@@ -388,6 +388,9 @@ pub enum ApiCode {
     TooManyJobs,
     /// 503: the worker is shutting down.
     ShuttingDown,
+    /// 503: the worker is draining (`POST /drain`): it takes no new jobs,
+    /// and its running and queued jobs finish.
+    Draining,
     /// 507: the worker's disk is full; free space there (it recovers by
     /// itself) or use another node.
     DiskFull,
@@ -410,7 +413,7 @@ impl ApiCode {
             ApiCode::TooManyJobs => 429,
             ApiCode::HeadersTooLarge => 431,
             ApiCode::Internal => 500,
-            ApiCode::ShuttingDown => 503,
+            ApiCode::ShuttingDown | ApiCode::Draining => 503,
             ApiCode::DiskFull => 507,
         }
     }
@@ -437,6 +440,7 @@ impl ApiCode {
             ApiCode::HeadersTooLarge => "HEADERS_TOO_LARGE",
             ApiCode::TooManyJobs => "TOO_MANY_JOBS",
             ApiCode::ShuttingDown => "SHUTTING_DOWN",
+            ApiCode::Draining => "DRAINING",
             ApiCode::DiskFull => "DISK_FULL",
             ApiCode::Internal => "INTERNAL",
         }
@@ -469,6 +473,26 @@ pub struct Health {
     /// it could not be measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_bytes: Option<u64>,
+    /// True while the worker drains (`POST /drain`): it takes no new jobs.
+    /// Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+}
+
+/// `POST /drain` body: start (`true`) or stop (`false`) draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    pub drain: bool,
+}
+
+/// `POST /drain` answer: the drain state now, and how many jobs are still
+/// queued or running (they finish; the worker is idle at 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainState {
+    pub worker_id: String,
+    pub draining: bool,
+    pub active_jobs: u64,
 }
 
 /// `GET /caps`: the host capability keys (`os`, `cpu`, `ram_gb`,

@@ -541,11 +541,15 @@ fn the_dashboard_in_headless_chromium() {
     browser.wait_text("#attempts tbody", Duration::from_secs(5), |t| t.contains("cancelled"));
     browser.wait_text("tr[data-node='w1'] td.load", Duration::from_secs(5), |t| t == "0");
 
-    // Drain w1 from the page: nodes.json says so.
+    // Drain w1 from the page: nodes.json says so, and the daemon, which
+    // re-reads it, shows w1 drained (none of its jobs is left there); the
+    // button goes away.
     browser.click("button.drain[data-node='w1']");
     browser.wait_text("#message", Duration::from_secs(10), |t| t.contains("w1 is draining"));
     let nodes: Value = serde_json::from_slice(&std::fs::read(w.cluster().join("nodes.json")).unwrap()).unwrap();
     assert_eq!(nodes["nodes"][0]["drain"], true, "{nodes}");
+    browser.wait_text("tr[data-node='w1'] td.status", Duration::from_secs(15), |t| t.starts_with("drained"));
+    assert!(browser.find("button.drain[data-node='w1']").is_none(), "no drain button on a drained node");
 
     // A request without the page's CSRF token is refused even with the
     // browser's session cookie.

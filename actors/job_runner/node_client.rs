@@ -112,6 +112,8 @@ impl From<ClientError> for CallError {
                 CallError::Auth(skew_reason(server_time))
             }
             ClientError::Api { status: 401, message, .. } => CallError::Auth(format!("401 {message}: {SECRETS_HINT}")),
+            // A draining worker is not busy: asking it again soon is no use.
+            ClientError::Api { status, code, message, .. } if code == protocol::ApiCode::Draining.as_str() => CallError::Refused { status, code, message },
             ClientError::Api { status, message, .. } if status >= 500 || status == 429 => CallError::Busy(status, message),
             ClientError::Api { status, code, message, .. } => CallError::Refused { status, code, message },
             other => CallError::Other(other.to_string()),

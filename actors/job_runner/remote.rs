@@ -82,7 +82,10 @@ pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Dura
     };
     // A worker short of disk space (or with a failed store) still answers;
     // it says so in /health, and takes no new jobs until it recovers.
+    // A worker asked to drain says so too; it takes no new jobs either.
+    let draining = health.get("draining").and_then(Value::as_bool) == Some(true);
     let outcome = match outcome {
+        Ok(_) if draining => Err(ProbeFailure::Draining),
         Ok(ok) => match degraded_reason(&health) {
             Some(why) => Err(ProbeFailure::Degraded(why)),
             None => Ok(ok),
@@ -353,6 +356,9 @@ fn call_failure(e: &CallError, when: &str) -> NodeFailure {
         CallError::Auth(m) => NodeFailure::Misconfigured(ErrorCode::AuthRejected, format!("refused our credentials {when}: {m}")),
         CallError::Unreachable(m) => NodeFailure::Unavailable(format!("unreachable {when} ({m})")),
         CallError::Busy(429, _) | CallError::Busy(503, _) => NodeFailure::Unavailable(format!("is full {when} ({e})")),
+        CallError::Refused { code, message, .. } if code == crate::protocol::ApiCode::Draining.as_str() => {
+            NodeFailure::Unavailable(format!("is draining, so it refused the job {when}: {message}"))
+        }
         CallError::Refused { code, message, .. } if code == ErrorCode::DiskFull.as_str() => NodeFailure::Step(code.clone(), format!("is out of disk space {when}: {message}")),
         other => NodeFailure::Unavailable(format!("could not take the job {when}: {other}")),
     }

@@ -42,6 +42,10 @@ pub enum Command {
     Wait(ReceiptArgs),
     /// Print a finished job's receipt and exit with its exit code.
     Result(ReceiptArgs),
+    /// First-time setup: the cluster secret, nodes.json, the worker's command.
+    Init(crate::init::InitArgs),
+    /// Edit the worker list (nodes.json): add, remove, enable, disable, drain, list.
+    Nodes(crate::nodes_cmd::NodesArgs),
     /// Log a browser in to the daemon's web dashboard (prints a one-time link).
     Dashboard(crate::dashboard::DashboardArgs),
 }

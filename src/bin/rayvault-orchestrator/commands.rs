@@ -42,7 +42,12 @@ pub enum NodesView {
 /// 2 when nodes.json is malformed.
 pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, view: NodesView) -> anyhow::Result<u8> {
     let caps = matches!(view, NodesView::Caps { .. });
-    let report = System::new().block_on(probe_all(settings, keyring))?;
+    let report = System::new().block_on(async move {
+        let jobs = job_lines(&settings, keyring.clone()).await;
+        let mut report = probe_all(settings, keyring).await?;
+        crate::nodes_cmd::settle_drains(&mut report, &jobs);
+        anyhow::Ok(report)
+    })?;
     if let Some(e) = &report.nodes_error {
         bail!("{e}");
     }
@@ -71,8 +76,30 @@ pub fn health(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, view: Node
         NodesView::Caps { json: false } => print!("{}", crate::render::caps(&out)),
         _ => println!("{}", serde_json::to_string_pretty(&out)?),
     }
-    let down = report.nodes.iter().any(|n| n.enabled && n.status != "up");
+    // A draining or drained node was set so on purpose, like a disabled one.
+    let down = report.nodes.iter().any(|n| n.enabled && !matches!(n.status.as_str(), "up" | "draining" | "drained"));
     Ok(if down { 1 } else { 0 })
+}
+
+/// The controller's job lines: from the daemon when one runs, else from its
+/// store; none when neither can be read (then a draining node with jobs
+/// still running is shown as drained by `health`).
+async fn job_lines(settings: &Settings, keyring: Option<Arc<Keyring>>) -> Vec<Value> {
+    if let Some(k) = keyring {
+        if let Ok(Some(client)) = DaemonClient::connect(settings, k).await {
+            if let Ok(v) = client.status().await {
+                return v["jobs"].as_array().cloned().unwrap_or_default();
+            }
+        }
+    }
+    let path = ControllerStore::default_path(&settings.cluster_dir());
+    if !path.exists() {
+        return Vec::new();
+    }
+    match tokio::task::spawn_blocking(move || ControllerStore::open(&path).and_then(|s| s.all())).await {
+        Ok(Ok(jobs)) => jobs.iter().map(job_line).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// One job's line in `status`.
@@ -84,6 +111,14 @@ pub fn job_line(j: &StoredJob) -> Value {
         "remote": j.remote,
         "status": j.receipt.as_ref().map(|r| r.status),
         "executed_on": j.receipt.as_ref().map(|r| r.executed_on.clone()),
+        // What became of each copy the controller gave up (see the receipt's
+        // attempts): e.g. "w1: stopped_by_lease".
+        "given_up": j.receipt.as_ref().map(|r| r
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == "abandoned")
+            .map(|a| format!("{}: {}", a.executed_on, a.fate.as_deref().unwrap_or("unknown")))
+            .collect::<Vec<_>>()),
         "submitted_at_ms": j.submitted_at_ms,
     })
 }
@@ -116,7 +151,8 @@ pub fn status(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, json: bool
         } else {
             Vec::new()
         };
-        let nodes = probe_all(settings, keyring).await?;
+        let mut nodes = probe_all(settings, keyring).await?;
+        crate::nodes_cmd::settle_drains(&mut nodes, &jobs);
         print_status(&json!({"daemon": null, "jobs": jobs, "nodes": nodes}), json)?;
         Ok(0)
     })

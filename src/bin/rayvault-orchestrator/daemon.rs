@@ -443,13 +443,15 @@ async fn status(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse
         Ok(Err(e)) => return error(500, "INTERNAL", e.to_string(), None),
         Err(e) => return error(500, "INTERNAL", e.to_string(), None),
     };
-    let nodes = match state.controller.probe.send(DescribeNodes).await {
+    let mut nodes = match state.controller.probe.send(DescribeNodes).await {
         Ok(n) => n,
         Err(e) => return error(500, "INTERNAL", e.to_string(), None),
     };
+    let jobs: Vec<_> = jobs.iter().map(crate::commands::job_line).collect();
+    crate::nodes_cmd::settle_drains(&mut nodes, &jobs);
     HttpResponse::Ok().json(serde_json::json!({
         "daemon": {"pid": std::process::id()},
-        "jobs": jobs.iter().map(crate::commands::job_line).collect::<Vec<_>>(),
+        "jobs": jobs,
         "nodes": nodes,
     }))
 }

@@ -76,6 +76,7 @@ fn state_of(h: &NodeHealth) -> NodeState {
         NodeHealth::Misconfigured(..) => NodeState::Misconfigured,
         NodeHealth::Disabled => NodeState::Disabled,
         NodeHealth::Unprobed => NodeState::Unprobed,
+        NodeHealth::Draining(_) => NodeState::Draining,
     }
 }
 

@@ -358,13 +358,15 @@ async fn state(dash: Data, req: HttpRequest) -> HttpResponse {
         Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
     };
-    let report = match dash.controller.probe.send(DescribeNodes).await {
+    let mut report = match dash.controller.probe.send(DescribeNodes).await {
         Ok(r) => r,
         Err(e) => return internal(e),
     };
     let in_flight = |node: Option<&str>| {
         jobs.iter().filter(|j| j.phase != Phase::Finished && j.remote.as_ref().map(|r| r.node_id.as_str()) == node).count()
     };
+    // A draining node with none of our jobs left is `drained`, as in `status`.
+    report.settle_drains(|node_id| in_flight(Some(node_id)));
     let nodes: Vec<Value> = report
         .nodes
         .iter()
@@ -524,12 +526,15 @@ async fn drain(dash: Data, req: HttpRequest, node_id: web::Path<String>) -> Http
     let node_id = node_id.into_inner();
     let nodes_file = rayvault::nodes::nodes_path(&dash.settings.cluster_dir());
     let id = node_id.clone();
-    match web::block(move || drain::set_drain(&nodes_file, &id, true)).await {
-        Ok(Ok(())) => {
-            tracing::info!(node = %node_id, "node set to drain from the dashboard");
-            HttpResponse::Ok().json(json!({"node_id": node_id, "drain": true}))
+    match web::block(move || drain::drain(&nodes_file, &id)).await {
+        Ok(Ok(changed)) => {
+            if changed {
+                tracing::info!(node = %node_id, "node set to drain from the dashboard");
+            }
+            HttpResponse::Ok().json(json!({"node_id": node_id, "drain": true, "changed": changed}))
         }
         Ok(Err(e @ drain::DrainError::UnknownNode(_))) => error(404, "NODE_NOT_FOUND", e.to_string()),
+        Ok(Err(e @ drain::DrainError::Refused(_))) => error(409, "NODES_REFUSED", e.to_string()),
         Ok(Err(e @ drain::DrainError::NodesFile(_))) => error(409, "NODES_INVALID", e.to_string()),
         Err(e) => internal(e),
     }

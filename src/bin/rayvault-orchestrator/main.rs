@@ -22,10 +22,12 @@
 mod cli;
 mod commands;
 mod daemon;
-mod dashboard;
 mod daemon_client;
 mod daemon_metrics;
+mod dashboard;
+mod init;
 mod jobs;
+mod nodes_cmd;
 mod progress;
 mod render;
 mod running;
@@ -62,6 +64,8 @@ fn main() -> ExitCode {
         Command::Logs(args) => jobs::logs(settings, keyring(), args),
         Command::Wait(args) => jobs::wait(settings, keyring(), args),
         Command::Result(args) => jobs::result(settings, args),
+        Command::Init(args) => init::run(settings, args),
+        Command::Nodes(args) => nodes_cmd::run(settings, keyring(), args),
         Command::Dashboard(args) => dashboard::command(settings, keyring(), args),
     };
     match outcome {

@@ -118,16 +118,18 @@ pub fn status(v: &Value, now_ms: u64) -> String {
             let state = text(&j["status"]).or_else(|| text(&j["phase"])).unwrap_or("?");
             let place = text(&j["executed_on"]).or_else(|| text(&j["remote"]["node_id"])).unwrap_or("-");
             let age_s = j["submitted_at_ms"].as_u64().map(|t| now_ms.saturating_sub(t) as f64 / 1000.0);
+            let given_up: Vec<&str> = j["given_up"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             vec![
                 j["key"].as_str().unwrap_or("?").to_string(),
                 j["step_name"].as_str().unwrap_or("?").to_string(),
                 state.to_string(),
                 place.to_string(),
                 age_s.map_or("-".to_string(), age),
+                if given_up.is_empty() { "-".to_string() } else { given_up.join(", ") },
             ]
         })
         .collect();
-    out.push_str(&table(&["JOB (run_id/job_id)", "STEP", "STATE", "WHERE", "AGE"], &rows));
+    out.push_str(&table(&["JOB (run_id/job_id)", "STEP", "STATE", "WHERE", "AGE", "GIVEN-UP COPIES"], &rows));
     out
 }
 
@@ -240,7 +242,9 @@ fn verdict_lines(r: &Value) -> Vec<String> {
             .map(|p| p.iter().map(|p| p["code"].as_str().or(p.as_str()).unwrap_or("?").to_string()).collect())
             .unwrap_or_default();
         if failures.is_some() || f["passed"] == false || !problems.is_empty() {
-            let name = f["path"].as_str().map(file_name).unwrap_or("?");
+            // `verdict_failures` entries name the file as `file`; the
+            // result's own entries as `path`.
+            let name = f["file"].as_str().or(f["path"].as_str()).map(file_name).unwrap_or("?");
             lines.push(format!("  {name}: {}", if problems.is_empty() { "failed".to_string() } else { problems.join(", ") }));
         }
     }
@@ -271,6 +275,16 @@ pub fn receipt_summary(r: &Value, receipt_path: &std::path::Path) -> String {
     out.push('\n');
     if let Some(why) = text(&r["fallback_reason"]) {
         out.push_str(&format!("why: {why}\n"));
+    }
+    for a in r["attempts"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter(|a| a["outcome"] == "abandoned") {
+        let fate = match text(&a["fate"]).unwrap_or("unknown") {
+            "stopped_by_lease" => "stopped by its worker when the lease expired".to_string(),
+            "finished_ignored" => format!("finished after all; its result was not used (sha256 {})", text(&a["ignored_result_sha256"]).unwrap_or("?")),
+            "never_started" => "never started".to_string(),
+            "unknown" => "unknown (its worker did not answer)".to_string(),
+            other => other.replace('_', " "),
+        };
+        out.push_str(&format!("gave up on {}: {}; that copy: {fate}\n", text(&a["executed_on"]).unwrap_or("?"), text(&a["detail"]).unwrap_or("")));
     }
     for line in verdict_lines(r) {
         out.push_str(&line);
@@ -312,7 +326,7 @@ mod tests {
                 {"node_id": "w2", "status": "down", "contract": null, "compat_mode": null, "os": null, "ram_gb": null, "caps_age_s": null, "reason": "unreachable (connection refused)"}
             ]},
             "jobs": [
-                {"key": "run/a", "step_name": "FFMPEG_PROBE", "phase": "finished", "status": "succeeded", "executed_on": "w1", "remote": {"node_id": "w1"}, "submitted_at_ms": 1_000},
+                {"key": "run/a", "step_name": "FFMPEG_PROBE", "phase": "finished", "status": "succeeded", "executed_on": "w1", "remote": {"node_id": "w1"}, "submitted_at_ms": 1_000, "given_up": ["w2: stopped_by_lease"]},
                 {"key": "run/b", "step_name": "FRAME_SAMPLING", "phase": "running", "status": null, "executed_on": null, "remote": {"node_id": "old"}, "submitted_at_ms": 58_000},
                 {"key": "run/c", "step_name": "AUDIO_POSTCHECK", "phase": "queued", "status": null, "executed_on": null, "remote": null, "submitted_at_ms": null}
             ]
@@ -326,10 +340,10 @@ mod tests {
         assert_eq!(lines[4], "old   up      v0.5 (legacy_hmac_v05)  linux    7.5 GB  1m 15s    1");
         assert_eq!(lines[5], "w2    down    -                       -        -       -         0     unreachable (connection refused)");
         assert_eq!(lines[6], "");
-        assert_eq!(lines[7], "JOB (run_id/job_id)  STEP             STATE      WHERE  AGE");
-        assert_eq!(lines[8], "run/a                FFMPEG_PROBE     succeeded  w1     1m 00s");
-        assert_eq!(lines[9], "run/b                FRAME_SAMPLING   running    old    3s");
-        assert_eq!(lines[10], "run/c                AUDIO_POSTCHECK  queued     -      -");
+        assert_eq!(lines[7], "JOB (run_id/job_id)  STEP             STATE      WHERE  AGE     GIVEN-UP COPIES");
+        assert_eq!(lines[8], "run/a                FFMPEG_PROBE     succeeded  w1     1m 00s  w2: stopped_by_lease");
+        assert_eq!(lines[9], "run/b                FRAME_SAMPLING   running    old    3s      -");
+        assert_eq!(lines[10], "run/c                AUDIO_POSTCHECK  queued     -      -       -");
     }
 
     #[test]
@@ -380,7 +394,7 @@ mod tests {
     fn a_receipt_summary_says_what_where_why_and_the_verdict() {
         let r = json!({"run_id": "r", "job_id": "qc", "step_name": "AUDIO_POSTCHECK", "status": "failed", "executed_on": "local",
             "fallback_reason": "windows-worker-1 unreachable (connection refused)", "cached": false, "compat_mode": null,
-            "verdict": "failed", "verdict_failures": [{"path": "/a/chunk_0002.wav", "problems": [{"code": "LOUDNESS_OUT_OF_RANGE"}, {"code": "CLIPPING"}]}],
+            "verdict": "failed", "verdict_failures": [{"file": "/a/chunk_0002.wav", "problems": [{"code": "LOUDNESS_OUT_OF_RANGE"}, {"code": "CLIPPING"}]}],
             "error": {"code": "QC_FAILED", "message": "1 of 2 files failed"},
             "result": {"passed": false, "files": [
                 {"path": "/a/chunk_0001.wav", "passed": true, "problems": []},
@@ -399,8 +413,10 @@ mod tests {
              \x20 /s/r/qc/postcheck_report.json  812 bytes\n\
              receipt: /s/r/qc/job_receipt.json\n"
         );
-        let ok = json!({"run_id": "r", "job_id": "p", "step_name": "FFMPEG_PROBE", "status": "succeeded", "executed_on": "w1", "fallback_reason": null, "cached": true, "artifacts": []});
+        let ok = json!({"run_id": "r", "job_id": "p", "step_name": "FFMPEG_PROBE", "status": "succeeded", "executed_on": "w1", "fallback_reason": null, "cached": true, "artifacts": [],
+            "attempts": [{"executed_on": "w9", "outcome": "abandoned", "detail": "went silent mid-job", "fate": "stopped_by_lease"}, {"executed_on": "w1", "outcome": "succeeded"}]});
         let out = receipt_summary(&ok, std::path::Path::new("/x"));
         assert!(out.contains("ran on: w1 (the worker's existing result") && !out.contains("why:") && !out.contains("verdict"), "{out}");
+        assert!(out.contains("gave up on w9: went silent mid-job; that copy: stopped by its worker when the lease expired"), "{out}");
     }
 }

@@ -44,6 +44,7 @@ pub async fn health(st: Data) -> HttpResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         degraded_reason,
         free_bytes,
+        draining: st.drain.is_on(),
     })
 }
 
@@ -93,6 +94,9 @@ pub async fn load_job(st: &AppState, id: &str) -> Result<JobRecord, ApiError> {
 pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if st.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::new(ApiCode::ShuttingDown, "the worker is shutting down; submit again after it restarts"));
+    }
+    if st.drain.is_on() {
+        return Err(ApiError::new(ApiCode::Draining, crate::drain::DRAINING_MESSAGE));
     }
     let req = parse_submission(&body)?;
     let step = StepName::parse(&req.step_name).map_err(|e| ApiError::new(ApiCode::StepUnknown, e.message))?;

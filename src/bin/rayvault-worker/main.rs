@@ -13,6 +13,7 @@
 
 mod apierror;
 mod bind;
+mod drain;
 mod files;
 mod guard;
 mod handlers;
@@ -58,6 +59,15 @@ struct Args {
     /// Accept the bare secret as `Authorization: Bearer` (compatibility only).
     #[arg(long)]
     allow_plain_token: bool,
+    #[command(subcommand)]
+    command: Option<WorkerCommand>,
+}
+
+/// Commands other than serving (no subcommand: serve).
+#[derive(Debug, clap::Subcommand)]
+enum WorkerCommand {
+    /// Drain this machine's worker (no new jobs; running ones finish), or stop draining.
+    Drain(drain::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +75,12 @@ fn main() -> ExitCode {
     rayvault::memory::limit_malloc_arenas();
     let args = Args::parse();
     init_tracing();
+    if let Some(WorkerCommand::Drain(drain_args)) = args.command {
+        return match drain::cli(drain_args, args.config.as_deref(), args.host, args.port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
     rayvault::memory::spawn_trimmer();
     match prepare(args) {
         Ok(ready) => {
@@ -221,6 +237,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
         },
         host_caps: tokio::sync::watch::channel(None).0,
         shutting_down: Arc::new(AtomicBool::new(false)),
+        drain: drain::DrainFlag::load(env.paths.root()),
     });
     maintenance::spawn(state.clone());
     leases::spawn_monitor(state.clone());
@@ -260,6 +277,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/jobs/{id}/log").route(web::get().to(files::log)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}/artifacts").route(web::get().to(handlers::artifacts)).default_service(web::to(na)))
         .service(web::resource("/jobs/{id}/artifacts/{name}").route(web::get().to(files::download)).default_service(web::to(na)))
+        .service(web::resource("/drain").route(web::post().to(drain::post)).default_service(web::to(na)))
         .service(web::resource("/blobs/{sha256}").route(web::put().to(files::put_blob)).default_service(web::to(na)))
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics)).default_service(web::to(na)))
         .default_service(web::to(handlers::not_found));

@@ -34,4 +34,7 @@ pub struct AppState {
     pub host_caps: tokio::sync::watch::Sender<Option<rayvault::caps::HostCaps>>,
     /// Set once shutdown starts: new jobs are refused with 503.
     pub shutting_down: Arc<AtomicBool>,
+    /// Set while draining (`POST /drain`): new jobs are refused with 503
+    /// `DRAINING`; kept in the state folder across restarts.
+    pub drain: Arc<crate::drain::DrainFlag>,
 }

@@ -254,3 +254,149 @@ pub fn spawn_submit(w: &World, run: &str, job: &str, step: &str, payload: Value,
     });
     Running { child, stderr, reader: Some(reader) }
 }
+
+/// The ledger step of the fault tests (scripts/faults/world.py has the same
+/// one): the `command` TTS engine runs it; it appends `START <text> <node>
+/// <pid> <epoch-seconds>` to `$FAULT_LEDGER`, sleeps `$FAULT_STEP_S`, copies
+/// `$FAULT_WAV` to the engine's output and appends `END ...`. Returns the
+/// environment (without FAULT_NODE and FAULT_STEP_S, which differ per
+/// process) that makes a worker or controller use it.
+pub fn ledger_step_env(world: &World) -> Vec<(String, String)> {
+    let dir = world.dir.path();
+    let script = dir.join("step.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntext=$(cat \"$1\")\n\
+         printf 'START %s %s %s %s\\n' \"$text\" \"$FAULT_NODE\" \"$$\" \"$(date +%s.%N)\" >> \"$FAULT_LEDGER\"\n\
+         sleep \"$FAULT_STEP_S\"\ncp \"$FAULT_WAV\" \"$2\"\n\
+         printf 'END %s %s %s %s\\n' \"$text\" \"$FAULT_NODE\" \"$$\" \"$(date +%s.%N)\" >> \"$FAULT_LEDGER\"\n",
+    )
+    .unwrap();
+    let wav = common::make_sine_wav(dir, "tone.wav", 0.2, 22050, 1, -20.0);
+    vec![
+        ("RAYVAULT_TTS__ENGINE".into(), "command".into()),
+        ("RAYVAULT_TTS__COMMAND_TEMPLATE".into(), format!("sh {} {{text_file}} {{out_wav}}", script.display())),
+        ("FAULT_LEDGER".into(), dir.join("ledger").display().to_string()),
+        ("FAULT_WAV".into(), wav.display().to_string()),
+    ]
+}
+
+/// One line of the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerLine {
+    pub kind: String,
+    pub text: String,
+    pub node: String,
+    pub pid: i32,
+    /// Seconds since the epoch.
+    pub at: f64,
+}
+
+pub fn ledger(world: &World) -> Vec<LedgerLine> {
+    let text = std::fs::read_to_string(world.dir.path().join("ledger")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let p: Vec<&str> = l.split_whitespace().collect();
+            if p.len() != 5 {
+                return None;
+            }
+            Some(LedgerLine { kind: p[0].into(), text: p[1].into(), node: p[2].into(), pid: p[3].parse().ok()?, at: p[4].parse().ok()? })
+        })
+        .collect()
+}
+
+/// True while a process exists and has not exited (a zombie has).
+pub fn pid_alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+/// Seconds since the epoch, now.
+pub fn epoch_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Seconds since the epoch of a receipt's RFC 3339 stamp.
+/// Receipts write UTC with a `Z` (`2026-01-02T03:04:05.678Z`).
+pub fn stamp_s(stamp: &str) -> f64 {
+    let bad = || -> ! { panic!("not an RFC 3339 UTC stamp: {stamp:?}") };
+    let num = |x: &str| -> i64 { x.parse().unwrap_or_else(|_| bad()) };
+    let s = stamp.strip_suffix('Z').unwrap_or_else(|| bad());
+    let (date, time) = s.split_once('T').unwrap_or_else(|| bad());
+    let d: Vec<i64> = date.split('-').map(num).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(num).collect();
+    if d.len() != 3 || t.len() != 3 {
+        bad();
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    (days * 86400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + format!("0.{frac}").parse::<f64>().unwrap_or_else(|_| bad())
+}
+
+/// Starts a real `rayvault-worker` bound to `host` with extra environment,
+/// inside the network namespace `netns` if given, its state in `state`.
+pub fn worker_at(world: &World, id: &str, host: &str, netns: Option<&str>, state: &Path, env: &[(String, String)]) -> (Proc, u16) {
+    let port = common::free_port();
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = clean_command("ip", world.dir.path());
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_rayvault-worker")]);
+            c
+        }
+        None => clean_command(env!("CARGO_BIN_EXE_rayvault-worker"), world.dir.path()),
+    };
+    c.args(["--host", host, "--port", &port.to_string()])
+        .env("RAYVAULT_WORKER_ID", id)
+        .env("RAYVAULT_STATE_DIR", state)
+        .env("RAYVAULT_CLUSTER_SECRET", SECRET)
+        .env("FAULT_NODE", id);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c.stdout(Stdio::null()).stderr(Stdio::from(log_file(world.dir.path(), id))).spawn().unwrap();
+    let p = Proc { child, name: id.into() };
+    common::wait_until(&format!("worker {id} answers /health on {host}"), Duration::from_secs(30), || health_at(host, port).is_some());
+    (p, port)
+}
+
+/// `GET /health` on any address: the JSON body of a 200, None otherwise.
+pub fn health_at(host: &str, port: u16) -> Option<Value> {
+    let (status, body) = http_get_at(host, port, "/health", None).ok()?;
+    (status == 200).then_some(body)
+}
+
+/// A GET signed for worker `worker_id` with the test secret.
+pub fn signed_get_at(host: &str, port: u16, worker_id: &str, path: &str) -> std::io::Result<(u16, Value)> {
+    let ring = rayvault::auth::Keyring::from_secrets(SECRET, None).unwrap();
+    let sha = rayvault::protocol::sha256_hex(b"");
+    let auth = ring.authorization(&rayvault::auth::RequestTarget { method: "GET", path, query: "", worker_id, body_sha256: &sha });
+    http_get_at(host, port, path, Some(&auth))
+}
+
+fn http_get_at(host: &str, port: u16, path: &str, auth: Option<&str>) -> std::io::Result<(u16, Value)> {
+    let addr: std::net::SocketAddr = format!("{host}:{port}").parse().map_err(std::io::Error::other)?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").as_bytes())?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {buf:?}")))?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, serde_json::from_str(body.trim()).unwrap_or(Value::Null)))
+}
+
+/// Runs a command as root might (`ip`, `mount`); Err with its stderr.
+pub fn sys(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}

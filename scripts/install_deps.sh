@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what RayVault Cluster's tests and demo need on a fresh Debian
-# machine: media tools, the Windows cross toolchain and Wine, faketime, and the
-# Rust targets. Only missing packages are installed.
+# machine: media tools, the Windows cross toolchain and Wine, faketime,
+# Chromium and chromedriver (the dashboard's browser test), and the Rust
+# targets. Only missing packages are installed.
 set -euo pipefail
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 need=()
-for pkg in ffmpeg espeak-ng gcc-mingw-w64-x86-64 wine wine64 faketime python3 python3-venv curl ca-certificates procps iproute2 util-linux; do
+for pkg in ffmpeg espeak-ng gcc-mingw-w64-x86-64 wine wine64 faketime python3 python3-venv curl ca-certificates procps iproute2 util-linux chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

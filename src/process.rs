@@ -392,6 +392,21 @@ pub fn scrubbed_command(tool: &Tool) -> Command {
     cmd
 }
 
+/// Starts a program meant to outlive the process that starts it (the
+/// browser `rayvault-orchestrator dashboard` opens), with the scrubbed
+/// environment of every tool, no input or output, in a process group of its
+/// own and not tied to our lifetime; then waits at most `tool.timeout` for
+/// it to exit. `Ok(None)` when it still runs by then (it is left running).
+pub async fn run_detached(tool: &Tool) -> std::io::Result<Option<ExitStatus>> {
+    let mut cmd = scrubbed_command(tool);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(false);
+    let mut child = cmd.spawn()?;
+    match tokio::time::timeout(tool.timeout, child.wait()).await {
+        Ok(status) => status.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Runs `tool` to completion, honouring its timeout and `cancel`.
 ///
 /// A non-zero exit is returned as `Ok` with the status so the caller can

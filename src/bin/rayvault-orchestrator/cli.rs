@@ -46,6 +46,8 @@ pub enum Command {
     Init(crate::init::InitArgs),
     /// Edit the worker list (nodes.json): add, remove, enable, disable, drain, list.
     Nodes(crate::nodes_cmd::NodesArgs),
+    /// Log a browser in to the daemon's web dashboard (prints a one-time link).
+    Dashboard(crate::dashboard::DashboardArgs),
 }
 
 /// The steps `submit --step-name` accepts, for `submit --help`.

@@ -13,6 +13,10 @@
 //! - `POST /v1/jobs/{run_id}/{job_id}/cancel`
 //! - `GET /v1/status`
 //! - `GET /metrics` (unsigned; Prometheus text, see `daemon_metrics`)
+//!
+//! Plus the web dashboard (`dashboard`): `POST /v1/dashboard/login` is
+//! signed like the rest; its pages, data and files answer to a browser
+//! session instead.
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -136,6 +140,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
             progress,
         });
         resume_unfinished(&state).await?;
+        let dashboard = web::Data::new(crate::dashboard::Dashboard::new(settings.clone(), store.clone(), controller.clone(), state.progress.clone())?);
         let st = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -157,6 +162,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
                 .route("/v1/jobs/{run_id}/{job_id}", web::get().to(job))
                 .route("/v1/jobs/{run_id}/{job_id}/cancel", web::post().to(cancel))
                 .route("/v1/status", web::get().to(status))
+                .configure(|cfg| crate::dashboard::routes(cfg, dashboard.clone()))
                 .configure(|cfg| crate::daemon_metrics::routes(cfg, scrape.clone()))
         })
         .workers(1)
@@ -297,6 +303,10 @@ fn error(status: u16, code: &str, message: impl Into<String>, server_time: Optio
 /// known key id (see [`Verifier::precheck`]).
 fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), Box<HttpResponse>> {
     if UNSIGNED_ROUTES.iter().any(|(m, p)| req.method().as_str() == *m && req.path() == *p) {
+        return Ok(());
+    }
+    // The dashboard's pages, data and files answer to a browser session.
+    if crate::dashboard::is_session_path(req.path()) {
         return Ok(());
     }
     let Some(state) = req.app_data::<Data>() else {

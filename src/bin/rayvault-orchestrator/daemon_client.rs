@@ -111,6 +111,11 @@ impl DaemonClient {
         self.call("POST", &format!("/v1/jobs/{key}/cancel"), "", None, Duration::from_secs(10)).await.map_err(Into::into)
     }
 
+    /// A one-time login token for the web dashboard.
+    pub async fn dashboard_login(&self) -> anyhow::Result<Value> {
+        self.call("POST", "/v1/dashboard/login", "", None, Duration::from_secs(10)).await.map_err(Into::into)
+    }
+
     /// Jobs and nodes at a glance.
     pub async fn status(&self) -> anyhow::Result<Value> {
         let v = self.call("GET", "/v1/status", "", None, Duration::from_secs(30)).await?;

@@ -13,7 +13,8 @@
 //! Modules: `cli` (flags), `submit` (in-process or through the daemon),
 //! `daemon` (the long-running controller and its loopback API),
 //! `daemon_client` (the signed client of that API), `daemon_metrics`
-//! (its unsigned `GET /metrics`), `commands` (health,
+//! (its unsigned `GET /metrics`), `dashboard` (the daemon's web dashboard
+//! and the `dashboard` subcommand), `commands` (health,
 //! caps, status, cancel, sync-artifacts), `jobs` (logs, wait, result),
 //! `running` (jobs run by in-process submits), `progress` (progress on
 //! stderr), `render` (tables and receipt summaries).
@@ -23,6 +24,7 @@ mod commands;
 mod daemon;
 mod daemon_client;
 mod daemon_metrics;
+mod dashboard;
 mod init;
 mod jobs;
 mod nodes_cmd;
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Result(args) => jobs::result(settings, args),
         Command::Init(args) => init::run(settings, args),
         Command::Nodes(args) => nodes_cmd::run(settings, keyring(), args),
+        Command::Dashboard(args) => dashboard::command(settings, keyring(), args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// Downloads and verifies a remote job's artifacts and log into `dest`.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<ReceiptArtifact>, String>")]
+#[rtype(result = "Result<Vec<ReceiptArtifact>, SyncError>")]
 pub struct SyncArtifacts {
     pub node: NodeHandle,
     pub remote_job_id: String,
@@ -70,18 +70,20 @@ impl Handler<Stop> for ArtifactSync {
 
 /// Syncs every artifact, then the log; answers with the verified copies.
 impl Handler<SyncArtifacts> for ArtifactSync {
-    type Result = ResponseFuture<Result<Vec<ReceiptArtifact>, String>>;
+    type Result = ResponseFuture<Result<Vec<ReceiptArtifact>, SyncError>>;
 
     fn handle(&mut self, msg: SyncArtifacts, _: &mut Context<Self>) -> Self::Result {
         let keyring = self.keyring.clone();
         let (timeout, attempts, backoff) = (self.timeout, self.max_attempts, self.backoff);
         let sync = async move {
-            let keyring = keyring.ok_or("no cluster secret is set, so the worker cannot be asked for artifacts")?;
+            let keyring = keyring.ok_or_else(|| SyncError::other("no cluster secret is set, so the worker cannot be asked for artifacts"))?;
             let client = NodeClient::new(&msg.node, keyring, timeout);
-            tokio::fs::create_dir_all(&msg.dest).await.map_err(|e| format!("creating {}: {e}", msg.dest.display()))?;
+            tokio::fs::create_dir_all(&msg.dest)
+                .await
+                .map_err(|e| SyncError { disk_full: crate::error::is_disk_full(&e), message: format!("creating {}: {e}", msg.dest.display()) })?;
             let manifest = match msg.artifacts {
                 Some(m) => m,
-                None => client.manifest(&msg.remote_job_id).await.map_err(|e| e.to_string())?,
+                None => client.manifest(&msg.remote_job_id).await.map_err(|e| SyncError::other(e.to_string()))?,
             };
             let mut out = Vec::with_capacity(manifest.len());
             for entry in &manifest {
@@ -102,7 +104,7 @@ impl Handler<SyncArtifacts> for ArtifactSync {
         };
         // Parsing a worker's manifest and answers is where a bug would bite;
         // caught, it is a failed sync rather than a closed mailbox.
-        Box::pin(async move { catch("ArtifactSync", "syncing artifacts", sync).await.map_err(|p| p.to_string())? })
+        Box::pin(async move { catch("ArtifactSync", "syncing artifacts", sync).await.map_err(|p| SyncError::other(p.to_string()))? })
     }
 }
 
@@ -116,9 +118,9 @@ async fn sync_one(
     dest: &Path,
     attempts: u32,
     backoff: Duration,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, SyncError> {
     if !is_safe_name(&entry.name) || entry.name == crate::receipt::LOG_FILE || entry.name == crate::receipt::RECEIPT_FILE {
-        return Err(format!("the worker listed an artifact named {:?}, which is not a safe file name; refusing it", entry.name));
+        return Err(SyncError::other(format!("the worker listed an artifact named {:?}, which is not a safe file name; refusing it", entry.name)));
     }
     let final_path = dest.join(&entry.name);
     if verified(&final_path, entry).await {
@@ -139,11 +141,35 @@ async fn sync_one(
             Err(e) => {
                 last = format!("downloading {} failed (attempt {attempt}/{attempts}): {e}", entry.name);
                 tracing::warn!("{last}");
+                // Retrying cannot make room on a full disk.
+                if matches!(e, super::job_runner::node_client::CallError::DiskFull(_)) {
+                    return Err(SyncError { disk_full: true, message: last });
+                }
             }
         }
         tokio::time::sleep(backoff * attempt).await;
     }
-    Err(last)
+    Err(SyncError::other(last))
+}
+
+/// Why a sync failed: the message, and whether this machine's full disk
+/// was the cause (`DISK_FULL` rather than `ARTIFACT_SYNC_FAILED`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncError {
+    pub disk_full: bool,
+    pub message: String,
+}
+
+impl SyncError {
+    pub fn other(message: impl Into<String>) -> SyncError {
+        SyncError { disk_full: false, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// True when `path` already exists with the entry's size and SHA-256 (a

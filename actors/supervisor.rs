@@ -245,7 +245,7 @@ mod tests {
                 probed: false,
             };
             let synced = c.sync.send(SyncArtifacts { node, remote_job_id: "x".into(), artifacts: None, dest: dir.path().join("sync") }).await.unwrap();
-            assert!(synced.unwrap_err().contains("no cluster secret"));
+            assert!(synced.unwrap_err().message.contains("no cluster secret"));
 
             // A new job runs through all of them. It needs the only local
             // slot, so it also shows the dropped job's step was cancelled:

@@ -29,6 +29,9 @@ pub enum CallError {
     Refused { status: u16, code: String, message: String },
     /// A body that does not follow the contract, or a local file problem.
     Other(String),
+    /// A local write failed because this machine's disk is full (ENOSPC):
+    /// a download's `.part` could not grow.
+    DiskFull(String),
 }
 
 impl CallError {
@@ -46,6 +49,7 @@ impl std::fmt::Display for CallError {
             CallError::Busy(s, m) => write!(f, "HTTP {s}: {m}"),
             CallError::Refused { status, code, message } => write!(f, "HTTP {status} {code}: {message}"),
             CallError::Other(m) => f.write_str(m),
+            CallError::DiskFull(m) => write!(f, "the disk is full: {m}"),
         }
     }
 }
@@ -116,6 +120,7 @@ impl From<ClientError> for CallError {
             ClientError::Api { status, code, message, .. } if code == protocol::ApiCode::Draining.as_str() => CallError::Refused { status, code, message },
             ClientError::Api { status, message, .. } if status >= 500 || status == 429 => CallError::Busy(status, message),
             ClientError::Api { status, code, message, .. } => CallError::Refused { status, code, message },
+            ClientError::DiskFull(m) => CallError::DiskFull(m),
             other => CallError::Other(other.to_string()),
         }
     }

@@ -561,7 +561,7 @@ async fn follow(
             dest: dir.to_path_buf(),
         })
         .await
-        .unwrap_or_else(|e| Err(format!("artifact sync unavailable: {e}")));
+        .unwrap_or_else(|e| Err(super::super::artifact_sync::SyncError::other(format!("artifact sync unavailable: {e}"))));
     trace.sync_ms += sync_t0.elapsed().as_millis() as u64;
     let mut ending = Ending {
         status: JobStatus::Failed,
@@ -588,7 +588,12 @@ async fn follow(
             Err(e) => {
                 // The step succeeded; it must not run again. Report the sync
                 // failure so `sync-artifacts` can finish the copy.
-                ending.error = Some(ReceiptError::new(ErrorCode::ArtifactSyncFailed, format!("{e}; retry with: rayvault-orchestrator sync-artifacts --run-id {} --job-id {} --node-id {node_id}", spec.run_id, spec.job_id)));
+                let (code, first) = if e.disk_full {
+                    (ErrorCode::DiskFull, format!("the step succeeded on {node_id}, but this machine's disk is full, so its artifacts could not be copied ({e}); free space in {}, then", dir.display()))
+                } else {
+                    (ErrorCode::ArtifactSyncFailed, format!("{e};"))
+                };
+                ending.error = Some(ReceiptError::new(code, format!("{first} retry with: rayvault-orchestrator sync-artifacts --run-id {} --job-id {} --node-id {node_id}", spec.run_id, spec.job_id)));
                 trace.attempt(node_id, Some(job_id.into()), "succeeded", Some("artifact sync failed".into()), began);
             }
         },

@@ -262,7 +262,10 @@ pub fn sync_artifacts(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, ar
                 }
                 receipt.artifacts = artifacts;
                 receipt.timings.sync_ms = began.elapsed().as_millis() as u64;
-                if receipt.error.as_ref().is_some_and(|e| e.code == ErrorCode::ArtifactSyncFailed.as_str()) {
+                // A sync failure (or a full disk during the sync) is what
+                // this command repairs; the step itself had succeeded.
+                let sync_codes = [ErrorCode::ArtifactSyncFailed.as_str(), ErrorCode::DiskFull.as_str()];
+                if receipt.error.as_ref().is_some_and(|e| sync_codes.contains(&e.code.as_str())) && receipt.remote_job_id.is_some() {
                     receipt.error = None;
                     receipt.status = JobStatus::Succeeded;
                 }

@@ -328,7 +328,15 @@ impl Store {
                 (slot.0, slot.1.clone())
             };
             let result = match handle {
-                Some(handle) => op(&handle),
+                // A panic inside the storage engine (seen on a full disk)
+                // is one more I/O failure of this call: it re-opens the
+                // database like any other, instead of failing the request
+                // with no reason.
+                Some(handle) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&handle))).unwrap_or_else(|p| {
+                    let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    tracing::error!("the job store's engine panicked: {what}");
+                    Err(StoreError::new(StoreErrorKind::Io, format!("the storage engine failed ({what})")))
+                }),
                 None => Err(StoreError::closed()),
             };
             match result {

@@ -216,6 +216,10 @@ pub struct Recovery {
     pub interrupted: Vec<String>,
 }
 
+/// Free space under which an I/O failure of the store is taken for a full
+/// disk (a redb page write needs a few pages at most).
+const NEARLY_FULL_BYTES: u64 = 1 << 20;
+
 /// A cheap, cloneable handle on the database.
 #[derive(Clone)]
 pub struct Store {
@@ -374,7 +378,14 @@ impl Store {
 
     /// Gives an I/O failure its cause and a message that says what to do.
     fn explain(&self, e: StoreError) -> StoreError {
-        if e.is_disk_full() || self.inner.disk_full.load(Ordering::Acquire) {
+        // Not every failure on a full disk carries ENOSPC (the engine can
+        // fail one step later, or panic): an I/O failure while the disk has
+        // almost no room left is the full disk's.
+        let nearly_full = || {
+            let dir = self.inner.path.parent().unwrap_or(std::path::Path::new("."));
+            paths::free_bytes(dir).is_some_and(|free| free < NEARLY_FULL_BYTES)
+        };
+        if e.is_disk_full() || self.inner.disk_full.load(Ordering::Acquire) || (e.kind == StoreErrorKind::Io && nearly_full()) {
             StoreError::new(
                 StoreErrorKind::DiskFull,
                 format!(

@@ -698,12 +698,23 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
         Err(e) => return Ending::failed(e.code, e.message, None),
     };
     let log_path = dir.join(crate::receipt::LOG_FILE);
+    // The step's `progress` lines (chunk 3/10, ...) go to `submit` too.
+    let sink = {
+        let (progress, key) = (deps.progress.clone(), spec.key());
+        crate::joblog::ProgressSink(Arc::new(move |text: &str| {
+            let line = format!("local: {text}");
+            tracing::info!(job = %key, "{line}");
+            if let Some(p) = &progress {
+                p.do_send(JobProgress { key: key.clone(), line });
+            }
+        }))
+    };
     let opened = {
         let p = log_path.clone();
         // A resubmitted job starts a fresh log, matching its new receipt.
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(&p);
-            JobLog::open(&p)
+            JobLog::open(&p).map(|l| l.with_progress(sink))
         })
         .await
     };

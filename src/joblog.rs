@@ -17,6 +17,29 @@ pub struct JobLog {
     path: PathBuf,
     /// Where the job's child process groups are recorded while they run.
     children: Option<crate::process::ChildTracker>,
+    /// Where `progress` lines also go as they are written (the controller's
+    /// LocalRunner passes them to `submit`'s progress display).
+    progress: Option<ProgressSink>,
+}
+
+/// The source of the log lines that count a step's work done (`chunk 3/10`,
+/// `frame 4/20`, `file 2/5`); the controller shows them as progress, for a
+/// local run as it happens and for a remote one from the worker's log.
+pub const PROGRESS_SOURCE: &str = "progress";
+
+/// A receiver of progress lines.
+#[derive(Clone)]
+pub struct ProgressSink(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+/// The text of a `progress` line of a job log (`<time> [progress] <text>`).
+pub fn progress_text(line: &str) -> Option<&str> {
+    line.split_once(" [progress] ").map(|(_, text)| text.trim_end())
 }
 
 impl JobLog {
@@ -26,7 +49,7 @@ impl JobLog {
             std::fs::create_dir_all(parent)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(JobLog { inner: Arc::new(Mutex::new(file)), path: path.to_path_buf(), children: None })
+        Ok(JobLog { inner: Arc::new(Mutex::new(file)), path: path.to_path_buf(), children: None, progress: None })
     }
 
     /// Records every child process the job starts through this log in
@@ -34,6 +57,17 @@ impl JobLog {
     pub fn tracking_children(mut self, tracker: crate::process::ChildTracker) -> Self {
         self.children = Some(tracker);
         self
+    }
+
+    /// Also hands every `progress` line to `sink`.
+    pub fn with_progress(mut self, sink: ProgressSink) -> Self {
+        self.progress = Some(sink);
+        self
+    }
+
+    /// Writes a `progress` line: `done` of `total` `item`s ("chunk 3/10").
+    pub fn progress(&self, item: &str, done: usize, total: usize) {
+        self.line(PROGRESS_SOURCE, &format!("{item} {done}/{total}"));
     }
 
     pub fn child_tracker(&self) -> Option<&crate::process::ChildTracker> {
@@ -56,6 +90,10 @@ impl JobLog {
         // A log write failure must never fail the job; the job's result is
         // what matters, and the store records it separately.
         let _ = writeln!(f, "{stamp} [{source}] {text}");
+        drop(f);
+        if let (PROGRESS_SOURCE, Some(sink)) = (source, &self.progress) {
+            (sink.0)(text);
+        }
     }
 }
 

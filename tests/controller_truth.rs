@@ -115,3 +115,36 @@ fn a_reused_job_id_replaces_the_receipt_folder_whole() {
         assert!(n == "job_receipt.json" || n == "worker.log" || listed.contains(&n.as_str()), "stale file {n} in {names:?}");
     }
 }
+
+#[test]
+fn progress_counts_chunks_of_a_remote_and_a_local_run() {
+    let mut w = World::new();
+    // Every progress line as a log line (plain progress keeps one a second).
+    w.set_env("RUST_LOG", "info");
+    let wav = common::make_sine_wav(w.dir.path(), "voice.wav", 1.0, 22_050, 1, -18.0);
+    let template = format!("python3 -c \"import shutil, sys, time; time.sleep(1.3); shutil.copy('{}', sys.argv[2])\" {{text_file}} {{out_wav}}", wav.display());
+    let env = [
+        ("RAYVAULT_CLUSTER_SECRET", SECRET),
+        ("RAYVAULT_TTS__ENGINE", "command"),
+        ("RAYVAULT_TTS__COMMAND_TEMPLATE", template.as_str()),
+        ("RAYVAULT_TTS__PARALLEL_CHUNKS", "1"),
+        ("RAYVAULT_TTS__NORMALIZE_LUFS", "off"),
+    ];
+    let (_w1, p1) = worker(&w, "w1", &env);
+    w.write_nodes(&[("w1", p1, true)]);
+    let text = json!({"text": "One sentence here. Two sentences here.", "max_chars": 20});
+    let (code, r, err) = w.submit("progress", "remote", "TTS_RENDER_CHUNKS", text.clone(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "w1");
+    // The worker's log says how far the step is; the controller relays it.
+    assert!(err.contains("w1: chunk 1/2"), "{err}");
+
+    for (k, v) in &env[1..] {
+        w.set_env(k, v);
+    }
+    w.write_nodes(&[]);
+    let (code, r, err) = w.submit("progress", "local", "TTS_RENDER_CHUNKS", text, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r["executed_on"], "local");
+    assert!(err.contains("local: chunk 1/2") && err.contains("local: chunk 2/2"), "{err}");
+}

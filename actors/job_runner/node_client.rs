@@ -173,6 +173,13 @@ impl CurrentClient {
         Ok(self.inner.job(job_id, wait_s).await?)
     }
 
+    /// `GET /jobs/{id}/log?offset=N`: the log from `offset`, and the offset
+    /// to ask for next.
+    pub async fn log_from(&self, job_id: &str, offset: u64) -> Result<(String, u64), CallError> {
+        let chunk = self.inner.log(job_id, offset).await?;
+        Ok((chunk.data, chunk.next_offset))
+    }
+
     /// `GET /jobs/{id}?peek=1`: the job's state without renewing its lease.
     pub async fn peek(&self, job_id: &str) -> Result<JobView, CallError> {
         Ok(self.inner.peek_job(job_id).await?)

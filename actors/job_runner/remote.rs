@@ -414,6 +414,29 @@ async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::
     }
 }
 
+/// Reads the remote job's log every second from where it left off and
+/// forwards its `progress` lines; never returns (it is dropped with the
+/// attempt). A failed read is skipped: the long-poll and the watchdog judge
+/// the node, not this.
+async fn tail_progress(client: &CurrentClient, job_id: &str, node_id: &str, key: String, sink: actix::Recipient<super::super::messages::JobProgress>) {
+    let mut offset = 0u64;
+    let mut partial = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok((data, next)) = client.log_from(job_id, offset).await else { continue };
+        offset = next;
+        partial.push_str(&data);
+        while let Some(end) = partial.find('\n') {
+            let line: String = partial.drain(..=end).collect();
+            if let Some(text) = crate::joblog::progress_text(&line) {
+                let line = format!("{node_id}: {text}");
+                tracing::info!(job = %key, "{line}");
+                sink.do_send(super::super::messages::JobProgress { key: key.clone(), line });
+            }
+        }
+    }
+}
+
 /// A current worker's job view in the poll's terms.
 fn polled_of(v: crate::protocol::JobView) -> Polled {
     use crate::protocol::JobState;
@@ -471,6 +494,19 @@ async fn follow(
     let watched_job = matches!(client, NodeClient::Current(_)).then_some(job_id);
     let watchdog = liveness::watch(watcher, watched_job, probe_timeout, fence);
     tokio::pin!(watchdog);
+    // The step's progress lines (chunk 3/10, ...) from the worker's log,
+    // shown while the job runs; ends with this function.
+    let progress = match (client, &trace.progress) {
+        (NodeClient::Current(c), Some(p)) => Some(tail_progress(c, job_id, node_id, trace.key.clone(), p.clone())),
+        _ => None,
+    };
+    let progress = async move {
+        match progress {
+            Some(f) => f.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(progress);
     let mut failures = 0u32;
     let mut previous: Option<CallError> = None;
     let mut last_state = "";
@@ -497,6 +533,7 @@ async fn follow(
                 trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
                 return Outcome::Done(with_compat(ending, handle.compat));
             }
+            () = &mut progress => continue,
             // Last: a cancellation asked for at the same moment is honoured
             // rather than moving the job elsewhere.
             reason = &mut watchdog => {

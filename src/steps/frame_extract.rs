@@ -119,9 +119,17 @@ impl Extraction<'_> {
 /// Takes one frame per target by seeking; returns one file per target, in
 /// the order of `targets`.
 pub async fn extract_by_seeking(x: &Extraction<'_>, targets: &[f64]) -> Result<Vec<PathBuf>, StepError> {
+    let total = targets.len();
     stream::iter(targets.iter().copied().enumerate())
         .map(|(k, t)| seek_one(x, k, t))
         .buffered(SEEK_PARALLELISM)
+        .enumerate()
+        .map(|(done, frame)| {
+            if frame.is_ok() {
+                x.log.progress("frame", done + 1, total);
+            }
+            frame
+        })
         .try_collect()
         .await
 }

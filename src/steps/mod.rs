@@ -200,13 +200,21 @@ pub async fn join_indexed<T: Send + 'static>(
     n: usize,
     cancel: &CancellationToken,
     what: &str,
+    progress: Option<(&crate::joblog::JobLog, &str)>,
 ) -> Result<Vec<T>, StepError> {
     let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
     let mut first_error: Option<StepError> = None;
+    let mut done = 0;
     while let Some(joined) = set.join_next().await {
         let outcome = joined.map_err(|e| StepError::new(ErrorCode::Internal, format!("{what} task failed: {e}")));
         match outcome.and_then(|r| r) {
-            Ok((i, v)) if i < n => slots[i] = Some(v),
+            Ok((i, v)) if i < n => {
+                slots[i] = Some(v);
+                done += 1;
+                if let Some((log, item)) = progress {
+                    log.progress(item, done, n);
+                }
+            }
             Ok((i, _)) => {
                 first_error.get_or_insert(StepError::new(ErrorCode::Internal, format!("{what} task {i} is out of range")));
             }

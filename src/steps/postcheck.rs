@@ -157,7 +157,7 @@ async fn measure_all(
         });
     }
     let n = set.len();
-    let measured = super::join_indexed(set, n, &cancel, "a file's analysis").await?;
+    let measured = super::join_indexed(set, n, &cancel, "a file's analysis", Some((&ctx.log, "file"))).await?;
     if ctx.cancel.is_cancelled() {
         return Err(StepError::new(ErrorCode::Cancelled, "the job was cancelled during the audio check"));
     }

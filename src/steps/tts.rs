@@ -319,7 +319,7 @@ async fn render_all(
         };
         set.spawn(async move { job.render().await.map(|r| (i, r)) });
     }
-    super::join_indexed(set, chunks.len(), &cancel, "a chunk's render").await
+    super::join_indexed(set, chunks.len(), &cancel, "a chunk's render", Some((&ctx.log, "chunk"))).await
 }
 
 /// Everything one chunk's render task owns.

@@ -10,6 +10,10 @@ pub struct Cli {
     /// A local configuration file layered over config/default.toml.
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// The daemon's log file, rotated at 10 MiB with 5 files kept (default:
+    /// rayvault-orchestrator.log in the platform's log folder).
+    #[arg(long, global = true)]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,6 +34,8 @@ pub enum Command {
     Cancel(JobRef),
     /// Download (again) a remote job's artifacts into its receipt folder.
     SyncArtifacts(SyncArgs),
+    /// Install, remove, inspect or print the daemon's service definition.
+    Service(crate::service::ServiceArgs),
 }
 
 #[derive(Debug, Clone, Args)]

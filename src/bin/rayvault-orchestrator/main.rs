@@ -11,13 +11,15 @@
 //! Modules: `cli` (flags), `submit` (in-process or through the daemon),
 //! `daemon` (the long-running controller and its loopback API),
 //! `daemon_client` (the signed client of that API), `commands` (health,
-//! caps, status, cancel, sync-artifacts), `render` (their tables).
+//! caps, status, cancel, sync-artifacts), `render` (their tables),
+//! `service` (`service install|uninstall|status|print`).
 
 mod cli;
 mod commands;
 mod daemon;
 mod daemon_client;
 mod render;
+mod service;
 mod submit;
 
 use clap::Parser;
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
     // Before any other thread: see rayvault::memory for why.
     rayvault::memory::limit_malloc_arenas();
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Daemon));
+    init_tracing(matches!(cli.command, Command::Daemon), cli.log_file.as_deref());
     if matches!(cli.command, Command::Daemon) {
         // Only the long-running daemon: a one-shot command exits anyway.
         rayvault::memory::spawn_trimmer();
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Status(view) => commands::status(settings, keyring(), view.json),
         Command::Cancel(job) => commands::cancel(settings, keyring(), job),
         Command::SyncArtifacts(args) => commands::sync_artifacts(settings, keyring(), args),
+        Command::Service(args) => service::run(cli.config.clone(), args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -66,14 +69,33 @@ fn usage_error(e: anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_tracing(daemon: bool) {
+/// The daemon logs to a file (`--log-file`, else rayvault-orchestrator.log
+/// in the platform's log folder), and to stderr unless `--log-file` was
+/// given and stderr is not a terminal (a service: its file is enough).
+/// Other commands log warnings to stderr only.
+fn init_tracing(daemon: bool, log_file: Option<&std::path::Path>) {
+    use rayvault::logfile::{RotatingFile, DEFAULT_FILES, DEFAULT_MAX_BYTES};
+    use rayvault::service::{Platform, Program, UserDirs};
     use std::io::IsTerminal;
-    let default = if daemon { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if !daemon {
+        return rayvault::logfile::init_tracing("warn", None, true);
+    }
+    let path = match log_file {
+        Some(p) => Ok(p.to_path_buf()),
+        None => UserDirs::from_env().log_file(Platform::current(), Program::Orchestrator).map(Into::into),
+    };
+    let file = match path.map_err(|e| e.to_string()).and_then(|p| {
+        RotatingFile::open(&p, DEFAULT_MAX_BYTES, DEFAULT_FILES).map_err(|e| format!("cannot open {}: {e}", p.display()))
+    }) {
+        Ok(f) => {
+            eprintln!("rayvault-orchestrator: logging to {}", f.path().display());
+            Some(Arc::new(f))
+        }
+        Err(e) => {
+            eprintln!("rayvault-orchestrator: no log file ({e}); logging to stderr only");
+            None
+        }
+    };
+    let stderr = file.is_none() || log_file.is_none() || std::io::stderr().is_terminal();
+    rayvault::logfile::init_tracing("info", file, stderr);
 }

@@ -1,7 +1,9 @@
 //! The Windows worker, cross-built with mingw-w64, running under Wine and
 //! driven over loopback HTTP by the signed client: health, caps reporting
 //! `"os": "windows"`, an AUDIO_POSTCHECK job on an uploaded WAV, artifact
-//! downloads with matching SHA-256, and a 401 for a bad signature.
+//! downloads with matching SHA-256, and a 401 for a bad signature. First,
+//! `rayvault-worker.exe service print --platform windows` prints a Task
+//! Scheduler XML that parses and names the .exe.
 //!
 //! Run it with `scripts/wine_smoke.sh`, which builds the .exe, stages the
 //! test-only ProcessPrng shim beside it and prepares a private WINEPREFIX.
@@ -174,6 +176,8 @@ fn windows_worker_under_wine() {
     std::fs::create_dir_all(&state).unwrap();
     let wav = common::make_sine_wav(dir.path(), "tone.wav", 2.0, 48_000, 1, -20.0);
 
+    service_print(&state);
+
     let mut worker = WineWorker::start(&state);
     let to_health = worker.wait_healthy();
     eprintln!("wine smoke: /health answered {to_health:?} after start");
@@ -183,6 +187,58 @@ fn windows_worker_under_wine() {
     let phases = actix_rt::System::new().block_on(drive(&worker, &wav, &downloads));
     drop(worker);
     eprintln!("wine smoke: {phases}; total {:?}", total.elapsed());
+}
+
+/// `service print --platform windows` run by the real .exe: the Task
+/// Scheduler XML parses (Python's xml.etree, from UTF-16 as `schtasks`
+/// reads it), runs this .exe in the user's session with `--env-file` and
+/// `--log-file` under `%LOCALAPPDATA%`, and never shows the secret.
+fn service_print(state: &Path) {
+    let started = Instant::now();
+    let secret = format!("wine-print-{}", rayvault::auth::fresh_nonce());
+    let out = Command::new(wine_loader())
+        .arg(worker_exe())
+        .args(["service", "print", "--platform", "windows", "--port", "8787", "--state-dir"])
+        .arg(windows_path(state))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| state.as_os_str().to_os_string()))
+        .env("WINEPREFIX", wine_prefix())
+        .env("WINEDEBUG", "-all")
+        .env("RAYVAULT_CLUSTER_SECRET", &secret)
+        .current_dir(state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("starting wine");
+    let (xml, notes) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "service print under wine: {:?}\n{notes}", out.status);
+    assert!(!xml.contains(&secret) && !notes.contains(&secret), "print showed the secret:\n{xml}\n{notes}");
+    let script = r#"
+import sys, json, xml.etree.ElementTree as ET
+root = ET.fromstring(sys.stdin.read().encode("utf-16"))
+ns = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
+f = lambda p: root.findtext(p, namespaces=ns)
+print(json.dumps([f("t:Actions/t:Exec/t:Command"), f("t:Actions/t:Exec/t:Arguments"),
+                  f("t:Actions/t:Exec/t:WorkingDirectory"), f("t:Principals/t:Principal/t:LogonType")]))
+"#;
+    let mut python = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 parses the task XML");
+    python.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+    let parsed = python.wait_with_output().unwrap();
+    assert!(parsed.status.success(), "the task XML does not parse:\n{xml}");
+    let fields: Vec<String> = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert!(fields[0].to_ascii_lowercase().ends_with(r"\rayvault-worker.exe"), "{fields:?}");
+    assert!(fields[0].contains(':'), "a Windows path to the .exe: {fields:?}");
+    let args = &fields[1];
+    assert!(args.contains(r"\RayVault\logs\rayvault-worker.log") && args.contains("--env-file"), "{args}");
+    assert!(args.ends_with("--port 8787"), "{args}");
+    assert_eq!(fields[2], windows_path(state));
+    assert_eq!(fields[3], "InteractiveToken");
+    eprintln!("wine smoke: service print --platform windows took {:?}: {}", started.elapsed(), fields[0]);
 }
 
 /// Everything done over HTTP; returns the timings for the report.

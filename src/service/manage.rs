@@ -115,11 +115,7 @@ pub fn install(spec: &ServiceSpec, out: &mut dyn Write) -> Result<(), ServiceErr
     }
     if let Some(f) = &spec.env_file {
         let bytes = env_file_bytes(&spec.env_file_text(), spec.headless)?;
-        write_private(Path::new(f), &bytes).map_err(|e| io("the environment file", f, e))?;
-        #[cfg(windows)]
-        if spec.headless {
-            super::windows::restrict_to_system_and_admins(Path::new(f)).map_err(|e| io("the access list of", f, e))?;
-        }
+        write_env_file(spec, Path::new(f), &bytes).map_err(|e| io("the environment file", f, e))?;
         let _ = writeln!(out, "wrote {f} ({})", env_file_protection(spec));
     }
     if !spec.headless {
@@ -136,6 +132,46 @@ pub fn install(spec: &ServiceSpec, out: &mut dyn Write) -> Result<(), ServiceErr
     }?;
     let _ = writeln!(out, "logs: {}", spec.log_file);
     Ok(())
+}
+
+/// Writes the environment file. The `--headless` service's file gets its
+/// access list (SYSTEM and Administrators) while still empty, so the secret
+/// is never in a file others can read, even for a moment.
+fn write_env_file(spec: &ServiceSpec, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if !spec.headless {
+        return write_private(path, bytes);
+    }
+    #[cfg(windows)]
+    {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, b"")?;
+        super::windows::restrict_to_system_and_admins(path)?;
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    }
+    #[cfg(not(windows))]
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "--headless is for Windows only"))
+}
+
+/// The manager's answer with every `RAYVAULT_CLUSTER_SECRET*` value
+/// replaced: `launchctl print` lists a job's environment.
+pub fn redact_secret_lines(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        match line.find(crate::process::SECRET_ENV_PREFIX) {
+            Some(at) => {
+                let name_end = line[at..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(line.len(), |n| at + n);
+                out.push_str(&line[..name_end]);
+                out.push_str(" => <hidden>");
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Stops the service, unregisters it and removes its definition and
@@ -178,7 +214,7 @@ pub fn status(spec: &ServiceSpec, out: &mut dyn Write) -> Result<u8, ServiceErro
             };
             match answer {
                 Ok(Ok(o)) => {
-                    let _ = writeln!(out, "{}", o.text());
+                    let _ = write!(out, "{}", redact_secret_lines(&o.text()));
                 }
                 Ok(Err(e)) => {
                     let _ = writeln!(out, "the service manager could not be asked: {e}");
@@ -343,7 +379,7 @@ fn windows_status(spec: &ServiceSpec, out: &mut dyn Write) -> bool {
     let task = spec.program.task_name();
     match run_cmd("schtasks", &["/Query", "/TN", task, "/V", "/FO", "LIST"]) {
         Ok(o) => {
-            let _ = writeln!(out, "{}", o.text());
+            let _ = write!(out, "{}", redact_secret_lines(&o.text()));
             o.success
         }
         Err(e) => {
@@ -496,5 +532,20 @@ pub fn run(action: Action, req: Request, secret_required: bool) -> u8 {
             Ok(code) => code,
             Err(e) => refuse(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_a_managers_answer_are_hidden() {
+        let launchctl = "\tenvironment = {\n\t\tRAYVAULT_CLUSTER_SECRET => s3cr3t\n\t\tRAYVAULT_STATE_DIR => /x\n\t\tRAYVAULT_CLUSTER_SECRET_PREVIOUS => old\n";
+        let shown = redact_secret_lines(launchctl);
+        assert!(!shown.contains("s3cr3t") && !shown.contains("old"), "{shown}");
+        assert!(shown.contains("\t\tRAYVAULT_CLUSTER_SECRET => <hidden>\n"), "{shown}");
+        assert!(shown.contains("RAYVAULT_CLUSTER_SECRET_PREVIOUS => <hidden>"), "{shown}");
+        assert!(shown.contains("RAYVAULT_STATE_DIR => /x"), "{shown}");
     }
 }

@@ -129,6 +129,7 @@ fn windows_task_xml_names_the_worker_and_its_arguments() {
     assert!(args.contains(&format!("--config {}", w.config().display())), "{args}");
     assert!(args.contains(r#"--log-file %LOCALAPPDATA%\RayVault\logs\rayvault-worker.log"#), "{args}");
     assert!(args.contains(r#"--env-file %LOCALAPPDATA%\RayVault\worker.env"#), "{args}");
+    assert!(args.contains("--detach-console"), "no console window on the desktop: {args}");
     assert_eq!(t["working_dir"], w.state());
     assert_eq!(t["logon_user"], r"BOX\ray");
     assert_eq!(t["logon_type"], "InteractiveToken", "the task must run in the user's desktop session");

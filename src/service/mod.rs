@@ -330,6 +330,10 @@ impl ServiceSpec {
         }
         if headless {
             all_args.push("--windows-service".to_string());
+        } else if platform == Platform::Windows {
+            // Task Scheduler gives a console program a console window on
+            // the user's desktop; the worker closes it at start.
+            all_args.push("--detach-console".to_string());
         }
         all_args.extend(args);
         for (k, v) in &env {

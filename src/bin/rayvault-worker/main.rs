@@ -70,6 +70,10 @@ struct Args {
     /// control manager.
     #[arg(long, hide = true)]
     windows_service: bool,
+    /// Set by `service install` on Windows: close the console window that
+    /// Task Scheduler opens for the worker (logs go to --log-file).
+    #[arg(long, hide = true)]
+    detach_console: bool,
     #[command(subcommand)]
     command: Option<service::Command>,
 }
@@ -80,6 +84,13 @@ fn main() -> ExitCode {
     let mut args = Args::parse();
     if let Some(command) = args.command.take() {
         return ExitCode::from(service::run(command));
+    }
+    if args.detach_console {
+        // SAFETY: no arguments; afterwards stdio writes are discarded.
+        #[cfg(windows)]
+        unsafe {
+            windows_sys::Win32::System::Console::FreeConsole()
+        };
     }
     init_tracing(args.log_file.as_deref());
     if let Some(file) = &args.env_file {

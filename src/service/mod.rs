@@ -310,18 +310,18 @@ impl ServiceSpec {
         if headless && platform != Platform::Windows {
             return Err(err("--headless only applies to --platform windows"));
         }
-        let log_file = match log_file {
-            Some(f) => f,
-            None => dirs.log_file(platform, program)?,
-        };
         let mut env_file = dirs.env_file(platform, program)?;
+        let mut default_log = dirs.log_file(platform, program)?;
         if headless {
             // A service runs as LocalSystem, which cannot read the user's
-            // DPAPI-protected file; its file lives where only SYSTEM and
-            // Administrators may read it.
+            // DPAPI-protected file; its files live in the machine's
+            // ProgramData, the environment file readable only by SYSTEM and
+            // Administrators.
             let base = dirs.program_data.as_deref().unwrap_or("%ProgramData%");
             env_file = Some(platform.join(base, &["RayVault", &format!("{}.env", program.stem())]));
+            default_log = platform.join(base, &["RayVault", "logs", &program.log_name()]);
         }
+        let log_file = log_file.unwrap_or(default_log);
         let mut all_args = vec!["--log-file".to_string(), log_file.clone()];
         if platform == Platform::Windows {
             if let Some(f) = &env_file {

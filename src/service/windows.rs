@@ -20,7 +20,15 @@ use windows_service::service::{
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 
 fn svc_err(what: &str, e: windows_service::Error) -> ServiceError {
-    ServiceError(format!("{what}: {e} (installing a Windows service needs an Administrator prompt)"))
+    ServiceError(format!("{what}: {} (installing a Windows service needs an Administrator prompt)", describe(&e)))
+}
+
+/// The crate's error with the system's reason ("Access is denied. (os error 5)").
+fn describe(e: &windows_service::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// Replaces the file's access list with "SYSTEM and Administrators: full
@@ -78,23 +86,36 @@ pub fn install_service(spec: &ServiceSpec, out: &mut dyn Write) -> Result<(), Se
         Err(_) => manager.create_service(&info, access).map_err(|e| svc_err("cannot create the service", e))?,
     };
     let restart = |secs| ServiceAction { action_type: ServiceActionType::Restart, delay: Duration::from_secs(secs) };
-    service
-        .update_failure_actions(ServiceFailureActions {
-            reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(24 * 3600)),
-            reboot_msg: None,
-            command: None,
-            actions: Some(vec![restart(5), restart(10), restart(60)]),
-        })
-        .map_err(|e| svc_err("cannot set the restart actions", e))?;
+    let actions = ServiceFailureActions {
+        reset_period: ServiceFailureResetPeriod::After(Duration::from_secs(24 * 3600)),
+        reboot_msg: None,
+        command: None,
+        actions: Some(vec![restart(5), restart(10), restart(60)]),
+    };
     // A non-zero exit (not only a crash) counts as a failure to restart on.
-    service.set_failure_actions_on_non_crash_failures(true).map_err(|e| svc_err("cannot set the restart actions", e))?;
+    let restarts = service
+        .update_failure_actions(actions)
+        .and_then(|()| service.set_failure_actions_on_non_crash_failures(true));
+    if let Err(e) = restarts {
+        // The service still works; it only will not come back by itself.
+        let _ = writeln!(
+            out,
+            "warning: the restart-on-failure actions could not be set ({}); set them in services.msc, Recovery tab",
+            describe(&e)
+        );
+    }
     let _ = writeln!(out, "installed the Windows service {}", spec.program.windows_service_name());
     let running = service.query_status().is_ok_and(|s| s.current_state == ServiceState::Running);
     if running {
         let _ = service.stop();
         wait_for(&service, ServiceState::Stopped);
     }
-    service.start::<&str>(&[]).map_err(|e| svc_err("cannot start the service", e))?;
+    match service.start::<&str>(&[]) {
+        Ok(()) => {}
+        // The manager may already have started it (ERROR_SERVICE_ALREADY_RUNNING).
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(1056) => {}
+        Err(e) => return Err(svc_err("cannot start the service", e)),
+    }
     let _ = writeln!(out, "started {}", spec.program.windows_service_name());
     Ok(())
 }
@@ -122,7 +143,7 @@ pub fn uninstall_service(spec: &ServiceSpec, out: &mut dyn Write) -> Result<(), 
             let _ = writeln!(out, "removed the Windows service {}", spec.program.windows_service_name());
         }
         Err(e) => {
-            let _ = writeln!(out, "the Windows service {} was not found ({e})", spec.program.windows_service_name());
+            let _ = writeln!(out, "the Windows service {} was not found ({})", spec.program.windows_service_name(), describe(&e));
         }
     }
     Ok(())
@@ -139,7 +160,7 @@ pub fn service_status(spec: &ServiceSpec, out: &mut dyn Write) -> bool {
             true
         }
         Err(e) => {
-            let _ = writeln!(out, "Windows service {}: not installed ({e})", spec.program.windows_service_name());
+            let _ = writeln!(out, "Windows service {}: not installed ({})", spec.program.windows_service_name(), describe(&e));
             false
         }
     }

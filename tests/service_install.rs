@@ -266,13 +266,18 @@ fn real_user_unit_where_a_user_manager_runs() {
         cleanup();
         panic!("install failed: {}", text(&out));
     }
-    let answered = (0..300).any(|_| {
-        let up = health(port) == Some(200);
-        if !up {
-            std::thread::sleep(Duration::from_millis(100));
+    // Polled until a deadline (not common::wait_until, which would panic
+    // before the unit is removed again).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let answered = loop {
+        if health(port) == Some(200) {
+            break true;
         }
-        up
-    });
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let status = run(&["service", "status", "--state-dir", &state_dir]);
     let removed = cleanup();
     assert!(answered, "the installed worker never answered /health: {}", text(&status));

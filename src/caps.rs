@@ -22,12 +22,42 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How long any single probing tool may take before it counts as missing.
 /// nvidia-smi is the slowest (about a second while the driver wakes up).
 const PROBE_TOOL_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Set once by the worker's Windows service entry point (`--headless`):
+/// the process runs in session 0, where `OPENCLAW_TASK` can never run.
+static RUNNING_AS_WINDOWS_SERVICE: AtomicBool = AtomicBool::new(false);
+
+/// Why `OPENCLAW_TASK` is unavailable in a worker installed with
+/// `service install --headless`.
+pub const HEADLESS_SERVICE_REASON: &str = "runs as a Windows service in session 0, which has no desktop; install with \
+     `service install` without --headless to run UI tasks";
+
+/// Records that this process is a Windows service (see
+/// [`HEADLESS_SERVICE_REASON`]); the capability probe reads it.
+pub fn mark_running_as_windows_service() {
+    RUNNING_AS_WINDOWS_SERVICE.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`mark_running_as_windows_service`] was called.
+pub fn running_as_windows_service() -> bool {
+    RUNNING_AS_WINDOWS_SERVICE.load(Ordering::SeqCst)
+}
+
+/// `OPENCLAW_TASK`'s availability: never in a Windows service, else the
+/// step's own rule (a desktop session and the OpenClaw command).
+fn openclaw_status(settings: &Settings, windows_service: bool) -> Result<(), String> {
+    if windows_service {
+        return Err(HEADLESS_SERVICE_REASON.to_string());
+    }
+    crate::steps::openclaw::availability(settings, &SessionProbe::Host, None)
+}
 
 /// What `/caps` reports about the host. The field names are the wire keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,7 +116,7 @@ pub async fn probe(settings: &Settings) -> HostCaps {
     let owned = settings.clone();
     let (system, tts, openclaw, log) = tokio::task::spawn_blocking(move || {
         let tts = tts_engine_status(&owned, None);
-        let openclaw = crate::steps::openclaw::availability(&owned, &SessionProbe::Host, None);
+        let openclaw = openclaw_status(&owned, running_as_windows_service());
         (system_facts(), tts, openclaw, probe_log(&owned))
     })
     .await
@@ -409,6 +439,14 @@ mod tests {
     fn rounds_to_a_tenth_of_a_gib() {
         assert_eq!(gib(16.0 * (1u64 << 30) as f64), 16.0);
         assert_eq!(gib(1.26 * (1u64 << 30) as f64), 1.3);
+    }
+
+    #[test]
+    fn a_windows_service_never_offers_openclaw() {
+        let settings = Settings::load_from(None, &[]).unwrap();
+        let before = openclaw_status(&settings, false);
+        assert_ne!(before.as_ref().err().map(String::as_str), Some(HEADLESS_SERVICE_REASON));
+        assert_eq!(openclaw_status(&settings, true), Err(HEADLESS_SERVICE_REASON.to_string()));
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //!   process-tree kill).
 //! - [`steps`]: the five RayVault steps.
 //! - [`caps`]: the host capability probe (`/caps`).
+//! - [`service`]: service definitions (systemd, launchd, Task Scheduler,
+//!   Windows service) and environment files for `service install`.
+//! - [`logfile`]: size-rotated log files and the tracing set-up.
 //! - [`ui_session`]: is an interactive desktop session active (for
 //!   `OPENCLAW_TASK`).
 //! - [`metrics`]: the Prometheus counters of both binaries and their text
@@ -32,6 +35,7 @@ pub mod controller_store;
 pub mod error;
 pub mod joblog;
 pub mod lease;
+pub mod logfile;
 pub mod legacy_v05;
 pub mod memory;
 pub mod metrics;
@@ -39,6 +43,7 @@ pub mod nodes;
 pub mod process;
 pub mod protocol;
 pub mod receipt;
+pub mod service;
 pub mod steps;
 pub mod store;
 pub mod ui_session;

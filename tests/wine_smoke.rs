@@ -1,7 +1,13 @@
 //! The Windows worker, cross-built with mingw-w64, running under Wine and
 //! driven over loopback HTTP by the signed client: health, caps reporting
 //! `"os": "windows"`, an AUDIO_POSTCHECK job on an uploaded WAV, artifact
-//! downloads with matching SHA-256, and a 401 for a bad signature.
+//! downloads with matching SHA-256, and a 401 for a bad signature. First,
+//! the service step: `rayvault-worker.exe service print --platform windows`
+//! prints a Task Scheduler XML that parses and names the .exe; `service
+//! install` writes a DPAPI-protected environment file and registers the
+//! task with Wine's schtasks; the worker started as the task starts it
+//! (`--env-file`, `--log-file`) decrypts the secret, answers signed
+//! requests and logs to its file; `service uninstall` removes the files.
 //!
 //! Run it with `scripts/wine_smoke.sh`, which builds the .exe, stages the
 //! test-only ProcessPrng shim beside it and prepares a private WINEPREFIX.
@@ -174,6 +180,11 @@ fn windows_worker_under_wine() {
     std::fs::create_dir_all(&state).unwrap();
     let wav = common::make_sine_wav(dir.path(), "tone.wav", 2.0, 48_000, 1, -20.0);
 
+    service_print(&state);
+    let service_state = dir.path().join("service-state");
+    std::fs::create_dir_all(&service_state).unwrap();
+    service_install_and_start(&service_state);
+
     let mut worker = WineWorker::start(&state);
     let to_health = worker.wait_healthy();
     eprintln!("wine smoke: /health answered {to_health:?} after start");
@@ -183,6 +194,149 @@ fn windows_worker_under_wine() {
     let phases = actix_rt::System::new().block_on(drive(&worker, &wav, &downloads));
     drop(worker);
     eprintln!("wine smoke: {phases}; total {:?}", total.elapsed());
+}
+
+/// `service print --platform windows` run by the real .exe: the Task
+/// Scheduler XML parses (Python's xml.etree, from UTF-16 as `schtasks`
+/// reads it), runs this .exe in the user's session with `--env-file` and
+/// `--log-file` under `%LOCALAPPDATA%`, and never shows the secret.
+fn service_print(state: &Path) {
+    let started = Instant::now();
+    let secret = format!("wine-print-{}", rayvault::auth::fresh_nonce());
+    let out = Command::new(wine_loader())
+        .arg(worker_exe())
+        .args(["service", "print", "--platform", "windows", "--port", "8787", "--state-dir"])
+        .arg(windows_path(state))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| state.as_os_str().to_os_string()))
+        .env("WINEPREFIX", wine_prefix())
+        .env("WINEDEBUG", "-all")
+        .env("RAYVAULT_CLUSTER_SECRET", &secret)
+        .current_dir(state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("starting wine");
+    let (xml, notes) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "service print under wine: {:?}\n{notes}", out.status);
+    assert!(!xml.contains(&secret) && !notes.contains(&secret), "print showed the secret:\n{xml}\n{notes}");
+    let script = r#"
+import sys, json, xml.etree.ElementTree as ET
+root = ET.fromstring(sys.stdin.read().encode("utf-16"))
+ns = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
+f = lambda p: root.findtext(p, namespaces=ns)
+print(json.dumps([f("t:Actions/t:Exec/t:Command"), f("t:Actions/t:Exec/t:Arguments"),
+                  f("t:Actions/t:Exec/t:WorkingDirectory"), f("t:Principals/t:Principal/t:LogonType")]))
+"#;
+    let mut python = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 parses the task XML");
+    python.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+    let parsed = python.wait_with_output().unwrap();
+    assert!(parsed.status.success(), "the task XML does not parse:\n{xml}");
+    let fields: Vec<String> = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert!(fields[0].to_ascii_lowercase().ends_with(r"\rayvault-worker.exe"), "{fields:?}");
+    assert!(fields[0].contains(':'), "a Windows path to the .exe: {fields:?}");
+    let args = &fields[1];
+    assert!(args.contains(r"\RayVault\logs\rayvault-worker.log") && args.contains("--env-file"), "{args}");
+    assert!(args.ends_with("--port 8787"), "{args}");
+    assert_eq!(fields[2], windows_path(state));
+    assert_eq!(fields[3], "InteractiveToken");
+    eprintln!("wine smoke: service print --platform windows took {:?}: {}", started.elapsed(), fields[0]);
+}
+
+/// A path `C:\...` of the private prefix as a Unix path.
+fn prefix_path(windows: &str) -> PathBuf {
+    let rest = windows.strip_prefix(r"C:\").unwrap_or_else(|| panic!("not a C: path: {windows}"));
+    wine_prefix().join("drive_c").join(rest.replace('\\', "/"))
+}
+
+/// The Windows service path for real under Wine: `service install` (the
+/// DPAPI file and `schtasks /Create /XML`), the worker started with the
+/// task's `--env-file`/`--log-file` flags, and `service uninstall`.
+fn service_install_and_start(state: &Path) {
+    let started = Instant::now();
+    let secret = format!("wine-install-{}", rayvault::auth::fresh_nonce());
+    let port = common::free_port();
+    let service = |verb: &str| {
+        let out = Command::new(wine_loader())
+            .arg(worker_exe())
+            .args(["service", verb, "--port", &port.to_string(), "--state-dir"])
+            .arg(windows_path(state))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| state.as_os_str().to_os_string()))
+            .env("WINEPREFIX", wine_prefix())
+            .env("WINEDEBUG", "-all")
+            .env("RAYVAULT_CLUSTER_SECRET", &secret)
+            .env("RAYVAULT_WORKER_ID", WORKER_ID)
+            .current_dir(state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("starting wine");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "service {verb} under wine: {:?}\n{text}", out.status);
+        assert!(!text.contains(&secret), "service {verb} printed the secret:\n{text}");
+        text
+    };
+    let said = service("install");
+    assert!(said.contains(r"registered the scheduled task RayVault\Worker"), "{said}");
+    let wrote = |suffix: &str| {
+        said.lines()
+            .filter_map(|l| l.strip_prefix("wrote "))
+            .map(|l| l.split(" (").next().unwrap_or(l).to_string())
+            .find(|p| p.ends_with(suffix))
+            .unwrap_or_else(|| panic!("install did not report writing *{suffix}:\n{said}"))
+    };
+    let env_file = wrote("worker.env");
+    let bytes = std::fs::read(prefix_path(&env_file)).unwrap();
+    assert!(bytes.starts_with(rayvault::service::DPAPI_MAGIC), "the environment file is DPAPI-protected");
+    assert!(!String::from_utf8_lossy(&bytes).contains(&secret), "the secret is not in the clear");
+    let xml = std::fs::read(prefix_path(&wrote("worker-task.xml"))).unwrap();
+    assert_eq!(&xml[..2], &[0xFF, 0xFE], "the task XML is UTF-16 with a byte order mark, as schtasks reads it");
+
+    // The task's command line, started by hand (Wine's scheduler does not
+    // run tasks): the secret comes from the DPAPI file only.
+    let log_file = format!(r"{}\logs\rayvault-worker.log", env_file.rsplit_once('\\').unwrap().0);
+    let stderr_path = state.join("service-worker-stderr.log");
+    let mut child = Command::new(wine_loader())
+        .arg(worker_exe())
+        .args(["--env-file", &env_file, "--log-file", &log_file, "--detach-console", "--port", &port.to_string()])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| state.as_os_str().to_os_string()))
+        .env("WINEPREFIX", wine_prefix())
+        .env("WINEDEBUG", "-all")
+        .current_dir(state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("starting wine");
+    let up = Instant::now();
+    while health_status(port) != Some(200) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the worker started from the task's flags exited with {status}: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+        }
+        assert!(up.elapsed() < HEALTH_DEADLINE, "no /health from the worker started from the task's flags");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ring = Keyring::from_secrets(&secret, None).unwrap();
+    let client = WorkerClient::new(&format!("http://127.0.0.1:{port}"), WORKER_ID, Arc::new(ring));
+    actix_rt::System::new().block_on(async { client.caps().await.expect("a request signed with the installed secret") });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new(wineserver()).arg("-k").env("WINEPREFIX", wine_prefix()).status();
+    let logged = std::fs::read_to_string(prefix_path(&log_file)).unwrap_or_default();
+    assert!(logged.contains("environment file loaded") && logged.contains("rayvault-worker listening"), "{logged}");
+    assert!(!logged.contains(&secret));
+
+    let said = service("uninstall");
+    assert!(!prefix_path(&env_file).exists(), "uninstall removes the environment file: {said}");
+    eprintln!("wine smoke: service install, start from the task's flags, uninstall took {:?}", started.elapsed());
 }
 
 /// Everything done over HTTP; returns the timings for the report.

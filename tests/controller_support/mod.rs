@@ -53,6 +53,8 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Comman
         }
     }
     c.current_dir(cwd);
+    // A daemon writes its log file under the state home: the test's own.
+    c.env("XDG_STATE_HOME", cwd.join(".state-home"));
     c
 }
 

@@ -16,6 +16,10 @@ pub struct Cli {
     /// $RAYVAULT_CONFIG, else config/local.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The daemon's log file, rotated at 10 MiB with 5 files kept (default:
+    /// rayvault-orchestrator.log in the platform's log folder).
+    #[arg(long, global = true)]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -48,6 +52,8 @@ pub enum Command {
     Nodes(crate::nodes_cmd::NodesArgs),
     /// Log a browser in to the daemon's web dashboard (prints a one-time link).
     Dashboard(crate::dashboard::DashboardArgs),
+    /// Install, remove, inspect or print the daemon's service definition.
+    Service(crate::service::ServiceArgs),
 }
 
 /// The steps `submit --step-name` accepts, for `submit --help`.

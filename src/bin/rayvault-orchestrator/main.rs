@@ -17,7 +17,8 @@
 //! and the `dashboard` subcommand), `commands` (health,
 //! caps, status, cancel, sync-artifacts), `jobs` (logs, wait, result),
 //! `running` (jobs run by in-process submits), `progress` (progress on
-//! stderr), `render` (tables and receipt summaries).
+//! stderr), `render` (tables and receipt summaries), `service`
+//! (`service install|uninstall|status|print`).
 
 mod cli;
 mod commands;
@@ -31,6 +32,7 @@ mod nodes_cmd;
 mod progress;
 mod render;
 mod running;
+mod service;
 mod submit;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
     // Before any other thread: see rayvault::memory for why.
     rayvault::memory::limit_malloc_arenas();
     let cli = parse();
-    init_tracing(matches!(cli.command, Command::Daemon));
+    init_tracing(matches!(cli.command, Command::Daemon), cli.log_file.as_deref());
     if matches!(cli.command, Command::Daemon) {
         // Only the long-running daemon: a one-shot command exits anyway.
         rayvault::memory::spawn_trimmer();
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(settings, args),
         Command::Nodes(args) => nodes_cmd::run(settings, keyring(), args),
         Command::Dashboard(args) => dashboard::command(settings, keyring(), args),
+        Command::Service(args) => service::run(cli.config.clone(), args),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -96,8 +99,11 @@ fn parse() -> Cli {
 /// one-shot command only shows warnings and errors, and as sentences
 /// (`rayvault-orchestrator: warning: ...`, without fields or debug dumps),
 /// unless `RUST_LOG` asks for more, which gives the full format.
-fn init_tracing(daemon: bool) {
+fn init_tracing(daemon: bool, log_file: Option<&std::path::Path>) {
     use std::io::IsTerminal;
+    if daemon {
+        return init_daemon_tracing(log_file);
+    }
     let from_env = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").ok();
     let verbose = daemon || from_env.is_some();
     let filter = from_env.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
@@ -164,4 +170,31 @@ impl tracing::field::Visit for Message {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.field(field.name(), format!("{value:?}"));
     }
+}
+
+/// The daemon logs to a file (`--log-file`, else rayvault-orchestrator.log
+/// in the platform's log folder), and to stderr unless `--log-file` was
+/// given and stderr is not a terminal (a service: its file is enough).
+fn init_daemon_tracing(log_file: Option<&std::path::Path>) {
+    use rayvault::logfile::{RotatingFile, DEFAULT_FILES, DEFAULT_MAX_BYTES};
+    use rayvault::service::{Platform, Program, UserDirs};
+    use std::io::IsTerminal;
+    let path = match log_file {
+        Some(p) => Ok(p.to_path_buf()),
+        None => UserDirs::from_env().log_file(Platform::current(), Program::Orchestrator).map(Into::into),
+    };
+    let file = match path.map_err(|e| e.to_string()).and_then(|p| {
+        RotatingFile::open(&p, DEFAULT_MAX_BYTES, DEFAULT_FILES).map_err(|e| format!("cannot open {}: {e}", p.display()))
+    }) {
+        Ok(f) => {
+            eprintln!("rayvault-orchestrator: logging to {}", f.path().display());
+            Some(Arc::new(f))
+        }
+        Err(e) => {
+            eprintln!("rayvault-orchestrator: no log file ({e}); logging to stderr only");
+            None
+        }
+    };
+    let stderr = file.is_none() || log_file.is_none() || std::io::stderr().is_terminal();
+    rayvault::logfile::init_tracing("info", file, stderr);
 }

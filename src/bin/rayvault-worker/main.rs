@@ -8,8 +8,9 @@
 //! Modules: `guard` (limits + authentication middleware), `handlers` (JSON
 //! endpoints), `files` (log, artifact download, blob upload), `bind` (bind
 //! policy), `maintenance` (pruning, capability refresh), `metrics`
-//! (`GET /metrics`), `shutdown`
-//! (graceful stop), `state`, `apierror`.
+//! (`GET /metrics`), `shutdown` (graceful stop), `drain`, `service`
+//! (`service install|uninstall|status|print`, `--env-file`, the Windows
+//! service entry point), `state`, `apierror`.
 
 mod apierror;
 mod bind;
@@ -20,6 +21,7 @@ mod handlers;
 mod leases;
 mod maintenance;
 mod metrics;
+mod service;
 mod shutdown;
 mod state;
 
@@ -33,7 +35,7 @@ use rayvault::steps::StepName;
 use rayvault::store::{InterruptedPolicy, Recovery, Store, WorkerPaths};
 use state::{AppState, Limits};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -59,6 +61,22 @@ struct Args {
     /// Accept the bare secret as `Authorization: Bearer` (compatibility only).
     #[arg(long)]
     allow_plain_token: bool,
+    /// Also log to this file, rotated at 10 MiB with 5 files kept; stderr
+    /// then gets the log only when it is a terminal.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// Read RAYVAULT_* variables (the secret) from this file, which must be
+    /// readable by its owner only (or DPAPI-protected on Windows).
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+    /// Set by `service install --headless`: run under the Windows service
+    /// control manager.
+    #[arg(long, hide = true)]
+    windows_service: bool,
+    /// Set by `service install` on Windows: close the console window that
+    /// Task Scheduler opens for the worker (logs go to --log-file).
+    #[arg(long, hide = true)]
+    detach_console: bool,
     #[command(subcommand)]
     command: Option<WorkerCommand>,
 }
@@ -68,19 +86,50 @@ struct Args {
 enum WorkerCommand {
     /// Drain this machine's worker (no new jobs; running ones finish), or stop draining.
     Drain(drain::DrainArgs),
+    /// Run the worker as a service that starts at logon/boot and restarts
+    /// after a crash (see docs/operations.md).
+    Service(service::ServiceArgs),
 }
 
 fn main() -> ExitCode {
     // Before any other thread: see rayvault::memory for why.
     rayvault::memory::limit_malloc_arenas();
-    let args = Args::parse();
-    init_tracing();
-    if let Some(WorkerCommand::Drain(drain_args)) = args.command {
-        return match drain::cli(drain_args, args.config.as_deref(), args.host, args.port) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
+    let mut args = Args::parse();
+    match args.command.take() {
+        Some(WorkerCommand::Service(service_args)) => return ExitCode::from(service::run(service::Command::Service(service_args))),
+        Some(WorkerCommand::Drain(drain_args)) => {
+            init_tracing(None);
+            return match drain::cli(drain_args, args.config.as_deref(), args.host, args.port) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            };
+        }
+        None => {}
+    }
+    if args.detach_console {
+        // SAFETY: no arguments; afterwards stdio writes are discarded.
+        #[cfg(windows)]
+        unsafe {
+            windows_sys::Win32::System::Console::FreeConsole()
         };
     }
+    init_tracing(args.log_file.as_deref());
+    if let Some(file) = &args.env_file {
+        if let Err(e) = service::load_env_file(file) {
+            return fail(e);
+        }
+    }
+    if args.windows_service {
+        #[cfg(windows)]
+        return service::run_as_windows_service(args);
+        #[cfg(not(windows))]
+        return fail(anyhow::anyhow!("--windows-service exists on Windows only"));
+    }
+    run(args)
+}
+
+/// The worker itself, from settings to shutdown.
+fn run(args: Args) -> ExitCode {
     rayvault::memory::spawn_trimmer();
     match prepare(args) {
         Ok(ready) => {
@@ -103,20 +152,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether tracing writes to a log file (`--log-file`).
+static LOGGING_TO_FILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn fail(e: anyhow::Error) -> ExitCode {
+    if LOGGING_TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {
+        // Into the log file too: a service has nobody reading its stderr.
+        tracing::error!("{e:#}");
+    }
     eprintln!("rayvault-worker: {e:#}");
     ExitCode::from(2)
 }
 
-fn init_tracing() {
+/// Logs go to `--log-file` when given (and to stderr too when it is a
+/// terminal), else to stderr.
+fn init_tracing(log_file: Option<&Path>) {
+    use rayvault::logfile::{RotatingFile, DEFAULT_FILES, DEFAULT_MAX_BYTES};
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let file = log_file.and_then(|p| match RotatingFile::open(p, DEFAULT_MAX_BYTES, DEFAULT_FILES) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            eprintln!("rayvault-worker: cannot open the log file {} ({e}); logging to stderr only", p.display());
+            None
+        }
+    });
+    let stderr = file.is_none() || std::io::stderr().is_terminal();
+    LOGGING_TO_FILE.store(file.is_some(), std::sync::atomic::Ordering::Relaxed);
+    rayvault::logfile::init_tracing("info", file, stderr);
 }
 
 /// Everything checked and opened before the server starts.

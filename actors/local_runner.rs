@@ -1,6 +1,6 @@
 //! LocalRunner: runs steps on the controller itself, through the same step
 //! library the workers use, with its own concurrency limit
-//! (`controller.local_concurrency`). This is the seed's fallback: "If worker
+//! (`controller.local_concurrency`). This is the documented fallback rule: "If worker
 //! is unavailable, controller falls back to local execution."
 
 use super::crash_guard::catch;

@@ -21,7 +21,7 @@ from lib import (OUT_DIR, NotMeasured, Proc, binary, free_port, http_ok, log, pe
                  summary, wait_until)
 
 # One random secret per run, given to our processes through the environment
-# (never on a command line), as the seed prescribes.
+# (never on a command line), as the security model prescribes.
 SECRET = secrets.token_hex(32)
 
 

@@ -77,7 +77,7 @@ fn nodes(n: usize, rng: &mut Rng) -> Vec<NodeSnapshot> {
         .collect()
 }
 
-/// Requirement mixes seen in the seed's examples and beyond.
+/// Requirement mixes seen in the README's examples and beyond.
 fn requirements() -> Vec<(JobRequirements, StepName)> {
     let os = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
     vec![

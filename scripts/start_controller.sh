@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts the RayVault controller (rayvault-orchestrator) the seed's way:
+# Starts the RayVault controller (rayvault-orchestrator) as the README shows:
 #
 #   scripts/start_controller.sh health
 #   scripts/start_controller.sh caps

@@ -1,6 +1,6 @@
 //! The host capability probe behind the worker's `/caps`.
 //!
-//! It reports the seed's normalised keys exactly (`os`, `cpu`, `ram_gb`,
+//! It reports the documented normalised keys exactly (`os`, `cpu`, `ram_gb`,
 //! `gpu_model`, `vram_gb`, `python_version`, `ffmpeg_version`,
 //! `davinci_available`), with `null` wherever a value is unknown, plus
 //! `cpu_cores`, `cpu_threads`, `hostname`, the steps this host can run and,
@@ -155,7 +155,7 @@ pub async fn probe(settings: &Settings) -> HostCaps {
     }
 }
 
-/// The seed's name for the running OS.
+/// The documented name for the running OS (`windows`, `macos`, `linux`).
 pub fn os_name() -> &'static str {
     match std::env::consts::OS {
         "windows" => "windows",

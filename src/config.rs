@@ -358,7 +358,7 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(nested)),
         );
-        // The seed's own variable names.
+        // The documented variable names (README).
         for (var, key) in [
             ("RAYVAULT_WORKER_ID", "worker.id"),
             ("RAYVAULT_WORKER_HOST", "worker.host"),

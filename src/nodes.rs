@@ -1,7 +1,7 @@
 //! `nodes.json`: the controller's list of workers.
 //!
 //! The file lives at `$RAYVAULT_STATE_DIR/cluster/nodes.json` and has the
-//! seed's shape: `{"nodes": [{"node_id", "host", "port", "enabled"}]}`,
+//! documented shape: `{"nodes": [{"node_id", "host", "port", "enabled"}]}`,
 //! plus an optional `"drain": true` per node (no new jobs go there; see
 //! docs/operations.md). Keys starting with `_` (`"_comment"`) are comments,
 //! kept untouched by `rayvault-orchestrator nodes`, which edits the file
@@ -137,7 +137,7 @@ fn parse_node(text: &str, i: usize, node: &Value) -> Result<NodeConfig, String> 
     };
     let enabled = match obj.get("enabled") {
         // A node without "enabled" is taken as disabled: the operator turns
-        // a worker on deliberately, as the seed's setup steps describe.
+        // a worker on deliberately, as the README's setup steps describe.
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(field_err("enabled", "must be true or false")),
@@ -168,7 +168,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_seed_shape() {
+    fn parses_the_documented_shape() {
         let nodes = parse(r#"{"nodes":[{"node_id":"w1","host":"127.0.0.1","port":8787,"enabled":true}]}"#).unwrap();
         assert_eq!(nodes[0].base_url(), "http://127.0.0.1:8787");
         assert!(nodes[0].enabled);

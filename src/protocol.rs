@@ -29,7 +29,7 @@ pub const REQUEST_KEY_LABEL: &str = "rayvault-request-v1";
 /// Label of the HMAC from which a key id is derived.
 pub const KID_LABEL: &str = "rayvault-kid-v1";
 
-/// The message of every 401 for a bad credential (the seed's wording).
+/// The message of every 401 for a bad credential (the wording the README's troubleshooting uses).
 pub const AUTH_INVALID_MESSAGE: &str = "auth_token invalid";
 
 /// The message of a 401 for a timestamp outside the allowed window.

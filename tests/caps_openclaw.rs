@@ -82,7 +82,7 @@ async fn caps_on_this_host() {
     let json = serde_json::to_value(&caps).unwrap();
     let obj = json.as_object().unwrap();
     for key in ["os", "cpu", "ram_gb", "gpu_model", "vram_gb", "python_version", "ffmpeg_version", "davinci_available"] {
-        assert!(obj.contains_key(key), "seed key {key} missing from {json}");
+        assert!(obj.contains_key(key), "documented caps key {key} missing from {json}");
     }
     assert!(json["davinci_available"].is_boolean());
     assert!(json["steps"].as_array().unwrap().contains(&json!("FFMPEG_PROBE")));

@@ -1,5 +1,5 @@
 //! Secrets against real workers: rotation with CURRENT/PREVIOUS, and a
-//! clock skew reported with the seed's words (the controller runs under
+//! clock skew reported with the documented words (the controller runs under
 //! faketime, an hour behind).
 
 mod controller_support;
@@ -77,7 +77,7 @@ fn submit_an_hour_behind(w: &World, job: &str, clip: &std::path::Path, extra_env
 }
 
 #[test]
-fn clock_skew_is_reported_with_the_seed_words() {
+fn clock_skew_is_reported_with_the_documented_words() {
     let w = World::new();
     let (_w1, p1) = worker(&w, "w1", &[]);
     w.write_nodes(&[("w1", p1, true)]);

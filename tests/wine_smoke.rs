@@ -360,7 +360,7 @@ async fn drive(worker: &WineWorker, wav: &Path, downloads: &Path) -> String {
     eprintln!("wine smoke: /caps host keys {}", Value::Object(caps.host.clone()));
     assert_eq!(caps.host.get("os"), Some(&json!("windows")), "{caps:?}");
     for key in ["os", "cpu", "ram_gb", "gpu_model", "vram_gb", "python_version", "ffmpeg_version", "davinci_available"] {
-        assert!(caps.host.contains_key(key), "seed key {key} missing from /caps: {caps:?}");
+        assert!(caps.host.contains_key(key), "documented caps key {key} missing from /caps: {caps:?}");
     }
     assert!(caps.steps.iter().any(|s| s == "AUDIO_POSTCHECK"), "{caps:?}");
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 pub enum CallError {
     /// No connection, a broken one, or a timeout: retry, then treat the node as lost.
     Unreachable(String),
-    /// 401: the worker's message verbatim plus the seed's troubleshooting hint.
+    /// 401: the worker's message verbatim plus the README's troubleshooting hint.
     Auth(String),
     /// 5xx, 429, 503: the worker is alive but cannot serve now; retry.
     Busy(u16, String),
@@ -290,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn worker_errors_are_classified_with_the_seed_hints() {
+    fn worker_errors_are_classified_with_the_documented_hints() {
         check(
             ClientError::Api { status: 401, code: "AUTH_INVALID".into(), message: "auth_token invalid".into(), server_time: None },
             CallError::Auth("401 auth_token invalid: secrets differ between Mac and Windows".into()),

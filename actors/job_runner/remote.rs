@@ -132,7 +132,7 @@ async fn probe_legacy(cfg: &NodeConfig, keyring: Arc<Keyring>, timeout: Duration
     }
 }
 
-/// Normalises a `/caps` body: seed keys plus the steps the node runs.
+/// Normalises a `/caps` body: the documented caps keys plus the steps the node runs.
 pub fn node_caps(raw: &Value, compat: Compat) -> NodeCaps {
     let num = |k: &str| raw.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let gpu = raw.get("gpu_model").and_then(Value::as_str).unwrap_or("");

@@ -74,7 +74,7 @@ impl StepName {
         }
     }
 
-    /// The lower-case name a v0.5 worker lists (the seed's mapping).
+    /// The lower-case name a v0.5 worker lists (the mapping the README documents).
     pub fn legacy_name(self) -> &'static str {
         match self {
             StepName::TtsRenderChunks => "tts_render_chunks",

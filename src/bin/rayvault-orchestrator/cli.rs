@@ -1,4 +1,4 @@
-//! The command line: the seed's subcommands and flags, plus `logs`, `wait`
+//! The command line: the documented subcommands and flags, plus `logs`, `wait`
 //! and `result`. Every flag has help text (`--help` on each subcommand).
 
 use clap::{Args, Parser, Subcommand};

@@ -33,7 +33,7 @@ async fn probe_all(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> an
 pub enum NodesView {
     /// `health`: one line per node, or JSON with `--json`.
     Health { json: bool },
-    /// `caps`: a table, or JSON with `--json` (the seed's docs show
+    /// `caps`: a table, or JSON with `--json` (the README shows
     /// `"_compat_mode"` in a legacy node's caps).
     Caps { json: bool },
 }

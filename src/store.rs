@@ -383,7 +383,7 @@ impl Store {
         // almost no room left is the full disk's.
         let nearly_full = || {
             let dir = self.inner.path.parent().unwrap_or(std::path::Path::new("."));
-            paths::free_bytes(dir).is_some_and(|free| free < NEARLY_FULL_BYTES)
+            crate::steps::disk::free_bytes(dir).is_some_and(|free| free < NEARLY_FULL_BYTES)
         };
         if e.is_disk_full() || self.inner.disk_full.load(Ordering::Acquire) || (e.kind == StoreErrorKind::Io && nearly_full()) {
             StoreError::new(

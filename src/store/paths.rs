@@ -52,7 +52,7 @@ impl WorkerPaths {
     /// Free bytes for this user on the disk holding the state folder; `None`
     /// if they cannot be measured.
     pub fn free_bytes(&self) -> Option<u64> {
-        free_bytes(&self.root)
+        crate::steps::disk::free_bytes(&self.root)
     }
 
     /// Creates the folders.
@@ -78,47 +78,6 @@ impl WorkerPaths {
         }
         Ok(removed)
     }
-}
-
-/// Free bytes available to this user on the file system holding `path`.
-#[cfg(unix)]
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes only into the zeroed struct we own, and reads
-    // the NUL-terminated path.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return None;
-        }
-        #[allow(clippy::unnecessary_cast)] // the field widths differ by platform
-        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-    }
-}
-
-/// Free bytes available to this user on the volume holding `path`.
-#[cfg(windows)]
-pub fn free_bytes(path: &Path) -> Option<u64> {
-    use std::os::windows::ffi::OsStrExt;
-    let wide: Vec<u16> = path.as_os_str().encode_wide().chain(std::iter::once(0)).collect();
-    let mut available: u64 = 0;
-    // SAFETY: a NUL-terminated wide path and an out-pointer to our u64; the
-    // other two outputs are optional and passed as null.
-    let ok = unsafe {
-        windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW(
-            wide.as_ptr(),
-            &mut available,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
-    };
-    (ok != 0).then_some(available)
-}
-
-#[cfg(not(any(unix, windows)))]
-pub fn free_bytes(_path: &Path) -> Option<u64> {
-    None
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! succeeded anywhere is never run again: after a success only artifact
 //! synchronisation is retried.
 
+pub mod fallback;
 pub mod liveness;
 pub mod node_client;
 pub mod remote;
@@ -22,6 +23,8 @@ use super::scheduler::{NodeLoad, PlaceJob};
 use crate::auth::Keyring;
 use crate::config::Settings;
 pub use crate::controller_store::RemoteRef;
+pub use fallback::NodeFailure;
+use fallback::{fallback_class, fallback_reason, misconfiguration, why_nothing_ran};
 use crate::controller_store::ControllerStore;
 use crate::error::{ErrorCode, StepError};
 use crate::joblog::{format_utc, JobLog};
@@ -418,34 +421,6 @@ fn status_word(s: JobStatus) -> &'static str {
     }
 }
 
-/// Why a node could not run this job, as this job saw it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeFailure {
-    /// Not reachable, not answering in time, or full (429, 503) before the
-    /// job was accepted: the node is unavailable, the case where `fallback
-    /// = "unavailable"` runs the job locally.
-    Unavailable(String),
-    /// Accepted the job, then became unreachable or silent: also
-    /// unavailability (`WORKER_LOST` when nothing else ran the job).
-    Lost(String),
-    /// The node cannot be used until someone fixes the configuration
-    /// (credentials refused, another worker id): the job fails (exit 2)
-    /// unless `fallback = "always"`.
-    Misconfigured(ErrorCode, String),
-    /// The step failed there for a reason of that machine (a tool or an
-    /// input missing there, a full disk): the step's own code.
-    Step(String, String),
-}
-
-impl NodeFailure {
-    /// What happened, as the end of a sentence that starts with the node id.
-    pub fn text(&self) -> &str {
-        match self {
-            NodeFailure::Unavailable(r) | NodeFailure::Lost(r) | NodeFailure::Misconfigured(_, r) | NodeFailure::Step(_, r) => r,
-        }
-    }
-}
-
 /// A placement with the node snapshot it was made from.
 struct Placed {
     report: PlacementReport,
@@ -576,108 +551,6 @@ async fn reprobe(deps: &JobDeps, nodes: &[String]) {
     let bound = std::time::Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1) + 1);
     let probes = nodes.iter().map(|id| deps.probe_now.send(ProbeNow { node_id: Some(id.clone()) }));
     let _ = tokio::time::timeout(bound, futures_util::future::join_all(probes)).await;
-}
-
-/// A configuration error among the nodes this job could have used fails the
-/// job (nothing runs anywhere), unless `fallback = "always"`.
-fn misconfiguration(placed: &Placed, failures: &[(String, NodeFailure)], tried: &[String], mode: FallbackMode, reason: &str) -> Option<Ending> {
-    if mode == FallbackMode::Always {
-        return None;
-    }
-    let mut found: Vec<(ErrorCode, String)> = failures
-        .iter()
-        .filter_map(|(node, f)| match f {
-            NodeFailure::Misconfigured(code, r) => Some((*code, format!("{node} {r}"))),
-            _ => None,
-        })
-        .collect();
-    for n in &placed.nodes {
-        if let NodeHealth::Misconfigured(code, r) = &n.health {
-            if !tried.iter().any(|t| t == n.node_id.as_ref()) {
-                found.push((*code, format!("{} {r}", n.node_id)));
-            }
-        }
-    }
-    let (code, _) = found.first()?.clone();
-    let problems: Vec<String> = found.into_iter().map(|(_, t)| t).collect();
-    let others = if reason.split("; ").all(|r| problems.iter().any(|p| p == r)) { String::new() } else { format!(" (every node: {reason})") };
-    Some(Ending::failed(
-        code,
-        format!(
-            "configuration error, so nothing ran: {}. A misconfigured worker is not an unavailable one: fix it, or pass --fallback always to run such jobs on this controller{others}",
-            problems.join("; ")
-        ),
-        None,
-    ))
-}
-
-/// The code and a phrase for a job that no node ran: the step's own code
-/// when every attempt failed for the same step reason, `WORKER_LOST` when a
-/// node was lost mid-job, `NO_ELIGIBLE_NODE` otherwise.
-fn why_nothing_ran(report: &PlacementReport, failures: &[(String, NodeFailure)]) -> (ErrorCode, String) {
-    let step_codes: Vec<&str> = failures
-        .iter()
-        .filter_map(|(_, f)| match f {
-            NodeFailure::Step(code, _) => Some(code.as_str()),
-            _ => None,
-        })
-        .collect();
-    if !step_codes.is_empty() && step_codes.len() == failures.len() && step_codes.iter().all(|c| *c == step_codes[0]) {
-        if let Some(code) = crate::error::ErrorCode::parse(step_codes[0]) {
-            return (code, format!("every worker that tried failed with {}", step_codes[0]));
-        }
-    }
-    if failures.iter().any(|(_, f)| matches!(f, NodeFailure::Lost(_))) {
-        return (ErrorCode::WorkerLost, "the worker running it was lost".into());
-    }
-    if report.controller_only {
-        return (ErrorCode::NoEligibleNode, "the step runs only on the controller".into());
-    }
-    (ErrorCode::NoEligibleNode, "no worker could run it".into())
-}
-
-/// Why the job runs locally, from this job's own placement and attempts:
-/// e.g. `windows-worker-1 unreachable (connection refused)`.
-fn fallback_reason(report: &PlacementReport, failures: &[(String, NodeFailure)], tried: &[String]) -> String {
-    if report.controller_only {
-        return report.fallback_reason();
-    }
-    let mut parts: Vec<String> = failures.iter().map(|(node, f)| format!("{node} {}", f.text())).collect();
-    let untried = report.explanations.iter().filter(|e| !e.eligible && !tried.contains(&e.node_id));
-    parts.extend(untried.map(|e| {
-        if e.reason.starts_with("unreachable") || e.reason.starts_with("is ") || e.reason.starts_with("refused") || e.reason.starts_with("cannot") {
-            format!("{} {}", e.node_id, e.reason)
-        } else {
-            format!("{}: {}", e.node_id, e.reason)
-        }
-    }));
-    if report.explanations.is_empty() {
-        return report.fallback_reason();
-    }
-    if parts.is_empty() {
-        "no worker could run the job".to_string()
-    } else {
-        parts.join("; ")
-    }
-}
-
-/// The class of a local fallback for the metrics, from this job's typed
-/// placement and failures (the receipt only keeps their text). A
-/// misconfigured node reaches here only under `fallback = "always"`.
-fn fallback_class(placed: &Placed, failures: &[(String, NodeFailure)]) -> crate::metrics::FallbackClass {
-    use crate::metrics::FallbackClass;
-    if placed.report.controller_only {
-        return FallbackClass::ControllerOnly;
-    }
-    let misconfigured = |h: &NodeHealth| matches!(h, NodeHealth::Misconfigured(..));
-    if failures.iter().any(|(_, f)| matches!(f, NodeFailure::Misconfigured(..))) || placed.nodes.iter().any(|n| misconfigured(&n.health)) {
-        return FallbackClass::Misconfigured;
-    }
-    let unavailable = |h: &NodeHealth| matches!(h, NodeHealth::Down(_) | NodeHealth::Degraded(_) | NodeHealth::Unprobed | NodeHealth::Draining(_));
-    if !failures.is_empty() || placed.nodes.iter().any(|n| unavailable(&n.health)) {
-        return FallbackClass::Unavailable;
-    }
-    FallbackClass::NoEligibleNode
 }
 
 async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<Placed, String> {

@@ -461,9 +461,9 @@ async fn execute(
         trace.placement = placed.report.explanations.clone();
         // The Scheduler counted this job on its first choice; that slot is
         // handed to the attempt there, or released if it is not made.
-        let mut reservation = Reservation(placed.report.reserved.clone(), deps.load.clone());
+        let mut reservation = Reservation(placed.report.reserved.clone(), deps.load.clone(), spec.step_name.clone());
         if reservation.0.as_deref().is_some_and(|r| tried.iter().any(|t| t == r)) {
-            drop(std::mem::replace(&mut reservation, Reservation(None, deps.load.clone())));
+            drop(std::mem::replace(&mut reservation, Reservation(None, deps.load.clone(), spec.step_name.clone())));
         }
         for node_id in placed.report.ranked.iter() {
             if tried.iter().any(|t| t == node_id.as_ref()) || cancel.is_cancelled() {
@@ -523,8 +523,9 @@ async fn execute(
 }
 
 /// A slot the Scheduler reserved on a node for this job; released on drop
-/// unless an attempt on that node took it over.
-struct Reservation(Option<Arc<str>>, Recipient<NodeLoad>);
+/// unless an attempt on that node took it over. The third field is the
+/// job's step (the Scheduler counts slots per step).
+struct Reservation(Option<Arc<str>>, Recipient<NodeLoad>, String);
 
 impl Reservation {
     /// True (and the slot is handed over) when the slot is on `node_id`.
@@ -541,7 +542,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(node) = self.0.take() {
-            self.1.do_send(NodeLoad { node_id: node.to_string(), delta: -1 });
+            self.1.do_send(NodeLoad { node_id: node.to_string(), step_name: self.2.clone(), delta: -1 });
         }
     }
 }

@@ -175,14 +175,70 @@ impl ProbeFailure {
     }
 }
 
+/// What a worker said about one step at the last probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Jobs of the step it held (running and queued), from every
+    /// controller; None from a worker that does not report it.
+    pub in_flight: Option<u32>,
+    /// The step's concurrency there; None when the worker did not say.
+    pub concurrency: Option<u32>,
+}
+
+/// What a worker said about its own load at the last probe (its `/health`
+/// `load`, with the concurrency of `/caps` for a worker that has no
+/// `load`), per step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedLoad {
+    pub steps: Vec<(StepName, StepReport)>,
+}
+
+impl ReportedLoad {
+    /// The report for one step (all None when the worker said nothing of it).
+    pub fn get(&self, step: StepName) -> StepReport {
+        self.steps.iter().find(|(s, _)| *s == step).map(|(_, r)| *r).unwrap_or_default()
+    }
+}
+
+/// How busy a node is for the step being placed, as the Scheduler reckons
+/// it when it places a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slots {
+    /// Jobs of the step in flight there: this controller's reservations
+    /// plus `others`.
+    pub busy: u32,
+    /// Of `busy`, the jobs of other controllers: what the worker reported
+    /// at the last probe minus this controller's jobs there at that moment
+    /// (never below 0).
+    pub others: u32,
+    /// The step's concurrency there; 0 when unknown, which ranks like 1.
+    pub of: u32,
+}
+
+impl Slots {
+    /// The concurrency used for ranking (an unknown one counts as 1).
+    pub fn capacity(self) -> u32 {
+        self.of.max(1)
+    }
+
+    /// True while a job of the step would start at once there.
+    pub fn free(self) -> bool {
+        self.busy < self.capacity()
+    }
+}
+
 /// One node as the scheduler sees it at a moment.
 #[derive(Debug, Clone)]
 pub struct NodeSnapshot {
     pub node_id: Arc<str>,
     pub health: NodeHealth,
     pub caps: Option<NodeCaps>,
-    /// Jobs this controller has in flight on the node.
-    pub busy: u32,
+    /// The node's own report of its load at the last probe (None before a
+    /// successful probe).
+    pub reported: Option<Arc<ReportedLoad>>,
+    /// Filled by the Scheduler for the step it places (NodeProbe leaves
+    /// the default).
+    pub load: Slots,
     /// When the node was last probed (None: never).
     pub probed_at: Option<std::time::Instant>,
 }

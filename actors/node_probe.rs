@@ -9,10 +9,11 @@
 
 use super::job_runner::remote::{self, ProbeResult};
 use super::crash_guard::catch;
-use super::messages::{Compat, DrainedBy, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeFailure, ProbeNow, Stop};
+use super::messages::{Compat, DrainedBy, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeFailure, ProbeNow, ReportedLoad, StepReport, Stop};
 use crate::auth::Keyring;
 use crate::config::Settings;
 use crate::nodes::{self, NodeConfig};
+use crate::steps::StepName;
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
@@ -87,13 +88,15 @@ struct NodeEntry {
     caps: Option<NodeCaps>,
     raw_health: Option<Value>,
     raw_caps: Option<Value>,
+    /// The node's own load at the last good probe.
+    reported: Option<Arc<ReportedLoad>>,
     probed_at: Option<Instant>,
 }
 
 impl NodeEntry {
     fn new(config: NodeConfig) -> Self {
         let health = if config.enabled { NodeHealth::Unprobed } else { NodeHealth::Disabled };
-        NodeEntry { config, health, caps: None, raw_health: None, raw_caps: None, probed_at: None }
+        NodeEntry { config, health, caps: None, raw_health: None, raw_caps: None, reported: None, probed_at: None }
     }
 
     /// The health the scheduler sees: an enabled node drained in nodes.json
@@ -195,7 +198,14 @@ impl NodeProbe {
     fn snapshot(&self) -> Vec<NodeSnapshot> {
         self.entries
             .iter()
-            .map(|e| NodeSnapshot { node_id: e.config.node_id.as_str().into(), health: e.effective_health(), caps: e.caps.clone(), busy: 0, probed_at: e.probed_at })
+            .map(|e| NodeSnapshot {
+                node_id: e.config.node_id.as_str().into(),
+                health: e.effective_health(),
+                caps: e.caps.clone(),
+                reported: e.reported.clone(),
+                load: Default::default(),
+                probed_at: e.probed_at,
+            })
             .collect()
     }
 
@@ -228,12 +238,14 @@ impl NodeProbe {
         let Some(e) = self.entries.iter_mut().find(|e| NodeConfig { drain: cfg.drain, ..e.config.clone() } == *cfg) else { return };
         e.probed_at = Some(Instant::now());
         e.raw_health = r.health;
+        e.reported = None;
         match r.outcome {
             Ok((caps, raw)) => {
                 if e.health != NodeHealth::Up {
                     tracing::info!(node = %cfg.node_id, "node is up");
                 }
                 e.health = NodeHealth::Up;
+                e.reported = Some(Arc::new(reported_load(e.raw_health.as_ref(), &raw)));
                 e.caps = Some(caps);
                 e.raw_caps = Some(raw);
             }
@@ -328,6 +340,28 @@ impl Handler<NodeLost> for NodeProbe {
     }
 }
 
+/// A node's own load from its `/health` `load` (jobs in flight and
+/// concurrency per step), with the concurrency of its `/caps` for a worker
+/// whose `/health` has no `load`. Values that are not counts are ignored.
+fn reported_load(health: Option<&Value>, caps: &Value) -> ReportedLoad {
+    let count = |v: Option<&Value>| v.and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32);
+    let load = health.and_then(|h| h.get("load"));
+    let steps = StepName::ALL
+        .iter()
+        .filter_map(|&step| {
+            let here = load.and_then(|l| l.get(step.as_str()));
+            let in_flight = match (count(here.and_then(|h| h.get("running"))), count(here.and_then(|h| h.get("queued")))) {
+                (None, None) => None,
+                (r, q) => Some(r.unwrap_or(0).saturating_add(q.unwrap_or(0))),
+            };
+            let concurrency = count(here.and_then(|h| h.get("concurrency"))).or_else(|| count(caps.get("concurrency").and_then(|c| c.get(step.as_str()))));
+            let report = StepReport { in_flight, concurrency };
+            (report != StepReport::default()).then_some((step, report))
+        })
+        .collect();
+    ReportedLoad { steps }
+}
+
 /// The reason carried by a down, misconfigured or degraded node.
 fn failure_text(h: &NodeHealth) -> &str {
     match h {
@@ -404,5 +438,24 @@ impl NodesReport {
                 k => n.reason = Some(format!("{reason}; {k} job(s) still running there")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reported_load_reads_health_and_falls_back_to_caps_concurrency() {
+        let health = json!({"load": {"FFMPEG_PROBE": {"running": 2, "queued": 1, "concurrency": 2}, "AUDIO_POSTCHECK": {"running": "x"}}});
+        let caps = json!({"concurrency": {"FFMPEG_PROBE": 4, "FRAME_SAMPLING": 3}});
+        let r = reported_load(Some(&health), &caps);
+        assert_eq!(r.get(StepName::FfmpegProbe), StepReport { in_flight: Some(3), concurrency: Some(2) });
+        assert_eq!(r.get(StepName::FrameSampling), StepReport { in_flight: None, concurrency: Some(3) });
+        assert_eq!(r.get(StepName::AudioPostcheck), StepReport::default());
+        // A worker older than `load`: only the caps' concurrency is known.
+        let r = reported_load(Some(&json!({"status": "ok"})), &caps);
+        assert_eq!(r.get(StepName::FfmpegProbe), StepReport { in_flight: None, concurrency: Some(4) });
     }
 }

@@ -12,7 +12,7 @@
 //! bench_scheduler NODES DECISIONS -> {"place_per_s": x, "decide_per_s": y, "eligible_mean": z}
 //! ```
 
-use rayvault::actors::messages::{Compat, NodeCaps, NodeHealth, NodeSnapshot, StepSet};
+use rayvault::actors::messages::{Compat, NodeCaps, NodeHealth, NodeSnapshot, Slots, StepSet};
 use rayvault::actors::scheduler::{place, PlaceJob, Scheduler};
 use rayvault::receipt::JobRequirements;
 use rayvault::steps::StepName;
@@ -70,7 +70,8 @@ fn nodes(n: usize, rng: &mut Rng) -> Vec<NodeSnapshot> {
                 node_id: Arc::from(format!("worker-{i:04}")),
                 caps: (health != NodeHealth::Unprobed).then_some(caps),
                 health,
-                busy: rng.below(8) as u32,
+                reported: None,
+                load: Slots { busy: rng.below(8) as u32, others: 0, of: 2 },
                 probed_at: None,
             }
         })

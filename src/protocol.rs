@@ -477,6 +477,22 @@ pub struct Health {
     /// Absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// Per step name: the jobs this worker holds now (from every
+    /// controller) and the step's concurrency, so that a controller can rank
+    /// nodes by their real load. Absent from workers older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<BTreeMap<String, StepLoad>>,
+}
+
+/// One step's jobs on a worker at the moment of a `/health` answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepLoad {
+    /// Jobs of the step running now.
+    pub running: u64,
+    /// Jobs of the step waiting for a free slot.
+    pub queued: u64,
+    /// Jobs of the step the worker runs at once (`steps.<name>.concurrency`).
+    pub concurrency: u64,
 }
 
 /// `POST /drain` body: start (`true`) or stop (`false`) draining.

@@ -177,11 +177,11 @@ pub enum Outcome {
 }
 
 /// Keeps the scheduler's load count right however the attempt ends.
-struct LoadGuard(actix::Recipient<NodeLoad>, String);
+struct LoadGuard(actix::Recipient<NodeLoad>, String, String);
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.0.do_send(NodeLoad { node_id: self.1.clone(), delta: -1 });
+        self.0.do_send(NodeLoad { node_id: self.1.clone(), step_name: self.2.clone(), delta: -1 });
     }
 }
 
@@ -231,9 +231,9 @@ where
 #[allow(clippy::too_many_arguments)]
 pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: bool, staged: &Staged, dir: &Path, cancel: &CancellationToken, trace: &mut Trace) -> Outcome {
     if !reserved {
-        deps.load.do_send(NodeLoad { node_id: node_id.to_string(), delta: 1 });
+        deps.load.do_send(NodeLoad { node_id: node_id.to_string(), step_name: spec.step_name.clone(), delta: 1 });
     }
-    let _load = LoadGuard(deps.load.clone(), node_id.to_string());
+    let _load = LoadGuard(deps.load.clone(), node_id.to_string(), spec.step_name.clone());
     let (handle, client) = match connect(deps, node_id).await {
         Ok(c) => c,
         Err(e) => return Outcome::NodeFailed(NodeFailure::Unavailable(e)),
@@ -323,8 +323,8 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
         Ok(c) => c,
         Err(e) => return Outcome::NodeFailed(NodeFailure::Unavailable(e)),
     };
-    deps.load.do_send(NodeLoad { node_id: r.node_id.clone(), delta: 1 });
-    let _load = LoadGuard(deps.load.clone(), r.node_id.clone());
+    deps.load.do_send(NodeLoad { node_id: r.node_id.clone(), step_name: spec.step_name.clone(), delta: 1 });
+    let _load = LoadGuard(deps.load.clone(), r.node_id.clone(), spec.step_name.clone());
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     trace.placement = r.placement.clone();

@@ -5,8 +5,8 @@
 use crate::apierror::ApiError;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
-use rayvault::actors::executor::{CancelRunning, Enqueue};
-use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, FoundJobs, Health, JobView, JsonRefusal, SubmitJob, Submitted};
+use rayvault::actors::executor::{CancelRunning, Enqueue, Load};
+use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, FoundJobs, Health, JobView, JsonRefusal, StepLoad, SubmitJob, Submitted};
 use rayvault::steps::StepName;
 use rayvault::store::{is_job_id, Cancellation, JobRecord, NewJob, Submission};
 use serde::Deserialize;
@@ -22,7 +22,8 @@ pub fn now_ms() -> u64 {
 /// `GET /health`: liveness without auth; nothing secret. The status is
 /// `degraded`, with the reason, while the disk of the state folder has less
 /// than `worker.min_free_bytes` free or the job store is in its failed state
-/// (an I/O error it has not recovered from yet); `ok` otherwise.
+/// (an I/O error it has not recovered from yet); `ok` otherwise. `load`
+/// counts the jobs running and queued per step, whoever submitted them.
 pub async fn health(st: Data) -> HttpResponse {
     let paths = st.env.paths.clone();
     let free_bytes = web::block(move || paths.free_bytes()).await.ok().flatten();
@@ -44,6 +45,15 @@ pub async fn health(st: Data) -> HttpResponse {
         reasons.push("the job store failed with an I/O error and has not recovered yet".to_string());
     }
     let degraded_reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+    let mut load = std::collections::BTreeMap::new();
+    for (step, addr) in &st.executors {
+        // A restarting executor answers nothing; its step is left out
+        // rather than reported idle.
+        if let Ok((queued, running)) = addr.send(Load).await {
+            let concurrency = st.env.settings.step(step.as_str()).concurrency.max(1) as u64;
+            load.insert(step.as_str().to_string(), StepLoad { running: running as u64, queued: queued as u64, concurrency });
+        }
+    }
     HttpResponse::Ok().json(Health {
         status: if degraded_reason.is_some() { "degraded" } else { "ok" }.into(),
         worker_id: st.worker_id.clone(),
@@ -52,6 +62,7 @@ pub async fn health(st: Data) -> HttpResponse {
         degraded_reason,
         free_bytes,
         draining: st.drain.is_on(),
+        load: Some(load),
     })
 }
 

@@ -42,6 +42,7 @@ def scenarios():
     import s_footprint
     import s_frames
     import s_scheduler
+    import s_spread
     import s_sync
     import s_tts
     return [
@@ -53,6 +54,7 @@ def scenarios():
         ("6", "footprint", s_footprint.measure),
         ("7", "failover", s_failover.measure),
         ("8", "scheduler", s_scheduler.measure),
+        ("9", "spread", s_spread.measure),
     ]
 
 

@@ -114,9 +114,12 @@ fn concurrent_jobs_spread_over_every_worker_by_real_capacity() {
         nodes.push((id.as_str(), port, true));
     }
     w.write_nodes(&nodes);
-    // The controller itself has no TTS engine it could fall back on, and
+    // The jobs never fall back to the controller (`--fallback never`); it
     // probes every second so that it sees the workers' load soon.
     w.set_env("RAYVAULT_CONTROLLER__PROBE_INTERVAL_S", "1");
+    // A probe slowed by a busy test machine must not mark a worker down
+    // mid-burst (its jobs would then go elsewhere).
+    w.set_env("RAYVAULT_CONTROLLER__PROBE_TIMEOUT_S", "10");
     let _daemon = w.daemon();
     common::wait_until("the daemon has probed every worker", Duration::from_secs(30), || {
         let s = status(&w);

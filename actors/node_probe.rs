@@ -13,10 +13,12 @@ use super::messages::{Compat, DrainedBy, GetNodes, NodeCaps, NodeHealth, NodeLos
 use crate::auth::Keyring;
 use crate::config::Settings;
 use crate::nodes::{self, NodeConfig};
+use crate::protocol;
 use crate::steps::StepName;
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -341,21 +343,24 @@ impl Handler<NodeLost> for NodeProbe {
 }
 
 /// A node's own load from its `/health` `load` (jobs in flight and
-/// concurrency per step), with the concurrency of its `/caps` for a worker
-/// whose `/health` has no `load`. Values that are not counts are ignored.
+/// concurrency per step, [`protocol::StepLoad`]), with the concurrency of
+/// its `/caps` for a worker whose `/health` has no `load`. A malformed
+/// `load` counts as absent.
 fn reported_load(health: Option<&Value>, caps: &Value) -> ReportedLoad {
-    let count = |v: Option<&Value>| v.and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32);
-    let load = health.and_then(|h| h.get("load"));
+    fn field<T: serde::de::DeserializeOwned>(v: Option<&Value>, key: &str) -> BTreeMap<String, T> {
+        v.and_then(|v| v.get(key)).and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default()
+    }
+    let load: BTreeMap<String, protocol::StepLoad> = field(health, "load");
+    let concurrency: BTreeMap<String, u64> = field(Some(caps), "concurrency");
+    let count = |n: u64| n.min(u32::MAX as u64) as u32;
     let steps = StepName::ALL
         .iter()
         .filter_map(|&step| {
-            let here = load.and_then(|l| l.get(step.as_str()));
-            let in_flight = match (count(here.and_then(|h| h.get("running"))), count(here.and_then(|h| h.get("queued")))) {
-                (None, None) => None,
-                (r, q) => Some(r.unwrap_or(0).saturating_add(q.unwrap_or(0))),
+            let here = load.get(step.as_str());
+            let report = StepReport {
+                in_flight: here.map(|l| count(l.running.saturating_add(l.queued))),
+                concurrency: here.map(|l| l.concurrency).or_else(|| concurrency.get(step.as_str()).copied()).map(count),
             };
-            let concurrency = count(here.and_then(|h| h.get("concurrency"))).or_else(|| count(caps.get("concurrency").and_then(|c| c.get(step.as_str()))));
-            let report = StepReport { in_flight, concurrency };
             (report != StepReport::default()).then_some((step, report))
         })
         .collect();
@@ -448,14 +453,17 @@ mod tests {
 
     #[test]
     fn reported_load_reads_health_and_falls_back_to_caps_concurrency() {
-        let health = json!({"load": {"FFMPEG_PROBE": {"running": 2, "queued": 1, "concurrency": 2}, "AUDIO_POSTCHECK": {"running": "x"}}});
+        let health = json!({"load": {"FFMPEG_PROBE": {"running": 2, "queued": 1, "concurrency": 2}}});
         let caps = json!({"concurrency": {"FFMPEG_PROBE": 4, "FRAME_SAMPLING": 3}});
         let r = reported_load(Some(&health), &caps);
         assert_eq!(r.get(StepName::FfmpegProbe), StepReport { in_flight: Some(3), concurrency: Some(2) });
         assert_eq!(r.get(StepName::FrameSampling), StepReport { in_flight: None, concurrency: Some(3) });
         assert_eq!(r.get(StepName::AudioPostcheck), StepReport::default());
-        // A worker older than `load`: only the caps' concurrency is known.
-        let r = reported_load(Some(&json!({"status": "ok"})), &caps);
-        assert_eq!(r.get(StepName::FfmpegProbe), StepReport { in_flight: None, concurrency: Some(4) });
+        // A worker older than `load`, or a malformed one: only the caps'
+        // concurrency is known.
+        for health in [json!({"status": "ok"}), json!({"load": {"FFMPEG_PROBE": {"running": "x"}}})] {
+            let r = reported_load(Some(&health), &caps);
+            assert_eq!(r.get(StepName::FfmpegProbe), StepReport { in_flight: None, concurrency: Some(4) });
+        }
     }
 }

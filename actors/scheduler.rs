@@ -8,32 +8,13 @@
 //! the count of jobs this controller has in flight on each node.
 
 use super::crash_guard::{guard, Panicked};
+pub use super::messages::{NodeLoad, PlaceJob};
 use super::messages::{NodeHealth, NodeSnapshot, PlacementReport, Stop};
 use crate::receipt::{JobRequirements, NodeExplanation};
 use crate::steps::StepName;
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Asks the Scheduler where a job should run, given a fresh node snapshot.
-/// An error only when the decision hit a bug (the Scheduler is then
-/// restarted).
-#[derive(Message)]
-#[rtype(result = "Result<PlacementReport, Panicked>")]
-pub struct PlaceJob {
-    pub step_name: String,
-    pub requirements: JobRequirements,
-    pub nodes: Vec<NodeSnapshot>,
-}
-
-/// Tells the Scheduler a job started (+1) or ended (-1) on a node, so that
-/// ranking prefers the least busy node.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct NodeLoad {
-    pub node_id: String,
-    pub delta: i32,
-}
 
 /// Why one node was or was not eligible. Data needed for the message is read
 /// from the snapshot and the requirements when explaining, so that deciding

@@ -547,6 +547,18 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state as the protocol spells it (`queued`, `running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Abandoned => "abandoned",
+        }
+    }
+
     /// Succeeded, failed, cancelled and abandoned jobs never change again.
     pub fn is_terminal(self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Abandoned)

@@ -189,7 +189,7 @@ impl NodeProbe {
     /// caller on the actor.
     fn probe_futures(&self, only: Option<&str>) -> Vec<(NodeConfig, ProbeFuture)> {
         let timeout = Duration::from_secs(self.settings.controller.probe_timeout_s.max(1));
-        let allow_plain = self.settings.controller.auth_mode == "allow_plain";
+        let allow_plain = self.settings.controller.auth_mode == crate::config::AuthMode::AllowPlain;
         self.entries
             .iter()
             .filter(|e| e.config.enabled && only.map_or(true, |id| id == e.config.node_id))

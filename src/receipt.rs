@@ -101,7 +101,7 @@ impl JobSpec {
 
 /// When the controller runs a job itself instead of on a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum FallbackMode {
     /// Only when no eligible worker can be reached or can take the job
     /// (down, refused, timed out, lost mid-job, full). A configuration error
@@ -112,6 +112,13 @@ pub enum FallbackMode {
     Always,
     /// Never: the job fails when no worker can run it.
     Never,
+}
+
+impl TryFrom<String> for FallbackMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        FallbackMode::parse(&s)
+    }
 }
 
 impl FallbackMode {

@@ -128,7 +128,7 @@ fn print_status(v: &Value, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now_ms = rayvault::protocol::now_ms();
         print!("{}", crate::render::status(v, now_ms));
     }
     Ok(())

@@ -301,8 +301,8 @@ pub async fn run_job(
         });
     }
     let staged = {
-        let payload = spec.payload.clone();
-        tokio::task::spawn_blocking(move || staging::stage(&payload)).await
+        let (step, payload) = (spec.step_name.clone(), spec.payload.clone());
+        tokio::task::spawn_blocking(move || staging::stage(&step, &payload)).await
     };
     let (inputs_hash, ending) = match staged {
         Ok(Ok(staged)) => {

@@ -35,7 +35,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// clones share the clients).
 #[derive(Clone, Default)]
 pub struct ClientPool {
-    clients: Rc<RefCell<HashMap<(String, String), awc::Client>>>,
+    inner: Rc<RefCell<Pooled>>,
+}
+
+#[derive(Default)]
+struct Pooled {
+    /// The actix system the clients were made in: their connections belong
+    /// to its runtime, so a new system on the same thread starts afresh.
+    system: Option<usize>,
+    clients: HashMap<(String, String), awc::Client>,
 }
 
 thread_local! {
@@ -53,16 +61,22 @@ impl ClientPool {
     /// connections).
     pub fn http(&self, node_id: &str, base: &str) -> awc::Client {
         let key = (node_id.to_string(), base.trim_end_matches('/').to_string());
-        self.clients.borrow_mut().entry(key).or_insert_with(new_client).clone()
+        let system = actix_rt::System::try_current().map(|s| s.id());
+        let mut pooled = self.inner.borrow_mut();
+        if pooled.system != system {
+            pooled.clients.clear();
+            pooled.system = system;
+        }
+        pooled.clients.entry(key).or_insert_with(new_client).clone()
     }
 
     /// How many node clients the pool holds.
     pub fn len(&self) -> usize {
-        self.clients.borrow().len()
+        self.inner.borrow().clients.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.clients.borrow().is_empty()
+        self.inner.borrow().clients.is_empty()
     }
 }
 
@@ -91,5 +105,18 @@ mod tests {
         pool.http("w1", "http://127.0.0.1:3");
         assert_eq!(pool.len(), 3);
         assert_eq!(ClientPool::shared().len(), ClientPool::shared().len());
+    }
+
+    #[test]
+    fn a_new_actix_system_gets_new_clients() {
+        let pool = ClientPool::default();
+        actix_rt::System::new().block_on(async {
+            pool.http("w1", "http://127.0.0.1:1");
+            assert_eq!(pool.len(), 1);
+        });
+        actix_rt::System::new().block_on(async {
+            pool.http("w2", "http://127.0.0.1:2");
+            assert_eq!(pool.len(), 1, "the first system's client was dropped");
+        });
     }
 }

@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A loopback TCP proxy in front of `target` that counts the connections it
 /// accepts; each one is relayed byte for byte in both directions.

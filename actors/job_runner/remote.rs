@@ -9,14 +9,13 @@ use super::staging::Staged;
 use super::{Ending, JobDeps, NodeFailure, Trace};
 use crate::backoff::Backoff;
 use crate::client::liveness::{self as watch, Fence};
-use crate::client::{CallError, CallErrorKind, CurrentClient, NodeClient};
+use crate::client::{CallError, CallErrorKind, CurrentClient, NodeClient, Polled, Submission};
 use crate::controller_store::{Phase, RemoteRef};
 use crate::error::ErrorCode;
 use crate::nodes::{Compat, NodeHandle};
 use crate::protocol::JobState;
 use crate::receipt::{AttemptOutcome, JobSpec, JobStatus, ReceiptError};
 use crate::steps::StepName;
-use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +87,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     trace.started_at.get_or_insert(began);
     let inputs_hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
     let fence = lease_fence(deps, &client);
-    let submitted = match &client {
+    match &client {
         NodeClient::Current(c) => {
             for blob in &staged.blobs {
                 trace.say(format!("staging {} ({} bytes) to {node_id}", blob.original, blob.size));
@@ -105,26 +104,28 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
                 trace.attempt(node_id, None, AttemptOutcome::Cancelled, Some("cancelled while staging".into()), began);
                 return Outcome::Done(Ending::failed(ErrorCode::Cancelled, "the job was cancelled before it was submitted", None));
             }
-            let label = spec.key();
-            let lease_s = deps.settings.controller.lease_s.max(1);
-            retry(deps, cancel, || {
-                fence.sent();
-                c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label, lease_s)
-            })
-            .await
-            .map(|s| (s.job.job_id, s.cached))
         }
-        NodeClient::Legacy(l) => {
-            let Ok(step) = StepName::parse(&spec.step_name) else {
+        NodeClient::Legacy(_) => {
+            if StepName::parse(&spec.step_name).is_err() {
                 return Outcome::NodeFailed(NodeFailure::Unavailable(format!("does not know step {}", spec.step_name)));
-            };
-            // v0.5 has no blob upload: paths go as given, and must be valid
-            // on the worker (documented in docs/protocol.md).
-            retry(deps, cancel, || async { l.submit(step.legacy_name(), &spec.payload, &inputs_hash).await.map_err(CallError::from) })
-                .await
-                .map(|j| (j.job_id, j.cached))
+            }
         }
+    }
+    let submit = Submission {
+        step_name: &spec.step_name,
+        payload: &staged.payload,
+        // v0.5 has no blob upload: paths go as given, and must be valid on
+        // the worker (documented in docs/protocol.md).
+        unstaged_payload: &spec.payload,
+        inputs_hash: &inputs_hash,
+        label: &spec.key(),
+        lease_s: deps.settings.controller.lease_s.max(1),
     };
+    let submitted = retry(deps, cancel, || {
+        fence.sent();
+        client.submit(&submit)
+    })
+    .await;
     let (remote_job_id, cached) = match submitted {
         Ok(s) => s,
         Err(e) => {
@@ -228,37 +229,13 @@ fn environmental(code: &str) -> bool {
     )
 }
 
-/// One poll of the job's state, in either contract's terms.
-struct Polled {
-    state: JobState,
-    result: Option<Value>,
-    error: Option<ReceiptError>,
-    artifacts: Vec<crate::artifacts::ArtifactEntry>,
-}
-
+/// One poll of the job; a current worker's long-poll renews the lease
+/// (recorded in `fence`).
 async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &Fence) -> Result<Polled, CallError> {
-    match client {
-        NodeClient::Current(c) => {
-            fence.sent();
-            let v = c.wait(job_id, wait_s).await?;
-            Ok(polled_of(v))
-        }
-        NodeClient::Legacy(l) => {
-            // v0.5 has no long-poll: wait a little between polls instead.
-            let j = l.job(job_id).await.map_err(CallError::from)?;
-            if !j.is_terminal() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let state = match j.status.as_str() {
-                "queued" => JobState::Queued,
-                "succeeded" => JobState::Succeeded,
-                "failed" => JobState::Failed,
-                "cancelled" => JobState::Cancelled,
-                _ => JobState::Running,
-            };
-            Ok(Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts })
-        }
+    if matches!(client, NodeClient::Current(_)) {
+        fence.sent();
     }
+    client.poll(job_id, wait_s).await
 }
 
 /// Reads the remote job's log every second from where it left off and
@@ -282,12 +259,6 @@ async fn tail_progress(client: &CurrentClient, job_id: &str, node_id: &str, key:
             }
         }
     }
-}
-
-/// A current worker's job view in the poll's terms.
-fn polled_of(v: crate::protocol::JobView) -> Polled {
-    let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
-    Polled { state: v.state, result: v.result, error, artifacts: v.artifacts }
 }
 
 async fn cancel_remote(client: &NodeClient, job_id: &str) {
@@ -504,10 +475,7 @@ pub async fn settle_fates(deps: &JobDeps, trace: &mut Trace) {
         // would re-attach a copy parked by a restarted worker.
         let asked = async {
             let (_, client) = connect(deps, &node_id).await.map_err(CallError::protocol)?;
-            match &client {
-                NodeClient::Current(c) => c.peek(&job_id).await.map(polled_of),
-                NodeClient::Legacy(_) => poll(&client, &job_id, 0, &Fence::none()).await,
-            }
+            client.peek(&job_id).await
         };
         let (fate, digest) = match tokio::time::timeout(bound, asked).await {
             Ok(Ok(p)) => match p.state {

@@ -41,7 +41,7 @@ pub mod pool;
 pub mod probe;
 
 pub use error::{auth_reason, skew_reason, CallError, CallErrorKind};
-pub use node::{part_path, CurrentClient, NodeClient};
+pub use node::{part_path, CurrentClient, NodeClient, Polled, Submission};
 pub use pool::ClientPool;
 
 /// Largest JSON response the client accepts.

@@ -10,7 +10,9 @@ use super::{CallError, CallErrorKind, ClientPool, WorkerClient};
 use crate::artifacts::ArtifactEntry;
 use crate::auth::Keyring;
 use crate::nodes::{Compat, NodeHandle};
-use crate::protocol::{self, ArtifactManifest, JobView, Submitted};
+use crate::protocol::{self, ArtifactManifest, JobState, JobView, Submitted};
+use crate::receipt::ReceiptError;
+use crate::steps::StepName;
 use bytes::Bytes;
 use serde_json::Value;
 use std::path::Path;
@@ -109,6 +111,37 @@ impl CurrentClient {
     }
 }
 
+/// A job to submit, in the terms of both contracts.
+pub struct Submission<'a> {
+    pub step_name: &'a str,
+    /// The payload with staged inputs replaced by blob references (the
+    /// current contract).
+    pub payload: &'a Value,
+    /// The payload as the user gave it (a v0.5 worker has no blobs).
+    pub unstaged_payload: &'a Value,
+    pub inputs_hash: &'a str,
+    /// The controller's `run_id/job_id`, to find the job again later.
+    pub label: &'a str,
+    /// The lease the job is held under, seconds (the current contract).
+    pub lease_s: u64,
+}
+
+/// One poll of a job's state, in either contract's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Polled {
+    pub state: JobState,
+    pub result: Option<Value>,
+    pub error: Option<ReceiptError>,
+    pub artifacts: Vec<ArtifactEntry>,
+}
+
+impl From<JobView> for Polled {
+    fn from(v: JobView) -> Polled {
+        let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
+        Polled { state: v.state, result: v.result, error, artifacts: v.artifacts }
+    }
+}
+
 /// A client for one node, whichever contract it speaks.
 pub enum NodeClient {
     Current(CurrentClient),
@@ -138,6 +171,47 @@ impl NodeClient {
             NodeClient::Current(_) => Compat::Current,
             NodeClient::Legacy(l) if l.auth == LegacyAuth::Plain => Compat::LegacyPlainToken,
             NodeClient::Legacy(_) => Compat::LegacyHmacV05,
+        }
+    }
+
+    /// Submits the job; answers the worker's job id and whether it was an
+    /// existing job for the same inputs.
+    pub async fn submit(&self, job: &Submission<'_>) -> Result<(String, bool), CallError> {
+        match self {
+            NodeClient::Current(c) => {
+                let s = c.submit(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s).await?;
+                Ok((s.job.job_id, s.cached))
+            }
+            NodeClient::Legacy(l) => {
+                let step = StepName::parse(job.step_name).map_err(|e| CallError::protocol(e.message))?;
+                let j = l.submit(step.legacy_name(), job.unstaged_payload, job.inputs_hash).await?;
+                Ok((j.job_id, j.cached))
+            }
+        }
+    }
+
+    /// The job's state: a long-poll of up to `wait_s` seconds on a current
+    /// worker (which renews the job's lease); a v0.5 worker has no
+    /// long-poll, so a job still running there is answered after a short
+    /// pause instead.
+    pub async fn poll(&self, job_id: &str, wait_s: u64) -> Result<Polled, CallError> {
+        match self {
+            NodeClient::Current(c) => Ok(c.wait(job_id, wait_s).await?.into()),
+            NodeClient::Legacy(l) => {
+                let j = l.job(job_id).await?;
+                if !j.is_terminal() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(legacy_polled(j))
+            }
+        }
+    }
+
+    /// The job's state without renewing its lease (for a job given up).
+    pub async fn peek(&self, job_id: &str) -> Result<Polled, CallError> {
+        match self {
+            NodeClient::Current(c) => Ok(c.peek(job_id).await?.into()),
+            NodeClient::Legacy(l) => Ok(legacy_polled(l.job(job_id).await?)),
         }
     }
 
@@ -204,6 +278,18 @@ impl NodeClient {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("writing {}: {e}", dest.display()))
     }
+}
+
+/// A v0.5 job in the poll's terms.
+fn legacy_polled(j: super::legacy_v05::LegacyJob) -> Polled {
+    let state = match j.status.as_str() {
+        "queued" => JobState::Queued,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        "cancelled" => JobState::Cancelled,
+        _ => JobState::Running,
+    };
+    Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts }
 }
 
 /// Where a download in progress lives: `<final name>.part` beside it (the

@@ -29,8 +29,9 @@ pub struct Backoff {
 
 impl Backoff {
     /// Pauses from `base`, at most `max_attempts` tries (at least one).
-    pub fn new(base: Duration, max_attempts: u32) -> Backoff {
-        Backoff { base, max_attempts: max_attempts.max(1), ceiling: None }
+    pub const fn new(base: Duration, max_attempts: u32) -> Backoff {
+        let max_attempts = if max_attempts == 0 { 1 } else { max_attempts };
+        Backoff { base, max_attempts, ceiling: None }
     }
 
     /// The controller's configured policy (`retry_backoff_ms`, `max_attempts`).
@@ -44,8 +45,8 @@ impl Backoff {
     }
 
     /// The same policy, with no pause longer than `ceiling`.
-    pub fn capped_at(self, ceiling: Duration) -> Backoff {
-        Backoff { ceiling: Some(ceiling), ..self }
+    pub const fn capped_at(self, ceiling: Duration) -> Backoff {
+        Backoff { base: self.base, max_attempts: self.max_attempts, ceiling: Some(ceiling) }
     }
 
     pub fn max_attempts(&self) -> u32 {

@@ -64,8 +64,11 @@ where
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
     let transient = |e: &CallError| {
-        tracing::debug!("transient failure: {e}");
-        e.is_transient() && !cancel.is_cancelled()
+        let again = e.is_transient() && !cancel.is_cancelled();
+        if again {
+            tracing::debug!("transient failure, retrying: {e}");
+        }
+        again
     };
     Backoff::from_settings(&deps.settings.controller).retry(f, transient).await
 }

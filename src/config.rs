@@ -100,7 +100,8 @@ pub struct StepSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TtsSettings {
-    pub engine: String,
+    /// The engine used when a payload names none.
+    pub engine: TtsEngineChoice,
     pub voice: String,
     pub rate: i32,
     pub parallel_chunks: usize,
@@ -154,6 +155,49 @@ impl TryFrom<String> for AuthMode {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         choice("auth_mode", &s, &[("hmac_strict", AuthMode::HmacStrict), ("allow_plain", AuthMode::AllowPlain)])
+    }
+}
+
+/// `[tts] engine`: the text-to-speech engine used when a payload names
+/// none. `""` is the platform default (espeak-ng on Linux, SAPI on Windows,
+/// say on macOS); `espeak` is another spelling of `espeak-ng`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum TtsEngineChoice {
+    PlatformDefault,
+    EspeakNg,
+    Sapi,
+    Say,
+    Piper,
+    Command,
+}
+
+impl TtsEngineChoice {
+    const ALL: [(&'static str, TtsEngineChoice); 7] = [
+        ("", TtsEngineChoice::PlatformDefault),
+        ("espeak-ng", TtsEngineChoice::EspeakNg),
+        ("espeak", TtsEngineChoice::EspeakNg),
+        ("sapi", TtsEngineChoice::Sapi),
+        ("say", TtsEngineChoice::Say),
+        ("piper", TtsEngineChoice::Piper),
+        ("command", TtsEngineChoice::Command),
+    ];
+
+    /// Parses a spelling of the setting (surrounding spaces ignored).
+    pub fn parse(s: &str) -> Result<TtsEngineChoice, String> {
+        choice("tts.engine", s.trim(), &Self::ALL)
+    }
+
+    /// The engine's name as payloads spell it; `""` for the platform default.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, v)| *v == self).map_or("", |(n, _)| n)
+    }
+}
+
+impl TryFrom<String> for TtsEngineChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        TtsEngineChoice::parse(&s)
     }
 }
 
@@ -565,12 +609,14 @@ mod tests {
         assert_eq!((s.worker.on_interrupted, s.controller.auth_mode), (OnInterrupted::Fail, AuthMode::HmacStrict));
         let s = Settings::load_from(None, &env(&[("RAYVAULT_WORKER__ON_INTERRUPTED", "rerun"), ("RAYVAULT_CONTROLLER__FALLBACK", "never")])).unwrap();
         assert_eq!((s.worker.on_interrupted, s.controller.fallback), (OnInterrupted::Rerun, crate::receipt::FallbackMode::Never));
-        let s = Settings::load_from(None, &env(&[("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1")])).unwrap();
-        assert_eq!(s.controller.auth_mode, AuthMode::AllowPlain);
+        let s = Settings::load_from(None, &env(&[("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1"), ("RAYVAULT_TTS__ENGINE", "espeak")])).unwrap();
+        assert_eq!((s.controller.auth_mode, s.tts.engine), (AuthMode::AllowPlain, TtsEngineChoice::EspeakNg));
+        assert_eq!(Settings::load_from(None, &[]).unwrap().tts.engine, TtsEngineChoice::PlatformDefault);
         for (var, value, allowed) in [
             ("RAYVAULT_WORKER__ON_INTERRUPTED", "retry", ["fail", "rerun"].as_slice()),
             ("RAYVAULT_CONTROLLER__AUTH_MODE", "plain", ["hmac_strict", "allow_plain"].as_slice()),
             ("RAYVAULT_CONTROLLER__FALLBACK", "sometimes", ["unavailable", "always", "never"].as_slice()),
+            ("RAYVAULT_TTS__ENGINE", "festival", ["espeak-ng", "sapi", "say", "piper", "command"].as_slice()),
         ] {
             let err = Settings::load_from(None, &env(&[(var, value)])).unwrap_err().to_string();
             assert!(err.contains(value) && allowed.iter().all(|a| err.contains(a)), "{var}={value}: {err}");

@@ -9,41 +9,31 @@
 //! mismatch discards the partial file and the next attempt starts over.
 
 use super::crash_guard::catch;
-use super::job_runner::remote::{self, NodeClient};
+pub use super::messages::{SyncArtifacts, SyncError};
 use super::messages::Stop;
-use super::node_probe::NodeHandle;
 use crate::artifacts::{is_safe_name, ArtifactEntry};
 use crate::auth::Keyring;
+use crate::backoff::Backoff;
+use crate::client::{part_path, CallErrorKind, NodeClient};
 use crate::receipt::ReceiptArtifact;
 use actix::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Downloads and verifies a remote job's artifacts and log into `dest`.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<ReceiptArtifact>, SyncError>")]
-pub struct SyncArtifacts {
-    pub node: NodeHandle,
-    pub remote_job_id: String,
-    /// The manifest; None asks the worker for it first.
-    pub artifacts: Option<Vec<ArtifactEntry>>,
-    pub dest: PathBuf,
-}
-
 /// The ArtifactSync actor.
 pub struct ArtifactSync {
     keyring: Option<Arc<Keyring>>,
     /// Per-request timeout for the download connection (not the transfer).
     timeout: Duration,
-    /// Attempts per artifact before giving up (resuming between them).
-    max_attempts: u32,
-    backoff: Duration,
+    /// Attempts per artifact and the pauses between them (a retry resumes
+    /// the partial download).
+    backoff: Backoff,
 }
 
 impl ArtifactSync {
-    pub fn new(keyring: Option<Arc<Keyring>>, timeout: Duration, max_attempts: u32, backoff: Duration) -> Self {
-        ArtifactSync { keyring, timeout, max_attempts: max_attempts.max(1), backoff }
+    pub fn new(keyring: Option<Arc<Keyring>>, timeout: Duration, backoff: Backoff) -> Self {
+        ArtifactSync { keyring, timeout, backoff }
     }
 }
 
@@ -74,7 +64,7 @@ impl Handler<SyncArtifacts> for ArtifactSync {
 
     fn handle(&mut self, msg: SyncArtifacts, _: &mut Context<Self>) -> Self::Result {
         let keyring = self.keyring.clone();
-        let (timeout, attempts, backoff) = (self.timeout, self.max_attempts, self.backoff);
+        let (timeout, backoff) = (self.timeout, self.backoff);
         let sync = async move {
             let keyring = keyring.ok_or_else(|| SyncError::other("no cluster secret is set, so the worker cannot be asked for artifacts"))?;
             let client = NodeClient::new(&msg.node, keyring, timeout);
@@ -87,17 +77,17 @@ impl Handler<SyncArtifacts> for ArtifactSync {
             };
             let mut out = Vec::with_capacity(manifest.len());
             for entry in &manifest {
-                let path = sync_one(&client, &msg.remote_job_id, entry, &msg.dest, attempts, backoff).await?;
+                let path = sync_one(&client, &msg.remote_job_id, entry, &msg.dest, backoff).await?;
                 out.push(ReceiptArtifact {
                     name: entry.name.clone(),
                     size: entry.size,
                     sha256: entry.sha256.clone(),
-                    path: super::job_runner::abs(path),
+                    path: crate::artifacts::absolute(path),
                 });
             }
             // The log is best effort: a job whose log cannot be fetched still
             // has a valid, verified result.
-            if let Err(e) = remote::fetch_log(&client, &msg.remote_job_id, &msg.dest.join(crate::receipt::LOG_FILE)).await {
+            if let Err(e) = client.fetch_log(&msg.remote_job_id, &msg.dest.join(crate::receipt::LOG_FILE)).await {
                 tracing::warn!(job = %msg.remote_job_id, "could not fetch worker.log: {e}");
             }
             Ok(out)
@@ -116,8 +106,7 @@ async fn sync_one(
     job_id: &str,
     entry: &ArtifactEntry,
     dest: &Path,
-    attempts: u32,
-    backoff: Duration,
+    backoff: Backoff,
 ) -> Result<PathBuf, SyncError> {
     if !is_safe_name(&entry.name) || entry.name == crate::receipt::LOG_FILE || entry.name == crate::receipt::RECEIPT_FILE {
         return Err(SyncError::other(format!("the worker listed an artifact named {:?}, which is not a safe file name; refusing it", entry.name)));
@@ -126,7 +115,8 @@ async fn sync_one(
     if verified(&final_path, entry).await {
         return Ok(final_path);
     }
-    let partial = super::job_runner::node_client::part_path(&final_path);
+    let partial = part_path(&final_path);
+    let attempts = backoff.max_attempts();
     let mut last = String::new();
     for attempt in 1..=attempts {
         let have = tokio::fs::metadata(&partial).await.map(|m| m.len()).unwrap_or(0);
@@ -142,34 +132,16 @@ async fn sync_one(
                 last = format!("downloading {} failed (attempt {attempt}/{attempts}): {e}", entry.name);
                 tracing::warn!("{last}");
                 // Retrying cannot make room on a full disk.
-                if matches!(e, super::job_runner::node_client::CallError::DiskFull(_)) {
+                if e.kind == CallErrorKind::DiskFull {
                     return Err(SyncError { disk_full: true, message: last });
                 }
             }
         }
-        tokio::time::sleep(backoff * attempt).await;
+        if attempt < attempts {
+            tokio::time::sleep(backoff.delay(attempt)).await;
+        }
     }
     Err(SyncError::other(last))
-}
-
-/// Why a sync failed: the message, and whether this machine's full disk
-/// was the cause (`DISK_FULL` rather than `ARTIFACT_SYNC_FAILED`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncError {
-    pub disk_full: bool,
-    pub message: String,
-}
-
-impl SyncError {
-    pub fn other(message: impl Into<String>) -> SyncError {
-        SyncError { disk_full: false, message: message.into() }
-    }
-}
-
-impl std::fmt::Display for SyncError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
 }
 
 /// True when `path` already exists with the entry's size and SHA-256 (a

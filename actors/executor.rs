@@ -239,9 +239,7 @@ impl Handler<Load> for StepExecutor {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+use crate::protocol::now_ms;
 
 /// Runs a store operation off the actor's thread.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {

@@ -10,16 +10,13 @@
 
 pub mod fallback;
 pub mod liveness;
-pub mod node_client;
 pub mod remote;
 pub mod staging;
 
-use super::artifact_sync::SyncArtifacts;
 use super::crash_guard::{catch, Panicked};
-use super::local_runner::RunLocal;
-use super::messages::{GetNodes, JobProgress, NodeHealth, NodeLost, PlacementReport, ProbeNow, Stop};
-use super::node_probe::NodeDirectory;
-use super::scheduler::{NodeLoad, PlaceJob};
+use super::messages::{
+    GetNodes, JobProgress, NodeDirectory, NodeHealth, NodeLoad, NodeLost, PlaceJob, PlacementReport, ProbeNow, RunLocal, Stop, SyncArtifacts,
+};
 use crate::auth::Keyring;
 use crate::config::Settings;
 pub use crate::controller_store::RemoteRef;
@@ -29,12 +26,11 @@ use crate::controller_store::ControllerStore;
 use crate::error::{ErrorCode, StepError};
 use crate::joblog::{format_utc, JobLog};
 use crate::receipt::{
-    receipt_dir, Attempt, FallbackMode, JobSpec, JobStatus, NodeExplanation, Receipt, ReceiptArtifact, ReceiptError, Timings,
+    receipt_dir, Attempt, AttemptOutcome, FallbackMode, JobSpec, JobStatus, NodeExplanation, Receipt, ReceiptArtifact, ReceiptError, Timings,
 };
 use crate::steps::StepName;
 use actix::prelude::*;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -62,11 +58,6 @@ pub struct SubmitJob {
 pub struct CancelJob {
     pub key: String,
 }
-
-/// Lists the keys of the jobs in flight.
-#[derive(Message)]
-#[rtype(result = "Vec<String>")]
-pub struct ListRunning;
 
 /// Everything a job's future needs, cheap to clone.
 #[derive(Clone)]
@@ -191,14 +182,6 @@ impl Handler<CancelJob> for JobRunner {
     }
 }
 
-/// Lists the jobs in flight.
-impl Handler<ListRunning> for JobRunner {
-    type Result = MessageResult<ListRunning>;
-    fn handle(&mut self, _: ListRunning, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.running.keys().cloned().collect())
-    }
-}
-
 /// What a job collects on its way, turned into the receipt at the end.
 pub struct Trace {
     pub key: String,
@@ -239,11 +222,11 @@ impl Trace {
         }
     }
 
-    pub fn attempt(&mut self, executed_on: &str, remote_job_id: Option<String>, outcome: &str, detail: Option<String>, began: SystemTime) {
+    pub fn attempt(&mut self, executed_on: &str, remote_job_id: Option<String>, outcome: AttemptOutcome, detail: Option<String>, began: SystemTime) {
         self.attempts.push(Attempt {
             executed_on: executed_on.to_string(),
             remote_job_id,
-            outcome: outcome.to_string(),
+            outcome,
             detail,
             fate: None,
             ignored_result_sha256: None,
@@ -318,8 +301,8 @@ pub async fn run_job(
         });
     }
     let staged = {
-        let payload = spec.payload.clone();
-        tokio::task::spawn_blocking(move || staging::stage(&payload)).await
+        let (step, payload) = (spec.step_name.clone(), spec.payload.clone());
+        tokio::task::spawn_blocking(move || staging::stage(&step, &payload)).await
     };
     let (inputs_hash, ending) = match staged {
         Ok(Ok(staged)) => {
@@ -616,7 +599,7 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
     trace.run_ms += t0.elapsed().as_millis() as u64;
     match out {
         Ok(out) => {
-            trace.attempt("local", None, "succeeded", None, began);
+            trace.attempt("local", None, AttemptOutcome::Succeeded, None, began);
             let artifacts = out
                 .artifacts
                 .iter()
@@ -624,7 +607,7 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
                     name: a.name.clone(),
                     size: a.size,
                     sha256: a.sha256.clone(),
-                    path: abs(dir.join(&a.name)),
+                    path: crate::artifacts::absolute(dir.join(&a.name)),
                 })
                 .collect();
             Ending {
@@ -640,16 +623,11 @@ async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel
             }
         }
         Err(e) => {
-            let outcome = if e.code == ErrorCode::Cancelled { "cancelled" } else { "failed" };
+            let outcome = if e.code == ErrorCode::Cancelled { AttemptOutcome::Cancelled } else { AttemptOutcome::Failed };
             trace.attempt("local", None, outcome, Some(e.to_string()), began);
             Ending::failed(e.code, e.message, Some("local"))
         }
     }
-}
-
-/// An absolute form of a path for receipts (relative state dirs are common).
-pub(crate) fn abs(p: PathBuf) -> String {
-    std::path::absolute(&p).unwrap_or(p).to_string_lossy().into_owned()
 }
 
 fn build_receipt(spec: &JobSpec, inputs_hash: String, e: Ending, trace: &Trace) -> Receipt {

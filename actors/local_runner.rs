@@ -4,32 +4,15 @@
 //! is unavailable, controller falls back to local execution."
 
 use super::crash_guard::catch;
+pub use super::messages::RunLocal;
 use super::messages::Stop;
 use crate::config::Settings;
 use crate::error::StepError;
-use crate::joblog::JobLog;
 use crate::process::{ChildRegistry, ChildTracker};
-use crate::steps::{self, StepContext, StepName, StepOutput};
+use crate::steps::{self, StepContext, StepOutput};
 use actix::prelude::*;
-use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-
-/// Runs one step locally; answers when it ends (or is cancelled).
-#[derive(Message)]
-#[rtype(result = "Result<StepOutput, StepError>")]
-pub struct RunLocal {
-    pub job_key: String,
-    pub step: StepName,
-    pub payload: Value,
-    /// Where artifacts are written: the job's receipt folder.
-    pub out_dir: PathBuf,
-    /// The job's `worker.log` in the receipt folder.
-    pub log: JobLog,
-    pub cancel: CancellationToken,
-}
 
 /// The LocalRunner actor.
 pub struct LocalRunner {
@@ -122,6 +105,9 @@ impl Handler<RunLocal> for LocalRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::joblog::JobLog;
+    use crate::steps::StepName;
+    use tokio_util::sync::CancellationToken;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()

@@ -1,86 +1,29 @@
 //! Messages and plain data types that several controller actors share.
 //!
 //! Each actor's own messages sit at the top of its file; what lives here is
-//! what crosses between actors: node snapshots (NodeProbe -> Scheduler and
-//! JobRunner), placements (Scheduler -> JobRunner), and job progress.
-//! These are plain Rust types; nothing here knows the wire format.
+//! what crosses between actors: node snapshots and node look-ups
+//! (NodeProbe -> Scheduler and JobRunner), placements and load counts
+//! (Scheduler <-> JobRunner), local runs (JobRunner -> LocalRunner),
+//! artifact syncs (JobRunner -> ArtifactSync), and job progress. Actors
+//! import one another only through this module (`tests/architecture.rs`
+//! checks it). These are plain Rust types; nothing here knows the wire
+//! format.
 
-use crate::error::ErrorCode;
-use crate::receipt::NodeExplanation;
-use crate::steps::StepName;
+use super::crash_guard::Panicked;
+use crate::artifacts::ArtifactEntry;
+use crate::error::{ErrorCode, StepError};
+use crate::joblog::JobLog;
+use crate::nodes::NodeHandle;
+use crate::receipt::{JobRequirements, NodeExplanation, ReceiptArtifact};
+use crate::steps::{StepName, StepOutput};
 use actix::prelude::*;
-use serde::Serialize;
+use serde_json::Value;
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
-/// Which worker contract a node speaks, detected by the probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Compat {
-    /// The current contract (docs/protocol.md).
-    Current,
-    /// The current contract, but the worker rejected our HMAC and accepted
-    /// the plain token (allowed by `RAYVAULT_ALLOW_PLAIN_FALLBACK=1`).
-    CurrentPlainToken,
-    /// A v0.5 worker that accepted our v0.5 HMAC token.
-    LegacyHmacV05,
-    /// A v0.5 worker that only accepted the plain shared secret (allowed by
-    /// `RAYVAULT_ALLOW_PLAIN_FALLBACK=1`).
-    LegacyPlainToken,
-}
-
-impl Compat {
-    /// The `_compat_mode` / receipt `compat_mode` value; None for current.
-    pub fn mode_name(self) -> Option<&'static str> {
-        match self {
-            Compat::Current => None,
-            Compat::CurrentPlainToken => Some("plain_token"),
-            Compat::LegacyHmacV05 => Some("legacy_hmac_v05"),
-            Compat::LegacyPlainToken => Some("legacy_plain_token"),
-        }
-    }
-
-    pub fn is_legacy(self) -> bool {
-        matches!(self, Compat::LegacyHmacV05 | Compat::LegacyPlainToken)
-    }
-}
-
-/// A set of steps as a bit mask over [`StepName::ALL`], so that the
-/// scheduler's per-node check is one AND.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepSet(u8);
-
-impl StepSet {
-    pub fn bit(step: StepName) -> u8 {
-        let idx = StepName::ALL.iter().position(|s| *s == step).unwrap_or(0);
-        1u8 << idx
-    }
-
-    pub fn insert(&mut self, step: StepName) {
-        self.0 |= Self::bit(step);
-    }
-
-    pub fn contains(self, step: StepName) -> bool {
-        self.0 & Self::bit(step) != 0
-    }
-
-    pub fn names(self) -> Vec<&'static str> {
-        StepName::ALL.iter().filter(|s| self.contains(**s)).map(|s| s.as_str()).collect()
-    }
-}
-
-/// The scheduling-relevant part of a node's `/caps`, normalised.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeCaps {
-    /// Lower case: `windows`, `macos`, `linux`.
-    pub os: String,
-    pub ram_gb: f64,
-    pub vram_gb: f64,
-    pub has_gpu: bool,
-    pub steps: StepSet,
-    pub compat: Compat,
-    /// Why the node cannot run some steps (the worker's `unavailable_steps`),
-    /// only read when explaining a placement.
-    pub unavailable: Arc<[(StepName, String)]>,
-}
+pub use crate::client::probe::ProbeFailure;
+pub use crate::nodes::{Compat, NodeCaps, StepSet};
 
 /// Whether a node can be scheduled on right now.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,30 +86,10 @@ impl NodeHealth {
     }
 }
 
-/// Why a probe found a node unusable.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeFailure {
-    /// Not reachable, or not answering in time.
-    Down(String),
-    /// Reachable, but misconfigured (see [`NodeHealth::Misconfigured`]).
-    Misconfigured(ErrorCode, String),
-    /// Reachable and healthy enough to answer, but short of resources.
-    Degraded(String),
-    /// Reachable, and draining at its own request (`/health` says
-    /// `"draining": true`).
-    Draining,
-}
-
-impl ProbeFailure {
-    pub fn reason(&self) -> &str {
-        match self {
-            ProbeFailure::Down(r) | ProbeFailure::Misconfigured(_, r) | ProbeFailure::Degraded(r) => r,
-            ProbeFailure::Draining => DrainedBy::Worker.reason(),
-        }
-    }
-
-    pub fn into_health(self) -> NodeHealth {
-        match self {
+/// A failed probe's verdict as the node's health.
+impl From<ProbeFailure> for NodeHealth {
+    fn from(f: ProbeFailure) -> NodeHealth {
+        match f {
             ProbeFailure::Down(r) => NodeHealth::Down(r.into()),
             ProbeFailure::Misconfigured(c, r) => NodeHealth::Misconfigured(c, r.into()),
             ProbeFailure::Degraded(r) => NodeHealth::Degraded(r.into()),
@@ -255,7 +178,7 @@ pub struct PlacementReport {
     /// The first ranked node, whose in-flight count the Scheduler raised by
     /// one when it placed the job (so that placements made at the same
     /// moment spread out). The JobRunner owns that slot: it releases it
-    /// with a [`super::scheduler::NodeLoad`] of -1 when the job leaves the
+    /// with a [`NodeLoad`] of -1 when the job leaves the
     /// node, or at once if it does not use the node.
     pub reserved: Option<Arc<str>>,
 }
@@ -317,3 +240,77 @@ pub struct JobProgress {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Stop;
+
+/// Looks up how to reach one node (for the JobRunner and ArtifactSync).
+#[derive(Message)]
+#[rtype(result = "Option<NodeHandle>")]
+pub struct NodeDirectory {
+    pub node_id: String,
+}
+
+/// Asks the Scheduler where a job should run, given a fresh node snapshot.
+/// An error only when the decision hit a bug (the Scheduler is then
+/// restarted).
+#[derive(Message)]
+#[rtype(result = "Result<PlacementReport, Panicked>")]
+pub struct PlaceJob {
+    pub step_name: String,
+    pub requirements: JobRequirements,
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+/// Tells the Scheduler a job of `step_name` started (+1) or ended (-1) on
+/// a node, so that ranking prefers the least busy node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodeLoad {
+    pub node_id: String,
+    pub step_name: String,
+    pub delta: i32,
+}
+
+/// Runs one step locally; answers when it ends (or is cancelled).
+#[derive(Message)]
+#[rtype(result = "Result<StepOutput, StepError>")]
+pub struct RunLocal {
+    pub job_key: String,
+    pub step: StepName,
+    pub payload: Value,
+    /// Where artifacts are written: the job's receipt folder.
+    pub out_dir: PathBuf,
+    /// The job's `worker.log` in the receipt folder.
+    pub log: JobLog,
+    pub cancel: CancellationToken,
+}
+
+/// Downloads and verifies a remote job's artifacts and log into `dest`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ReceiptArtifact>, SyncError>")]
+pub struct SyncArtifacts {
+    pub node: NodeHandle,
+    pub remote_job_id: String,
+    /// The manifest; None asks the worker for it first.
+    pub artifacts: Option<Vec<ArtifactEntry>>,
+    pub dest: PathBuf,
+}
+
+/// Why a sync failed: the message, and whether this machine's full disk
+/// was the cause (`DISK_FULL` rather than `ARTIFACT_SYNC_FAILED`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncError {
+    pub disk_full: bool,
+    pub message: String,
+}
+
+impl SyncError {
+    pub fn other(message: impl Into<String>) -> SyncError {
+        SyncError { disk_full: false, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+

@@ -7,11 +7,13 @@
 //! human-readable reason, and detects whether a node speaks the current
 //! contract or the legacy v0.5 one.
 
-use super::job_runner::remote::{self, ProbeResult};
 use super::crash_guard::catch;
+pub use super::messages::NodeDirectory;
 use super::messages::{Compat, DrainedBy, GetNodes, NodeCaps, NodeHealth, NodeLost, NodeSnapshot, ProbeFailure, ProbeNow, ReportedLoad, StepReport, Stop};
+use crate::client::probe::{self, ProbeResult};
 use crate::auth::Keyring;
 use crate::config::Settings;
+pub use crate::nodes::NodeHandle;
 use crate::nodes::{self, NodeConfig};
 use crate::protocol;
 use crate::steps::StepName;
@@ -22,22 +24,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Looks up how to reach one node (for the JobRunner and ArtifactSync).
-#[derive(Message)]
-#[rtype(result = "Option<NodeHandle>")]
-pub struct NodeDirectory {
-    pub node_id: String,
-}
-
-/// Everything needed to talk to a node.
-#[derive(Debug, Clone)]
-pub struct NodeHandle {
-    pub config: NodeConfig,
-    pub compat: Compat,
-    /// False until a probe succeeded: `compat` is only a guess before.
-    pub probed: bool,
-}
 
 /// Describes every node for `health`, `caps` and `status`.
 #[derive(Message)]
@@ -215,13 +201,13 @@ impl NodeProbe {
     /// caller on the actor.
     fn probe_futures(&self, only: Option<&str>) -> Vec<(NodeConfig, ProbeFuture)> {
         let timeout = Duration::from_secs(self.settings.controller.probe_timeout_s.max(1));
-        let allow_plain = self.settings.controller.auth_mode == "allow_plain";
+        let allow_plain = self.settings.controller.auth_mode == crate::config::AuthMode::AllowPlain;
         self.entries
             .iter()
             .filter(|e| e.config.enabled && only.map_or(true, |id| id == e.config.node_id))
             .map(|e| {
                 let cfg = e.config.clone();
-                let probe = remote::probe(cfg.clone(), self.keyring.clone(), timeout, allow_plain);
+                let probe = probe::probe(cfg.clone(), self.keyring.clone(), timeout, allow_plain);
                 // A probe parses whatever a node answers; should that code
                 // panic on a bug, the node is reported down with the reason
                 // instead of the panic taking the NodeProbe down with it.
@@ -252,7 +238,7 @@ impl NodeProbe {
                 e.raw_caps = Some(raw);
             }
             Err(failure) => {
-                let health = failure.into_health();
+                let health = NodeHealth::from(failure);
                 if e.health != health {
                     tracing::warn!(node = %cfg.node_id, "node is {}: {}", health.word(), failure_text(&health));
                 }

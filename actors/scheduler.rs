@@ -15,6 +15,7 @@
 //! concurrency; then round robin over placements.
 
 use super::crash_guard::{guard, Panicked};
+pub use super::messages::{NodeLoad, PlaceJob};
 use super::messages::{NodeHealth, NodeSnapshot, PlacementReport, Slots, Stop};
 use crate::receipt::{JobRequirements, NodeExplanation};
 use crate::steps::StepName;
@@ -23,27 +24,6 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Asks the Scheduler where a job should run, given a fresh node snapshot.
-/// An error only when the decision hit a bug (the Scheduler is then
-/// restarted).
-#[derive(Message)]
-#[rtype(result = "Result<PlacementReport, Panicked>")]
-pub struct PlaceJob {
-    pub step_name: String,
-    pub requirements: JobRequirements,
-    pub nodes: Vec<NodeSnapshot>,
-}
-
-/// Tells the Scheduler a job of `step_name` started (+1) or ended (-1) on
-/// a node, so that ranking prefers the least busy node.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct NodeLoad {
-    pub node_id: String,
-    pub step_name: String,
-    pub delta: i32,
-}
 
 /// Why one node was or was not eligible. Data needed for the message is read
 /// from the snapshot and the requirements when explaining, so that deciding

@@ -105,8 +105,9 @@ impl ControllerSupervisor {
         let sync = {
             let k = keyring.clone();
             let timeout = Duration::from_secs(c.probe_timeout_s.max(1) * 3);
-            let (attempts, backoff) = (c.max_attempts.max(1) + 1, Duration::from_millis(c.retry_backoff_ms));
-            actix::Supervisor::start(move |_| ArtifactSync::new(k.clone(), timeout, attempts, backoff))
+            // One try more than a poll gets: each retry resumes the download.
+            let backoff = crate::backoff::Backoff::from_settings(c).with_extra_attempts(1);
+            actix::Supervisor::start(move |_| ArtifactSync::new(k.clone(), timeout, backoff))
         };
         let deps = JobDeps {
             settings: settings.clone(),

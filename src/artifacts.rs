@@ -81,9 +81,10 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-/// SHA-256 (lower-case hex) of a byte slice.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// An absolute form of a path, as receipts show it (relative state
+/// folders are common).
+pub fn absolute(p: PathBuf) -> String {
+    std::path::absolute(&p).unwrap_or(p).to_string_lossy().into_owned()
 }
 
 /// Builds the manifest entry of a finished artifact in `dir`.

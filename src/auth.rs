@@ -1,7 +1,7 @@
 //! Request authentication: the keyring (from `RAYVAULT_CLUSTER_SECRET*`),
 //! signing, verification and the replay cache.
 //!
-//! The design is REFERENCES.md section 1: HMAC-SHA256 over the raw request
+//! The design is docs/protocol.md section 1: HMAC-SHA256 over the raw request
 //! (see [`crate::protocol::string_to_sign`]) with a key derived from the
 //! secret, a key id derived separately, constant-time comparison, a skew
 //! window checked both ways, a nonce cache filled only after a MAC verified,

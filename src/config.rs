@@ -42,7 +42,9 @@ pub struct WorkerSettings {
     /// that need no body (a body that never arrives must not hold a connection).
     pub body_timeout_s: u64,
     pub retention_days: u64,
-    pub on_interrupted: String,
+    /// What a restarted worker does with a job its previous run left
+    /// running: `fail` it (`INTERRUPTED`) or `rerun` it.
+    pub on_interrupted: OnInterrupted,
     pub shutdown_grace_s: u64,
     pub http_workers: usize,
     /// Most threads in each tokio blocking pool of the worker (the main
@@ -69,7 +71,8 @@ pub struct ControllerSettings {
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
     pub local_concurrency: usize,
-    pub auth_mode: String,
+    /// `hmac_strict`, or `allow_plain` (`RAYVAULT_ALLOW_PLAIN_FALLBACK=1`).
+    pub auth_mode: AuthMode,
     pub controller_only_steps: Vec<String>,
     /// How long `submit` keeps retrying a daemon that does not answer before
     /// it gives up (the job goes on in the daemon).
@@ -97,7 +100,8 @@ pub struct StepSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TtsSettings {
-    pub engine: String,
+    /// The engine used when a payload names none.
+    pub engine: TtsEngineChoice,
     pub voice: String,
     pub rate: i32,
     pub parallel_chunks: usize,
@@ -108,6 +112,102 @@ pub struct TtsSettings {
     /// The loudness each rendered chunk is normalised to (`"target"`,
     /// `"off"` or a number of LUFS).
     pub normalize_lufs: NormalizeLufs,
+}
+
+/// `[worker] on_interrupted`: what a restarted worker does with a job its
+/// previous run left running. A value outside these is refused with the
+/// allowed ones named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum OnInterrupted {
+    /// Mark it failed with `INTERRUPTED` (the default).
+    Fail,
+    /// Queue it again (it waits for a controller to renew its lease).
+    Rerun,
+}
+
+impl OnInterrupted {
+    const ALL: [(&'static str, OnInterrupted); 2] = [("fail", OnInterrupted::Fail), ("rerun", OnInterrupted::Rerun)];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, v)| *v == self).map_or("fail", |(n, _)| n)
+    }
+}
+
+impl TryFrom<String> for OnInterrupted {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        choice("on_interrupted", &s, &OnInterrupted::ALL)
+    }
+}
+
+/// `[controller] auth_mode`: how the controller authenticates to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AuthMode {
+    /// HMAC-signed requests only (the default).
+    HmacStrict,
+    /// HMAC first; the plain token for a worker that rejects HMAC.
+    AllowPlain,
+}
+
+impl TryFrom<String> for AuthMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        choice("auth_mode", &s, &[("hmac_strict", AuthMode::HmacStrict), ("allow_plain", AuthMode::AllowPlain)])
+    }
+}
+
+/// `[tts] engine`: the text-to-speech engine used when a payload names
+/// none. `""` is the platform default (espeak-ng on Linux, SAPI on Windows,
+/// say on macOS); `espeak` is another spelling of `espeak-ng`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum TtsEngineChoice {
+    PlatformDefault,
+    EspeakNg,
+    Sapi,
+    Say,
+    Piper,
+    Command,
+}
+
+impl TtsEngineChoice {
+    const ALL: [(&'static str, TtsEngineChoice); 7] = [
+        ("", TtsEngineChoice::PlatformDefault),
+        ("espeak-ng", TtsEngineChoice::EspeakNg),
+        ("espeak", TtsEngineChoice::EspeakNg),
+        ("sapi", TtsEngineChoice::Sapi),
+        ("say", TtsEngineChoice::Say),
+        ("piper", TtsEngineChoice::Piper),
+        ("command", TtsEngineChoice::Command),
+    ];
+
+    /// Parses a spelling of the setting (surrounding spaces ignored).
+    pub fn parse(s: &str) -> Result<TtsEngineChoice, String> {
+        choice("tts.engine", s.trim(), &Self::ALL)
+    }
+
+    /// The engine's name as payloads spell it; `""` for the platform default.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, v)| *v == self).map_or("", |(n, _)| n)
+    }
+}
+
+impl TryFrom<String> for TtsEngineChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        TtsEngineChoice::parse(&s)
+    }
+}
+
+/// The value named `s` among `options` (spelled as in the TOML), or an
+/// error naming the setting and every allowed value.
+pub fn choice<T: Copy>(setting: &str, s: &str, options: &[(&str, T)]) -> Result<T, String> {
+    options.iter().find(|(name, _)| *name == s).map(|(_, v)| *v).ok_or_else(|| {
+        let allowed: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+        format!("{setting} must be {}, not {s:?}", allowed.join(" or "))
+    })
 }
 
 /// `[tts] normalize_lufs`: what loudness TTS_RENDER_CHUNKS gives each chunk.
@@ -385,12 +485,6 @@ impl Settings {
                 return Err(ConfigError(format!("steps.{name}.concurrency must be at least 1")));
             }
         }
-        if !matches!(self.worker.on_interrupted.as_str(), "fail" | "rerun") {
-            return Err(ConfigError("worker.on_interrupted must be \"fail\" or \"rerun\"".into()));
-        }
-        if !matches!(self.controller.auth_mode.as_str(), "hmac_strict" | "allow_plain") {
-            return Err(ConfigError("controller.auth_mode must be \"hmac_strict\" or \"allow_plain\"".into()));
-        }
         Ok(())
     }
 
@@ -507,5 +601,25 @@ mod tests {
     fn bad_values_are_reported() {
         let err = Settings::load_from(None, &env(&[("RAYVAULT_WORKER_PORT", "notaport")])).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn string_choices_are_enums_that_name_the_allowed_values() {
+        let s = Settings::load_from(None, &[]).unwrap();
+        assert_eq!((s.worker.on_interrupted, s.controller.auth_mode), (OnInterrupted::Fail, AuthMode::HmacStrict));
+        let s = Settings::load_from(None, &env(&[("RAYVAULT_WORKER__ON_INTERRUPTED", "rerun"), ("RAYVAULT_CONTROLLER__FALLBACK", "never")])).unwrap();
+        assert_eq!((s.worker.on_interrupted, s.controller.fallback), (OnInterrupted::Rerun, crate::receipt::FallbackMode::Never));
+        let s = Settings::load_from(None, &env(&[("RAYVAULT_ALLOW_PLAIN_FALLBACK", "1"), ("RAYVAULT_TTS__ENGINE", "espeak")])).unwrap();
+        assert_eq!((s.controller.auth_mode, s.tts.engine), (AuthMode::AllowPlain, TtsEngineChoice::EspeakNg));
+        assert_eq!(Settings::load_from(None, &[]).unwrap().tts.engine, TtsEngineChoice::PlatformDefault);
+        for (var, value, allowed) in [
+            ("RAYVAULT_WORKER__ON_INTERRUPTED", "retry", ["fail", "rerun"].as_slice()),
+            ("RAYVAULT_CONTROLLER__AUTH_MODE", "plain", ["hmac_strict", "allow_plain"].as_slice()),
+            ("RAYVAULT_CONTROLLER__FALLBACK", "sometimes", ["unavailable", "always", "never"].as_slice()),
+            ("RAYVAULT_TTS__ENGINE", "festival", ["espeak-ng", "sapi", "say", "piper", "command"].as_slice()),
+        ] {
+            let err = Settings::load_from(None, &env(&[(var, value)])).unwrap_err().to_string();
+            assert!(err.contains(value) && allowed.iter().all(|a| err.contains(a)), "{var}={value}: {err}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Clone, Debug)]
 pub struct JobLog {
     inner: Arc<Mutex<File>>,
-    path: PathBuf,
     /// Where the job's child process groups are recorded while they run.
     children: Option<crate::process::ChildTracker>,
     /// Where `progress` lines also go as they are written (the controller's
@@ -49,7 +48,7 @@ impl JobLog {
             std::fs::create_dir_all(parent)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(JobLog { inner: Arc::new(Mutex::new(file)), path: path.to_path_buf(), children: None, progress: None })
+        Ok(JobLog { inner: Arc::new(Mutex::new(file)), children: None, progress: None })
     }
 
     /// Records every child process the job starts through this log in
@@ -72,10 +71,6 @@ impl JobLog {
 
     pub fn child_tracker(&self) -> Option<&crate::process::ChildTracker> {
         self.children.as_ref()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends one line, prefixed with the time and a source tag such as

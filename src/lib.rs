@@ -19,6 +19,12 @@
 //!   `OPENCLAW_TASK`).
 //! - [`metrics`]: the Prometheus counters of both binaries and their text
 //!   format.
+//! - [`client`]: everything that talks to a worker (the current and v0.5
+//!   clients, contract detection, `NodeClient`, `CallError`, the per-node
+//!   keep-alive pool).
+//! - [`nodes`]: `nodes.json`, and the plain data about a node
+//!   (`NodeHandle`, `Compat`, `NodeCaps`).
+//! - [`backoff`]: the one retry policy.
 //!
 //! Actors (the top-level `actors/` folder, included as [`actors`]): the
 //! controller's Supervisor, NodeProbe, Scheduler, JobRunner, ArtifactSync and
@@ -28,6 +34,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod backoff;
 pub mod caps;
 pub mod client;
 pub mod config;
@@ -36,7 +43,6 @@ pub mod error;
 pub mod joblog;
 pub mod lease;
 pub mod logfile;
-pub mod legacy_v05;
 pub mod memory;
 pub mod metrics;
 pub mod nodes;

@@ -14,6 +14,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 pub mod edit;
+pub mod handle;
+
+pub use handle::{Compat, NodeCaps, NodeHandle, StepSet};
 
 /// One worker as configured by the operator.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -548,6 +548,12 @@ pub struct SubmitJob {
 /// The longest lease a submitter may ask for, seconds.
 pub const MAX_LEASE_S: u64 = 3600;
 
+/// Milliseconds since the Unix epoch on the wall clock: the one clock of
+/// every `*_at_ms` field (jobs, leases, the daemon's store).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
 /// A job's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -563,6 +569,18 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state as the protocol spells it (`queued`, `running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Abandoned => "abandoned",
+        }
+    }
+
     /// Succeeded, failed, cancelled and abandoned jobs never change again.
     pub fn is_terminal(self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Abandoned)

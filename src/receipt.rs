@@ -101,7 +101,7 @@ impl JobSpec {
 
 /// When the controller runs a job itself instead of on a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum FallbackMode {
     /// Only when no eligible worker can be reached or can take the job
     /// (down, refused, timed out, lost mid-job, full). A configuration error
@@ -112,6 +112,13 @@ pub enum FallbackMode {
     Always,
     /// Never: the job fails when no worker can run it.
     Never,
+}
+
+impl TryFrom<String> for FallbackMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        FallbackMode::parse(&s)
+    }
 }
 
 impl FallbackMode {
@@ -187,7 +194,7 @@ pub struct Attempt {
     pub executed_on: String,
     pub remote_job_id: Option<String>,
     /// `succeeded`, `failed`, `cancelled`, or `abandoned` (node lost mid-job).
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub detail: Option<String>,
     /// For an abandoned remote copy: what became of it on its worker, as far
     /// as the controller could learn at the end of the job:
@@ -203,6 +210,32 @@ pub struct Attempt {
     pub ignored_result_sha256: Option<String>,
     pub started_at: String,
     pub ended_at: String,
+}
+
+/// How one attempt ended, as the receipt spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The controller gave the node up mid-job (or before the job started
+    /// there); see the attempt's `fate`.
+    Abandoned,
+}
+
+impl AttemptOutcome {
+    /// The outcome a finished worker job stands for: its own state, a job
+    /// still queued or running counting as failed.
+    pub fn of_state(state: crate::protocol::JobState) -> AttemptOutcome {
+        use crate::protocol::JobState;
+        match state {
+            JobState::Succeeded => AttemptOutcome::Succeeded,
+            JobState::Cancelled => AttemptOutcome::Cancelled,
+            JobState::Abandoned => AttemptOutcome::Abandoned,
+            JobState::Failed | JobState::Queued | JobState::Running => AttemptOutcome::Failed,
+        }
+    }
 }
 
 /// Wall-clock timings, RFC 3339 UTC, plus durations in milliseconds.

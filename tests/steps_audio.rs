@@ -438,7 +438,7 @@ fn check_rendered(dir: &Path, out: &StepOutput, expected: usize) {
 async fn espeak_renders_chunks_in_parallel() {
     let dir = common::tempdir();
     let mut s = settings();
-    s.tts.engine = "espeak-ng".into();
+    s.tts.engine = rayvault::config::TtsEngineChoice::EspeakNg;
     s.tts.parallel_chunks = 3;
     let payload = json!({
         "chunks": [
@@ -466,7 +466,7 @@ async fn espeak_renders_chunks_in_parallel() {
 async fn text_form_is_split_at_sentences_and_rendered() {
     let dir = common::tempdir();
     let mut s = settings();
-    s.tts.engine = "espeak-ng".into();
+    s.tts.engine = rayvault::config::TtsEngineChoice::EspeakNg;
     let text = "Cameras changed a lot this year. Sensors got bigger, lenses got sharper, and prices, \
                 surprisingly, went down. Here is what that means for you.\n\nFirst, the budget pick.";
     let out = tts(dir.path(), s, json!({"text": text, "max_chars": 60})).await.expect("renders");
@@ -550,7 +550,7 @@ async fn tts_failures_have_stable_codes() {
 
     // A missing engine binary.
     let mut s = settings();
-    s.tts.engine = "espeak-ng".into();
+    s.tts.engine = rayvault::config::TtsEngineChoice::EspeakNg;
     s.tools.espeak = dir.path().join("no-such-espeak").to_string_lossy().into_owned();
     let err = tts(dir.path(), s, chunk.clone()).await.expect_err("missing binary");
     assert_eq!(err.code, ErrorCode::TtsUnavailable, "{err}");
@@ -560,7 +560,7 @@ async fn tts_failures_have_stable_codes() {
         let script = dir.path().join("bad.sh");
         std::fs::write(&script, body).unwrap();
         let mut s = settings();
-        s.tts.engine = "command".into();
+        s.tts.engine = rayvault::config::TtsEngineChoice::Command;
         s.tts.command_template = format!("sh {} {{text_file}} {{out_wav}}", script.display());
         let err = tts(dir.path(), s, chunk.clone()).await.expect_err("engine failure");
         assert_eq!(err.code, ErrorCode::TtsFailed, "{err}");
@@ -609,7 +609,7 @@ async fn bad_tts_payloads_are_input_invalid() {
 async fn espeak_chunks_are_normalised_to_pass_the_default_postcheck() {
     let dir = common::tempdir();
     let mut s = settings();
-    s.tts.engine = "espeak-ng".into();
+    s.tts.engine = rayvault::config::TtsEngineChoice::EspeakNg;
     let script = "Welcome to RayVault. This demo renders speech on a worker. Then it checks the audio, probes a clip, and samples frames.";
     let out = tts(dir.path(), s, json!({"text": script, "max_chars": 60})).await.expect("espeak renders");
     check_rendered(dir.path(), &out, out.artifacts.len());
@@ -629,7 +629,7 @@ async fn espeak_chunks_are_normalised_to_pass_the_default_postcheck() {
     // With normalisation off the chunks stay as the engine wrote them.
     let off = dir.path().join("off");
     let mut s = settings();
-    s.tts.engine = "espeak-ng".into();
+    s.tts.engine = rayvault::config::TtsEngineChoice::EspeakNg;
     s.tts.normalize_lufs = rayvault::config::NormalizeLufs::Off;
     let out = tts(&off, s, json!({"text": script, "max_chars": 60})).await.expect("espeak renders");
     assert_eq!(out.result["normalize"], Value::Null);

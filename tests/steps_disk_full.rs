@@ -97,7 +97,7 @@ async fn tts_refuses_to_start_on_a_disk_too_small_for_the_speech() {
     let Some(disk) = SmallDisk::mount("2m") else { return };
     let logs = common::tempdir();
     let mut s = settings();
-    s.tts.engine = "espeak-ng".into();
+    s.tts.engine = rayvault::config::TtsEngineChoice::EspeakNg;
     // About 3 MB of speech for a 2 MiB disk.
     let text = "This sentence is long enough to take a few seconds to say. ".repeat(20);
     let err = assert_disk_full(run_on(&disk, logs.path(), StepName::TtsRenderChunks, s, json!({"text": text})).await, &disk);
@@ -143,7 +143,7 @@ async fn espeak_filling_the_disk_is_disk_full_not_a_truncated_chunk() {
     let Some(disk) = SmallDisk::mount("5m") else { return };
     let logs = common::tempdir();
     let mut s = settings();
-    s.tts.engine = "espeak-ng".into();
+    s.tts.engine = rayvault::config::TtsEngineChoice::EspeakNg;
     // Without normalisation, whose rewrite would fail on its own, only the
     // engine's output shows the full disk.
     s.tts.normalize_lufs = rayvault::config::NormalizeLufs::Off;

@@ -1,6 +1,6 @@
 //! The worker's authentication and HTTP hardening, against the real binary
-//! on loopback: every hostile input of REFERENCES.md section 1 that concerns
-//! credentials, headers and bodies. Job-level hostile inputs (idempotency,
+//! on loopback: every hostile input that concerns credentials, headers and
+//! bodies. Job-level hostile inputs (idempotency,
 //! artifact names) are in worker_jobs.rs; bind refusal in worker_restart.rs.
 
 mod common;

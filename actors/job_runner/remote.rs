@@ -1,171 +1,24 @@
-//! Running a job on a worker: probing, staging, submit, waiting, cancel,
-//! artifact sync, and the decision to give a node up.
+//! Following one job on one node: staging, submit, waiting (long-poll plus
+//! watchdog), cancel, handing the artifacts to ArtifactSync, and the
+//! decision to give the node up. Talking to the worker is the client
+//! layer's ([`crate::client`]).
 
-pub use super::node_client::{CallError, NodeClient};
-use super::super::artifact_sync::SyncArtifacts;
-use super::super::messages::{Compat, NodeCaps, NodeLost, ProbeFailure, ProbeNow, StepSet};
-use super::super::node_probe::{NodeDirectory, NodeHandle};
-use super::super::scheduler::NodeLoad;
+use super::super::messages::{JobProgress, NodeDirectory, NodeLoad, NodeLost, ProbeNow, SyncArtifacts, SyncError};
 use super::liveness;
-use super::node_client::CurrentClient;
 use super::staging::Staged;
 use super::{Ending, JobDeps, NodeFailure, Trace};
-use crate::auth::Keyring;
+use crate::backoff::Backoff;
+use crate::client::liveness::{self as watch, Fence};
+use crate::client::{CallError, CallErrorKind, CurrentClient, NodeClient, Polled, Submission};
 use crate::controller_store::{Phase, RemoteRef};
 use crate::error::ErrorCode;
-use crate::legacy_v05::{self, LegacyAuth, LegacyClient};
-use crate::nodes::NodeConfig;
-use crate::receipt::{JobSpec, JobStatus, ReceiptError};
+use crate::nodes::{Compat, NodeHandle};
+use crate::protocol::JobState;
+use crate::receipt::{AttemptOutcome, JobSpec, JobStatus, ReceiptError};
 use crate::steps::StepName;
-use serde_json::Value;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
-
-/// What one probe found.
-pub struct ProbeResult {
-    pub health: Option<Value>,
-    /// The normalised caps and the raw `/caps`, or why the node cannot be used.
-    pub outcome: Result<(NodeCaps, Value), ProbeFailure>,
-}
-
-/// Probes `/health`, detects the contract, then fetches `/caps` with the
-/// right credential. Tells unavailability (down) from misconfiguration
-/// (credentials refused, another worker id, no secret) and from a worker
-/// that says it is degraded.
-pub async fn probe(cfg: NodeConfig, keyring: Option<Arc<Keyring>>, timeout: Duration, allow_plain: bool) -> ProbeResult {
-    let Some(keyring) = keyring else {
-        return ProbeResult {
-            health: None,
-            outcome: Err(ProbeFailure::Misconfigured(
-                ErrorCode::SecretMissing,
-                "cannot be used: this controller has no cluster secret; set RAYVAULT_CLUSTER_SECRET (the same as the worker's) in its environment, or disable the node in nodes.json".into(),
-            )),
-        };
-    };
-    let current = CurrentClient::new(cfg.base_url(), cfg.node_id.clone(), keyring.clone(), timeout);
-    let health = match current.health().await {
-        Ok(h) => h,
-        Err(e) => return ProbeResult { health: None, outcome: Err(ProbeFailure::Down(e.to_string())) },
-    };
-    let claimed = health.get("worker_id").and_then(Value::as_str).unwrap_or_default();
-    let outcome = if legacy_v05::is_legacy_health(&health) {
-        probe_legacy(&cfg, keyring, timeout, allow_plain).await
-    } else if claimed != cfg.node_id {
-        // Requests are signed for the node id; a worker with another id
-        // would refuse them as if the secret were wrong.
-        Err(ProbeFailure::Misconfigured(
-            ErrorCode::NodeIdMismatch,
-            format!(
-                "is misconfigured: the worker at {}:{} says it is {claimed:?}; set node_id in nodes.json to its RAYVAULT_WORKER_ID, or that worker's RAYVAULT_WORKER_ID to {:?}",
-                cfg.host, cfg.port, cfg.node_id
-            ),
-        ))
-    } else {
-        match current.caps().await {
-            Ok(raw) => Ok((node_caps(&raw, Compat::Current), raw)),
-            Err(CallError::Auth(reason)) if allow_plain => {
-                let plain = CurrentClient::new(cfg.base_url(), cfg.node_id.clone(), keyring, timeout).plain();
-                match plain.caps().await {
-                    Ok(raw) => {
-                        tracing::warn!(node = %cfg.node_id, "worker rejected HMAC ({reason}); using the plain token because RAYVAULT_ALLOW_PLAIN_FALLBACK=1");
-                        Ok((node_caps(&raw, Compat::CurrentPlainToken), raw))
-                    }
-                    Err(e) => Err(auth_failure(format!("{reason}; plain token also refused: {e}"))),
-                }
-            }
-            Err(CallError::Auth(reason)) => Err(auth_failure(reason)),
-            Err(e @ (CallError::Unreachable(_) | CallError::Busy(..))) => Err(ProbeFailure::Down(e.to_string())),
-            Err(e) => Err(ProbeFailure::Down(format!("answered /caps with an error ({e})"))),
-        }
-    };
-    // A worker short of disk space (or with a failed store) still answers;
-    // it says so in /health, and takes no new jobs until it recovers.
-    // A worker asked to drain says so too; it takes no new jobs either.
-    let draining = health.get("draining").and_then(Value::as_bool) == Some(true);
-    let outcome = match outcome {
-        Ok(_) if draining => Err(ProbeFailure::Draining),
-        Ok(ok) => match degraded_reason(&health) {
-            Some(why) => Err(ProbeFailure::Degraded(why)),
-            None => Ok(ok),
-        },
-        Err(e) => Err(e),
-    };
-    ProbeResult { health: Some(health), outcome }
-}
-
-/// The worker's own reason when its `/health` says `"status": "degraded"`.
-fn degraded_reason(health: &Value) -> Option<String> {
-    if health.get("status").and_then(Value::as_str) != Some("degraded") {
-        return None;
-    }
-    let why = health
-        .get("degraded_reason")
-        .or_else(|| health.get("reason"))
-        .and_then(Value::as_str)
-        .unwrap_or("no reason given");
-    let free = health.get("free_bytes").and_then(Value::as_u64).map(|b| format!(" ({} MiB free)", b / (1024 * 1024))).unwrap_or_default();
-    Some(format!("is degraded: {why}{free}"))
-}
-
-fn auth_failure(reason: String) -> ProbeFailure {
-    ProbeFailure::Misconfigured(ErrorCode::AuthRejected, format!("refused our credentials: {reason}"))
-}
-
-async fn probe_legacy(cfg: &NodeConfig, keyring: Arc<Keyring>, timeout: Duration, allow_plain: bool) -> Result<(NodeCaps, Value), ProbeFailure> {
-    let hmac = LegacyClient::new(cfg, keyring.clone(), LegacyAuth::Hmac, timeout);
-    match hmac.caps().await.map_err(CallError::from) {
-        Ok(raw) => Ok((node_caps(&raw, Compat::LegacyHmacV05), raw)),
-        Err(CallError::Auth(reason)) if allow_plain => {
-            let plain = LegacyClient::new(cfg, keyring, LegacyAuth::Plain, timeout);
-            match plain.caps().await.map_err(CallError::from) {
-                Ok(raw) => {
-                    tracing::warn!(node = %cfg.node_id, "v0.5 worker rejected HMAC ({reason}); using the plain token because RAYVAULT_ALLOW_PLAIN_FALLBACK=1");
-                    Ok((node_caps(&raw, Compat::LegacyPlainToken), raw))
-                }
-                Err(e) => Err(auth_failure(format!("{reason}; plain token also refused: {e}"))),
-            }
-        }
-        Err(CallError::Auth(reason)) => Err(auth_failure(format!("{reason} (a v0.5 worker; RAYVAULT_ALLOW_PLAIN_FALLBACK=1 would allow the plain token)"))),
-        Err(e) => Err(ProbeFailure::Down(e.to_string())),
-    }
-}
-
-/// Normalises a `/caps` body: the documented caps keys plus the steps the node runs.
-pub fn node_caps(raw: &Value, compat: Compat) -> NodeCaps {
-    let num = |k: &str| raw.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let gpu = raw.get("gpu_model").and_then(Value::as_str).unwrap_or("");
-    let mut steps = StepSet::default();
-    if compat.is_legacy() {
-        let listed = legacy_v05::listed_steps(raw);
-        for s in StepName::ALL {
-            if listed.iter().any(|l| l == s.legacy_name()) {
-                steps.insert(s);
-            }
-        }
-    } else if let Some(list) = raw.get("steps").and_then(Value::as_array) {
-        for s in list.iter().filter_map(Value::as_str) {
-            if let Ok(step) = StepName::parse(s) {
-                steps.insert(step);
-            }
-        }
-    }
-    let unavailable: Vec<(StepName, String)> = raw
-        .get("unavailable_steps")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((StepName::parse(k).ok()?, v.as_str()?.to_string()))).collect())
-        .unwrap_or_default();
-    NodeCaps {
-        unavailable: unavailable.into(),
-        os: raw.get("os").and_then(Value::as_str).unwrap_or("unknown").to_ascii_lowercase(),
-        ram_gb: num("ram_gb"),
-        vram_gb: num("vram_gb"),
-        has_gpu: !gpu.is_empty() && !gpu.eq_ignore_ascii_case("none"),
-        steps,
-        compat,
-    }
-}
 
 /// How a remote attempt ended.
 pub enum Outcome {
@@ -203,26 +56,21 @@ async fn connect(deps: &JobDeps, node_id: &str) -> Result<(NodeHandle, NodeClien
     Ok((handle, client))
 }
 
-/// Retries a call on transient failures with exponential backoff.
-async fn retry<T, F, Fut>(deps: &JobDeps, cancel: &CancellationToken, mut f: F) -> Result<T, CallError>
+/// Retries a call on transient failures on the configured back-off series
+/// ([`Backoff`]), unless the job was cancelled.
+async fn retry<T, F, Fut>(deps: &JobDeps, cancel: &CancellationToken, f: F) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
-    let max = deps.settings.controller.max_attempts.max(1);
-    let mut delay = Duration::from_millis(deps.settings.controller.retry_backoff_ms);
-    let mut attempt = 1;
-    loop {
-        match f().await {
-            Err(e) if e.is_transient() && attempt < max && !cancel.is_cancelled() => {
-                tracing::debug!("transient failure (attempt {attempt}/{max}): {e}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            other => return other,
+    let transient = |e: &CallError| {
+        let again = e.is_transient() && !cancel.is_cancelled();
+        if again {
+            tracing::debug!("transient failure, retrying: {e}");
         }
-    }
+        again
+    };
+    Backoff::from_settings(&deps.settings.controller).retry(f, transient).await
 }
 
 /// Runs the job on `node_id` from the start (staging, submit, wait, sync).
@@ -242,7 +90,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     trace.started_at.get_or_insert(began);
     let inputs_hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
     let fence = lease_fence(deps, &client);
-    let submitted = match &client {
+    match &client {
         NodeClient::Current(c) => {
             for blob in &staged.blobs {
                 trace.say(format!("staging {} ({} bytes) to {node_id}", blob.original, blob.size));
@@ -250,40 +98,42 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
                     Ok(sha) if sha == blob.sha256 => {}
                     Ok(_) => return give_up(deps, node_id, None, NodeFailure::Unavailable(format!("could not take {}: it changed while it was being staged", blob.original)), trace, began, false),
                     Err(e) => {
-                        let lost = matches!(e, CallError::Unreachable(_));
+                        let lost = e.is_connection();
                         return give_up(deps, node_id, None, call_failure(&e, &format!("while staging {}", blob.original)), trace, began, lost);
                     }
                 }
             }
             if cancel.is_cancelled() {
-                trace.attempt(node_id, None, "cancelled", Some("cancelled while staging".into()), began);
+                trace.attempt(node_id, None, AttemptOutcome::Cancelled, Some("cancelled while staging".into()), began);
                 return Outcome::Done(Ending::failed(ErrorCode::Cancelled, "the job was cancelled before it was submitted", None));
             }
-            let label = spec.key();
-            let lease_s = deps.settings.controller.lease_s.max(1);
-            retry(deps, cancel, || {
-                fence.sent();
-                c.submit(&spec.step_name, &staged.payload, &inputs_hash, &label, lease_s)
-            })
-            .await
-            .map(|s| (s.job.job_id, s.cached))
         }
-        NodeClient::Legacy(l) => {
-            let Ok(step) = StepName::parse(&spec.step_name) else {
+        NodeClient::Legacy(_) => {
+            if StepName::parse(&spec.step_name).is_err() {
                 return Outcome::NodeFailed(NodeFailure::Unavailable(format!("does not know step {}", spec.step_name)));
-            };
-            // v0.5 has no blob upload: paths go as given, and must be valid
-            // on the worker (documented in docs/protocol.md).
-            retry(deps, cancel, || async { l.submit(step.legacy_name(), &spec.payload, &inputs_hash).await.map_err(CallError::from) })
-                .await
-                .map(|j| (j.job_id, j.cached))
+            }
         }
+    }
+    let submit = Submission {
+        step_name: &spec.step_name,
+        payload: &staged.payload,
+        // v0.5 has no blob upload: paths go as given, and must be valid on
+        // the worker (documented in docs/protocol.md).
+        unstaged_payload: &spec.payload,
+        inputs_hash: &inputs_hash,
+        label: &spec.key(),
+        lease_s: deps.settings.controller.lease_s.max(1),
     };
+    let submitted = retry(deps, cancel, || {
+        fence.sent();
+        client.submit(&submit)
+    })
+    .await;
     let (remote_job_id, cached) = match submitted {
         Ok(s) => s,
         Err(e) => {
-            let lost = matches!(e, CallError::Unreachable(_));
-            if lost && !liveness::is_refused(&e) {
+            let lost = e.is_connection();
+            if lost && e.kind != CallErrorKind::Refused {
                 // The submission may have reached the worker and created the
                 // job under a lease that nobody renews: it runs nowhere else
                 // until that lease has surely expired.
@@ -299,17 +149,17 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
 
 /// The fence of a job on this node: the configured lease plus margin for
 /// the current contract, none for a v0.5 worker (which knows no lease).
-fn lease_fence(deps: &JobDeps, client: &NodeClient) -> liveness::Fence {
+fn lease_fence(deps: &JobDeps, client: &NodeClient) -> Fence {
     let c = &deps.settings.controller;
     match client {
-        NodeClient::Current(_) => liveness::Fence::new(Duration::from_secs(c.lease_s.max(1)), Duration::from_millis(c.lease_margin_ms)),
-        NodeClient::Legacy(_) => liveness::Fence::none(),
+        NodeClient::Current(_) => Fence::new(Duration::from_secs(c.lease_s.max(1)), Duration::from_millis(c.lease_margin_ms)),
+        NodeClient::Legacy(_) => Fence::none(),
     }
 }
 
 /// Waits until the worker's lease on a job it may still hold has surely
 /// expired, saying so.
-async fn wait_for_fence(fence: &liveness::Fence, node_id: &str, what: &str, trace: &Trace) {
+async fn wait_for_fence(fence: &Fence, node_id: &str, what: &str, trace: &Trace) {
     let left = fence.expires_at().saturating_duration_since(Instant::now());
     if !left.is_zero() {
         trace.say(format!("waiting {:.1} s for {node_id}'s lease on {what} to expire, so that it cannot run twice", left.as_secs_f64()));
@@ -352,15 +202,16 @@ async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job
 /// Classifies a failed call: refused credentials are a misconfiguration,
 /// anything else makes the node unavailable for this job.
 fn call_failure(e: &CallError, when: &str) -> NodeFailure {
-    match e {
-        CallError::Auth(m) => NodeFailure::Misconfigured(ErrorCode::AuthRejected, format!("refused our credentials {when}: {m}")),
-        CallError::Unreachable(m) => NodeFailure::Unavailable(format!("unreachable {when} ({m})")),
-        CallError::Busy(429, _) | CallError::Busy(503, _) => NodeFailure::Unavailable(format!("is full {when} ({e})")),
-        CallError::Refused { code, message, .. } if code == crate::protocol::ApiCode::Draining.as_str() => {
+    let (code, message) = (e.code.as_str(), &e.message);
+    match e.kind {
+        CallErrorKind::Auth => NodeFailure::Misconfigured(ErrorCode::AuthRejected, format!("refused our credentials {when}: {message}")),
+        k if k.is_connection() => NodeFailure::Unavailable(format!("unreachable {when} ({message})")),
+        CallErrorKind::Busy { status: 429 | 503 } => NodeFailure::Unavailable(format!("is full {when} ({e})")),
+        CallErrorKind::Http { .. } if code == crate::protocol::ApiCode::Draining.as_str() => {
             NodeFailure::Unavailable(format!("is draining, so it refused the job {when}: {message}"))
         }
-        CallError::Refused { code, message, .. } if code == ErrorCode::DiskFull.as_str() => NodeFailure::Step(code.clone(), format!("is out of disk space {when}: {message}")),
-        other => NodeFailure::Unavailable(format!("could not take the job {when}: {other}")),
+        CallErrorKind::Http { .. } if code == ErrorCode::DiskFull.as_str() => NodeFailure::Step(code.to_string(), format!("is out of disk space {when}: {message}")),
+        _ => NodeFailure::Unavailable(format!("could not take the job {when}: {e}")),
     }
 }
 
@@ -368,7 +219,7 @@ fn give_up(deps: &JobDeps, node_id: &str, remote_job_id: Option<String>, failure
     if lost {
         deps.node_lost.do_send(NodeLost { node_id: node_id.into(), reason: failure.text().to_string() });
     }
-    trace.attempt(node_id, remote_job_id, "abandoned", Some(failure.text().to_string()), began);
+    trace.attempt(node_id, remote_job_id, AttemptOutcome::Abandoned, Some(failure.text().to_string()), began);
     Outcome::NodeFailed(failure)
 }
 
@@ -381,44 +232,20 @@ fn environmental(code: &str) -> bool {
     )
 }
 
-/// One poll of the job's state, in either contract's terms.
-struct Polled {
-    state: &'static str,
-    result: Option<Value>,
-    error: Option<ReceiptError>,
-    artifacts: Vec<crate::artifacts::ArtifactEntry>,
-}
-
-async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::Fence) -> Result<Polled, CallError> {
-    match client {
-        NodeClient::Current(c) => {
-            fence.sent();
-            let v = c.wait(job_id, wait_s).await?;
-            Ok(polled_of(v))
-        }
-        NodeClient::Legacy(l) => {
-            // v0.5 has no long-poll: wait a little between polls instead.
-            let j = l.job(job_id).await.map_err(CallError::from)?;
-            if !j.is_terminal() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let state = match j.status.as_str() {
-                "queued" => "queued",
-                "succeeded" => "succeeded",
-                "failed" => "failed",
-                "cancelled" => "cancelled",
-                _ => "running",
-            };
-            Ok(Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts })
-        }
+/// One poll of the job; a current worker's long-poll renews the lease
+/// (recorded in `fence`).
+async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &Fence) -> Result<Polled, CallError> {
+    if matches!(client, NodeClient::Current(_)) {
+        fence.sent();
     }
+    client.poll(job_id, wait_s).await
 }
 
 /// Reads the remote job's log every second from where it left off and
 /// forwards its `progress` lines; never returns (it is dropped with the
 /// attempt). A failed read is skipped: the long-poll and the watchdog judge
 /// the node, not this.
-async fn tail_progress(client: &CurrentClient, job_id: &str, node_id: &str, key: String, sink: actix::Recipient<super::super::messages::JobProgress>) {
+async fn tail_progress(client: &CurrentClient, job_id: &str, node_id: &str, key: String, sink: actix::Recipient<JobProgress>) {
     let mut offset = 0u64;
     let mut partial = String::new();
     loop {
@@ -431,33 +258,14 @@ async fn tail_progress(client: &CurrentClient, job_id: &str, node_id: &str, key:
             if let Some(text) = crate::joblog::progress_text(&line) {
                 let line = format!("{node_id}: {text}");
                 tracing::info!(job = %key, "{line}");
-                sink.do_send(super::super::messages::JobProgress { key: key.clone(), line });
+                sink.do_send(JobProgress { key: key.clone(), line });
             }
         }
     }
 }
 
-/// A current worker's job view in the poll's terms.
-fn polled_of(v: crate::protocol::JobView) -> Polled {
-    use crate::protocol::JobState;
-    let state = match v.state {
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-        JobState::Abandoned => "abandoned",
-    };
-    let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
-    Polled { state, result: v.result, error, artifacts: v.artifacts }
-}
-
 async fn cancel_remote(client: &NodeClient, job_id: &str) {
-    let r = match client {
-        NodeClient::Current(c) => c.cancel(job_id).await,
-        NodeClient::Legacy(l) => l.cancel(job_id).await.map_err(Into::into),
-    };
-    if let Err(e) = r {
+    if let Err(e) = client.cancel(job_id).await {
         tracing::warn!("cancelling remote job {job_id} failed: {e}");
     }
 }
@@ -476,11 +284,12 @@ async fn follow(
     cancel: &CancellationToken,
     trace: &mut Trace,
     began: SystemTime,
-    fence: &liveness::Fence,
+    fence: &Fence,
 ) -> Outcome {
     let node_id = handle.config.node_id.as_str();
     let wait_s = deps.settings.controller.wait_poll_s.max(1);
-    let max = deps.settings.controller.max_attempts.max(1);
+    let policy = Backoff::from_settings(&deps.settings.controller);
+    let max = policy.max_attempts();
     let probe_timeout = Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1));
     // No poll may hang longer than the worker's own wait plus the time a
     // live worker needs to answer.
@@ -492,7 +301,7 @@ async fn follow(
     // longer, so the watchdog's bound is the one seen.
     let watcher = deps.keyring.clone().map(|k| CurrentClient::new(handle.config.base_url(), node_id.to_string(), k, probe_timeout + Duration::from_secs(1)));
     let watched_job = matches!(client, NodeClient::Current(_)).then_some(job_id);
-    let watchdog = liveness::watch(watcher, watched_job, probe_timeout, fence);
+    let watchdog = watch::watch(watcher, watched_job, probe_timeout, fence);
     tokio::pin!(watchdog);
     // The step's progress lines (chunk 3/10, ...) from the worker's log,
     // shown while the job runs; ends with this function.
@@ -509,7 +318,7 @@ async fn follow(
     tokio::pin!(progress);
     let mut failures = 0u32;
     let mut previous: Option<CallError> = None;
-    let mut last_state = "";
+    let mut last_state = None;
     let t0 = Instant::now();
     let polled = loop {
         let r = tokio::select! {
@@ -518,7 +327,7 @@ async fn follow(
             // cancellation.
             biased;
             r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s, fence)) => {
-                r.unwrap_or_else(|_| Err(CallError::Unreachable(format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
+                r.unwrap_or_else(|_| Err(CallError::new(CallErrorKind::TimedOut, format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
             }
             _ = cancel.cancelled() => {
                 trace.say(format!("cancelling {job_id} on {node_id}"));
@@ -526,11 +335,11 @@ async fn follow(
                 // Wait briefly for the worker to confirm, so the log we fetch
                 // shows the cancellation.
                 let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2, fence)).await;
-                if let Err(e) = fetch_log(client, job_id, &dir.join(crate::receipt::LOG_FILE)).await {
+                if let Err(e) = client.fetch_log(job_id, &dir.join(crate::receipt::LOG_FILE)).await {
                     tracing::warn!("could not fetch the cancelled job's log: {e}");
                 }
                 let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", Some(node_id)) };
-                trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
+                trace.attempt(node_id, Some(job_id.into()), AttemptOutcome::Cancelled, None, began);
                 return Outcome::Done(with_compat(ending, handle.compat));
             }
             () = &mut progress => continue,
@@ -542,19 +351,19 @@ async fn follow(
             }
         };
         match r {
-            Ok(p) if !matches!(p.state, "queued" | "running") => break p,
+            Ok(p) if p.state.is_terminal() => break p,
             Ok(p) => {
                 failures = 0;
                 previous = None;
-                if p.state != last_state {
-                    trace.say(format!("{job_id} is {} on {node_id}", p.state));
-                    last_state = p.state;
+                if Some(p.state) != last_state {
+                    trace.say(format!("{job_id} is {} on {node_id}", p.state.as_str()));
+                    last_state = Some(p.state);
                 }
             }
             Err(e) if e.is_transient() => {
                 failures += 1;
                 trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));
-                let backoff = match liveness::after_failure(&e, previous.as_ref(), failures, max, deps.settings.controller.retry_backoff_ms) {
+                let backoff = match liveness::after_failure(&e, previous.as_ref(), failures, &policy) {
                     liveness::AfterFailure::Lost => {
                         wait_for_fence(fence, node_id, job_id, trace).await;
                         return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(format!("was lost mid-job: {e}")), trace, began, true);
@@ -594,11 +403,11 @@ async fn follow(
         .send(SyncArtifacts {
             node: handle.clone(),
             remote_job_id: job_id.into(),
-            artifacts: (polled.state == "succeeded").then(|| polled.artifacts.clone()).or(Some(Vec::new())),
+            artifacts: (polled.state == JobState::Succeeded).then(|| polled.artifacts.clone()).or(Some(Vec::new())),
             dest: dir.to_path_buf(),
         })
         .await
-        .unwrap_or_else(|e| Err(super::super::artifact_sync::SyncError::other(format!("artifact sync unavailable: {e}"))));
+        .unwrap_or_else(|e| Err(SyncError::other(format!("artifact sync unavailable: {e}"))));
     trace.sync_ms += sync_t0.elapsed().as_millis() as u64;
     let mut ending = Ending {
         status: JobStatus::Failed,
@@ -612,7 +421,7 @@ async fn follow(
         fallback_reason: None,
     };
     match polled.state {
-        "succeeded" => match synced {
+        JobState::Succeeded => match synced {
             Ok(artifacts) => {
                 let pairs: Vec<(String, String)> = artifacts.iter().map(|a| (a.name.clone(), a.path.clone())).collect();
                 if let Some(r) = &mut ending.result {
@@ -620,7 +429,7 @@ async fn follow(
                 }
                 ending.status = JobStatus::Succeeded;
                 ending.artifacts = artifacts;
-                trace.attempt(node_id, Some(job_id.into()), "succeeded", None, began);
+                trace.attempt(node_id, Some(job_id.into()), AttemptOutcome::Succeeded, None, began);
             }
             Err(e) => {
                 // The step succeeded; it must not run again. Report the sync
@@ -631,12 +440,12 @@ async fn follow(
                     (ErrorCode::ArtifactSyncFailed, format!("{e};"))
                 };
                 ending.error = Some(ReceiptError::new(code, format!("{first} retry with: rayvault-orchestrator sync-artifacts --run-id {} --job-id {} --node-id {node_id}", spec.run_id, spec.job_id)));
-                trace.attempt(node_id, Some(job_id.into()), "succeeded", Some("artifact sync failed".into()), began);
+                trace.attempt(node_id, Some(job_id.into()), AttemptOutcome::Succeeded, Some("artifact sync failed".into()), began);
             }
         },
-        "cancelled" => {
+        JobState::Cancelled => {
             ending.status = JobStatus::Cancelled;
-            trace.attempt(node_id, Some(job_id.into()), "cancelled", None, began);
+            trace.attempt(node_id, Some(job_id.into()), AttemptOutcome::Cancelled, None, began);
         }
         _ => {
             let err = polled.error.clone().unwrap_or_else(|| ReceiptError::new(ErrorCode::Internal, "the worker reported a failure without an error"));
@@ -644,7 +453,7 @@ async fn follow(
                 let failure = NodeFailure::Step(err.code.clone(), format!("failed the job with {}: {}", err.code, err.message));
                 return give_up(deps, node_id, Some(job_id.into()), failure, trace, began, false);
             }
-            trace.attempt(node_id, Some(job_id.into()), "failed", Some(format!("{}: {}", err.code, err.message)), began);
+            trace.attempt(node_id, Some(job_id.into()), AttemptOutcome::Failed, Some(format!("{}: {}", err.code, err.message)), began);
         }
     }
     Outcome::Done(with_compat(ending, handle.compat))
@@ -655,21 +464,6 @@ fn with_compat(mut e: Ending, compat: Compat) -> Ending {
     e
 }
 
-/// Fetches a remote job's whole log into `dest`, atomically.
-pub async fn fetch_log(client: &NodeClient, job_id: &str, dest: &Path) -> Result<(), String> {
-    let bytes = client.whole_log(job_id).await.map_err(|e| e.to_string())?;
-    let d = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        if let Some(parent) = d.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        crate::artifacts::write_atomic(&d, &bytes)
-    })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("writing {}: {e}", dest.display()))
-}
-
 /// Learns what became of every remote copy this job gave up (the receipt
 /// must never contradict a worker): asks each one's worker once, bounded by
 /// the probe timeout, and records the fate on its attempt.
@@ -678,28 +472,25 @@ pub async fn settle_fates(deps: &JobDeps, trace: &mut Trace) {
     let bound = Duration::from_secs(1);
     for i in 0..trace.attempts.len() {
         let a = &trace.attempts[i];
-        let (Some(job_id), true) = (a.remote_job_id.clone(), a.outcome == "abandoned") else { continue };
+        let (Some(job_id), true) = (a.remote_job_id.clone(), a.outcome == AttemptOutcome::Abandoned) else { continue };
         let node_id = a.executed_on.clone();
         // A peek, never a renewal: the job was given up, and a renewal
         // would re-attach a copy parked by a restarted worker.
         let asked = async {
-            let (_, client) = connect(deps, &node_id).await.map_err(CallError::Other)?;
-            match &client {
-                NodeClient::Current(c) => c.peek(&job_id).await.map(polled_of),
-                NodeClient::Legacy(_) => poll(&client, &job_id, 0, &liveness::Fence::none()).await,
-            }
+            let (_, client) = connect(deps, &node_id).await.map_err(CallError::protocol)?;
+            client.peek(&job_id).await
         };
         let (fate, digest) = match tokio::time::timeout(bound, asked).await {
             Ok(Ok(p)) => match p.state {
-                "abandoned" => ("stopped_by_lease", None),
-                "cancelled" => ("cancelled", None),
-                "failed" => ("failed", None),
-                "succeeded" => {
+                JobState::Abandoned => ("stopped_by_lease", None),
+                JobState::Cancelled => ("cancelled", None),
+                JobState::Failed => ("failed", None),
+                JobState::Succeeded => {
                     let bytes = serde_json::to_vec(&p.result).unwrap_or_default();
-                    ("finished_ignored", Some(crate::artifacts::sha256_hex(&bytes)))
+                    ("finished_ignored", Some(crate::protocol::sha256_hex(&bytes)))
                 }
-                "queued" => ("never_started", None),
-                _ => ("unknown", None),
+                JobState::Queued => ("never_started", None),
+                JobState::Running => ("unknown", None),
             },
             _ => ("unknown", None),
         };

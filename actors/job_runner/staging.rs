@@ -1,20 +1,17 @@
 //! Staging: turning local input paths in a payload into content-addressed
 //! blob references, and mapping results back.
 //!
-//! The worker engineer's convention: a payload string `blob:sha256:<hex>`
-//! names a blob uploaded with `PUT /blobs/{sha256}`. The controller replaces
-//! local file paths in the known input fields with such references, so the
+//! The protocol's convention: a payload string `blob:sha256:<hex>` names a
+//! blob uploaded with `PUT /blobs/{sha256}`. The controller replaces local
+//! file paths in the step's declared input fields
+//! ([`StepName::input_file_fields`]) with such references, so the
 //! `inputs_hash` covers file content rather than a path, and a worker on
 //! another machine can read the inputs.
 
 use crate::protocol::BLOB_REF_PREFIX;
+use crate::steps::{InputFileField, StepName};
 use serde_json::Value;
 use std::path::PathBuf;
-
-/// Payload fields that hold one input file path.
-const PATH_FIELDS: [&str; 2] = ["media_path", "audio_path"];
-/// Payload fields that hold a list of input file paths.
-const PATH_LIST_FIELDS: [&str; 1] = ["audio_paths"];
 
 /// One local file to upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,23 +30,29 @@ pub struct Staged {
     pub blobs: Vec<Blob>,
 }
 
-/// Hashes every existing local file named by a known input field and
-/// returns the payload with those fields rewritten. Paths that do not exist
-/// here are left alone (they may name a file on the worker). Reads files:
-/// call it from `spawn_blocking`.
-pub fn stage(payload: &Value) -> std::io::Result<Staged> {
+/// Hashes every existing local file named by one of the step's input
+/// fields and returns the payload with those fields rewritten. Paths that do
+/// not exist here are left alone (they may name a file on the worker), and
+/// so is a payload for an unknown step (it fails with `STEP_UNKNOWN`
+/// later). Reads files: call it from `spawn_blocking`.
+pub fn stage(step_name: &str, payload: &Value) -> std::io::Result<Staged> {
     let mut out = payload.clone();
     let mut blobs = Vec::new();
+    let fields = StepName::parse(step_name).map(StepName::input_file_fields).unwrap_or_default();
     if let Value::Object(map) = &mut out {
-        for field in PATH_FIELDS {
-            if let Some(v) = map.get_mut(field) {
-                stage_value(v, &mut blobs)?;
-            }
-        }
-        for field in PATH_LIST_FIELDS {
-            if let Some(Value::Array(items)) = map.get_mut(field) {
-                for v in items {
-                    stage_value(v, &mut blobs)?;
+        for field in fields {
+            match *field {
+                InputFileField::One(name) => {
+                    if let Some(v) = map.get_mut(name) {
+                        stage_value(v, &mut blobs)?;
+                    }
+                }
+                InputFileField::List(name) => {
+                    if let Some(Value::Array(items)) = map.get_mut(name) {
+                        for v in items {
+                            stage_value(v, &mut blobs)?;
+                        }
+                    }
                 }
             }
         }
@@ -141,12 +144,18 @@ mod tests {
         std::fs::write(&f, b"abc").unwrap();
         let fp = f.to_string_lossy().to_string();
         let payload = json!({"media_path": fp, "audio_paths": [fp, "/nonexistent/b.wav"], "text": fp});
-        let staged = stage(&payload).unwrap();
+        let staged = stage("FFMPEG_PROBE", &payload).unwrap();
         let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert_eq!(staged.payload["media_path"], json!(format!("blob:sha256:{digest}")));
-        assert_eq!(staged.payload["audio_paths"][1], json!("/nonexistent/b.wav"));
+        assert_eq!(staged.payload["audio_paths"][0], json!(fp), "only the step's own fields are staged");
         assert_eq!(staged.payload["text"], json!(fp), "unknown fields are never rewritten");
         assert_eq!(staged.blobs.len(), 1);
+        let post = stage("AUDIO_POSTCHECK", &payload).unwrap();
+        assert_eq!(post.payload["audio_paths"][0], json!(format!("blob:sha256:{digest}")));
+        assert_eq!(post.payload["audio_paths"][1], json!("/nonexistent/b.wav"));
+        assert_eq!(post.payload["media_path"], json!(fp));
+        assert_eq!(stage("TTS_RENDER_CHUNKS", &payload).unwrap().blobs.len(), 0);
+        assert_eq!(stage("NOT_A_STEP", &payload).unwrap().payload, payload);
         let mut result = json!({"media_path": format!("blob:sha256:{digest}"), "input": format!("/w/blobs/{digest}"), "frames": ["C:\\w\\jobs\\1\\frame_0001.jpg"]});
         map_back(&mut result, &staged.blobs, &[("frame_0001.jpg".into(), "/r/frame_0001.jpg".into())]);
         assert_eq!(result, json!({"media_path": fp, "input": fp, "frames": ["/r/frame_0001.jpg"]}));

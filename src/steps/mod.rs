@@ -85,6 +85,18 @@ impl StepName {
         }
     }
 
+    /// The payload fields that name input files, as the step reads them.
+    /// The controller uploads each existing local file named there and
+    /// replaces its path with a blob reference (staging); a new step
+    /// declares its own fields here.
+    pub fn input_file_fields(self) -> &'static [InputFileField] {
+        match self {
+            StepName::FfmpegProbe | StepName::FrameSampling => &[InputFileField::One("media_path")],
+            StepName::AudioPostcheck => &[InputFileField::List("audio_paths")],
+            StepName::TtsRenderChunks | StepName::OpenclawTask => &[],
+        }
+    }
+
     pub fn parse(name: &str) -> Result<StepName, StepError> {
         StepName::ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(|| {
             StepError::new(
@@ -96,6 +108,15 @@ impl StepName {
             )
         })
     }
+}
+
+/// A payload field that names input files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFileField {
+    /// The field holds one file path.
+    One(&'static str),
+    /// The field holds a list of file paths.
+    List(&'static str),
 }
 
 impl std::fmt::Display for StepName {

@@ -6,7 +6,7 @@
 //! stdin (piper). Command lines end up in the job log and in process
 //! listings; narration text may be unpublished material.
 
-use crate::config::Settings;
+use crate::config::{Settings, TtsEngineChoice};
 use crate::error::{ErrorCode, StepError};
 use crate::process::Tool;
 use std::path::Path;
@@ -49,11 +49,12 @@ impl Engine {
     /// Picks the engine: the payload's `engine`, else `tts.engine`, else
     /// the platform default.
     pub fn resolve(requested: Option<&str>, settings: &Settings) -> Result<Engine, StepError> {
-        let configured = settings.tts.engine.trim();
         let name = match requested.map(str::trim) {
             Some(r) if !r.is_empty() => r,
-            _ if !configured.is_empty() => configured,
-            _ => platform_default(),
+            _ => match settings.tts.engine {
+                TtsEngineChoice::PlatformDefault => platform_default(),
+                configured => configured.as_str(),
+            },
         };
         match name {
             "espeak-ng" | "espeak" => Ok(Engine::EspeakNg),
@@ -247,7 +248,7 @@ mod tests {
 
     fn settings_with(engine: &str, piper_model: &str, template: &str) -> Settings {
         let mut s = Settings::load_from(None, &[]).unwrap();
-        s.tts.engine = engine.into();
+        s.tts.engine = TtsEngineChoice::parse(engine).unwrap();
         s.tts.piper_model = piper_model.into();
         s.tts.command_template = template.into();
         s

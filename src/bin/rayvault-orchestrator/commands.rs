@@ -116,7 +116,7 @@ pub fn job_line(j: &StoredJob) -> Value {
         "given_up": j.receipt.as_ref().map(|r| r
             .attempts
             .iter()
-            .filter(|a| a.outcome == "abandoned")
+            .filter(|a| a.outcome == rayvault::receipt::AttemptOutcome::Abandoned)
             .map(|a| format!("{}: {}", a.executed_on, a.fate.as_deref().unwrap_or("unknown")))
             .collect::<Vec<_>>()),
         "submitted_at_ms": j.submitted_at_ms,
@@ -128,7 +128,7 @@ fn print_status(v: &Value, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now_ms = rayvault::protocol::now_ms();
         print!("{}", crate::render::status(v, now_ms));
     }
     Ok(())
@@ -250,7 +250,7 @@ pub fn sync_artifacts(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, ar
         let Some(remote_job_id) = receipt.remote_job_id.clone() else {
             bail!("the receipt in {} has no remote_job_id; move it away and pass --node-id to find the job on the worker", dir.display());
         };
-        let client = rayvault::actors::job_runner::node_client::NodeClient::new(&handle, keyring, timeout);
+        let client = rayvault::client::NodeClient::new(&handle, keyring, timeout);
         let manifest = client.manifest(&remote_job_id).await.map_err(|e| anyhow!("asking {node_id} for the artifacts of job {remote_job_id}: {e}"))?;
         let found = present_copies(&dir, &manifest).await?;
         let began = std::time::Instant::now();
@@ -369,7 +369,7 @@ async fn rebuild_receipt(
     let utc = |ms: u64| rayvault::joblog::format_utc(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
     let finished_ms = job.finished_at_ms.unwrap_or(job.created_at_ms);
     let started_ms = job.started_at_ms.unwrap_or(finished_ms);
-    let outcome = serde_json::to_value(job.state)?.as_str().unwrap_or("failed").to_string();
+    let outcome = rayvault::receipt::AttemptOutcome::of_state(job.state);
     let verdict = match (&job.result, status, job.step_name.as_str()) {
         (Some(result), JobStatus::Succeeded, "AUDIO_POSTCHECK") => Receipt::verdict_of(result),
         _ => None,

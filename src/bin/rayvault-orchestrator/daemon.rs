@@ -94,9 +94,7 @@ impl Handler<JobProgress> for ProgressSink {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+use rayvault::protocol::now_ms;
 
 /// Runs the daemon until Ctrl-C/SIGTERM.
 pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {

@@ -70,7 +70,7 @@ impl DaemonClient {
         }
         let refusal = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) if status == 401 && b.code == "AUTH_SKEW" => {
-                let message = rayvault::actors::job_runner::node_client::auth_reason(&b.error, b.server_time);
+                let message = rayvault::client::auth_reason(&b.error, b.server_time);
                 Refusal { status, code: b.code, message }
             }
             Ok(b) if status == 401 => Refusal { status, message: format!("401 {}", b.error), code: b.code },

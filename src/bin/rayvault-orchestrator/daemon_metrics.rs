@@ -89,7 +89,8 @@ async fn scrape_node(s: &Scrape, node: &NodeSnapshot) -> Option<String> {
     let keyring = s.keyring.clone()?;
     let handle = s.probe.send(NodeDirectory { node_id: node.node_id.to_string() }).await.ok()??;
     let timeout = Duration::from_secs(s.settings.controller.probe_timeout_s.max(1));
-    let client = WorkerClient::new(&handle.config.base_url(), &handle.config.node_id, keyring).with_timeout(timeout);
+    let http = rayvault::client::ClientPool::shared().http(&handle.config.node_id, &handle.config.base_url());
+    let client = WorkerClient::new(&handle.config.base_url(), &handle.config.node_id, keyring).with_http(http).with_timeout(timeout);
     let client = match handle.compat {
         Compat::Current => client,
         Compat::CurrentPlainToken => client.with_plain_token(),

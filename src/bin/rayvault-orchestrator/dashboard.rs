@@ -405,9 +405,7 @@ async fn state(dash: Data, req: HttpRequest) -> HttpResponse {
     }))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+use rayvault::protocol::now_ms;
 
 /// Reads a stored job (off the arbiter); a 404 when the daemon has none.
 async fn stored_job(dash: &Dashboard, run_id: &str, job_id: &str) -> Result<StoredJob, HttpResponse> {

@@ -243,6 +243,12 @@ async fn via_daemon(settings: &Settings, client: DaemonClient, spec: JobSpec, no
     code
 }
 
+/// The pauses between asks of a daemon that does not answer: 250 ms,
+/// doubling, at most 2 s; tries are bounded by `daemon_lost_after_s`, not
+/// by a count.
+const DAEMON_RETRY: rayvault::backoff::Backoff =
+    rayvault::backoff::Backoff::new(Duration::from_millis(250), u32::MAX).capped_at(Duration::from_secs(2));
+
 /// Follows a job in the daemon until it ends, then prints its receipt.
 pub async fn follow_daemon(settings: &Settings, client: &DaemonClient, run_id: &str, job_id: &str, progress: &Progress, out: Output) -> anyhow::Result<u8> {
     let key = format!("{run_id}/{job_id}");
@@ -283,7 +289,7 @@ pub async fn follow_daemon(settings: &Settings, client: &DaemonClient, run_id: &
                 }
                 retries += 1;
                 progress.note(&format!("the daemon is not answering ({e}); retrying"));
-                let pause = Duration::from_millis(250 * retries as u64).min(Duration::from_secs(2));
+                let pause = DAEMON_RETRY.delay(retries);
                 tokio::time::sleep(pause.min(give_up_after.saturating_sub(since.elapsed()))).await;
             }
             // The daemon answered with an error (say, it no longer knows the

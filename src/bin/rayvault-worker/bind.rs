@@ -1,5 +1,5 @@
 //! Bind policy: the worker listens only on loopback or on a Tailscale
-//! address of this host (REFERENCES.md section 1), unless the operator
+//! address of this host (docs/protocol.md, "Transport"), unless the operator
 //! overrides it loudly. A Tailscale address is one inside the Tailscale
 //! ranges *and* held by Tailscale's interface ([`interfaces`]): carrier-grade
 //! NAT and other VPNs use the same 100.64.0.0/10 range on ordinary

@@ -15,9 +15,7 @@ use std::time::Duration;
 
 pub type Data = web::Data<AppState>;
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+pub use rayvault::protocol::now_ms;
 
 /// `GET /health`: liveness without auth; nothing secret. The status is
 /// `degraded`, with the reason, while the disk of the state folder has less

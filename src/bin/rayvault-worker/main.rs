@@ -30,7 +30,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use rayvault::actors::executor::{self, Enqueue, ExecutorEnv};
 use rayvault::auth::{Keyring, Verifier};
-use rayvault::config::Settings;
+use rayvault::config::{OnInterrupted, Settings};
 use rayvault::steps::StepName;
 use rayvault::store::{InterruptedPolicy, Recovery, Store, WorkerPaths};
 use state::{AppState, Limits};
@@ -240,9 +240,9 @@ fn prepare(args: Args) -> anyhow::Result<Ready> {
         Ok(n) => tracing::warn!(removed = n, "removed the partial files of blob uploads interrupted by the last stop"),
         Err(e) => tracing::warn!(error = %e, "could not clean the blob folder of interrupted uploads"),
     }
-    let policy = match settings.worker.on_interrupted.as_str() {
-        "rerun" => InterruptedPolicy::Rerun,
-        _ => InterruptedPolicy::Fail,
+    let policy = match settings.worker.on_interrupted {
+        OnInterrupted::Rerun => InterruptedPolicy::Rerun,
+        OnInterrupted::Fail => InterruptedPolicy::Fail,
     };
     let recovery = store.recover(policy, handlers::now_ms())?;
     for id in &recovery.interrupted {
@@ -254,7 +254,7 @@ fn prepare(args: Args) -> anyhow::Result<Ready> {
         tracing::warn!(
             interrupted = recovery.interrupted.len(),
             requeued = recovery.queued.len(),
-            policy = %settings.worker.on_interrupted,
+            policy = settings.worker.on_interrupted.as_str(),
             "recovered jobs from the previous run"
         );
     }

@@ -1,6 +1,17 @@
-//! A signed HTTP client for every worker endpoint (awc-based, so it runs
-//! inside an actix system: the controller's JobRunner and ArtifactSync use
-//! it, and so do the tests).
+//! Everything that talks to a worker.
+//!
+//! - [`WorkerClient`] (this file): a signed HTTP client for every endpoint
+//!   of the current contract (awc-based, so it runs inside an actix system;
+//!   the tests use it directly).
+//! - [`legacy_v05`]: the v0.5 contract's client.
+//! - [`node`]: [`NodeClient`], one interface over both contracts (submit,
+//!   poll, cancel, log, download, health, caps, blob upload).
+//! - [`error`]: [`CallError`] and its [`CallErrorKind`].
+//! - [`probe`]: contract detection and caps normalisation.
+//! - [`liveness`]: the lease fence and the watchdog beside a long-poll.
+//! - [`pool`]: one keep-alive HTTP client per node.
+//!
+//! This tree is core: it knows nothing of the actors.
 //!
 //! Every request except `/health` carries an HMAC `Authorization` header
 //! made by [`crate::auth::Keyring`] over the exact bytes sent; the header
@@ -22,6 +33,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod download;
+pub mod error;
+pub mod legacy_v05;
+pub mod liveness;
+pub mod node;
+pub mod pool;
+pub mod probe;
+
+pub use error::{auth_reason, skew_reason, CallError, CallErrorKind};
+pub use node::{part_path, CurrentClient, NodeClient, Polled, Submission};
+pub use pool::ClientPool;
 
 /// Largest JSON response the client accepts.
 const MAX_JSON: usize = 16 * 1024 * 1024;
@@ -31,7 +52,7 @@ const MAX_JSON: usize = 16 * 1024 * 1024;
 pub enum ClientError {
     /// The worker could not be reached, or the connection broke.
     #[error("cannot reach the worker at {url}: {message}")]
-    Unreachable { url: String, message: String },
+    Unreachable { url: String, kind: CallErrorKind, message: String },
     /// The worker answered with an error body.
     #[error("worker answered {status} {code}: {message}")]
     Api { status: u16, code: String, message: String, server_time: Option<u64> },
@@ -117,16 +138,24 @@ impl std::fmt::Debug for WorkerClient {
 impl WorkerClient {
     /// A client for the worker at `base` (e.g. `http://100.101.102.103:8787`)
     /// whose id is `worker_id`.
+    /// It has connections of its own; [`WorkerClient::with_http`] shares a
+    /// node's pooled ones instead.
     pub fn new(base: &str, worker_id: &str, keyring: Arc<Keyring>) -> Self {
-        let timeout = Duration::from_secs(30);
         WorkerClient {
             base: base.trim_end_matches('/').to_string(),
             worker_id: worker_id.to_string(),
             keyring,
-            http: awc::Client::builder().disable_redirects().timeout(timeout).finish(),
-            timeout,
+            http: pool::new_client(),
+            timeout: Duration::from_secs(30),
             plain: false,
         }
+    }
+
+    /// Sends through `http` (a node's keep-alive client from
+    /// [`ClientPool`]) instead of a client of its own.
+    pub fn with_http(mut self, http: awc::Client) -> Self {
+        self.http = http;
+        self
     }
 
     /// Authenticates with the plain token (`Authorization: Bearer <secret>`)
@@ -147,12 +176,20 @@ impl WorkerClient {
         &self.base
     }
 
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
+    fn unreachable(&self, kind: CallErrorKind, message: String) -> ClientError {
+        ClientError::Unreachable { url: self.base.clone(), kind, message }
     }
 
-    fn unreachable(&self, e: impl std::fmt::Display) -> ClientError {
-        ClientError::Unreachable { url: self.base.clone(), message: e.to_string() }
+    /// A request that could not be sent or got no answer head.
+    fn send_failed(&self, e: awc::error::SendRequestError) -> ClientError {
+        let (kind, message) = error::send_failure(&e);
+        self.unreachable(kind, message)
+    }
+
+    /// An answer body that broke off.
+    fn body_failed(&self, e: awc::error::PayloadError) -> ClientError {
+        let (kind, message) = error::payload_failure(&e);
+        self.unreachable(kind, message)
     }
 
     /// The signed `Authorization` value for a request.
@@ -182,13 +219,13 @@ impl WorkerClient {
         let sha = protocol::sha256_hex(&body);
         let req = self.request(method, path_and_query, &sha, Duration::ZERO)?;
         let req = if body.is_empty() { req } else { req.insert_header((CONTENT_TYPE, "application/json")) };
-        let mut res = req.send_body(body).await.map_err(|e| self.unreachable(e))?;
+        let mut res = req.send_body(body).await.map_err(|e| self.send_failed(e))?;
         let headers = res
             .headers()
             .iter()
             .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
-        let body = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        let body = res.body().limit(MAX_JSON).await.map_err(|e| self.body_failed(e))?;
         Ok(RawResponse { status: res.status().as_u16(), headers, body })
     }
 
@@ -199,17 +236,17 @@ impl WorkerClient {
         if !body.is_empty() {
             req = req.insert_header((CONTENT_TYPE, "application/json"));
         }
-        let mut res = req.send_body(body).await.map_err(|e| self.unreachable(e))?;
+        let mut res = req.send_body(body).await.map_err(|e| self.send_failed(e))?;
         let status = res.status();
-        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.body_failed(e))?;
         decode(status, &bytes)
     }
 
     /// `GET /health` (unsigned).
     pub async fn health(&self) -> Result<Health, ClientError> {
-        let mut res = self.http.get(format!("{}/health", self.base)).send().await.map_err(|e| self.unreachable(e))?;
+        let mut res = self.http.get(format!("{}/health", self.base)).timeout(self.timeout).send().await.map_err(|e| self.send_failed(e))?;
         let status = res.status();
-        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.body_failed(e))?;
         decode(status, &bytes)
     }
 
@@ -318,13 +355,13 @@ impl WorkerClient {
             if have > 0 {
                 req = req.insert_header((RANGE, format!("bytes={have}-")));
             }
-            let mut res = req.send().await.map_err(|e| self.unreachable(e))?;
+            let mut res = req.send().await.map_err(|e| self.send_failed(e))?;
             let status = res.status();
             let keep = match status {
                 StatusCode::PARTIAL_CONTENT if have > 0 => have,
                 StatusCode::OK => 0,
                 _ => {
-                    let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+                    let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.body_failed(e))?;
                     return Err(decode::<serde_json::Value>(status, &bytes).err().unwrap_or_else(|| {
                         ClientError::Protocol(format!("artifact download answered {status}"))
                     }));
@@ -340,7 +377,7 @@ impl WorkerClient {
                     Err(e) => {
                         // What arrived stays in the .part file for a resume.
                         let _ = sink.finish().await;
-                        return Err(self.unreachable(e));
+                        return Err(self.body_failed(e));
                     }
                 };
                 if transferred + chunk.len() as u64 > expected {
@@ -364,7 +401,7 @@ impl WorkerClient {
             download::Sink::start(part.clone(), have).finish().await?
         };
         if received.len < entry.size {
-            return Err(self.unreachable(format!(
+            return Err(self.unreachable(CallErrorKind::Reset, format!(
                 "the download of {} ended after {} of {} bytes; the next attempt resumes it",
                 entry.name, received.len, entry.size
             )));
@@ -384,9 +421,9 @@ impl WorkerClient {
     pub async fn upload_bytes(&self, data: Bytes) -> Result<BlobStored, ClientError> {
         let sha = protocol::sha256_hex(&data);
         let path = format!("/blobs/{sha}");
-        let mut res = self.request(Method::PUT, &path, &sha, Duration::ZERO)?.send_body(data).await.map_err(|e| self.unreachable(e))?;
+        let mut res = self.request(Method::PUT, &path, &sha, Duration::ZERO)?.send_body(data).await.map_err(|e| self.send_failed(e))?;
         let status = res.status();
-        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.body_failed(e))?;
         decode(status, &bytes)
     }
 
@@ -417,9 +454,9 @@ impl WorkerClient {
             .request(Method::PUT, &path, &sha, Duration::from_secs(3600))?
             .send_body(body)
             .await
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|e| self.send_failed(e))?;
         let status = res.status();
-        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.unreachable(e))?;
+        let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.body_failed(e))?;
         decode(status, &bytes)
     }
 }

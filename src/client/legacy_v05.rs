@@ -8,6 +8,7 @@
 //! places that know a wire format; v0.5 is a different contract, not a
 //! variant of the current one, so it lives apart from the current client.
 
+use super::error::{payload_failure, send_failure, CallErrorKind};
 use crate::auth::Keyring;
 use crate::nodes::NodeConfig;
 use bytes::Bytes;
@@ -88,7 +89,7 @@ pub struct LegacyError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LegacyFailure {
     /// No connection, or it broke: the node may be down.
-    Unreachable(String),
+    Unreachable(CallErrorKind, String),
     /// 401 with the worker's message verbatim.
     Auth(String),
     /// Any other non-success status, with the body's message.
@@ -100,7 +101,7 @@ pub enum LegacyFailure {
 impl std::fmt::Display for LegacyFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LegacyFailure::Unreachable(m) => write!(f, "unreachable ({m})"),
+            LegacyFailure::Unreachable(_, m) => write!(f, "unreachable ({m})"),
             LegacyFailure::Auth(m) => write!(f, "401 {m}"),
             LegacyFailure::Status(s, m) => write!(f, "HTTP {s}: {m}"),
             LegacyFailure::Protocol(m) => write!(f, "unexpected v0.5 response: {m}"),
@@ -112,14 +113,17 @@ impl std::fmt::Display for LegacyFailure {
 pub struct LegacyClient {
     base: String,
     http: awc::Client,
+    /// The time allowed for each answer.
+    timeout: Duration,
     keyring: std::sync::Arc<Keyring>,
     pub auth: LegacyAuth,
 }
 
 impl LegacyClient {
-    pub fn new(node: &NodeConfig, keyring: std::sync::Arc<Keyring>, auth: LegacyAuth, timeout: Duration) -> Self {
-        let http = awc::Client::builder().timeout(timeout).finish();
-        LegacyClient { base: node.base_url(), http, keyring, auth }
+    /// A client sending through `http` (the node's keep-alive client from
+    /// [`super::ClientPool`]), allowing `timeout` for each answer.
+    pub fn new(node: &NodeConfig, http: awc::Client, keyring: std::sync::Arc<Keyring>, auth: LegacyAuth, timeout: Duration) -> Self {
+        LegacyClient { base: node.base_url(), http, timeout, keyring, auth }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Bytes, LegacyFailure> {
@@ -128,18 +132,22 @@ impl LegacyClient {
             "POST" => self.http.post(&url),
             _ => self.http.get(&url),
         }
+        .timeout(self.timeout)
         .insert_header((TOKEN_HEADER, token(&self.keyring, self.auth, method, path)));
         let sent = match body {
             Some(b) => req.send_json(b).await,
             None => req.send().await,
         };
-        let mut resp = sent.map_err(|e| LegacyFailure::Unreachable(describe_send_error(&e.to_string())))?;
+        let mut resp = sent.map_err(|e| unreachable(send_failure(&e)))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .body()
             .limit(64 * 1024 * 1024)
             .await
-            .map_err(|e| LegacyFailure::Unreachable(format!("response body broke off: {e}")))?;
+            .map_err(|e| {
+                let (kind, m) = payload_failure(&e);
+                LegacyFailure::Unreachable(kind, format!("response body broke off: {m}"))
+            })?;
         if (200..300).contains(&status) {
             return Ok(bytes);
         }
@@ -189,10 +197,11 @@ impl LegacyClient {
         let mut resp = self
             .http
             .get(&url)
+            .timeout(self.timeout)
             .insert_header((TOKEN_HEADER, token(&self.keyring, self.auth, "GET", &path)))
             .send()
             .await
-            .map_err(|e| LegacyFailure::Unreachable(describe_send_error(&e.to_string())))?;
+            .map_err(|e| unreachable(send_failure(&e)))?;
         let status = resp.status().as_u16();
         if status != 200 {
             return Err(if status == 401 { LegacyFailure::Auth("auth_token invalid".into()) } else { LegacyFailure::Status(status, format!("downloading {name}")) });
@@ -200,7 +209,10 @@ impl LegacyClient {
         let mut file = tokio::fs::File::create(dest).await.map_err(|e| LegacyFailure::Protocol(format!("writing {}: {e}", dest.display())))?;
         let mut n = 0u64;
         while let Some(chunk) = resp.next().await {
-            let chunk = chunk.map_err(|e| LegacyFailure::Unreachable(format!("download broke off: {e}")))?;
+            let chunk = chunk.map_err(|e| {
+                let (kind, m) = payload_failure(&e);
+                LegacyFailure::Unreachable(kind, format!("download broke off: {m}"))
+            })?;
             n += chunk.len() as u64;
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
                 .await
@@ -211,19 +223,8 @@ impl LegacyClient {
     }
 }
 
-/// Turns awc's connect error text into the short reason receipts show,
-/// e.g. `connection refused`, `timed out`.
-pub fn describe_send_error(text: &str) -> String {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("refused") {
-        "connection refused".into()
-    } else if lower.contains("timeout") || lower.contains("timed out") {
-        "timed out".into()
-    } else if lower.contains("reset") {
-        "connection reset".into()
-    } else {
-        text.to_string()
-    }
+fn unreachable((kind, message): (CallErrorKind, String)) -> LegacyFailure {
+    LegacyFailure::Unreachable(kind, message)
 }
 
 /// The lower-case step names a v0.5 `/caps` lists (`capabilities`, or

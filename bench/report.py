@@ -93,8 +93,8 @@ def fmt_target(row):
     op, value = row.target
     met = row.target_met()
     verdict = "n/a" if met is None else ("met" if met else "MISSED")
-    suffix = "x" if row.target_of == "ratio" else ""
-    return f"{op} {fmt_num(value)}{suffix}", verdict
+    shown = f"{value:.2f}x" if row.target_of == "ratio" else fmt_num(value)
+    return f"{op} {shown}", verdict
 
 
 def table(rows):

@@ -27,7 +27,7 @@ from lib import OUT_DIR, RELEASE, ROOT, NotMeasured, Proc, log, summary
 from report import Row
 
 SCEN = "10 newcomer"
-MIB = 1024 * 1024
+MB = 1e6
 WINDOWS = "x86_64-pc-windows-gnu"
 # Longest the full run waits for each cold build before giving up on it.
 BUILD_TIMEOUT_S = 3600
@@ -36,10 +36,10 @@ DEMO_TIMEOUT_S = 900
 
 def size_row(metric, path, why=None):
     if path and os.path.isfile(path):
-        ours, note = summary([os.path.getsize(path) / MIB]), None
+        ours, note = summary([os.path.getsize(path) / MB]), None
     else:
         ours, note = None, why or f"{os.path.relpath(path, ROOT) if path else 'the binary'} is missing"
-    return Row(SCEN, metric, "MiB", "lower", ours=ours, ours_note=note, target=("<=", 15.0))
+    return Row(SCEN, metric, "MB", "lower", ours=ours, ours_note=note, target=("<=", 15.0))
 
 
 def wait_proc(p, timeout_s, what):

@@ -12,8 +12,10 @@ Baselines, nginx serving the same file on loopback:
 
 And the floor of any verified download: one core hashing with the same
 `sha2` crate (examples/bench_sha256.rs, a buffer in memory), measured right
-after each of our repeats so that both see the same load. A verified copy
-cannot beat it; the target is 0.9x of it.
+after each of our repeats, as bytes per second of the hashing thread's CPU
+time: the most one core allows, which other load on the machine does not
+lower (the wall-clock rate is kept in the details). A verified copy cannot
+beat it; the target is 0.9x of it.
 """
 
 import os
@@ -46,7 +48,9 @@ def curl_rate(url, size, verify):
 
 
 def sha_ceiling(mib):
-    """The fastest of three passes of one core hashing `mib` MiB, MB/s."""
+    """The fastest of three passes of one core hashing `mib` MiB, in MB/s
+    of the hashing thread's CPU time (what one core allows, whatever else
+    the machine is doing), with the SHA-NI flag and the wall-clock rates."""
     exe = binary("bench_sha256")
     if not exe:
         raise NotMeasured("examples/bench_sha256 was not built")
@@ -54,7 +58,7 @@ def sha_ceiling(mib):
     if cp.returncode != 0:
         raise RuntimeError(f"bench_sha256 failed: {cp.stderr[-300:]}")
     out = json.loads(cp.stdout)
-    return max(out["mb_per_s"]), out["sha_ni"]
+    return max(out["cpu_mb_per_s"] or out["mb_per_s"]), out["sha_ni"], out["mb_per_s"]
 
 
 def measure(cfg):
@@ -80,7 +84,7 @@ def measure(cfg):
     finally:
         nginx.stop()
 
-    ours_rates, rss_big, rss_small, ceiling = [], [], [], []
+    ours_rates, rss_big, rss_small, ceiling, ceiling_wall = [], [], [], [], []
     why = ceiling_why = None
     sha_ni = None
     rig = None
@@ -93,15 +97,17 @@ def measure(cfg):
             rss_big.append(peak_kib / 1024)
             if ceiling_why is None:
                 try:
-                    rate, sha_ni = sha_ceiling(cfg["sha_mib"])
+                    rate, sha_ni, wall = sha_ceiling(cfg["sha_mib"])
                     ceiling.append(rate)
+                    ceiling_wall.append(max(wall))
                 except Exception as e:
                     ceiling_why = str(e) if isinstance(e, NotMeasured) else f"failed: {e}"
             _, peak_kib, _ = rig.sync("small")
             rss_small.append(peak_kib / 1024)
             log(f"scenario 2: repeat {r + 1}: ours {ours_rates[-1]:.0f} MB/s, peak RSS {rss_big[-1]:.1f} MiB "
                 f"({big_mib} MiB file) vs {rss_small[-1]:.1f} MiB ({small_mib} MiB file); "
-                f"one core hashes {ceiling[-1] if ceiling else 0:.0f} MB/s")
+                f"one core hashes {ceiling[-1] if ceiling else 0:.0f} MB/s of CPU time "
+                f"({ceiling_wall[-1] if ceiling_wall else 0:.0f} MB/s wall-clock)")
     except NotMeasured as e:
         why = str(e)
     except Exception as e:
@@ -117,7 +123,7 @@ def measure(cfg):
         Row(SCEN, metric, "MB/s", "higher", ours=o, ours_note=why,
             baseline="curl | sha256sum from nginx", base=summary(verified)),
         Row(SCEN, metric, "MB/s", "higher", ours=o, ours_note=why,
-            baseline="floor: one core hashing (sha2" + (", SHA-NI" if sha_ni else "") + ")",
+            baseline="floor: one core hashing (sha2" + (", SHA-NI" if sha_ni else "") + ", CPU time)",
             base=summary(ceiling) if ceiling else None, base_note=ceiling_why or why,
             target=(">=", 0.9), target_of="ratio"),
         Row(SCEN, metric, "MB/s", "higher", ours=o, ours_note=why,
@@ -129,4 +135,5 @@ def measure(cfg):
     ]
     if not plain:
         raise NotMeasured("curl did not run")
-    return rows, {"bytes": size, "sha_ceiling_mb_s": ceiling, "sha_ni": sha_ni}
+    return rows, {"bytes": size, "sha_ceiling_mb_s": ceiling, "sha_ceiling_wall_mb_s": ceiling_wall,
+                  "sha_ni": sha_ni}

@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(blocks.iter().map(Vec::len).collect::<Vec<_>>(), [4_096, 4_096, 308]);
         assert_eq!(blocks.concat(), &bytes[1_000..9_500]);
         let (blocks, _) = read_all(&f, 0, 10_000, 1 << 20);
-        assert_eq!(blocks, [bytes.clone()], "a file smaller than a block is one chunk");
+        assert_eq!(blocks, std::slice::from_ref(&bytes), "a file smaller than a block is one chunk");
     }
 
     #[test]

@@ -58,8 +58,7 @@ def windows_exe(cfg):
     if not cfg.get("cold_build"):
         if os.path.isfile(exe):
             return exe, None
-        return None, ("--quick does not cross-build; the full run builds it, or: CARGO_TARGET_DIR=target/cross "
-                      f"cargo build --release --target {WINDOWS} --bin rayvault-worker")
+        return None, "--quick does not cross-build; the full run does"
     installed = subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True, text=True)
     if WINDOWS not in installed.stdout.split():
         return None, f"the Rust target {WINDOWS} is not installed (rustup target add {WINDOWS})"
@@ -124,7 +123,7 @@ def measure(cfg):
     details = {}
     build_s = demo_s = None
     if not cfg.get("cold_build"):
-        why = "full run only: it needs a cold build of several minutes"
+        why = "full run only: it needs a cold build"
     else:
         why = None
         workdir = tempfile.mkdtemp(prefix="newcomer-", dir=os.path.join(OUT_DIR))

@@ -20,7 +20,8 @@ class Row:
     """One line of the table."""
 
     def __init__(self, scenario, metric, unit, better, ours=None, ours_note=None,
-                 baseline=None, base=None, base_note=None, target=None):
+                 baseline=None, base=None, base_note=None, target=None, target_of="ours"):
+        assert target_of in ("ours", "ratio")
         assert better in ("lower", "higher")
         self.scenario = scenario
         self.metric = metric
@@ -32,6 +33,9 @@ class Row:
         self.base = base            # summary dict or None
         self.base_note = base_note
         self.target = target        # (op, value) such as ("<=", 1.0), or None
+        # What the target judges: our median, or the ratio against the
+        # baseline (a floor row's "0.9x the ceiling").
+        self.target_of = target_of
 
     def ratio(self):
         if not self.ours or not self.base:
@@ -45,7 +49,9 @@ class Row:
         if not self.target or not self.ours:
             return None
         op, value = self.target
-        x = self.ours["median"]
+        x = self.ours["median"] if self.target_of == "ours" else self.ratio()
+        if x is None:
+            return None
         return {"<=": x <= value, ">=": x >= value}[op]
 
     def to_json(self):
@@ -53,7 +59,8 @@ class Row:
             "scenario": self.scenario, "metric": self.metric, "unit": self.unit, "better": self.better,
             "ours": self.ours, "ours_note": self.ours_note, "baseline": self.baseline,
             "base": self.base, "base_note": self.base_note, "ratio": self.ratio(),
-            "target": list(self.target) if self.target else None, "target_met": self.target_met(),
+            "target": list(self.target) if self.target else None, "target_of": self.target_of,
+            "target_met": self.target_met(),
         }
 
 
@@ -86,7 +93,8 @@ def fmt_target(row):
     op, value = row.target
     met = row.target_met()
     verdict = "n/a" if met is None else ("met" if met else "MISSED")
-    return f"{op} {fmt_num(value)}", verdict
+    shown = f"{value:.2f}x" if row.target_of == "ratio" else fmt_num(value)
+    return f"{op} {shown}", verdict
 
 
 def table(rows):

@@ -24,6 +24,7 @@ FULL = {
     "clip_s": 180.0, "frame_counts": [10, 200], "frames_repeats": 3,
     "tts_chunks": 20, "footprint_jobs": 2000, "failover_repeats": 5,
     "sched_nodes": 1000, "sched_decisions": 200000,
+    "sha_mib": 256, "cold_build": True,
 }
 QUICK = {
     "repeats": 3, "seq_n": 200, "thr_n": 400, "celery_thr_n": 1000,
@@ -32,6 +33,7 @@ QUICK = {
     "clip_s": 30.0, "frame_counts": [10, 50], "frames_repeats": 2,
     "tts_chunks": 6, "footprint_jobs": 300, "failover_repeats": 2,
     "sched_nodes": 1000, "sched_decisions": 20000,
+    "sha_mib": 256, "cold_build": False,
 }
 
 
@@ -41,6 +43,7 @@ def scenarios():
     import s_failover
     import s_footprint
     import s_frames
+    import s_newcomer
     import s_scheduler
     import s_spread
     import s_sync
@@ -55,6 +58,7 @@ def scenarios():
         ("7", "failover", s_failover.measure),
         ("8", "scheduler", s_scheduler.measure),
         ("9", "spread", s_spread.measure),
+        ("10", "newcomer", s_newcomer.measure),
     ]
 
 

@@ -353,6 +353,41 @@ async fn log_chunks_never_split_a_character() {
     }
 }
 
+/// An artifact of several MiB is served in blocks of a MiB: whole, resumed
+/// from a point inside a block, and as a raw range across a block boundary,
+/// it always arrives intact.
+#[actix_rt::test]
+async fn a_multi_block_artifact_arrives_whole_resumed_and_by_range() {
+    // The step writes the task text and about 3.5 MB of numbers.
+    let w = Worker::start(Opts {
+        env: vec![("RAYVAULT_OPENCLAW__COMMAND".into(), "sh -c 'cat; seq 1 500000'".into())],
+        ..Opts::default()
+    });
+    let c = w.client();
+    let sub = c.submit(&openclaw("many blocks\n")).await.unwrap();
+    let done = c.job(&sub.job.job_id, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let entry = c.artifacts(&done.job_id).await.unwrap().artifacts[0].clone();
+    assert!(entry.size > 3 << 20, "the artifact spans several blocks: {} bytes", entry.size);
+    let dir = common::tempdir();
+    let whole = dir.path().join("whole.txt");
+    assert_eq!(c.download_artifact(&done.job_id, &entry, &whole).await.unwrap(), entry.size);
+    let bytes = std::fs::read(&whole).unwrap();
+    assert_eq!(protocol::sha256_hex(&bytes), entry.sha256);
+
+    let cut = (1 << 20) + 12_345;
+    std::fs::write(dir.path().join("resumed.txt.part"), &bytes[..cut]).unwrap();
+    let resumed = dir.path().join("resumed.txt");
+    assert_eq!(c.download_artifact(&done.job_id, &entry, &resumed).await.unwrap(), entry.size - cut as u64);
+    assert_eq!(std::fs::read(&resumed).unwrap(), bytes);
+
+    let path = format!("/jobs/{}/artifacts/{}", done.job_id, entry.name);
+    let (a, b) = ((2 << 20) - 100, (2 << 20) + 99);
+    let r = w.request("GET", &path, &[("Authorization", w.sign("GET", &path, "", b"")), ("Range", format!("bytes={a}-{b}"))], b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, bytes[a..=b]);
+}
+
 /// A download from a worker that sends more than the manifest says (here:
 /// endlessly) stops at the manifest's size instead of filling the disk.
 #[actix_rt::test]

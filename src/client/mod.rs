@@ -388,11 +388,11 @@ impl WorkerClient {
                         entry.size, entry.name
                     )));
                 }
-                if let Err(e) = sink.push(&chunk).await {
+                transferred += chunk.len() as u64;
+                if let Err(e) = sink.push(chunk).await {
                     // The writer stopped: its own error says why.
                     return Err(sink.finish().await.err().unwrap_or(e));
                 }
-                transferred += chunk.len() as u64;
             }
             sink.finish().await?
         } else {

@@ -121,8 +121,13 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
         return Err(ApiError::new(ApiCode::ArtifactNotFound, format!("job {} has no artifact {name:?}; list them with GET /jobs/{}/artifacts", rec.job_id, rec.job_id)));
     };
     let file_path = st.env.paths.artifacts_dir(&rec.job_id).join(&entry.name);
-    let file = tokio::fs::File::open(&file_path).await.map_err(|e| ApiError::internal("opening the artifact", e))?;
-    let size = file.metadata().await.map_err(|e| ApiError::internal("reading the artifact's size", e))?.len();
+    let (file, size) = web::block(move || -> std::io::Result<(std::fs::File, u64)> {
+        let file = std::fs::File::open(&file_path)?;
+        let size = file.metadata()?.len();
+        Ok((file, size))
+    })
+    .await?
+    .map_err(|e| ApiError::internal("opening the artifact", e))?;
     let range = match req.headers().get(header::RANGE) {
         None => None,
         Some(v) => {
@@ -158,36 +163,101 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
         .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
         .insert_header(("X-Content-SHA256", entry.sha256.clone()))
         .no_chunking(len);
-    Ok(builder.streaming(file_stream(file, start, len)))
+    let body = file_stream(file, start, len).map_err(|e| ApiError::internal("starting the artifact reader", e))?;
+    Ok(builder.streaming(body))
 }
 
-/// Streams `len` bytes of `file` from `start` in 64 KiB chunks.
+/// Bytes read from an artifact per `read` call, each sent as one body chunk.
+const READ_BLOCK: usize = 1 << 20;
+/// Blocks read ahead of the socket, per download.
+const READ_AHEAD: usize = 2;
+
+/// Streams `len` bytes of `file` from `start`, read in [`READ_BLOCK`]
+/// blocks by a thread of the download's own.
+///
+/// The reader thread stays ahead of the socket by at most [`READ_AHEAD`]
+/// blocks (so memory stays at a few blocks per download whatever the
+/// artifact's size) and stops as soon as the response is dropped, e.g. when
+/// the client goes away. It is a thread of its own, not one of the blocking
+/// pool's: a download holds its reader for the whole transfer, and a few
+/// slow downloads must not take the pool from the store and the handlers.
 fn file_stream(
-    file: tokio::fs::File,
+    file: std::fs::File,
     start: u64,
     len: u64,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    futures_util::stream::unfold((file, start, len, false), |(mut f, pos, left, sought)| async move {
-        if left == 0 {
-            return None;
-        }
-        if !sought {
-            if let Err(e) = f.seek(SeekFrom::Start(pos)).await {
-                return Some((Err(e), (f, pos, 0, true)));
+) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<web::Bytes>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    std::thread::Builder::new().name("artifact-reader".into()).spawn(move || {
+        read_blocks(file, start, len, READ_BLOCK, |block| {
+            if let Ok(b) = &block {
+                rayvault::metrics::worker().artifact_bytes_served(b.len() as u64);
+            }
+            tx.blocking_send(block).is_ok()
+        })
+    })?;
+    Ok(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// Reads `len` bytes of `file` from `start` and hands them to `send` in
+/// blocks of `block` bytes (the last one shorter), until `send` returns
+/// false (nobody wants the rest). A file shorter than announced ends with
+/// an `UnexpectedEof` error, a read error with that error.
+///
+/// The blocks circulate: a block's memory comes back here when the
+/// response has sent (and dropped) it, so a download reuses the same few
+/// buffers instead of allocating and page-faulting a new one per block.
+fn read_blocks(mut file: std::fs::File, start: u64, len: u64, block: usize, mut send: impl FnMut(std::io::Result<web::Bytes>) -> bool) {
+    let (home, free) = std::sync::mpsc::channel::<Vec<u8>>();
+    if let Err(e) = file.seek(SeekFrom::Start(start)) {
+        send(Err(e));
+        return;
+    }
+    let mut left = len;
+    while left > 0 {
+        let mut buf = free.try_recv().unwrap_or_else(|_| vec![0u8; block]);
+        let want = left.min(block as u64) as usize;
+        let mut filled = 0;
+        while filled < want {
+            match file.read(&mut buf[filled..want]) {
+                Ok(0) => {
+                    send(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the artifact shrank while it was being sent")));
+                    return;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    send(Err(e));
+                    return;
+                }
             }
         }
-        let mut buf = vec![0u8; left.min(64 * 1024) as usize];
-        match f.read(&mut buf).await {
-            Ok(0) => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "artifact shrank")), (f, pos, 0, true))),
-            Ok(n) => {
-                rayvault::metrics::worker().artifact_bytes_served(n as u64);
-                buf.truncate(n);
-                Some((Ok(web::Bytes::from(buf)), (f, pos + n as u64, left - n as u64, true)))
-            }
-            Err(e) => Some((Err(e), (f, pos, 0, true))),
+        left -= filled as u64;
+        let chunk = web::Bytes::from_owner(Recycled { buf, len: filled, home: home.clone() });
+        if !send(Ok(chunk)) {
+            return;
         }
-    })
+    }
+}
+
+/// A block of [`read_blocks`] on its way to the socket; dropping it hands
+/// its memory back to the reader.
+struct Recycled {
+    buf: Vec<u8>,
+    len: usize,
+    home: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        // The reader may have finished already; the memory is then freed.
+        let _ = self.home.send(std::mem::take(&mut self.buf));
+    }
 }
 
 /// Marks a staged blob as used now. Retention prunes blobs by their
@@ -288,7 +358,62 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, read_blocks};
+    use std::io::Write;
+
+    /// A file of `len` bytes that are not all alike.
+    fn file_of(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&bytes).unwrap();
+        (f, bytes)
+    }
+
+    /// Every block [`read_blocks`] sends, or the error it ended with.
+    fn read_all(f: &tempfile::NamedTempFile, start: u64, len: u64, block: usize) -> (Vec<Vec<u8>>, Option<std::io::Error>) {
+        let (mut blocks, mut err) = (Vec::new(), None);
+        read_blocks(f.reopen().unwrap(), start, len, block, |b| {
+            match b {
+                Ok(b) => blocks.push(b.to_vec()),
+                Err(e) => err = Some(e),
+            }
+            true
+        });
+        (blocks, err)
+    }
+
+    #[test]
+    fn a_range_is_read_in_whole_blocks() {
+        let (f, bytes) = file_of(10_000);
+        let (blocks, err) = read_all(&f, 1_000, 8_500, 4_096);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(blocks.iter().map(Vec::len).collect::<Vec<_>>(), [4_096, 4_096, 308]);
+        assert_eq!(blocks.concat(), &bytes[1_000..9_500]);
+        let (blocks, _) = read_all(&f, 0, 10_000, 1 << 20);
+        assert_eq!(blocks, std::slice::from_ref(&bytes), "a file smaller than a block is one chunk");
+    }
+
+    #[test]
+    fn a_file_shorter_than_announced_ends_with_an_error() {
+        let (f, bytes) = file_of(5_000);
+        let (blocks, err) = read_all(&f, 0, 6_000, 4_096);
+        assert_eq!(blocks.concat(), &bytes[..4_096]);
+        assert_eq!(err.map(|e| e.kind()), Some(std::io::ErrorKind::UnexpectedEof));
+    }
+
+    #[test]
+    fn reading_stops_when_nobody_wants_the_rest_and_blocks_are_reused() {
+        let (f, _) = file_of(40_000);
+        let mut seen = Vec::new();
+        read_blocks(f.reopen().unwrap(), 0, 40_000, 4_096, |b| {
+            // The block is dropped here, as the response drops a block it
+            // has sent: its memory goes back to the reader for the next one.
+            seen.push(b.unwrap().as_ptr());
+            seen.len() < 3
+        });
+        assert_eq!(seen.len(), 3, "the reader went on after the receiver left");
+        assert!(seen.iter().all(|p| *p == seen[0]), "each block reused the memory of the one before: {seen:?}");
+    }
 
     #[test]
     fn ranges() {

@@ -68,7 +68,8 @@ pub struct NodeReport {
 }
 
 /// One node's probe, run on the actor's arbiter.
-type ProbeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult>>>;
+/// A probe in flight; it answers with the moment it started and its result.
+type ProbeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (Instant, ProbeResult)>>>;
 
 struct NodeEntry {
     config: NodeConfig,
@@ -211,20 +212,30 @@ impl NodeProbe {
                 // A probe parses whatever a node answers; should that code
                 // panic on a bug, the node is reported down with the reason
                 // instead of the panic taking the NodeProbe down with it.
+                let started = Instant::now();
                 let fut = async move {
-                    catch("NodeProbe", "probing a node", probe).await.unwrap_or_else(|p| ProbeResult {
+                    let r = catch("NodeProbe", "probing a node", probe).await.unwrap_or_else(|p| ProbeResult {
                         health: None,
                         outcome: Err(ProbeFailure::Down(format!("probing it hit a controller bug ({})", p.message))),
-                    })
+                    });
+                    (started, r)
                 };
                 (cfg, Box::pin(fut) as ProbeFuture)
             })
             .collect()
     }
 
-    fn apply(&mut self, cfg: &NodeConfig, r: ProbeResult) {
+    /// Records a probe's result. Probes overlap (a slow one may still run
+    /// when the next starts), so a result older than the one recorded is
+    /// dropped: it would replace a node's current load with a past one.
+    /// `probed_at` is when the probe started: the node's figures describe it
+    /// no earlier than that.
+    fn apply(&mut self, cfg: &NodeConfig, (started, r): (Instant, ProbeResult)) {
         let Some(e) = self.entries.iter_mut().find(|e| NodeConfig { drain: cfg.drain, ..e.config.clone() } == *cfg) else { return };
-        e.probed_at = Some(Instant::now());
+        if e.probed_at.is_some_and(|last| last > started) {
+            return;
+        }
+        e.probed_at = Some(started);
         e.raw_health = r.health;
         e.reported = None;
         match r.outcome {

@@ -133,6 +133,15 @@ fn concurrent_jobs_spread_over_every_worker_by_real_capacity() {
     assert_eq!(per_node.len(), WORKERS, "every worker gets work: {per_node:?}");
     assert!(per_node.values().all(|&k| k <= 3), "none gets more than 3: {per_node:?}");
 
+    // The daemon's view must first show the burst's jobs gone from the
+    // workers: a probe taken while they still ran would otherwise show 2
+    // running on w0..w3 below, and the other controller's jobs would look
+    // seen when they were not.
+    common::wait_until("the daemon sees the burst's jobs gone", Duration::from_secs(20), || {
+        let s = status(&w);
+        ids.iter().all(|id| node_in(&s, id).is_some_and(|n| n["health"]["load"][STEP]["running"] == 0))
+    });
+
     // Another controller fills both slots of w0..w3 with jobs that hold
     // until the gate opens.
     let ring = Arc::new(Keyring::from_secrets(SECRET, None).unwrap());
@@ -160,8 +169,8 @@ fn concurrent_jobs_spread_over_every_worker_by_real_capacity() {
     assert!(receipts_within(&w, "around", 8, Duration::from_secs(60)), "the 8 jobs did not end after the gate opened");
     let (per_node, receipts) = receipts(&w, "around", 8);
     let open = BTreeMap::from_iter(ids[4..].iter().map(|id| (id.clone(), 2)));
-    assert_eq!(per_node, open, "the daemon's jobs avoid the workers another controller keeps busy");
     let reasons: Vec<String> = receipts.iter().map(|r| reason_for(r, "w0")).collect();
+    assert_eq!(per_node, open, "the daemon's jobs avoid the workers another controller keeps busy; w0 was ranked: {reasons:?}");
     assert!(reasons.iter().all(|r| r.contains("2/2 slots busy, 2 of another controller")), "{reasons:?}");
     assert!(in_time, "no job waited for the other controller's");
 }

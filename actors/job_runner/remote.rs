@@ -29,12 +29,28 @@ pub enum Outcome {
     NodeFailed(NodeFailure),
 }
 
-/// Keeps the scheduler's load count right however the attempt ends.
-struct LoadGuard(actix::Recipient<NodeLoad>, String, String);
+/// Keeps the scheduler's load count right however the attempt ends: the
+/// slot is given back once, when the worker says the job ended (before the
+/// log and artifacts are fetched, so that the count matches what the worker
+/// reports in `/health` from then on), or when the attempt ends otherwise.
+struct LoadGuard(actix::Recipient<NodeLoad>, String, String, std::cell::Cell<bool>);
+
+impl LoadGuard {
+    fn new(to: actix::Recipient<NodeLoad>, node_id: &str, step_name: &str) -> LoadGuard {
+        LoadGuard(to, node_id.to_string(), step_name.to_string(), std::cell::Cell::new(false))
+    }
+
+    /// Gives the slot back now (once).
+    fn release(&self) {
+        if !self.3.replace(true) {
+            self.0.do_send(NodeLoad { node_id: self.1.clone(), step_name: self.2.clone(), delta: -1 });
+        }
+    }
+}
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.0.do_send(NodeLoad { node_id: self.1.clone(), step_name: self.2.clone(), delta: -1 });
+        self.release();
     }
 }
 
@@ -81,7 +97,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     if !reserved {
         deps.load.do_send(NodeLoad { node_id: node_id.to_string(), step_name: spec.step_name.clone(), delta: 1 });
     }
-    let _load = LoadGuard(deps.load.clone(), node_id.to_string(), spec.step_name.clone());
+    let load = LoadGuard::new(deps.load.clone(), node_id, &spec.step_name);
     let (handle, client) = match connect(deps, node_id).await {
         Ok(c) => c,
         Err(e) => return Outcome::NodeFailed(NodeFailure::Unavailable(e)),
@@ -144,7 +160,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     };
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
     record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
-    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began, &fence).await
+    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began, &fence, &load).await
 }
 
 /// The fence of a job on this node: the configured lease plus margin for
@@ -174,13 +190,13 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
         Err(e) => return Outcome::NodeFailed(NodeFailure::Unavailable(e)),
     };
     deps.load.do_send(NodeLoad { node_id: r.node_id.clone(), step_name: spec.step_name.clone(), delta: 1 });
-    let _load = LoadGuard(deps.load.clone(), r.node_id.clone(), spec.step_name.clone());
+    let load = LoadGuard::new(deps.load.clone(), &r.node_id, &spec.step_name);
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     trace.placement = r.placement.clone();
     // Renewals the previous daemon sent are older than this moment.
     let fence = lease_fence(deps, &client);
-    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began, &fence).await
+    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began, &fence, &load).await
 }
 
 async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job_id: &str, placement: &[crate::receipt::NodeExplanation]) {
@@ -285,6 +301,7 @@ async fn follow(
     trace: &mut Trace,
     began: SystemTime,
     fence: &Fence,
+    load: &LoadGuard,
 ) -> Outcome {
     let node_id = handle.config.node_id.as_str();
     let wait_s = deps.settings.controller.wait_poll_s.max(1);
@@ -391,6 +408,7 @@ async fn follow(
         }
     };
     trace.run_ms += t0.elapsed().as_millis() as u64;
+    load.release();
     // The worker names its own copies of the inputs; the user knows the
     // paths they gave.
     let mut polled = polled;

@@ -76,6 +76,13 @@ pub struct ControllerSettings {
     pub daemon_lost_after_s: u64,
     /// When a job may run on the controller: `unavailable`, `always`, `never`.
     pub fallback: crate::receipt::FallbackMode,
+    /// HTTP worker threads of the daemon's API (each with its own runtime).
+    pub http_workers: usize,
+    /// Most threads in each tokio blocking pool of the daemon (the main
+    /// runtime's, where the controller's actors run, and each HTTP
+    /// worker's): a burst would otherwise grow them to dozens of threads
+    /// whose memory stays after it.
+    pub max_blocking_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -434,6 +434,13 @@ mod tests {
         assert_eq!(s.worker.port, 8787);
         assert_eq!(s.step("FFMPEG_PROBE").concurrency, 4);
         assert_eq!(s.worker.skew_s, 300);
+        assert_eq!((s.controller.http_workers, s.controller.max_blocking_threads), (1, 8));
+    }
+
+    #[test]
+    fn the_daemon_s_thread_caps_are_read() {
+        let s = Settings::load_from(None, &env(&[("RAYVAULT_CONTROLLER__HTTP_WORKERS", "3"), ("RAYVAULT_CONTROLLER__MAX_BLOCKING_THREADS", "2")])).unwrap();
+        assert_eq!((s.controller.http_workers, s.controller.max_blocking_threads), (3, 2));
     }
 
     #[test]

@@ -347,12 +347,14 @@ impl Receipt {
     pub fn write_unsynced(&self, dir: &Path) -> std::io::Result<PathBuf> {
         let path = dir.join(RECEIPT_FILE);
         let bytes = self.file_bytes()?;
-        match std::fs::write(&path, &bytes) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)?;
-                std::fs::write(&path, &bytes)?;
-            }
-            other => other?,
+        let written = match std::fs::write(&path, &bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, &bytes)),
+            other => other,
+        };
+        if let Err(e) = written {
+            // No partial receipt stays behind (a full disk, say).
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
         }
         Ok(path)
     }

@@ -325,7 +325,9 @@ pub async fn run_job(
     let (inputs_hash, ending) = match staged {
         Ok(Ok(staged)) => {
             let hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
-            if fresh_folder {
+            // A new job has no folder yet (one `stat`, inline); emptying an
+            // earlier run's folder is file work for a blocking thread.
+            if fresh_folder && std::fs::symlink_metadata(&dir).is_ok() {
                 let (d, h) = (dir.clone(), hash.clone());
                 match tokio::task::spawn_blocking(move || empty_receipt_folder(&d, &h)).await {
                     Ok(Ok(replaced)) => trace.replaced_inputs_hash = replaced,

@@ -31,7 +31,7 @@ const CHILDREN: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_
 /// record at a time (and in full only by `status` and the dashboard), so a
 /// small cache costs little time and keeps a daemon that ran thousands of
 /// jobs from holding their pages in memory.
-const CACHE_BYTES: usize = 4 << 20;
+const CACHE_BYTES: usize = 1 << 20;
 
 /// The most writes that share one transaction.
 const MAX_BATCH: usize = 256;

@@ -494,8 +494,8 @@ struct WaitQuery {
     progress_from: usize,
 }
 
-/// A job's view now, and whether a long-poll answers with it: the job
-/// ended, or it has progress lines from `from` on.
+/// A job's view now, and whether it ended (its end recorded and its receipt
+/// file written).
 fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), HttpResponse> {
     let job = match state.store.get(key) {
         Ok(Some(j)) => j,
@@ -507,20 +507,26 @@ fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Htt
     // file is written between the two.
     let ended = job.phase == Phase::Finished && !state.live.waits.contains_key(key);
     let phase = if job.phase == Phase::Finished && !ended { Phase::Running } else { job.phase };
-    let news = ended || !lines.is_empty();
     let receipt = if ended { job.receipt } else { None };
     let view = JobView { key: key.to_string(), phase, remote: job.remote, receipt, progress_next: from + lines.len(), progress: lines };
-    Ok((view, news))
+    Ok((view, ended))
 }
 
-/// A job's view, answered at once or, with `wait_s`, as soon as the job ends
-/// or reports progress (woken by the job's own notify, see [`Live`]).
+/// How long a long-poll that has new progress lines waits for more (or for
+/// the end) before it answers with them: a short job's lines then come with
+/// its end in one answer instead of one round trip each.
+const PROGRESS_LINGER: Duration = Duration::from_millis(100);
+
+/// A job's view, answered at once or, with `wait_s`, the moment the job ends
+/// (woken by the job's own notify, see [`Live`]), or [`PROGRESS_LINGER`]
+/// after new progress lines.
 async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>, q: web::Query<WaitQuery>) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
         return *r;
     }
     let key = format!("{}/{}", path.0, path.1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait_s.min(60));
+    let mut answer_by = tokio::time::Instant::now() + Duration::from_secs(q.wait_s.min(60));
+    let mut lingering = false;
     loop {
         // Register interest before reading, so a change in between is not
         // missed. A job without a notify of its own is about to start (or
@@ -528,24 +534,23 @@ async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(S
         let own = state.live.waits.get(&key).map(|n| n.value().clone());
         let begun = state.live.begun.notified();
         let own_notified = own.as_ref().map(|n| n.notified());
-        let (now, news) = match view(&state, &key, q.progress_from) {
+        let (now, ended) = match view(&state, &key, q.progress_from) {
             Ok(v) => v,
             Err(r) => return r,
         };
-        if news || tokio::time::Instant::now() >= deadline {
+        let at = tokio::time::Instant::now();
+        if !now.progress.is_empty() && !lingering {
+            lingering = true;
+            answer_by = answer_by.min(at + PROGRESS_LINGER);
+        }
+        if ended || at >= answer_by {
             return HttpResponse::Ok().json(now);
         }
-        let woken = match own_notified {
-            Some(n) => tokio::time::timeout_at(deadline, n).await,
-            None => tokio::time::timeout_at(deadline, begun).await,
+        // Woken or not, the next turn reads the job again.
+        let _ = match own_notified {
+            Some(n) => tokio::time::timeout_at(answer_by, n).await,
+            None => tokio::time::timeout_at(answer_by, begun).await,
         };
-        if woken.is_err() {
-            // The wait ran out: one last look, answered whatever it shows.
-            return match view(&state, &key, q.progress_from) {
-                Ok((v, _)) => HttpResponse::Ok().json(v),
-                Err(r) => r,
-            };
-        }
     }
 }
 

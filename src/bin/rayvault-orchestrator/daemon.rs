@@ -496,11 +496,11 @@ struct WaitQuery {
 
 /// A job's view now, and whether it ended (its end recorded and its receipt
 /// file written).
-fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), HttpResponse> {
+fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box<HttpResponse>> {
     let job = match state.store.get(key) {
         Ok(Some(j)) => j,
-        Ok(None) => return Err(error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None)),
-        Err(e) => return Err(error(500, "INTERNAL", e.to_string(), None)),
+        Ok(None) => return Err(Box::new(error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None))),
+        Err(e) => return Err(Box::new(error(500, "INTERNAL", e.to_string(), None))),
     };
     let lines: Vec<String> = state.live.progress.get(key).map(|l| l.iter().skip(from).cloned().collect()).unwrap_or_default();
     // A finished record counts once the job's notify is gone: the receipt
@@ -536,7 +536,7 @@ async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(S
         let own_notified = own.as_ref().map(|n| n.notified());
         let (now, ended) = match view(&state, &key, q.progress_from) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let at = tokio::time::Instant::now();
         if !now.progress.is_empty() && !lingering {

@@ -372,3 +372,42 @@ fn the_daemon_runs_on_the_thread_counts_it_is_configured_with() {
     // main runtime and one for the HTTP worker's.
     assert!(most <= 8, "{most} threads with one HTTP worker and one blocking thread per pool");
 }
+
+/// A GET to the daemon's API, signed like `submit` signs it, that waits up
+/// to 70 s for the answer (long-polls).
+fn daemon_get(w: &World, path: &str, query: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let ring = rayvault::auth::Keyring::from_secrets(SECRET, None).unwrap();
+    let sha = rayvault::protocol::sha256_hex(b"");
+    let auth = ring.authorization(&rayvault::auth::RequestTarget { method: "GET", path, query, worker_id: "controller", body_sha256: &sha });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", w.api_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
+    s.write_all(format!("GET {path}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_long_poll_answers_the_moment_its_job_ends_with_the_receipt_file_written() {
+    let mut w = World::new();
+    for (k, v) in ledger_step_env(&w) {
+        w.set_env(&k, &v);
+    }
+    w.set_env("FAULT_NODE", "controller");
+    w.set_env("FAULT_STEP_S", "1.5");
+    let _daemon = w.daemon();
+    let (code, _, err) = w.submit("poll", "j", "TTS_RENDER_CHUNKS", json!({"text": "poll-j"}), &["--no-wait"]);
+    assert_eq!(code, 0, "{err}");
+    // Progress lines from far ahead: only the job's end answers this poll.
+    let (status, view) = daemon_get(&w, "/v1/jobs/poll/j", "wait_s=30&progress_from=100000");
+    let answered = epoch_s();
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["phase"], "finished", "{view}");
+    assert_eq!(view["receipt"]["status"], "succeeded", "{view}");
+    assert!(w.receipt_dir("poll", "j").join("job_receipt.json").is_file(), "the receipt file exists when the end is answered");
+    let end = ledger(&w).iter().find(|l| l.kind == "END").map(|l| l.at).expect("the step ended");
+    assert!(answered - end < 0.8, "answered {:.3} s after the step ended", answered - end);
+}

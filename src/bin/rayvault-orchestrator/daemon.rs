@@ -9,7 +9,10 @@
 //! [`UNSIGNED_ROUTES`]:
 //! - `GET /v1/health`
 //! - `POST /v1/jobs` (a job spec) -> accepted
-//! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]
+//! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]:
+//!   at once, or (with `wait_s`) the moment the job ends, with its receipt
+//!   file written, or [`PROGRESS_LINGER`] after its first new progress line,
+//!   or after N seconds (at most 60)
 //! - `POST /v1/jobs/{run_id}/{job_id}/cancel`
 //! - `GET /v1/status`
 //! - `GET /metrics` (unsigned; Prometheus text, see `daemon_metrics`)

@@ -268,7 +268,8 @@ impl Ending {
     }
 }
 
-/// The whole life of one job; always ends in a receipt (written to disk).
+/// The whole life of one job; always ends in a receipt, written to disk
+/// here unless the store keeps it (the daemon then writes the file).
 pub async fn run_job(
     deps: JobDeps,
     spec: JobSpec,
@@ -307,7 +308,9 @@ pub async fn run_job(
     let (inputs_hash, ending) = match staged {
         Ok(Ok(staged)) => {
             let hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
-            if fresh_folder {
+            // A new job has no folder yet (one `stat`, inline); emptying an
+            // earlier run's folder is file work for a blocking thread.
+            if fresh_folder && std::fs::symlink_metadata(&dir).is_ok() {
                 let (d, h) = (dir.clone(), hash.clone());
                 match tokio::task::spawn_blocking(move || empty_receipt_folder(&d, &h)).await {
                     Ok(Ok(replaced)) => trace.replaced_inputs_hash = replaced,
@@ -342,6 +345,15 @@ pub async fn run_job(
     }
     let receipt = build_receipt(&spec, inputs_hash, ending, &trace);
     crate::metrics::controller().record_receipt(&receipt);
+    // The daemon records the receipt in its store first and writes the
+    // file after (see `ControllerStore::keeping_receipts`).
+    if deps.store.as_ref().is_some_and(|s| s.keeps_receipts()) {
+        trace.say(match &receipt.executed_on {
+            Some(on) => format!("{} on {on}", status_word(receipt.status)),
+            None => format!("{} without running anywhere", status_word(receipt.status)),
+        });
+        return receipt;
+    }
     let write = {
         let (r, d) = (receipt.clone(), dir.clone());
         tokio::task::spawn_blocking(move || r.write_or_keep(&d)).await

@@ -79,6 +79,13 @@ pub struct ControllerSettings {
     pub daemon_lost_after_s: u64,
     /// When a job may run on the controller: `unavailable`, `always`, `never`.
     pub fallback: crate::receipt::FallbackMode,
+    /// HTTP worker threads of the daemon's API (each with its own runtime).
+    pub http_workers: usize,
+    /// Most threads in each tokio blocking pool of the daemon (the main
+    /// runtime's, where the controller's actors run, and each HTTP
+    /// worker's): a burst would otherwise grow them to dozens of threads
+    /// whose memory stays after it.
+    pub max_blocking_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -521,6 +528,13 @@ mod tests {
         assert_eq!(s.worker.port, 8787);
         assert_eq!(s.step("FFMPEG_PROBE").concurrency, 4);
         assert_eq!(s.worker.skew_s, 300);
+        assert_eq!((s.controller.http_workers, s.controller.max_blocking_threads), (1, 32));
+    }
+
+    #[test]
+    fn the_daemon_s_thread_caps_are_read() {
+        let s = Settings::load_from(None, &env(&[("RAYVAULT_CONTROLLER__HTTP_WORKERS", "3"), ("RAYVAULT_CONTROLLER__MAX_BLOCKING_THREADS", "2")])).unwrap();
+        assert_eq!((s.controller.http_workers, s.controller.max_blocking_threads), (3, 2));
     }
 
     #[test]

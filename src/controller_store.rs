@@ -3,24 +3,41 @@
 //!
 //! It keeps every job the daemon accepted: its spec, whether it is queued,
 //! running or finished, the worker and remote job id once it has one, and
-//! its receipt at the end. Each change is one committed transaction, so a
-//! daemon killed with `kill -9` restarts knowing exactly which jobs were in
-//! flight and on which worker, and re-attaches to them instead of running
-//! them again.
+//! its receipt at the end. Every change is durable before its caller hears
+//! back, so a daemon killed with `kill -9` restarts knowing exactly which
+//! jobs were in flight and on which worker, and re-attaches to them instead
+//! of running them again.
+//!
+//! Writes go through one writer thread (group commit): the writes that are
+//! waiting when it starts a transaction share that transaction and its one
+//! sync to disk, and each caller is answered once the commit is durable.
+//! Reads open a read transaction on the caller's thread: a single-record
+//! read takes microseconds.
 
 use crate::process::{ChildGroup, ChildRegistry, Reaped};
 use crate::receipt::{JobSpec, Receipt};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_jobs");
 /// `<run_id>/<job_id>/<group id>` -> JSON [`ChildGroup`]: the process groups
 /// of the tools that local steps (the LocalRunner) run, while they run.
 const CHILDREN: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_children");
 
+/// The most pages redb keeps cached in memory. The jobs table is read one
+/// record at a time (and in full only by `status` and the dashboard), so a
+/// small cache costs little time and keeps a daemon that ran thousands of
+/// jobs from holding their pages in memory.
+const CACHE_BYTES: usize = 1 << 20;
+
+/// The most writes that share one transaction.
+const MAX_BATCH: usize = 256;
+
 /// A store failure, with the file it concerns.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("controller store: {0}")]
 pub struct StoreError(pub String);
 
@@ -61,11 +78,116 @@ pub struct StoredJob {
     pub receipt: Option<Receipt>,
 }
 
+/// The jobs table inside a write transaction.
+type JobsTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+/// One write waiting for the writer thread: it is applied inside the
+/// batch's transaction, then told whether the transaction committed.
+trait Write: Send {
+    fn apply(&mut self, table: &mut JobsTable<'_>);
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+/// A [`Write`] made of a closure that changes the table and answers `R`,
+/// and one that receives the answer once the commit is durable (or failed).
+struct Op<R, F, D> {
+    change: Option<F>,
+    answer: Option<Result<R, StoreError>>,
+    done: D,
+}
+
+impl<R, F, D> Write for Op<R, F, D>
+where
+    R: Send,
+    F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send,
+    D: FnOnce(Result<R, StoreError>) + Send,
+{
+    fn apply(&mut self, table: &mut JobsTable<'_>) {
+        if let Some(change) = self.change.take() {
+            self.answer = Some(change(table));
+        }
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match committed {
+            Ok(()) => self.answer.unwrap_or_else(|| Err(StoreError("the write was not applied".into()))),
+            Err(e) => Err(e),
+        };
+        (self.done)(answer);
+    }
+}
+
 /// The daemon's store.
-#[derive(Debug)]
 pub struct ControllerStore {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
+    /// The writer thread's queue; `None` once the store is being dropped.
+    queue: Mutex<Option<mpsc::Sender<Box<dyn Write>>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// True for the daemon's store: it records each job's receipt, and the
+    /// daemon writes the receipt file after the record (see
+    /// [`ControllerStore::keeping_receipts`]).
+    keeps_receipts: bool,
+    /// Write transactions committed by the writer thread.
+    commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ControllerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// The writer thread: takes the first waiting write, then every other one
+/// already queued (up to [`MAX_BATCH`]), applies them in one transaction,
+/// commits it (one sync to disk), and answers each.
+fn writer(db: Arc<Database>, queue: mpsc::Receiver<Box<dyn Write>>, commits: Arc<AtomicU64>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let committed = commit_batch(&db, &mut batch);
+        commits.fetch_add(1, Ordering::Relaxed);
+        for w in batch {
+            w.finish(committed.clone());
+        }
+    }
+}
+
+fn commit_batch(db: &Database, batch: &mut [Box<dyn Write>]) -> Result<(), StoreError> {
+    let tx = db.begin_write()?;
+    {
+        let mut table = tx.open_table(JOBS)?;
+        for w in batch.iter_mut() {
+            w.apply(&mut table);
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn insert(table: &mut JobsTable<'_>, job: &StoredJob) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(job).map_err(|e| StoreError(e.to_string()))?;
+    table.insert(job.spec.key().as_str(), bytes.as_slice())?;
+    Ok(())
+}
+
+/// Applies `f` to the record at `key`; the changed record, or `None` when
+/// there is none.
+fn change(table: &mut JobsTable<'_>, key: &str, f: impl FnOnce(&mut StoredJob)) -> Result<Option<StoredJob>, StoreError> {
+    let current = match table.get(key)? {
+        Some(v) => decode(v.value())?,
+        None => return Ok(None),
+    };
+    let mut job = current;
+    f(&mut job);
+    let bytes = serde_json::to_vec(&job).map_err(|e| StoreError(e.to_string()))?;
+    table.insert(key, bytes.as_slice())?;
+    Ok(Some(job))
 }
 
 impl ControllerStore {
@@ -74,33 +196,132 @@ impl ControllerStore {
         cluster_dir.join("controller.redb")
     }
 
-    /// Opens (creating) the store. Blocking: call from `spawn_blocking` or
-    /// before the runtime starts.
+    /// Opens (creating) the store and starts its writer thread. Blocking:
+    /// call from `spawn_blocking` or before the runtime starts.
     pub fn open(path: &Path) -> Result<ControllerStore, StoreError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| StoreError(format!("creating {}: {e}", parent.display())))?;
         }
-        let db = Database::create(path).map_err(|e| {
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
             StoreError(format!("cannot open {}: {e}; is another daemon running on this state dir?", path.display()))
         })?;
         let tx = db.begin_write()?;
         tx.open_table(JOBS)?;
         tx.open_table(CHILDREN)?;
         tx.commit()?;
-        Ok(ControllerStore { db, path: path.to_path_buf() })
+        let db = Arc::new(db);
+        let (send, receive) = mpsc::channel();
+        let (for_writer, commits) = (db.clone(), Arc::new(AtomicU64::new(0)));
+        let counted = commits.clone();
+        let writer = std::thread::Builder::new()
+            .name("controller-store".into())
+            .spawn(move || writer(for_writer, receive, counted))
+            .map_err(|e| StoreError(format!("cannot start the store's writer thread: {e}")))?;
+        Ok(ControllerStore { db, path: path.to_path_buf(), queue: Mutex::new(Some(send)), writer: Some(writer), keeps_receipts: false, commits })
+    }
+
+    /// Marks the store as the durable home of its jobs' receipts: the
+    /// JobRunner then leaves writing the receipt file to the store's owner
+    /// (the daemon), which writes it once the record is durable.
+    pub fn keeping_receipts(mut self) -> ControllerStore {
+        self.keeps_receipts = true;
+        self
+    }
+
+    /// How many write transactions the writer thread committed so far (each
+    /// one sync to disk, shared by the writes that arrived together).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// See [`ControllerStore::keeping_receipts`].
+    pub fn keeps_receipts(&self) -> bool {
+        self.keeps_receipts
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Inserts or replaces a job record in one transaction.
+    /// Queues a write; `done` runs on the writer thread once the batch it
+    /// joined committed (or failed).
+    fn enqueue<R, F, D>(&self, change: F, done: D)
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send + 'static,
+        D: FnOnce(Result<R, StoreError>) + Send + 'static,
+    {
+        let op: Box<dyn Write> = Box::new(Op { change: Some(change), answer: None, done });
+        let refused = match self.queue.lock() {
+            Ok(q) => match q.as_ref() {
+                Some(q) => q.send(op).err().map(|e| e.0),
+                None => Some(op),
+            },
+            Err(_) => Some(op),
+        };
+        if let Some(op) = refused {
+            op.finish(Err(StoreError("the store's writer thread stopped".into())));
+        }
+    }
+
+    /// A write, waited for on this thread (blocking).
+    fn write_blocking<R, F>(&self, change: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (send, receive) = mpsc::sync_channel(1);
+        self.enqueue(change, move |r| {
+            let _ = send.send(r);
+        });
+        receive.recv().unwrap_or_else(|_| Err(StoreError("the store's writer thread stopped".into())))
+    }
+
+    /// A write, awaited without blocking the caller's thread; `after` runs
+    /// on the writer thread once the write is durable, before the caller
+    /// hears back (see [`ControllerStore::update_then`]).
+    async fn write_async<R, F>(&self, change: F, after: impl FnOnce(&R) + Send + 'static) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (send, receive) = tokio::sync::oneshot::channel();
+        self.enqueue(change, move |r: Result<R, StoreError>| {
+            if let Ok(r) = &r {
+                after(r);
+            }
+            let _ = send.send(r);
+        });
+        receive.await.unwrap_or_else(|_| Err(StoreError("the store's writer thread stopped".into())))
+    }
+
+    /// Inserts or replaces a job record; durable when it returns. Blocking.
     pub fn put(&self, job: &StoredJob) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(job).map_err(|e| StoreError(e.to_string()))?;
-        let tx = self.db.begin_write()?;
-        tx.open_table(JOBS)?.insert(job.spec.key().as_str(), bytes.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        let job = job.clone();
+        self.write_blocking(move |t| insert(t, &job))
+    }
+
+    /// Records a newly submitted job unless the same key is in flight
+    /// (queued or running): true when recorded (durably), false when a job
+    /// of that key is already in flight. One transaction decides, so two
+    /// submissions of one key never both start it.
+    pub async fn insert_unless_in_flight(&self, job: StoredJob) -> Result<bool, StoreError> {
+        self.write_async(
+            move |t| {
+                let key = job.spec.key();
+                let in_flight = match t.get(key.as_str())? {
+                    Some(v) => decode(v.value())?.phase != Phase::Finished,
+                    None => false,
+                };
+                if in_flight {
+                    return Ok(false);
+                }
+                insert(t, &job)?;
+                Ok(true)
+            },
+            |_| {},
+        )
+        .await
     }
 
     /// Reads one job by `run_id/job_id`.
@@ -112,21 +333,31 @@ impl ControllerStore {
     }
 
     /// Applies `f` to a job in one write transaction; false if absent.
-    pub fn update(&self, key: &str, f: impl FnOnce(&mut StoredJob)) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(JOBS)?;
-            let current = match table.get(key)? {
-                Some(v) => decode(v.value())?,
-                None => return Ok(false),
-            };
-            let mut job = current;
-            f(&mut job);
-            let bytes = serde_json::to_vec(&job).map_err(|e| StoreError(e.to_string()))?;
-            table.insert(key, bytes.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(true)
+    /// Durable when it returns. Blocking.
+    pub fn update(&self, key: &str, f: impl FnOnce(&mut StoredJob) + Send + 'static) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        self.write_blocking(move |t| change(t, &key, f).map(|j| j.is_some()))
+    }
+
+    /// [`ControllerStore::update`] awaited without blocking; `after` runs
+    /// with the changed record once it is durable, before this returns (the
+    /// daemon writes the job's receipt file there). `None` if absent.
+    pub async fn update_then(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut StoredJob) + Send + 'static,
+        after: impl FnOnce(&StoredJob) + Send + 'static,
+    ) -> Result<Option<StoredJob>, StoreError> {
+        let key = key.to_string();
+        self.write_async(
+            move |t| change(t, &key, f),
+            move |j: &Option<StoredJob>| {
+                if let Some(j) = j {
+                    after(j);
+                }
+            },
+        )
+        .await
     }
 
     /// Every job, in key order.
@@ -144,6 +375,19 @@ impl ControllerStore {
     /// The jobs a restarted daemon must pick up again.
     pub fn unfinished(&self) -> Result<Vec<StoredJob>, StoreError> {
         Ok(self.all()?.into_iter().filter(|j| j.phase != Phase::Finished).collect())
+    }
+}
+
+/// Stops the writer thread (after the writes already queued) and waits
+/// for it, so that the database file is closed when the store is gone.
+impl Drop for ControllerStore {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.take();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -262,6 +506,31 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].remote.as_ref().unwrap().remote_job_id, "x");
         assert_eq!(s.all().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn writes_that_arrive_together_share_one_commit_and_are_durable_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let s = ControllerStore::open(&path).unwrap();
+        let before = s.commits();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let answers = rt.block_on(futures_util::future::join_all((0..64).map(|i| s.insert_unless_in_flight(job(&format!("j{i}"))))));
+        assert!(answers.iter().all(|a| matches!(a, Ok(true))), "{answers:?}");
+        let commits = s.commits() - before;
+        assert!(commits < 32, "64 writes queued together took {commits} commits");
+        // A second submission of a job in flight is refused in the same way.
+        assert!(!rt.block_on(s.insert_unless_in_flight(job("j0"))).unwrap());
+        // `after` runs once the change is durable, before the caller hears back.
+        let seen = Arc::new(Mutex::new(None));
+        let into = seen.clone();
+        let changed = rt.block_on(s.update_then("r/j1", |j| j.phase = Phase::Finished, move |j| *into.lock().unwrap() = Some(j.phase))).unwrap();
+        assert_eq!(changed.map(|j| j.phase), Some(Phase::Finished));
+        assert_eq!(*seen.lock().unwrap(), Some(Phase::Finished));
+        drop(s);
+        let s = ControllerStore::open(&path).unwrap();
+        assert_eq!(s.all().unwrap().len(), 64);
+        assert_eq!(s.unfinished().unwrap().len(), 63);
     }
 
     #[cfg(unix)]

@@ -357,13 +357,38 @@ pub const RECEIPT_FILE: &str = "job_receipt.json";
 pub const LOG_FILE: &str = "worker.log";
 
 impl Receipt {
-    /// Writes the receipt atomically into `dir`.
+    /// The bytes of `job_receipt.json`: pretty JSON and a final newline.
+    pub fn file_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Writes the receipt atomically into `dir` (temporary file, sync to
+    /// disk, rename).
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(RECEIPT_FILE);
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        crate::artifacts::write_atomic(&path, &bytes)?;
+        crate::artifacts::write_atomic(&path, &self.file_bytes()?)?;
+        Ok(path)
+    }
+
+    /// Writes the receipt into `dir` with one write and no sync to disk,
+    /// creating the folders only when they are missing. For a writer that
+    /// holds the durable copy elsewhere (the daemon's store) and writes the
+    /// file again when it is missing or differs.
+    pub fn write_unsynced(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let path = dir.join(RECEIPT_FILE);
+        let bytes = self.file_bytes()?;
+        let written = match std::fs::write(&path, &bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, &bytes)),
+            other => other,
+        };
+        if let Err(e) = written {
+            // No partial receipt stays behind (a full disk, say).
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         Ok(path)
     }
 
@@ -371,7 +396,17 @@ impl Receipt {
     /// the disk is full, keeps it in memory (see [`write_pending`]) so that
     /// it is written once space returns, and still reports the error.
     pub fn write_or_keep(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        match self.write(dir) {
+        self.keep_if_disk_full(dir, self.write(dir))
+    }
+
+    /// [`Receipt::write_unsynced`], keeping the receipt in memory when the
+    /// disk is full like [`Receipt::write_or_keep`].
+    pub fn write_unsynced_or_keep(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        self.keep_if_disk_full(dir, self.write_unsynced(dir))
+    }
+
+    fn keep_if_disk_full(&self, dir: &Path, written: std::io::Result<PathBuf>) -> std::io::Result<PathBuf> {
+        match written {
             Err(e) if crate::error::is_disk_full(&e) => {
                 if let Ok(mut pending) = PENDING.lock() {
                     pending.retain(|(d, _)| d != dir);

@@ -275,3 +275,139 @@ fn submit_gives_up_on_a_hung_daemon_whose_job_goes_on() {
     assert_eq!(receipt(&w, "hung", "j").unwrap()["status"], "succeeded");
     drop(daemon);
 }
+
+/// Threads of a running process, from /proc.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_daemon_killed_right_after_concurrent_accepted_submits_loses_none_and_runs_none_twice() {
+    let mut w = World::new();
+    let step = ledger_step_env(&w);
+    let mut env = step.clone();
+    env.push(("FAULT_STEP_S".into(), "0.3".into()));
+    let state = w.dir.path().join("worker-w1");
+    let (_w1, p1) = worker_at(&w, "w1", "127.0.0.1", None, &state, &env);
+    w.write_nodes(&[("w1", p1, true)]);
+    // Were a job run on the controller, the ledger would say so.
+    for (k, v) in &step {
+        w.set_env(k, v);
+    }
+    w.set_env("FAULT_NODE", "controller");
+    w.set_env("FAULT_STEP_S", "0.3");
+    let mut daemon = w.daemon();
+    let n = 16;
+    let texts: Vec<String> = (0..n).map(|i| format!("crash-{i:02}")).collect();
+    let submits: Vec<Running> = texts.iter().map(|t| spawn_submit(&w, "burst", t, "TTS_RENDER_CHUNKS", json!({"text": t}), &["--no-wait"])).collect();
+    for (t, s) in texts.iter().zip(submits) {
+        let out = s.finish();
+        assert_eq!(out.status.code(), Some(0), "{t} was not accepted: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Every submission was answered "accepted": now the daemon dies.
+    daemon.kill();
+    let _daemon = w.daemon();
+    common::wait_until("a receipt for every accepted job", Duration::from_secs(90), || texts.iter().all(|t| receipt(&w, "burst", t).is_some()));
+    for t in &texts {
+        let r = receipt(&w, "burst", t).unwrap();
+        assert_eq!(r["status"], "succeeded", "{t}: {r}");
+    }
+    // The worker keeps running what it accepted while the daemon is down, so
+    // wait for its last copy to end before counting.
+    common::wait_until("every copy on the worker ended", Duration::from_secs(30), || {
+        let l = ledger(&w);
+        l.iter().filter(|x| x.kind == "START").count() == l.iter().filter(|x| x.kind == "END").count()
+    });
+    let lines = ledger(&w);
+    for t in &texts {
+        let ends = lines.iter().filter(|l| l.kind == "END" && &l.text == t).count();
+        assert_eq!(ends, 1, "{t} ran to the end {ends} times: {lines:?}");
+    }
+}
+
+#[test]
+fn receipt_files_missing_or_torn_after_a_crash_are_written_again_from_the_store() {
+    let w = World::new();
+    let clip = video(&w);
+    let mut daemon = w.daemon();
+    for job in ["a", "b", "c"] {
+        let (code, _, err) = w.submit("restore", job, "FFMPEG_PROBE", json!({"media_path": clip}), &[]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let file = |job: &str| w.receipt_dir("restore", job).join("job_receipt.json");
+    let original: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|j| std::fs::read(file(j)).unwrap()).collect();
+    daemon.kill();
+    // As if the daemon died after recording the ends but before their files
+    // reached the disk: one missing, one torn, one intact.
+    std::fs::remove_file(file("a")).unwrap();
+    std::fs::write(file("b"), &original[1][..original[1].len() / 2]).unwrap();
+    let _daemon = w.daemon();
+    assert_eq!(std::fs::read(file("a")).unwrap(), original[0], "the missing receipt is back, as it was, once the API listens");
+    assert_eq!(std::fs::read(file("b")).unwrap(), original[1], "the torn receipt is whole again");
+    assert_eq!(std::fs::read(file("c")).unwrap(), original[2]);
+    assert!(w.daemon_log().contains("wrote 2 receipt file(s) again from the store"), "{}", w.daemon_log());
+}
+
+#[test]
+fn the_daemon_runs_on_the_thread_counts_it_is_configured_with() {
+    let mut w = World::new();
+    w.set_env("RAYVAULT_CONTROLLER__HTTP_WORKERS", "1");
+    w.set_env("RAYVAULT_CONTROLLER__MAX_BLOCKING_THREADS", "1");
+    let daemon = w.daemon();
+    let pid = daemon.child.id();
+    // A burst of local jobs (no worker is listed) at once: file work and
+    // steps all ask for blocking threads. Without the cap the same burst
+    // grows the daemon to about 25 threads.
+    let clips: Vec<_> = (0..12).map(|i| common::make_video(w.dir.path(), &format!("c{i}.mp4"), 0.5, 96 + 16 * i, 64, 10)).collect();
+    let submits: Vec<Running> = clips.iter().enumerate().map(|(i, c)| spawn_submit(&w, "threads", &format!("j{i}"), "FFMPEG_PROBE", json!({"media_path": c}), &[])).collect();
+    let mut most = 0;
+    for s in submits {
+        most = most.max(threads(pid));
+        let out = s.finish();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    most = most.max(threads(pid));
+    // The main thread, one HTTP worker, actix's accept loop, the store's
+    // writer, the allocator trimmer, and at most one blocking thread for the
+    // main runtime and one for the HTTP worker's.
+    assert!(most <= 8, "{most} threads with one HTTP worker and one blocking thread per pool");
+}
+
+/// A GET to the daemon's API, signed like `submit` signs it, that waits up
+/// to 70 s for the answer (long-polls).
+fn daemon_get(w: &World, path: &str, query: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let ring = rayvault::auth::Keyring::from_secrets(SECRET, None).unwrap();
+    let sha = rayvault::protocol::sha256_hex(b"");
+    let auth = ring.authorization(&rayvault::auth::RequestTarget { method: "GET", path, query, worker_id: "controller", body_sha256: &sha });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", w.api_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
+    s.write_all(format!("GET {path}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_long_poll_answers_the_moment_its_job_ends_with_the_receipt_file_written() {
+    let mut w = World::new();
+    for (k, v) in ledger_step_env(&w) {
+        w.set_env(&k, &v);
+    }
+    w.set_env("FAULT_NODE", "controller");
+    w.set_env("FAULT_STEP_S", "1.5");
+    let _daemon = w.daemon();
+    let (code, _, err) = w.submit("poll", "j", "TTS_RENDER_CHUNKS", json!({"text": "poll-j"}), &["--no-wait"]);
+    assert_eq!(code, 0, "{err}");
+    // Progress lines from far ahead: only the job's end answers this poll.
+    let (status, view) = daemon_get(&w, "/v1/jobs/poll/j", "wait_s=30&progress_from=100000");
+    let answered = epoch_s();
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["phase"], "finished", "{view}");
+    assert_eq!(view["receipt"]["status"], "succeeded", "{view}");
+    assert!(w.receipt_dir("poll", "j").join("job_receipt.json").is_file(), "the receipt file exists when the end is answered");
+    let end = ledger(&w).iter().find(|l| l.kind == "END").map(|l| l.at).expect("the step ended");
+    assert!(answered - end < 0.8, "answered {:.3} s after the step ended", answered - end);
+}

@@ -9,7 +9,10 @@
 //! [`UNSIGNED_ROUTES`]:
 //! - `GET /v1/health`
 //! - `POST /v1/jobs` (a job spec) -> accepted
-//! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]
+//! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]:
+//!   at once, or (with `wait_s`) the moment the job ends, with its receipt
+//!   file written, or [`PROGRESS_LINGER`] after its first new progress line,
+//!   or after N seconds (at most 60)
 //! - `POST /v1/jobs/{run_id}/{job_id}/cancel`
 //! - `GET /v1/status`
 //! - `GET /metrics` (unsigned; Prometheus text, see `daemon_metrics`)
@@ -63,17 +66,69 @@ struct ApiState {
     verifier: Verifier,
     store: Arc<ControllerStore>,
     controller: Controller,
-    /// Woken whenever a job ends or reports progress, for long-polls.
-    changed: Arc<Notify>,
-    progress: Arc<DashMap<String, Vec<String>>>,
+    live: Arc<Live>,
 }
 
 type Data = web::Data<ApiState>;
 
+/// How long the progress lines of an ended job are kept, for a client
+/// mid-poll.
+const KEEP_PROGRESS: Duration = Duration::from_secs(60);
+
+/// The most ended jobs whose progress lines are kept (the oldest go first).
+const KEEP_PROGRESS_JOBS: usize = 256;
+
+/// What the daemon keeps in memory about jobs, beside its store.
+#[derive(Default)]
+struct Live {
+    /// Progress lines by job key (shared with the dashboard).
+    progress: Arc<DashMap<String, Vec<String>>>,
+    /// One notify per job in flight, woken when the job reports progress
+    /// and when it ends (after its end is recorded and its receipt file
+    /// written), for long-polls.
+    waits: DashMap<String, Arc<Notify>>,
+    /// Woken whenever a job starts, for a long-poll that came before its
+    /// job's notify existed.
+    begun: Notify,
+    /// The ended jobs whose progress lines are still kept, oldest first:
+    /// at most [`KEEP_PROGRESS_JOBS`], none older than [`KEEP_PROGRESS`].
+    ended: std::sync::Mutex<std::collections::VecDeque<(Instant, String, Arc<Notify>)>>,
+}
+
+impl Live {
+    /// A job starts (or starts again): its notify, replacing any earlier one.
+    fn begin(&self, key: &str) -> Arc<Notify> {
+        self.progress.remove(key);
+        let notify = Arc::new(Notify::new());
+        self.waits.insert(key.to_string(), notify.clone());
+        self.begun.notify_waiters();
+        notify
+    }
+
+    /// The job that `notify` belongs to ended: wakes its long-polls, and
+    /// frees what is kept of jobs that ended long enough ago.
+    fn end(&self, key: &str, notify: &Arc<Notify>) {
+        self.waits.remove_if(key, |_, n| Arc::ptr_eq(n, notify));
+        notify.notify_waiters();
+        let Ok(mut ended) = self.ended.lock() else { return };
+        let now = Instant::now();
+        ended.push_back((now, key.to_string(), notify.clone()));
+        while let Some((at, k, n)) = ended.front() {
+            if ended.len() <= KEEP_PROGRESS_JOBS && now.duration_since(*at) < KEEP_PROGRESS {
+                break;
+            }
+            // Unless the key was submitted again meanwhile.
+            if !self.waits.get(k).is_some_and(|current| !Arc::ptr_eq(current.value(), n)) {
+                self.progress.remove(k);
+            }
+            ended.pop_front();
+        }
+    }
+}
+
 /// Collects job progress lines for the API and the daemon log.
 struct ProgressSink {
-    lines: Arc<DashMap<String, Vec<String>>>,
-    changed: Arc<Notify>,
+    live: Arc<Live>,
 }
 
 impl Actor for ProgressSink {
@@ -84,13 +139,15 @@ impl Actor for ProgressSink {
 impl Handler<JobProgress> for ProgressSink {
     type Result = ();
     fn handle(&mut self, msg: JobProgress, _: &mut Context<Self>) {
-        let mut entry = self.lines.entry(msg.key).or_default();
+        let mut entry = self.live.progress.entry(msg.key.clone()).or_default();
         // Bounded: a chatty job must not grow the daemon without limit.
         if entry.len() < 10_000 {
             entry.push(msg.line);
         }
         drop(entry);
-        self.changed.notify_waiters();
+        if let Some(n) = self.live.waits.get(&msg.key) {
+            n.notify_waiters();
+        }
     }
 }
 
@@ -109,7 +166,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
     let verifier_keys = Keyring::from_env().context("the daemon authenticates its API with the cluster secret")?;
     let keyring = Arc::new(Keyring::from_env()?);
     let store_path = ControllerStore::default_path(&settings.cluster_dir());
-    let store = Arc::new(ControllerStore::open(&store_path)?);
+    let store = Arc::new(ControllerStore::open(&store_path)?.keeping_receipts());
     // Before any local step starts: kill what the local steps of a dead
     // daemon left running.
     match store.reap_children() {
@@ -118,10 +175,10 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
         Err(e) => tracing::warn!(error = %e, "could not check for child processes left by the previous daemon"),
     }
     let port = settings.controller.api_port;
-    System::new().block_on(async move {
-        let changed = Arc::new(Notify::new());
-        let progress = Arc::new(DashMap::new());
-        let sink = ProgressSink { lines: progress.clone(), changed: changed.clone() }.start();
+    let (http_workers, max_blocking) = (settings.controller.http_workers.max(1), settings.controller.max_blocking_threads.max(1));
+    runtime(max_blocking).block_on(async move {
+        let live = Arc::new(Live::default());
+        let sink = ProgressSink { live: live.clone() }.start();
         let controller = ControllerSupervisor::start(ControllerOptions {
             settings: settings.clone(),
             keyring: Some(keyring.clone()),
@@ -134,11 +191,10 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
             verifier: Verifier::new(verifier_keys, DAEMON_ID.into(), settings.worker.skew_s, false),
             store: store.clone(),
             controller: controller.clone(),
-            changed,
-            progress,
+            live,
         });
         resume_unfinished(&state).await?;
-        let dashboard = web::Data::new(crate::dashboard::Dashboard::new(settings.clone(), store.clone(), controller.clone(), state.progress.clone())?);
+        let dashboard = web::Data::new(crate::dashboard::Dashboard::new(settings.clone(), store.clone(), controller.clone(), state.live.progress.clone())?);
         let st = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -163,7 +219,8 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
                 .configure(|cfg| crate::dashboard::routes(cfg, dashboard.clone()))
                 .configure(|cfg| crate::daemon_metrics::routes(cfg, scrape.clone()))
         })
-        .workers(1)
+        .workers(http_workers)
+        .worker_max_blocking_threads(max_blocking)
         .shutdown_timeout(5)
         .bind((host, port))
         .with_context(|| format!("cannot listen on {host}:{port}; is another daemon running? (controller.api_port)"))?;
@@ -175,35 +232,91 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
     })
 }
 
+/// The daemon's actix System: the runtime actix would build (one thread for
+/// the actors), except for the blocking pool, capped at `max_blocking`
+/// threads (`[controller] max_blocking_threads`).
+fn runtime(max_blocking: usize) -> actix_rt::SystemRunner {
+    System::with_tokio_rt(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(max_blocking)
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the async runtime: {e}"))
+    })
+}
+
 /// The receipt of this submission of `job` if one was written already (its
-/// run ended, but the end was not recorded in the store). Reads a file: call
-/// it off the arbiter (`web::block`).
+/// run ended, but the end was not recorded in the store). Reads a file.
 fn ended_before(cluster_dir: &std::path::Path, job: &StoredJob) -> Option<Receipt> {
     let at = UNIX_EPOCH + Duration::from_millis(job.submitted_at_ms);
     let dir = rayvault::receipt::receipt_dir(cluster_dir, &job.spec.run_id, &job.spec.job_id);
     Receipt::read(&dir).ok().filter(|r| r.timings.submitted_at == rayvault::joblog::format_utc(at))
 }
 
+/// Writes the receipt file of an ended job, without a sync to disk: the
+/// store holds the durable copy, and [`rewrite_receipts`] restores a file
+/// lost with the daemon. A receipt that finds the disk full is kept in
+/// memory and written once space returns.
+fn write_receipt_file(cluster_dir: &std::path::Path, receipt: &Receipt) {
+    let dir = rayvault::receipt::receipt_dir(cluster_dir, &receipt.run_id, &receipt.job_id);
+    match receipt.write_unsynced_or_keep(&dir) {
+        Ok(_) => {}
+        Err(e) if rayvault::error::is_disk_full(&e) => tracing::error!(
+            job = %format!("{}/{}", receipt.run_id, receipt.job_id),
+            "DISK_FULL: the receipt could not be written into {} ({e}); it is kept in memory and written as soon as space is freed there",
+            dir.display()
+        ),
+        Err(e) => tracing::error!(job = %format!("{}/{}", receipt.run_id, receipt.job_id), "could not write the receipt into {}: {e}", dir.display()),
+    }
+}
+
+/// Start-up: writes again the receipt file of every ended job whose file is
+/// missing or differs from the receipt in the store (a daemon killed between
+/// recording a job's end and writing its file, or a machine that lost the
+/// file's unsynced data). Answers how many it wrote.
+fn rewrite_receipts(cluster_dir: &std::path::Path, store: &ControllerStore) -> anyhow::Result<usize> {
+    let mut written = 0;
+    for job in store.all()? {
+        let Some(receipt) = job.receipt.as_ref().filter(|_| job.phase == Phase::Finished) else { continue };
+        let dir = rayvault::receipt::receipt_dir(cluster_dir, &receipt.run_id, &receipt.job_id);
+        let current = std::fs::read(dir.join(rayvault::receipt::RECEIPT_FILE)).ok();
+        if current.is_some_and(|bytes| receipt.file_bytes().is_ok_and(|b| b == bytes)) {
+            continue;
+        }
+        write_receipt_file(cluster_dir, receipt);
+        written += 1;
+    }
+    Ok(written)
+}
+
 /// Picks up the jobs a previous daemon left unfinished: re-attaching to
-/// remote ones, running local ones again (they never completed).
+/// remote ones, running local ones again (they never completed). Before
+/// that, restores the receipt files of the jobs that ended.
 async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
-    let store = state.store.clone();
-    let jobs = web::block(move || store.unfinished()).await??;
-    for job in jobs {
+    let cluster = state.settings.cluster_dir();
+    let rewritten = rewrite_receipts(&cluster, &state.store)?;
+    if rewritten > 0 {
+        tracing::info!("wrote {rewritten} receipt file(s) again from the store (missing or not up to date after the previous run)");
+    }
+    for job in state.store.unfinished()? {
         let at = UNIX_EPOCH + Duration::from_millis(job.submitted_at_ms);
-        // The previous daemon may have written the receipt and died before
-        // recording it: that job ended, and must not run again.
-        let (cluster, j) = (state.settings.cluster_dir(), job.clone());
-        if let Some(receipt) = web::block(move || ended_before(&cluster, &j)).await? {
+        // A job whose receipt file of this submission exists ended, and
+        // must not run again: earlier versions wrote the receipt before
+        // recording the end, and a failed store write leaves the file as
+        // the only record.
+        if let Some(receipt) = ended_before(&cluster, &job) {
             tracing::info!(job = %job.spec.key(), "the job had ended before the restart; recording its receipt");
-            let (store, key) = (state.store.clone(), job.spec.key());
-            web::block(move || {
-                store.update(&key, |j| {
-                    j.phase = Phase::Finished;
-                    j.receipt = Some(receipt);
-                })
-            })
-            .await??;
+            state
+                .store
+                .update_then(
+                    &job.spec.key(),
+                    |j| {
+                        j.phase = Phase::Finished;
+                        j.receipt = Some(receipt);
+                    },
+                    |_| {},
+                )
+                .await?;
             continue;
         }
         match &job.remote {
@@ -219,12 +332,15 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
 /// under it, before it is left for the next daemon start.
 const MAX_RUNNER_RESTARTS: u32 = 3;
 
-/// Hands a job to the JobRunner and records its end. When the JobRunner is
-/// restarted mid-job (which drops the job's run), the job is picked up again
-/// at once, the way a daemon restart would: re-attached to its remote job if
-/// it had one, run again otherwise.
+/// Hands a job to the JobRunner and records its end: the store's record
+/// first (durable), then the receipt file, then the job's long-polls are
+/// woken, so that an answer saying the job ended always finds its receipt
+/// file. When the JobRunner is restarted mid-job (which drops the job's
+/// run), the job is picked up again at once, the way a daemon restart
+/// would: re-attached to its remote job if it had one, run again otherwise.
 fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at: SystemTime) {
     let key = spec.key();
+    let notify = state.live.begin(&key);
     actix::spawn(async move {
         let mut resume = resume;
         let mut restarts = 0;
@@ -236,16 +352,12 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
                 // closed one means the daemon is shutting down.
                 Err(_) if restarts < MAX_RUNNER_RESTARTS && state.controller.runner.connected() => {
                     restarts += 1;
-                    let (store, k, cluster) = (state.store.clone(), key.clone(), state.settings.cluster_dir());
-                    let read = web::block(move || store.get(&k).map(|j| j.map(|j| (ended_before(&cluster, &j), j)))).await;
-                    let stored = match read {
-                        Ok(Ok(Some((None, j)))) => j,
-                        Ok(Ok(Some((Some(receipt), _)))) => break receipt,
+                    let stored = match state.store.get(&key) {
+                        Ok(Some(j)) => j,
                         other => {
                             let why = match other {
-                                Ok(Ok(_)) => "it is no longer in the store".to_string(),
-                                Ok(Err(e)) => e.to_string(),
                                 Err(e) => e.to_string(),
+                                Ok(_) => "it is no longer in the store".to_string(),
                             };
                             tracing::error!(job = %key, "the job runner restarted mid-job and the job cannot be read back ({why}); it resumes at the next start");
                             return;
@@ -260,34 +372,34 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
                 }
             }
         };
-        let store = state.store.clone();
-        let k = key.clone();
-        let saved = web::block(move || {
-            store.update(&k, |j| {
-                j.phase = Phase::Finished;
-                j.receipt = Some(receipt);
-            })
-        })
-        .await;
-        if !matches!(saved, Ok(Ok(true))) {
+        let cluster = state.settings.cluster_dir();
+        let recorded = receipt.clone();
+        let saved = state
+            .store
+            .update_then(
+                &key,
+                |j| {
+                    j.phase = Phase::Finished;
+                    j.receipt = Some(recorded);
+                },
+                move |j| {
+                    if let Some(r) = &j.receipt {
+                        write_receipt_file(&cluster, r);
+                    }
+                },
+            )
+            .await;
+        if !matches!(saved, Ok(Some(_))) {
             let why = match saved {
-            Ok(Ok(_)) => "it is no longer in the store".to_string(),
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(job = %key, "could not record the end of the job: {why}");
+                Err(e) => e.to_string(),
+                Ok(_) => "it is no longer in the store".to_string(),
+            };
+            tracing::error!(job = %key, "could not record the end of the job: {why}");
+            // The receipt file is then the only record of the end.
+            let cluster = state.settings.cluster_dir();
+            let _ = web::block(move || write_receipt_file(&cluster, &receipt)).await;
         }
-        state.changed.notify_waiters();
-        // Progress lines only serve clients waiting on the job; keep them a
-        // minute for a client mid-poll, then free them (unless the job was
-        // submitted again meanwhile).
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        let (store, k) = (state.store.clone(), key.clone());
-        if let Ok(Ok(Some(j))) = web::block(move || store.get(&k)).await {
-            if j.phase == Phase::Finished {
-                state.progress.remove(&key);
-            }
-        }
+        state.live.end(&key, &notify);
     });
 }
 
@@ -358,28 +470,19 @@ async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse
     if let Err(e) = spec.validate() {
         return error(400, "BAD_REQUEST", e, None);
     }
-    let (store, key) = (state.store.clone(), spec.key());
     // One instant, kept to the millisecond, for the store and the receipt:
     // a restart compares them to recognise a receipt of this submission.
     let submitted_ms = now_ms();
     let record = StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: submitted_ms, remote: None, receipt: None };
-    // One transaction decides whether this is new work or a job in flight.
-    let outcome = web::block(move || -> Result<bool, rayvault::controller_store::StoreError> {
-        match store.get(&key)? {
-            Some(j) if j.phase != Phase::Finished => Ok(false),
-            _ => store.put(&record).map(|_| true),
-        }
-    })
-    .await;
-    match outcome {
-        Ok(Ok(true)) => {
-            state.progress.remove(&spec.key());
+    // One transaction decides whether this is new work or a job in flight;
+    // the answer waits until the record is durable.
+    match state.store.insert_unless_in_flight(record).await {
+        Ok(true) => {
             let key = spec.key();
             dispatch(state.clone(), spec, None, UNIX_EPOCH + Duration::from_millis(submitted_ms));
             HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": key, "already_running": false}))
         }
-        Ok(Ok(false)) => HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": spec.key(), "already_running": true})),
-        Ok(Err(e)) => error(500, "INTERNAL", e.to_string(), None),
+        Ok(false) => HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": spec.key(), "already_running": true})),
         Err(e) => error(500, "INTERNAL", e.to_string(), None),
     }
 }
@@ -392,30 +495,63 @@ struct WaitQuery {
     progress_from: usize,
 }
 
+/// A job's view now, and whether it ended (its end recorded and its receipt
+/// file written).
+fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box<HttpResponse>> {
+    let job = match state.store.get(key) {
+        Ok(Some(j)) => j,
+        Ok(None) => return Err(Box::new(error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None))),
+        Err(e) => return Err(Box::new(error(500, "INTERNAL", e.to_string(), None))),
+    };
+    let lines: Vec<String> = state.live.progress.get(key).map(|l| l.iter().skip(from).cloned().collect()).unwrap_or_default();
+    // A finished record counts once the job's notify is gone: the receipt
+    // file is written between the two.
+    let ended = job.phase == Phase::Finished && !state.live.waits.contains_key(key);
+    let phase = if job.phase == Phase::Finished && !ended { Phase::Running } else { job.phase };
+    let receipt = if ended { job.receipt } else { None };
+    let view = JobView { key: key.to_string(), phase, remote: job.remote, receipt, progress_next: from + lines.len(), progress: lines };
+    Ok((view, ended))
+}
+
+/// How long a long-poll that has new progress lines waits for more (or for
+/// the end) before it answers with them: a short job's lines then come with
+/// its end in one answer instead of one round trip each.
+const PROGRESS_LINGER: Duration = Duration::from_millis(100);
+
+/// A job's view, answered at once or, with `wait_s`, the moment the job ends
+/// (woken by the job's own notify, see [`Live`]), or [`PROGRESS_LINGER`]
+/// after new progress lines.
 async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>, q: web::Query<WaitQuery>) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
         return *r;
     }
     let key = format!("{}/{}", path.0, path.1);
-    let deadline = Instant::now() + Duration::from_secs(q.wait_s.min(60));
+    let mut answer_by = tokio::time::Instant::now() + Duration::from_secs(q.wait_s.min(60));
+    let mut lingering = false;
     loop {
-        // Register interest before reading, so a change in between is not missed.
-        let notified = state.changed.notified();
-        let store = state.store.clone();
-        let k = key.clone();
-        let job = match web::block(move || store.get(&k)).await {
-            Ok(Ok(Some(j))) => j,
-            Ok(Ok(None)) => return error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None),
-            Ok(Err(e)) => return error(500, "INTERNAL", e.to_string(), None),
-            Err(e) => return error(500, "INTERNAL", e.to_string(), None),
+        // Register interest before reading, so a change in between is not
+        // missed. A job without a notify of its own is about to start (or
+        // is not in flight in this daemon): the next start wakes the poll.
+        let own = state.live.waits.get(&key).map(|n| n.value().clone());
+        let begun = state.live.begun.notified();
+        let own_notified = own.as_ref().map(|n| n.notified());
+        let (now, ended) = match view(&state, &key, q.progress_from) {
+            Ok(v) => v,
+            Err(r) => return *r,
         };
-        let lines: Vec<String> = state.progress.get(&key).map(|l| l.iter().skip(q.progress_from).cloned().collect()).unwrap_or_default();
-        let now = Instant::now();
-        if job.phase == Phase::Finished || !lines.is_empty() || now >= deadline {
-            let progress_next = q.progress_from + lines.len();
-            return HttpResponse::Ok().json(JobView { key, phase: job.phase, remote: job.remote, receipt: job.receipt, progress: lines, progress_next });
+        let at = tokio::time::Instant::now();
+        if !now.progress.is_empty() && !lingering {
+            lingering = true;
+            answer_by = answer_by.min(at + PROGRESS_LINGER);
         }
-        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), notified).await;
+        if ended || at >= answer_by {
+            return HttpResponse::Ok().json(now);
+        }
+        // Woken or not, the next turn reads the job again.
+        let _ = match own_notified {
+            Some(n) => tokio::time::timeout_at(answer_by, n).await,
+            None => tokio::time::timeout_at(answer_by, begun).await,
+        };
     }
 }
 
@@ -498,7 +634,7 @@ mod tests {
         .collect();
         let settings = Arc::new(Settings::load_from(None, &env).unwrap());
         std::fs::create_dir_all(settings.cluster_dir()).unwrap();
-        let store = Arc::new(ControllerStore::open(&ControllerStore::default_path(&settings.cluster_dir())).unwrap());
+        let store = Arc::new(ControllerStore::open(&ControllerStore::default_path(&settings.cluster_dir())).unwrap().keeping_receipts());
         let keyring = Keyring::from_secrets("daemon-test-secret-0123456789abcdef", None).unwrap();
         actix::System::new().block_on(async move {
             let controller = ControllerSupervisor::start(ControllerOptions { settings: settings.clone(), keyring: None, store: Some(store.clone()), progress: None });
@@ -507,8 +643,7 @@ mod tests {
                 verifier: Verifier::new(keyring, DAEMON_ID.into(), 300, false),
                 store: store.clone(),
                 controller: controller.clone(),
-                changed: Arc::new(Notify::new()),
-                progress: Arc::new(DashMap::new()),
+                live: Arc::new(Live::default()),
             });
             let spec = JobSpec {
                 run_id: "r".into(),

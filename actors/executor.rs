@@ -4,8 +4,9 @@
 //!
 //! A job's life here: [`Enqueue`] -> (slot free) the store marks it running
 //! -> blob references are resolved to local paths -> [`steps::run_step`]
-//! with a cancellation token -> the store records the outcome. Store calls
-//! go through `spawn_blocking`, so the actor never blocks its thread.
+//! with a cancellation token -> the store records the outcome. Store writes
+//! are awaited on the store's commit queue, so the actor never blocks its
+//! thread.
 //! Every state change bumps [`ExecutorEnv::changes`], which wakes long-polls.
 //!
 //! Each job runs in a task of its own, and the actor keeps only the registry
@@ -256,16 +257,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// One job from `queued` to a final state.
 async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: CancellationToken) {
-    let store = env.store.clone();
-    let id = job_id.clone();
-    let rec = match blocking(move || store.mark_running(&id, now_ms())).await {
-        Some(Ok(Some(rec))) => rec,
-        Some(Ok(None)) => return, // Cancelled while it waited.
-        Some(Err(e)) => {
+    let rec = match env.store.mark_running_async(&job_id, now_ms()).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return, // Cancelled while it waited.
+        Err(e) => {
             tracing::error!(error = %e, "cannot mark the job running");
             return;
         }
-        None => return,
     };
     env.notify();
     tracing::info!(attempt = rec.attempt, "job started");
@@ -315,22 +313,20 @@ async fn record_outcome(env: &Arc<ExecutorEnv>, job_id: &str, result: Result<(Va
     let deadline = tokio::time::Instant::now() + RECORD_RETRY_FOR;
     let mut pause = std::time::Duration::from_millis(250);
     loop {
-        let (store, id, r) = (env.store.clone(), job_id.to_string(), result.clone());
-        match blocking(move || store.finish(&id, r, now_ms())).await {
-            Some(Ok(rec)) => {
+        match env.store.finish_async(job_id, result.clone(), now_ms()).await {
+            Ok(rec) => {
                 if let Some(rec) = rec {
                     crate::metrics::worker().record_job(&rec);
                 }
                 return;
             }
-            Some(Err(e)) if tokio::time::Instant::now() < deadline => {
+            Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "cannot record the job's outcome yet; retrying in {:?}", pause);
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, "gave up recording the job's outcome; it is recovered at the next start");
                 return;
             }
-            None => return,
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(5));

@@ -15,6 +15,10 @@ use std::time::Duration;
 
 pub type Data = web::Data<AppState>;
 
+/// Bodies up to this size are hashed on the request's own thread; larger
+/// ones on the blocking pool.
+pub const INLINE_WORK_BYTES: usize = 64 * 1024;
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
@@ -91,9 +95,9 @@ pub async fn load_job(st: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     if !is_job_id(id) {
         return Err(not_found());
     }
-    let store = st.env.store.clone();
-    let id2 = id.to_string();
-    web::block(move || store.get(&id2)).await??.ok_or_else(not_found)
+    // One record read from redb takes microseconds: it runs inline rather
+    // than on the blocking pool.
+    st.env.store.get(id)?.ok_or_else(not_found)
 }
 
 /// `POST /jobs`: validates, computes `inputs_hash`, and queues the job
@@ -116,20 +120,26 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
         }
     }
     let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
-    let digests_in_use = digests.clone();
-    let paths = st.env.paths.clone();
-    let payload = req.payload.clone();
-    let step_name = step.as_str().to_string();
-    let (hash, missing) = web::block(move || {
-        let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
-        if missing.is_empty() {
-            for d in &digests_in_use {
-                crate::files::touch(&paths.blob_path(d));
+    let (hash, missing) = if digests.is_empty() && body.len() <= INLINE_WORK_BYTES {
+        // No file to look at and a small payload to hash: microseconds,
+        // done here rather than on the blocking pool.
+        (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new())
+    } else {
+        let digests_in_use = digests.clone();
+        let paths = st.env.paths.clone();
+        let payload = req.payload.clone();
+        let step_name = step.as_str().to_string();
+        web::block(move || {
+            let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
+            if missing.is_empty() {
+                for d in &digests_in_use {
+                    crate::files::touch(&paths.blob_path(d));
+                }
             }
-        }
-        (protocol::inputs_hash(&step_name, &payload), missing)
-    })
-    .await?;
+            (protocol::inputs_hash(&step_name, &payload), missing)
+        })
+        .await?
+    };
     if let Some(d) = missing.first() {
         return Err(ApiError::new(ApiCode::BlobNotFound, format!("the payload names blob {d}, which is not staged here; upload it first with PUT /blobs/{d}")));
     }
@@ -141,7 +151,6 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             ));
         }
     }
-    let store = st.env.store.clone();
     let lease_s = match req.lease_s {
         Some(l) if !(1..=protocol::MAX_LEASE_S).contains(&l) => {
             return Err(ApiError::bad_request(format!("lease_s must be 1 to {} seconds", protocol::MAX_LEASE_S)));
@@ -150,7 +159,8 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
     };
     let new = NewJob { step_name: step.as_str().to_string(), inputs_hash: hash, payload: req.payload, label: req.label, lease_s };
     let max = st.limits.max_jobs_in_flight;
-    let outcome = web::block(move || store.submit(new, now_ms(), max)).await??;
+    // Answered once the record is durable (the store's group commit).
+    let outcome = st.env.store.submit_async(new, now_ms(), max).await?;
     match outcome {
         Submission::Created(rec) => {
             if let Some(l) = rec.lease_s {
@@ -301,9 +311,7 @@ pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<Job
 /// one is told to stop and the answer waits briefly for it.
 pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let rec = load_job(&st, &id).await?;
-    let store = st.env.store.clone();
-    let job_id = rec.job_id.clone();
-    match web::block(move || store.cancel(&job_id, now_ms())).await?? {
+    match st.env.store.cancel_async(&rec.job_id, now_ms()).await? {
         Cancellation::Cancelled(rec) => {
             rayvault::metrics::worker().record_job(&rec);
             st.env.notify();

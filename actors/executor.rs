@@ -82,9 +82,30 @@ pub struct ExecutorEnv {
     pub changes: watch::Sender<u64>,
     /// The submitters' leases on jobs (see [`crate::lease`]).
     pub leases: Arc<crate::lease::LeaseBook>,
+    /// The logs of jobs queued or running, from submission until their
+    /// outcome (and, for a small log, the log itself) is in the store.
+    pub live_logs: std::sync::Mutex<HashMap<String, JobLog>>,
 }
 
 impl ExecutorEnv {
+    /// Starts the log of a new job: in memory, with no file or folder until
+    /// it grows past [`crate::protocol::MAX_INLINE_LOG`] bytes.
+    pub fn new_log(&self, job_id: &str) -> JobLog {
+        let log = JobLog::buffered(&self.paths.log_path(job_id), crate::protocol::MAX_INLINE_LOG);
+        self.live_logs.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id.to_string(), log.clone());
+        log
+    }
+
+    /// The log of a job queued or running here.
+    pub fn live_log(&self, job_id: &str) -> Option<JobLog> {
+        self.live_logs.lock().unwrap_or_else(|p| p.into_inner()).get(job_id).cloned()
+    }
+
+    /// Forgets a job's live log (its job ended and is recorded).
+    pub fn drop_log(&self, job_id: &str) -> Option<JobLog> {
+        self.live_logs.lock().unwrap_or_else(|p| p.into_inner()).remove(job_id)
+    }
+
     /// Wakes every long-poll so it re-reads its job.
     pub fn notify(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
@@ -295,7 +316,10 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: C
         Err(e) => tracing::info!(code = %e.code, "job ended: {}", e.message),
     }
     let result = outcome.map(|o| (o.result, o.artifacts));
-    record_outcome(&env, &job_id, result).await;
+    // A log still in memory goes into the job's record with the outcome.
+    let log = env.live_log(&job_id).and_then(|l| l.in_memory()).map(|b| String::from_utf8_lossy(&b).into_owned());
+    record_outcome(&env, &job_id, result, log).await;
+    env.drop_log(&job_id);
     env.leases.release(&job_id);
     env.notify();
 }
@@ -309,11 +333,16 @@ const RECORD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(600
 /// fails. A job whose outcome could not be recorded in that time stays
 /// `running` in the store and is recovered (INTERRUPTED or re-run) at the
 /// next start.
-async fn record_outcome(env: &Arc<ExecutorEnv>, job_id: &str, result: Result<(Value, Vec<crate::artifacts::ArtifactEntry>), StepError>) {
+async fn record_outcome(
+    env: &Arc<ExecutorEnv>,
+    job_id: &str,
+    result: Result<(Value, Vec<crate::artifacts::ArtifactEntry>), StepError>,
+    log: Option<String>,
+) {
     let deadline = tokio::time::Instant::now() + RECORD_RETRY_FOR;
     let mut pause = std::time::Duration::from_millis(250);
     loop {
-        match env.store.finish_async(job_id, result.clone(), now_ms()).await {
+        match env.store.finish_async(job_id, result.clone(), log.clone(), now_ms()).await {
             Ok(rec) => {
                 if let Some(rec) = rec {
                     crate::metrics::worker().record_job(&rec);
@@ -342,19 +371,36 @@ async fn execute(
 ) -> Result<steps::StepOutput, StepError> {
     let log_path = env.paths.log_path(&rec.job_id);
     let out_dir = env.paths.artifacts_dir(&rec.job_id);
-    let attempt = rec.attempt;
-    let dir = out_dir.clone();
-    let log = blocking(move || -> std::io::Result<JobLog> {
-        // A re-run after a crash starts from an empty artifact folder, so no
-        // half-written file of the first attempt is ever served.
-        if attempt > 1 && dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+    let log = match env.live_log(&rec.job_id) {
+        // The usual case: the log the submission started, still in memory.
+        Some(log) if rec.attempt <= 1 => log,
+        live => {
+            // A re-run after a crash starts from an empty artifact folder, so
+            // no half-written file of the first attempt is ever served; it
+            // appends to the first attempt's log file if there is one.
+            let (attempt, dir) = (rec.attempt, out_dir.clone());
+            let log = blocking(move || -> std::io::Result<Option<JobLog>> {
+                if attempt > 1 && dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Ok(match live {
+                    Some(log) => Some(log),
+                    None if log_path.exists() => Some(JobLog::open(&log_path)?),
+                    None => None,
+                })
+            })
+            .await
+            .ok_or_else(|| StepError::new(ErrorCode::Internal, "log task failed"))?
+            .map_err(|e| StepError::io("opening the job log", e))?;
+            match log {
+                Some(log) => {
+                    env.live_logs.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.job_id.clone(), log.clone());
+                    log
+                }
+                None => env.new_log(&rec.job_id),
+            }
         }
-        JobLog::open(&log_path)
-    })
-    .await
-    .ok_or_else(|| StepError::new(ErrorCode::Internal, "log task failed"))?
-    .map_err(|e| StepError::io("opening the job log", e))?
+    }
     .tracking_children(crate::process::ChildTracker::new(rec.job_id.clone(), Arc::new(env.store.clone())));
     log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
     let payload = resolve_blobs(&rec.payload, &env.paths)?;

@@ -152,6 +152,11 @@ pub struct JobRecord {
     /// its controller re-attaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_s: Option<u64>,
+    /// The finished job's whole log, when it stayed small enough to be
+    /// held in memory (see [`crate::joblog::JobLog::buffered`]); a larger
+    /// log is in the job's folder instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 impl JobRecord {
@@ -170,7 +175,22 @@ impl JobRecord {
             result: self.result.clone(),
             error: self.error.clone(),
             artifacts: self.artifacts.clone(),
+            log: None,
+            log_bytes: None,
         }
+    }
+
+    /// [`JobRecord::view`] with the log, when the job has ended and its log
+    /// is held in the record.
+    pub fn view_with_log(&self) -> JobView {
+        let mut v = self.view();
+        if self.state.is_terminal() {
+            if let Some(log) = &self.log {
+                v.log_bytes = Some(log.len() as u64);
+                v.log = Some(log.clone());
+            }
+        }
+        v
     }
 }
 
@@ -506,12 +526,27 @@ impl Store {
     /// Records the outcome of a running job. A `CANCELLED` error makes the
     /// job `cancelled`; any other error makes it `failed`.
     pub fn finish(&self, job_id: &str, outcome: Outcome, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.update(job_id, finish_change(outcome, now_ms))?.map(|(r, _)| r))
+        Ok(self.update(job_id, finish_change(outcome, None, now_ms))?.map(|(r, _)| r))
     }
 
-    /// [`Store::finish`] for async callers.
-    pub async fn finish_async(&self, job_id: &str, outcome: Outcome, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.update_async(job_id, finish_change(outcome, now_ms)).await?.map(|(r, _)| r))
+    /// [`Store::finish`] for async callers; `log` is the job's whole log
+    /// when it was held in memory, kept in the record in the same write.
+    pub async fn finish_async(&self, job_id: &str, outcome: Outcome, log: Option<String>, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.update_async(job_id, finish_change(outcome, log, now_ms)).await?.map(|(r, _)| r))
+    }
+
+    /// Keeps a job's whole log in its record (a job that ended without its
+    /// executor recording it: cancelled or abandoned while queued,
+    /// interrupted by a shutdown).
+    pub fn keep_log(&self, job_id: &str, log: String) -> Result<(), StoreError> {
+        self.update(job_id, keep_log_change(log))?;
+        Ok(())
+    }
+
+    /// [`Store::keep_log`] for async callers.
+    pub async fn keep_log_async(&self, job_id: &str, log: String) -> Result<(), StoreError> {
+        self.update_async(job_id, keep_log_change(log)).await?;
+        Ok(())
     }
 
     /// Cancels a queued job at once; reports a running one so its executor
@@ -667,12 +702,13 @@ fn start_change(now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'sta
 }
 
 /// running -> the state the outcome says.
-fn finish_change(outcome: Outcome, now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
+fn finish_change(outcome: Outcome, log: Option<String>, now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
     move |r| {
         if r.state != JobState::Running {
             return false;
         }
         r.finished_at_ms = Some(now_ms);
+        r.log = log.clone();
         match outcome.clone() {
             Ok((result, artifacts)) => {
                 r.state = JobState::Succeeded;
@@ -693,6 +729,14 @@ fn finish_change(outcome: Outcome, now_ms: u64) -> impl FnMut(&mut JobRecord) ->
                 r.error = Some(JobError { code: e.code.as_str().to_string(), message: e.message });
             }
         }
+        true
+    }
+}
+
+/// Sets the record's log.
+fn keep_log_change(log: String) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
+    move |r| {
+        r.log = Some(log.clone());
         true
     }
 }
@@ -758,6 +802,7 @@ fn submit_op(new: NewJob, now_ms: u64, max_in_flight: u64) -> impl FnMut(&WriteT
                     artifacts: Vec::new(),
                     seq,
                     lease_s: new.lease_s,
+                    log: None,
                 };
                 let bytes = serde_json::to_vec(&rec).map_err(codec)?;
                 jobs.insert(rec.job_id.as_str(), bytes.as_slice())?;

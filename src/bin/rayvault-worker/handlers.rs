@@ -166,16 +166,9 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             if let Some(l) = rec.lease_s {
                 st.env.leases.grant(&rec.job_id, Duration::from_secs(l));
             }
-            let log_path = st.env.paths.log_path(&rec.job_id);
+            // The log starts in memory: no file or folder for a short job.
             let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
-            // The job is recorded: whatever happens to this first log line,
-            // it must reach its executor, or it would stay queued (and be
-            // returned to every resubmission) until the next restart. If the
-            // log cannot be written the executor fails the job with IO_ERROR.
-            let logged = web::block(move || rayvault::joblog::JobLog::open(&log_path).map(|l| l.line("worker", &line))).await;
-            if !matches!(logged, Ok(Ok(()))) {
-                tracing::error!(job_id = %rec.job_id, "could not write the job's first log line");
-            }
+            st.env.new_log(&rec.job_id).line("worker", &line);
             if let Some(addr) = st.executors.get(&step) {
                 addr.do_send(Enqueue { job_id: rec.job_id.clone() });
             }
@@ -296,13 +289,13 @@ pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<Job
     loop {
         let rec = load_job(st, id).await?;
         if rec.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return Ok(rec.view());
+            return Ok(rec.view_with_log());
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {}
             // Deadline reached, or the notifier is gone (shutdown): answer
             // with what the store says now rather than spin.
-            _ => return Ok(load_job(st, id).await?.view()),
+            _ => return Ok(load_job(st, id).await?.view_with_log()),
         }
     }
 }
@@ -313,6 +306,7 @@ pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, Api
     let rec = load_job(&st, &id).await?;
     match st.env.store.cancel_async(&rec.job_id, now_ms()).await? {
         Cancellation::Cancelled(rec) => {
+            keep_queued_log(&st, &rec.job_id).await;
             rayvault::metrics::worker().record_job(&rec);
             st.env.notify();
             Ok(HttpResponse::Ok().json(rec.view()))
@@ -331,6 +325,17 @@ pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, Api
             format!("job {} already finished ({:?}); nothing to cancel", rec.job_id, rec.state),
         )),
         Cancellation::NotFound => Err(ApiError::new(ApiCode::JobNotFound, format!("no job {:?} on this worker", id.as_str()))),
+    }
+}
+
+/// A job that ended before it started (cancelled or abandoned while
+/// queued): its log, still in memory, goes into its record.
+pub async fn keep_queued_log(st: &AppState, job_id: &str) {
+    let Some(log) = st.env.drop_log(job_id) else { return };
+    if let Some(bytes) = log.in_memory() {
+        if let Err(e) = st.env.store.keep_log_async(job_id, String::from_utf8_lossy(&bytes).into_owned()).await {
+            tracing::warn!(%job_id, error = %e, "could not keep the log of a job that ended while queued");
+        }
     }
 }
 

@@ -29,6 +29,9 @@ pub struct SyncArtifacts {
     /// The manifest; None asks the worker for it first.
     pub artifacts: Option<Vec<ArtifactEntry>>,
     pub dest: PathBuf,
+    /// The job's whole log when the worker's final answer carried it
+    /// (`JobView.log`); None downloads it.
+    pub log: Option<String>,
 }
 
 /// The ArtifactSync actor.
@@ -97,7 +100,7 @@ impl Handler<SyncArtifacts> for ArtifactSync {
             }
             // The log is best effort: a job whose log cannot be fetched still
             // has a valid, verified result.
-            if let Err(e) = remote::fetch_log(&client, &msg.remote_job_id, &msg.dest.join(crate::receipt::LOG_FILE)).await {
+            if let Err(e) = remote::fetch_log(&client, &msg.remote_job_id, msg.log, &msg.dest.join(crate::receipt::LOG_FILE)).await {
                 tracing::warn!(job = %msg.remote_job_id, "could not fetch worker.log: {e}");
             }
             Ok(out)

@@ -387,6 +387,8 @@ struct Polled {
     result: Option<Value>,
     error: Option<ReceiptError>,
     artifacts: Vec<crate::artifacts::ArtifactEntry>,
+    /// The whole log, when the worker's final answer carried it.
+    log: Option<String>,
 }
 
 async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::Fence) -> Result<Polled, CallError> {
@@ -409,7 +411,7 @@ async fn poll(client: &NodeClient, job_id: &str, wait_s: u64, fence: &liveness::
                 "cancelled" => "cancelled",
                 _ => "running",
             };
-            Ok(Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts })
+            Ok(Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts, log: None })
         }
     }
 }
@@ -449,7 +451,7 @@ fn polled_of(v: crate::protocol::JobView) -> Polled {
         JobState::Abandoned => "abandoned",
     };
     let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
-    Polled { state, result: v.result, error, artifacts: v.artifacts }
+    Polled { state, result: v.result, error, artifacts: v.artifacts, log: v.log }
 }
 
 async fn cancel_remote(client: &NodeClient, job_id: &str) {
@@ -526,7 +528,7 @@ async fn follow(
                 // Wait briefly for the worker to confirm, so the log we fetch
                 // shows the cancellation.
                 let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2, fence)).await;
-                if let Err(e) = fetch_log(client, job_id, &dir.join(crate::receipt::LOG_FILE)).await {
+                if let Err(e) = fetch_log(client, job_id, None, &dir.join(crate::receipt::LOG_FILE)).await {
                     tracing::warn!("could not fetch the cancelled job's log: {e}");
                 }
                 let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", Some(node_id)) };
@@ -596,6 +598,7 @@ async fn follow(
             remote_job_id: job_id.into(),
             artifacts: (polled.state == "succeeded").then(|| polled.artifacts.clone()).or(Some(Vec::new())),
             dest: dir.to_path_buf(),
+            log: polled.log.take(),
         })
         .await
         .unwrap_or_else(|e| Err(super::super::artifact_sync::SyncError::other(format!("artifact sync unavailable: {e}"))));
@@ -655,9 +658,13 @@ fn with_compat(mut e: Ending, compat: Compat) -> Ending {
     e
 }
 
-/// Fetches a remote job's whole log into `dest`, atomically.
-pub async fn fetch_log(client: &NodeClient, job_id: &str, dest: &Path) -> Result<(), String> {
-    let bytes = client.whole_log(job_id).await.map_err(|e| e.to_string())?;
+/// Writes a remote job's whole log into `dest`, atomically: the log the
+/// worker's final answer carried (`inline`), or else downloaded.
+pub async fn fetch_log(client: &NodeClient, job_id: &str, inline: Option<String>, dest: &Path) -> Result<(), String> {
+    let bytes = match inline {
+        Some(log) => log.into_bytes(),
+        None => client.whole_log(job_id).await.map_err(|e| e.to_string())?,
+    };
     let d = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
         if let Some(parent) = d.parent() {
@@ -709,5 +716,25 @@ pub async fn settle_fates(deps: &JobDeps, trace: &mut Trace) {
         let a = &mut trace.attempts[i];
         a.fate = Some(fate.to_string());
         a.ignored_result_sha256 = digest;
+    }
+}
+
+#[cfg(test)]
+mod inline_log_tests {
+    use super::*;
+
+    /// The log the worker's final answer carried is written as it is, with
+    /// no request to the worker (here: an address where nothing listens);
+    /// without it the log is downloaded, which fails there.
+    #[actix_rt::test]
+    async fn an_inline_log_is_written_without_a_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Arc::new(Keyring::from_secrets("inline-log-secret", None).unwrap());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let nobody = NodeClient::Current(CurrentClient::new(format!("http://127.0.0.1:{port}"), "w".into(), ring, Duration::from_secs(2)));
+        let dest = dir.path().join("worker.log");
+        fetch_log(&nobody, "j1", Some("line one\nline two\n".into()), &dest).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "line one\nline two\n");
+        assert!(fetch_log(&nobody, "j1", None, &dir.path().join("other.log")).await.is_err());
     }
 }

@@ -849,9 +849,16 @@ enum OpenError {
     Store(StoreError),
 }
 
+/// The database's page cache. redb's default (1 GiB) lets the cache grow
+/// with the file, so the worker's memory grew with every job it kept; the
+/// records a worker reads again (jobs in flight, the idempotency index) fit
+/// in a few MiB, and other pages are read back from the operating system's
+/// file cache.
+const CACHE_BYTES: usize = 1 << 20;
+
 /// Opens (creating) the database file and its tables.
 fn open_database(path: &Path) -> Result<Database, OpenError> {
-    let db = match Database::create(path) {
+    let db = match redb::Builder::new().set_cache_size(CACHE_BYTES).create(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::AlreadyOpen),
         Err(e) => return Err(OpenError::Store(e.into())),

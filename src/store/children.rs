@@ -24,9 +24,9 @@ pub struct ReapReport {
 
 impl Store {
     /// Records a running child's group for `job_id`. The write is
-    /// `Eventual` (no fsync of its own): it must survive a crash of the
-    /// worker, which it does, not a power cut, which kills the children as
-    /// well.
+    /// `Eventual`: it must survive a crash of the worker, not a power cut,
+    /// which kills the children as well (on Linux redb syncs it all the
+    /// same; the commit queue shares that sync with other writes).
     pub fn record_child(&self, job_id: &str, group: &ChildGroup) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(group).map_err(|e| StoreError::new(StoreErrorKind::Other, e.to_string()))?;
         let k = key(job_id, group);

@@ -6,7 +6,8 @@
 //!
 //! A batch commits with `Durability::Immediate` when any of its writes asks
 //! for it, and `Eventual` otherwise (nonces and child records, which need
-//! to survive a crash of the worker but not a power cut).
+//! to survive a crash of the worker but not a power cut; on Linux redb
+//! syncs an `Eventual` commit too).
 //!
 //! When anything in a batch fails, the transaction is dropped (nothing of
 //! it is written) and each write of the batch is run again in a

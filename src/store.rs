@@ -160,7 +160,8 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    /// The job as the wire shows it (without the payload).
+    /// The job as the wire shows it (without the payload; with the log once
+    /// the job has ended, when the record holds it).
     pub fn view(&self) -> JobView {
         JobView {
             job_id: self.job_id.clone(),
@@ -175,22 +176,14 @@ impl JobRecord {
             result: self.result.clone(),
             error: self.error.clone(),
             artifacts: self.artifacts.clone(),
-            log: None,
-            log_bytes: None,
+            log: self.inline_log().map(str::to_string),
+            log_bytes: self.inline_log().map(|l| l.len() as u64),
         }
     }
 
-    /// [`JobRecord::view`] with the log, when the job has ended and its log
-    /// is held in the record.
-    pub fn view_with_log(&self) -> JobView {
-        let mut v = self.view();
-        if self.state.is_terminal() {
-            if let Some(log) = &self.log {
-                v.log_bytes = Some(log.len() as u64);
-                v.log = Some(log.clone());
-            }
-        }
-        v
+    /// The whole log, once the job has ended, when the record holds it.
+    fn inline_log(&self) -> Option<&str> {
+        self.log.as_deref().filter(|_| self.state.is_terminal())
     }
 }
 

@@ -289,13 +289,13 @@ pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<Job
     loop {
         let rec = load_job(st, id).await?;
         if rec.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return Ok(rec.view_with_log());
+            return Ok(rec.view());
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {}
             // Deadline reached, or the notifier is gone (shutdown): answer
             // with what the store says now rather than spin.
-            _ => return Ok(load_job(st, id).await?.view_with_log()),
+            _ => return Ok(load_job(st, id).await?.view()),
         }
     }
 }

@@ -87,7 +87,7 @@ impl Handler<SyncArtifacts> for ArtifactSync {
             }
             // The log is best effort: a job whose log cannot be fetched still
             // has a valid, verified result.
-            if let Err(e) = client.fetch_log(&msg.remote_job_id, &msg.dest.join(crate::receipt::LOG_FILE)).await {
+            if let Err(e) = client.fetch_log(&msg.remote_job_id, msg.log, &msg.dest.join(crate::receipt::LOG_FILE)).await {
                 tracing::warn!(job = %msg.remote_job_id, "could not fetch worker.log: {e}");
             }
             Ok(out)

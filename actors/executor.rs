@@ -4,8 +4,9 @@
 //!
 //! A job's life here: [`Enqueue`] -> (slot free) the store marks it running
 //! -> blob references are resolved to local paths -> [`steps::run_step`]
-//! with a cancellation token -> the store records the outcome. Store calls
-//! go through `spawn_blocking`, so the actor never blocks its thread.
+//! with a cancellation token -> the store records the outcome. Store writes
+//! are awaited on the store's commit queue, so the actor never blocks its
+//! thread.
 //! Every state change bumps [`ExecutorEnv::changes`], which wakes long-polls.
 //!
 //! Each job runs in a task of its own, and the actor keeps only the registry
@@ -81,9 +82,30 @@ pub struct ExecutorEnv {
     pub changes: watch::Sender<u64>,
     /// The submitters' leases on jobs (see [`crate::lease`]).
     pub leases: Arc<crate::lease::LeaseBook>,
+    /// The logs of jobs queued or running, from submission until their
+    /// outcome (and, for a small log, the log itself) is in the store.
+    pub live_logs: std::sync::Mutex<HashMap<String, JobLog>>,
 }
 
 impl ExecutorEnv {
+    /// Starts the log of a new job: in memory, with no file or folder until
+    /// it grows past [`crate::protocol::MAX_INLINE_LOG`] bytes.
+    pub fn new_log(&self, job_id: &str) -> JobLog {
+        let log = JobLog::buffered(&self.paths.log_path(job_id), crate::protocol::MAX_INLINE_LOG);
+        self.live_logs.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id.to_string(), log.clone());
+        log
+    }
+
+    /// The log of a job queued or running here.
+    pub fn live_log(&self, job_id: &str) -> Option<JobLog> {
+        self.live_logs.lock().unwrap_or_else(|p| p.into_inner()).get(job_id).cloned()
+    }
+
+    /// Forgets a job's live log (its job ended and is recorded).
+    pub fn drop_log(&self, job_id: &str) -> Option<JobLog> {
+        self.live_logs.lock().unwrap_or_else(|p| p.into_inner()).remove(job_id)
+    }
+
     /// Wakes every long-poll so it re-reads its job.
     pub fn notify(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
@@ -254,16 +276,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// One job from `queued` to a final state.
 async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: CancellationToken) {
-    let store = env.store.clone();
-    let id = job_id.clone();
-    let rec = match blocking(move || store.mark_running(&id, now_ms())).await {
-        Some(Ok(Some(rec))) => rec,
-        Some(Ok(None)) => return, // Cancelled while it waited.
-        Some(Err(e)) => {
+    let rec = match env.store.mark_running_async(&job_id, now_ms()).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return, // Cancelled while it waited.
+        Err(e) => {
             tracing::error!(error = %e, "cannot mark the job running");
             return;
         }
-        None => return,
     };
     env.notify();
     tracing::info!(attempt = rec.attempt, "job started");
@@ -295,7 +314,10 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: C
         Err(e) => tracing::info!(code = %e.code, "job ended: {}", e.message),
     }
     let result = outcome.map(|o| (o.result, o.artifacts));
-    record_outcome(&env, &job_id, result).await;
+    // A log still in memory goes into the job's record with the outcome.
+    let log = env.live_log(&job_id).and_then(|l| l.in_memory()).map(|b| String::from_utf8_lossy(&b).into_owned());
+    record_outcome(&env, &job_id, result, log).await;
+    env.drop_log(&job_id);
     env.leases.release(&job_id);
     env.notify();
 }
@@ -309,26 +331,29 @@ const RECORD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(600
 /// fails. A job whose outcome could not be recorded in that time stays
 /// `running` in the store and is recovered (INTERRUPTED or re-run) at the
 /// next start.
-async fn record_outcome(env: &Arc<ExecutorEnv>, job_id: &str, result: Result<(Value, Vec<crate::artifacts::ArtifactEntry>), StepError>) {
+async fn record_outcome(
+    env: &Arc<ExecutorEnv>,
+    job_id: &str,
+    result: Result<(Value, Vec<crate::artifacts::ArtifactEntry>), StepError>,
+    log: Option<String>,
+) {
     let deadline = tokio::time::Instant::now() + RECORD_RETRY_FOR;
     let mut pause = std::time::Duration::from_millis(250);
     loop {
-        let (store, id, r) = (env.store.clone(), job_id.to_string(), result.clone());
-        match blocking(move || store.finish(&id, r, now_ms())).await {
-            Some(Ok(rec)) => {
+        match env.store.finish_async(job_id, result.clone(), log.clone(), now_ms()).await {
+            Ok(rec) => {
                 if let Some(rec) = rec {
                     crate::metrics::worker().record_job(&rec);
                 }
                 return;
             }
-            Some(Err(e)) if tokio::time::Instant::now() < deadline => {
+            Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "cannot record the job's outcome yet; retrying in {:?}", pause);
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, "gave up recording the job's outcome; it is recovered at the next start");
                 return;
             }
-            None => return,
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(5));
@@ -344,19 +369,36 @@ async fn execute(
 ) -> Result<steps::StepOutput, StepError> {
     let log_path = env.paths.log_path(&rec.job_id);
     let out_dir = env.paths.artifacts_dir(&rec.job_id);
-    let attempt = rec.attempt;
-    let dir = out_dir.clone();
-    let log = blocking(move || -> std::io::Result<JobLog> {
-        // A re-run after a crash starts from an empty artifact folder, so no
-        // half-written file of the first attempt is ever served.
-        if attempt > 1 && dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+    let log = match env.live_log(&rec.job_id) {
+        // The usual case: the log the submission started, still in memory.
+        Some(log) if rec.attempt <= 1 => log,
+        live => {
+            // A re-run after a crash starts from an empty artifact folder, so
+            // no half-written file of the first attempt is ever served; it
+            // appends to the first attempt's log file if there is one.
+            let (attempt, dir) = (rec.attempt, out_dir.clone());
+            let log = blocking(move || -> std::io::Result<Option<JobLog>> {
+                if attempt > 1 && dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Ok(match live {
+                    Some(log) => Some(log),
+                    None if log_path.exists() => Some(JobLog::open(&log_path)?),
+                    None => None,
+                })
+            })
+            .await
+            .ok_or_else(|| StepError::new(ErrorCode::Internal, "log task failed"))?
+            .map_err(|e| StepError::io("opening the job log", e))?;
+            match log {
+                Some(log) => {
+                    env.live_logs.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.job_id.clone(), log.clone());
+                    log
+                }
+                None => env.new_log(&rec.job_id),
+            }
         }
-        JobLog::open(&log_path)
-    })
-    .await
-    .ok_or_else(|| StepError::new(ErrorCode::Internal, "log task failed"))?
-    .map_err(|e| StepError::io("opening the job log", e))?
+    }
     .tracking_children(crate::process::ChildTracker::new(rec.job_id.clone(), Arc::new(env.store.clone())));
     log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
     let payload = resolve_blobs(&rec.payload, &env.paths)?;

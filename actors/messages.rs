@@ -292,6 +292,9 @@ pub struct SyncArtifacts {
     /// The manifest; None asks the worker for it first.
     pub artifacts: Option<Vec<ArtifactEntry>>,
     pub dest: PathBuf,
+    /// The job's whole log when the worker's final answer carried it
+    /// (`JobView.log`); None downloads it.
+    pub log: Option<String>,
 }
 
 /// Why a sync failed: the message, and whether this machine's full disk

@@ -245,7 +245,7 @@ mod tests {
                 compat: crate::actors::messages::Compat::Current,
                 probed: false,
             };
-            let synced = c.sync.send(SyncArtifacts { node, remote_job_id: "x".into(), artifacts: None, dest: dir.path().join("sync") }).await.unwrap();
+            let synced = c.sync.send(SyncArtifacts { node, remote_job_id: "x".into(), artifacts: None, dest: dir.path().join("sync"), log: None }).await.unwrap();
             assert!(synced.unwrap_err().message.contains("no cluster secret"));
 
             // A new job runs through all of them. It needs the only local

@@ -41,6 +41,11 @@ pub const BLOB_REF_PREFIX: &str = "blob:sha256:";
 /// Largest chunk `GET /jobs/{id}/log` returns at once.
 pub const MAX_LOG_CHUNK: u64 = 256 * 1024;
 
+/// A job log of at most this many bytes is kept in memory while the job
+/// runs and in the job's record once it ended (no file), and a finished
+/// job's `GET /jobs/{id}` carries it whole (`log`, `log_bytes`).
+pub const MAX_INLINE_LOG: usize = 64 * 1024;
+
 /// SHA-256 of the empty body, the body hash of every GET.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -618,6 +623,14 @@ pub struct JobView {
     pub error: Option<JobError>,
     #[serde(default)]
     pub artifacts: Vec<ArtifactEntry>,
+    /// The whole job log, in `GET /jobs/{id}` once the job has ended, when
+    /// it is at most [`MAX_INLINE_LOG`] bytes; absent otherwise (read it
+    /// with `GET /jobs/{id}/log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// The length of `log` in bytes, when `log` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<u64>,
 }
 
 /// `POST /jobs` response: the job, and whether it is an existing one

@@ -5,7 +5,13 @@
 //! Architecture Invariant: every state change is one write transaction, and
 //! the idempotency check and the insert of a new job happen in the same
 //! transaction, so concurrent duplicate submissions yield exactly one job.
-//! The store is synchronous; async callers go through `spawn_blocking`.
+//! Writes go through a commit queue ([`queue`]): one writer thread applies
+//! the writes that arrive together in one transaction and commits once, so
+//! they share one sync (group commit); no caller gets its answer before the
+//! commit holding its write returned. Blocking callers wait on the queue;
+//! async callers await it (the `*_async` methods) without holding a thread.
+//! Reads of a single record take microseconds and run on the caller's
+//! thread.
 //!
 //! Tables:
 //! - `jobs`: job id -> JSON [`JobRecord`];
@@ -27,11 +33,11 @@
 use crate::artifacts::ArtifactEntry;
 use crate::error::{ErrorCode, StepError};
 use crate::protocol::{JobError, JobState, JobView};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -39,6 +45,9 @@ pub mod children;
 mod find;
 pub mod nonces;
 mod paths;
+mod queue;
+
+use queue::Flush;
 
 pub use paths::WorkerPaths;
 
@@ -143,10 +152,16 @@ pub struct JobRecord {
     /// its controller re-attaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_s: Option<u64>,
+    /// The finished job's whole log, when it stayed small enough to be
+    /// held in memory (see [`crate::joblog::JobLog::buffered`]); a larger
+    /// log is in the job's folder instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 impl JobRecord {
-    /// The job as the wire shows it (without the payload).
+    /// The job as the wire shows it (without the payload; with the log once
+    /// the job has ended, when the record holds it).
     pub fn view(&self) -> JobView {
         JobView {
             job_id: self.job_id.clone(),
@@ -161,7 +176,14 @@ impl JobRecord {
             result: self.result.clone(),
             error: self.error.clone(),
             artifacts: self.artifacts.clone(),
+            log: self.inline_log().map(str::to_string),
+            log_bytes: self.inline_log().map(|l| l.len() as u64),
         }
+    }
+
+    /// The whole log, once the job has ended, when the record holds it.
+    fn inline_log(&self) -> Option<&str> {
+        self.log.as_deref().filter(|_| self.state.is_terminal())
     }
 }
 
@@ -224,6 +246,9 @@ const NEARLY_FULL_BYTES: u64 = 1 << 20;
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Db>,
+    /// The commit queue; its thread holds the database open until the last
+    /// handle is dropped.
+    writer: Arc<queue::Writer>,
 }
 
 /// The database behind a [`Store`], re-opened after an I/O failure.
@@ -238,6 +263,9 @@ struct Db {
     failed: AtomicBool,
     /// That failure was a full disk.
     disk_full: AtomicBool,
+    /// Transactions the commit queue ran, and the writes they held.
+    batches: AtomicU64,
+    batched_writes: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -287,15 +315,41 @@ impl Store {
                 Ok(db) => break db,
             }
         };
-        Ok(Store {
-            inner: Arc::new(Db {
-                path: path.to_path_buf(),
-                slot: RwLock::new((0, Some(Arc::new(db)))),
-                reopening: Mutex::new(()),
-                failed: AtomicBool::new(false),
-                disk_full: AtomicBool::new(false),
-            }),
-        })
+        let inner = Arc::new(Db {
+            path: path.to_path_buf(),
+            slot: RwLock::new((0, Some(Arc::new(db)))),
+            reopening: Mutex::new(()),
+            failed: AtomicBool::new(false),
+            disk_full: AtomicBool::new(false),
+            batches: AtomicU64::new(0),
+            batched_writes: AtomicU64::new(0),
+        });
+        Ok(Store { writer: Arc::new(queue::Writer::start(inner.clone())), inner })
+    }
+
+    /// How many transactions the commit queue has committed (or tried),
+    /// and how many writes they held; the second divided by the first is
+    /// the mean batch size.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (self.inner.batches.load(Ordering::Relaxed), self.inner.batched_writes.load(Ordering::Relaxed))
+    }
+
+    /// Queues a write and blocks until the commit holding it returned.
+    fn write<T, F>(&self, sync: Flush, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write(sync, op)
+    }
+
+    /// Queues a write; resolves after the commit holding it returned.
+    fn write_async<T, F>(&self, sync: Flush, op: F) -> impl std::future::Future<Output = Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write_async(sync, op)
     }
 
     /// True while the store is in its failed state: the last call met an I/O
@@ -323,8 +377,15 @@ impl Store {
     /// a time); `op` is then tried once more if the failure was only redb's
     /// "previous I/O error" state, and otherwise reported. A failure whose
     /// cause is a full disk is reported as [`StoreErrorKind::DiskFull`].
-    fn run<T>(&self, op: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let db = &self.inner;
+    fn run<T>(&self, op: impl FnMut(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.inner.run(op)
+    }
+}
+
+impl Db {
+    /// See [`Store::run`].
+    fn run<T>(&self, mut op: impl FnMut(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self;
         let mut reopened = false;
         loop {
             let (generation, handle) = {
@@ -382,23 +443,25 @@ impl Store {
         // fail one step later, or panic): an I/O failure while the disk has
         // almost no room left is the full disk's.
         let nearly_full = || {
-            let dir = self.inner.path.parent().unwrap_or(std::path::Path::new("."));
+            let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
             crate::steps::disk::free_bytes(dir).is_some_and(|free| free < NEARLY_FULL_BYTES)
         };
-        if e.is_disk_full() || self.inner.disk_full.load(Ordering::Acquire) || (e.kind == StoreErrorKind::Io && nearly_full()) {
+        if e.is_disk_full() || self.disk_full.load(Ordering::Acquire) || (e.kind == StoreErrorKind::Io && nearly_full()) {
             StoreError::new(
                 StoreErrorKind::DiskFull,
                 format!(
                     "the disk holding {} is full ({}); free space there, the worker recovers by itself",
-                    self.inner.path.display(),
+                    self.path.display(),
                     e.message
                 ),
             )
         } else {
-            StoreError::new(e.kind, format!("{} at {}", e.message, self.inner.path.display()))
+            StoreError::new(e.kind, format!("{} at {}", e.message, self.path.display()))
         }
     }
+}
 
+impl Store {
     /// Looks a job up.
     pub fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         self.run(|db| {
@@ -417,189 +480,107 @@ impl Store {
     /// Records a submission: returns the existing job for the same step and
     /// inputs hash unless it failed or was cancelled, else queues a new one.
     pub fn submit(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        self.run(|db| {
-            let new = new.clone();
-            let tx = db.begin_write()?;
-            let outcome = {
-                let mut jobs = tx.open_table(JOBS)?;
-                let mut idem = tx.open_table(IDEMPOTENCY)?;
-                let mut active = tx.open_table(ACTIVE)?;
-                let mut meta = tx.open_table(META)?;
-                let key = idem_key(&new.step_name, &new.inputs_hash);
-                let existing_id = idem.get(key.as_str())?.map(|g| g.value().to_string());
-                let existing = match existing_id {
-                    Some(id) => jobs.get(id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?,
-                    None => None,
-                };
-                match existing {
-                    // An abandoned job's result is never served: its
-                    // submitter gave it up, and may have run it elsewhere.
-                    Some(rec) if !matches!(rec.state, JobState::Failed | JobState::Cancelled | JobState::Abandoned) => Submission::Existing(rec),
-                    _ if active.len()? >= max_in_flight => Submission::Full,
-                    _ => {
-                        let seq = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
-                        meta.insert("next_seq", seq + 1)?;
-                        let rec = JobRecord {
-                            job_id: new_job_id(),
-                            step_name: new.step_name,
-                            state: JobState::Queued,
-                            inputs_hash: new.inputs_hash,
-                            label: new.label,
-                            payload: new.payload,
-                            created_at_ms: now_ms,
-                            started_at_ms: None,
-                            finished_at_ms: None,
-                            attempt: 0,
-                            result: None,
-                            error: None,
-                            artifacts: Vec::new(),
-                            seq,
-                            lease_s: new.lease_s,
-                        };
-                        let bytes = serde_json::to_vec(&rec).map_err(codec)?;
-                        jobs.insert(rec.job_id.as_str(), bytes.as_slice())?;
-                        idem.insert(key.as_str(), rec.job_id.as_str())?;
-                        active.insert(rec.job_id.as_str(), seq)?;
-                        Submission::Created(rec)
-                    }
-                }
-            };
-            tx.commit()?;
-            Ok(outcome)
-        })
+        self.write(Flush::Immediate, submit_op(new, now_ms, max_in_flight))
+    }
+
+    /// [`Store::submit`] for async callers.
+    pub async fn submit_async(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
+        self.write_async(Flush::Immediate, submit_op(new, now_ms, max_in_flight)).await
     }
 
     /// Applies `f` to a job inside one write transaction and saves the
     /// result; `f` returns false to leave the job unchanged.
     fn update<F>(&self, job_id: &str, f: F) -> Result<Option<(JobRecord, bool)>, StoreError>
     where
-        F: Fn(&mut JobRecord) -> bool,
+        F: FnMut(&mut JobRecord) -> bool + Send + 'static,
     {
-        self.run(|db| {
-            let tx = db.begin_write()?;
-            let out = {
-                let mut jobs = tx.open_table(JOBS)?;
-                let mut active = tx.open_table(ACTIVE)?;
-                let current = jobs.get(job_id)?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?;
-                match current {
-                    None => None,
-                    Some(mut rec) => {
-                        let changed = f(&mut rec);
-                        if changed {
-                            let bytes = serde_json::to_vec(&rec).map_err(codec)?;
-                            jobs.insert(job_id, bytes.as_slice())?;
-                            if rec.state.is_terminal() {
-                                active.remove(job_id)?;
-                            }
-                        }
-                        Some((rec, changed))
-                    }
-                }
-            };
-            tx.commit()?;
-            Ok(out)
-        })
+        self.write(Flush::Immediate, update_op(job_id, f))
+    }
+
+    /// [`Store::update`] for async callers.
+    async fn update_async<F>(&self, job_id: &str, f: F) -> Result<Option<(JobRecord, bool)>, StoreError>
+    where
+        F: FnMut(&mut JobRecord) -> bool + Send + 'static,
+    {
+        self.write_async(Flush::Immediate, update_op(job_id, f)).await
     }
 
     /// Moves a queued job to running; `None` if it is no longer queued
     /// (cancelled while waiting) or does not exist.
     pub fn mark_running(&self, job_id: &str, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
-        let out = self.update(job_id, |r| {
-            if r.state != JobState::Queued {
-                return false;
-            }
-            r.state = JobState::Running;
-            r.started_at_ms = Some(now_ms);
-            r.attempt += 1;
-            true
-        })?;
-        Ok(out.and_then(|(r, changed)| changed.then_some(r)))
+        Ok(changed(self.update(job_id, start_change(now_ms))?))
+    }
+
+    /// [`Store::mark_running`] for async callers.
+    pub async fn mark_running_async(&self, job_id: &str, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(changed(self.update_async(job_id, start_change(now_ms)).await?))
     }
 
     /// Records the outcome of a running job. A `CANCELLED` error makes the
     /// job `cancelled`; any other error makes it `failed`.
-    pub fn finish(
-        &self,
-        job_id: &str,
-        outcome: Result<(Value, Vec<ArtifactEntry>), StepError>,
-        now_ms: u64,
-    ) -> Result<Option<JobRecord>, StoreError> {
-        let out = self.update(job_id, |r| {
-            if r.state != JobState::Running {
-                return false;
-            }
-            r.finished_at_ms = Some(now_ms);
-            match outcome.clone() {
-                Ok((result, artifacts)) => {
-                    r.state = JobState::Succeeded;
-                    r.result = Some(result);
-                    r.artifacts = artifacts;
-                }
-                Err(e) => {
-                    r.state = match e.code {
-                        ErrorCode::Cancelled => JobState::Cancelled,
-                        ErrorCode::LeaseExpired => JobState::Abandoned,
-                        _ => JobState::Failed,
-                    };
-                    if e.code == ErrorCode::LeaseExpired {
-                        // A result made after the lease expired is not kept.
-                        r.result = None;
-                        r.artifacts.clear();
-                    }
-                    r.error = Some(JobError { code: e.code.as_str().to_string(), message: e.message });
-                }
-            }
-            true
-        })?;
-        Ok(out.map(|(r, _)| r))
+    pub fn finish(&self, job_id: &str, outcome: Outcome, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.update(job_id, finish_change(outcome, None, now_ms))?.map(|(r, _)| r))
+    }
+
+    /// [`Store::finish`] for async callers; `log` is the job's whole log
+    /// when it was held in memory, kept in the record in the same write.
+    pub async fn finish_async(&self, job_id: &str, outcome: Outcome, log: Option<String>, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.update_async(job_id, finish_change(outcome, log, now_ms)).await?.map(|(r, _)| r))
+    }
+
+    /// Keeps a job's whole log in its record (a job that ended without its
+    /// executor recording it: cancelled or abandoned while queued,
+    /// interrupted by a shutdown).
+    pub fn keep_log(&self, job_id: &str, log: String) -> Result<(), StoreError> {
+        self.update(job_id, keep_log_change(log))?;
+        Ok(())
+    }
+
+    /// [`Store::keep_log`] for async callers.
+    pub async fn keep_log_async(&self, job_id: &str, log: String) -> Result<(), StoreError> {
+        self.update_async(job_id, keep_log_change(log)).await?;
+        Ok(())
     }
 
     /// Cancels a queued job at once; reports a running one so its executor
     /// can stop it (the executor then records `cancelled`).
     pub fn cancel(&self, job_id: &str, now_ms: u64) -> Result<Cancellation, StoreError> {
-        let out = self.update(job_id, |r| {
-            if r.state != JobState::Queued {
-                return false;
-            }
-            r.state = JobState::Cancelled;
-            r.finished_at_ms = Some(now_ms);
-            r.error = Some(JobError { code: ErrorCode::Cancelled.as_str().into(), message: "cancelled before it started".into() });
-            true
-        })?;
-        Ok(match out {
-            None => Cancellation::NotFound,
-            Some((r, true)) => Cancellation::Cancelled(r),
-            Some((r, false)) if r.state == JobState::Running => Cancellation::Running(r),
-            Some((r, false)) => Cancellation::Finished(r),
-        })
+        Ok(cancellation(self.update(job_id, cancel_change(now_ms))?))
+    }
+
+    /// [`Store::cancel`] for async callers.
+    pub async fn cancel_async(&self, job_id: &str, now_ms: u64) -> Result<Cancellation, StoreError> {
+        Ok(cancellation(self.update_async(job_id, cancel_change(now_ms)).await?))
     }
 
     /// Marks a queued job `abandoned` with `LEASE_EXPIRED` (its lease expired
     /// before it could start). A running job is stopped by its executor,
     /// which records the same; `None` when the job was not queued.
     pub fn abandon_queued(&self, job_id: &str, message: &str, now_ms: u64) -> Result<Option<JobRecord>, StoreError> {
-        let out = self.update(job_id, |r| {
+        let message = message.to_string();
+        let out = self.update(job_id, move |r| {
             if r.state != JobState::Queued {
                 return false;
             }
             r.state = JobState::Abandoned;
             r.finished_at_ms = Some(now_ms);
-            r.error = Some(JobError { code: ErrorCode::LeaseExpired.as_str().into(), message: message.into() });
+            r.error = Some(JobError { code: ErrorCode::LeaseExpired.as_str().into(), message: message.clone() });
             true
         })?;
-        Ok(out.and_then(|(r, changed)| changed.then_some(r)))
+        Ok(changed(out))
     }
 
     /// Marks a running job failed with `INTERRUPTED` (graceful shutdown that
     /// could not wait for it).
     pub fn interrupt(&self, job_id: &str, message: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.update(job_id, |r| {
+        let message = message.to_string();
+        self.update(job_id, move |r| {
             if r.state != JobState::Running {
                 return false;
             }
             r.state = JobState::Failed;
             r.finished_at_ms = Some(now_ms);
-            r.error = Some(JobError { code: ErrorCode::Interrupted.as_str().into(), message: message.into() });
+            r.error = Some(JobError { code: ErrorCode::Interrupted.as_str().into(), message: message.clone() });
             true
         })?;
         Ok(())
@@ -692,14 +673,185 @@ impl Store {
     }
 }
 
+/// What a step produced: its result and artifacts, or its error.
+pub type Outcome = Result<(Value, Vec<ArtifactEntry>), StepError>;
+
+/// The record, when an update changed it.
+fn changed(out: Option<(JobRecord, bool)>) -> Option<JobRecord> {
+    out.and_then(|(r, changed)| changed.then_some(r))
+}
+
+/// queued -> running.
+fn start_change(now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
+    move |r| {
+        if r.state != JobState::Queued {
+            return false;
+        }
+        r.state = JobState::Running;
+        r.started_at_ms = Some(now_ms);
+        r.attempt += 1;
+        true
+    }
+}
+
+/// running -> the state the outcome says.
+fn finish_change(outcome: Outcome, log: Option<String>, now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
+    move |r| {
+        if r.state != JobState::Running {
+            return false;
+        }
+        r.finished_at_ms = Some(now_ms);
+        r.log = log.clone();
+        match outcome.clone() {
+            Ok((result, artifacts)) => {
+                r.state = JobState::Succeeded;
+                r.result = Some(result);
+                r.artifacts = artifacts;
+            }
+            Err(e) => {
+                r.state = match e.code {
+                    ErrorCode::Cancelled => JobState::Cancelled,
+                    ErrorCode::LeaseExpired => JobState::Abandoned,
+                    _ => JobState::Failed,
+                };
+                if e.code == ErrorCode::LeaseExpired {
+                    // A result made after the lease expired is not kept.
+                    r.result = None;
+                    r.artifacts.clear();
+                }
+                r.error = Some(JobError { code: e.code.as_str().to_string(), message: e.message });
+            }
+        }
+        true
+    }
+}
+
+/// Sets the record's log.
+fn keep_log_change(log: String) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
+    move |r| {
+        r.log = Some(log.clone());
+        true
+    }
+}
+
+/// queued -> cancelled.
+fn cancel_change(now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
+    move |r| {
+        if r.state != JobState::Queued {
+            return false;
+        }
+        r.state = JobState::Cancelled;
+        r.finished_at_ms = Some(now_ms);
+        r.error = Some(JobError { code: ErrorCode::Cancelled.as_str().into(), message: "cancelled before it started".into() });
+        true
+    }
+}
+
+fn cancellation(out: Option<(JobRecord, bool)>) -> Cancellation {
+    match out {
+        None => Cancellation::NotFound,
+        Some((r, true)) => Cancellation::Cancelled(r),
+        Some((r, false)) if r.state == JobState::Running => Cancellation::Running(r),
+        Some((r, false)) => Cancellation::Finished(r),
+    }
+}
+
+/// The write of [`Store::submit`].
+fn submit_op(new: NewJob, now_ms: u64, max_in_flight: u64) -> impl FnMut(&WriteTransaction) -> Result<Submission, StoreError> + Send + 'static {
+    move |tx| {
+        let new = new.clone();
+        let outcome = {
+        let mut jobs = tx.open_table(JOBS)?;
+        let mut idem = tx.open_table(IDEMPOTENCY)?;
+        let mut active = tx.open_table(ACTIVE)?;
+        let mut meta = tx.open_table(META)?;
+        let key = idem_key(&new.step_name, &new.inputs_hash);
+        let existing_id = idem.get(key.as_str())?.map(|g| g.value().to_string());
+        let existing = match existing_id {
+            Some(id) => jobs.get(id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?,
+            None => None,
+        };
+        match existing {
+            // An abandoned job's result is never served: its
+            // submitter gave it up, and may have run it elsewhere.
+            Some(rec) if !matches!(rec.state, JobState::Failed | JobState::Cancelled | JobState::Abandoned) => Submission::Existing(rec),
+            _ if active.len()? >= max_in_flight => Submission::Full,
+            _ => {
+                let seq = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
+                meta.insert("next_seq", seq + 1)?;
+                let rec = JobRecord {
+                    job_id: new_job_id(),
+                    step_name: new.step_name,
+                    state: JobState::Queued,
+                    inputs_hash: new.inputs_hash,
+                    label: new.label,
+                    payload: new.payload,
+                    created_at_ms: now_ms,
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    attempt: 0,
+                    result: None,
+                    error: None,
+                    artifacts: Vec::new(),
+                    seq,
+                    lease_s: new.lease_s,
+                    log: None,
+                };
+                let bytes = serde_json::to_vec(&rec).map_err(codec)?;
+                jobs.insert(rec.job_id.as_str(), bytes.as_slice())?;
+                idem.insert(key.as_str(), rec.job_id.as_str())?;
+                active.insert(rec.job_id.as_str(), seq)?;
+                Submission::Created(rec)
+            }
+        }
+        };
+        Ok(outcome)
+    }
+}
+
+/// The write of [`Store::update`]: applies `f` to the job and saves it
+/// when `f` returns true.
+fn update_op<F>(job_id: &str, mut f: F) -> impl FnMut(&WriteTransaction) -> Result<Option<(JobRecord, bool)>, StoreError> + Send + 'static
+where
+    F: FnMut(&mut JobRecord) -> bool + Send + 'static,
+{
+    let job_id = job_id.to_string();
+    move |tx| {
+        let mut jobs = tx.open_table(JOBS)?;
+        let mut active = tx.open_table(ACTIVE)?;
+        let current = jobs.get(job_id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?;
+        Ok(match current {
+            None => None,
+            Some(mut rec) => {
+                let changed = f(&mut rec);
+                if changed {
+                    let bytes = serde_json::to_vec(&rec).map_err(codec)?;
+                    jobs.insert(job_id.as_str(), bytes.as_slice())?;
+                    if rec.state.is_terminal() {
+                        active.remove(job_id.as_str())?;
+                    }
+                }
+                Some((rec, changed))
+            }
+        })
+    }
+}
+
 enum OpenError {
     AlreadyOpen,
     Store(StoreError),
 }
 
+/// The database's page cache. redb's default (1 GiB) lets the cache grow
+/// with the file, so the worker's memory grew with every job it kept; the
+/// records a worker reads again (jobs in flight, the idempotency index) fit
+/// in a few MiB, and other pages are read back from the operating system's
+/// file cache.
+const CACHE_BYTES: usize = 1 << 20;
+
 /// Opens (creating) the database file and its tables.
 fn open_database(path: &Path) -> Result<Database, OpenError> {
-    let db = match Database::create(path) {
+    let db = match redb::Builder::new().set_cache_size(CACHE_BYTES).create(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::AlreadyOpen),
         Err(e) => return Err(OpenError::Store(e.into())),
@@ -864,6 +1016,69 @@ mod tests {
         let created = outcomes.iter().filter(|o| matches!(o, Submission::Created(_))).count();
         assert_eq!(created, 1);
         assert_eq!(store.in_flight().unwrap(), 1);
+    }
+
+    /// Writes queued while the writer waits for the database share one
+    /// transaction: the writer is held up by a write transaction of the
+    /// test's own, 16 submissions queue behind it, and once it is released
+    /// they are committed in at most two transactions (the first write may
+    /// have been taken alone), and all of them are on disk after a re-open.
+    #[test]
+    fn writes_that_arrive_together_share_one_commit() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        let store = Store::open(&path).unwrap();
+        let db = store.inner.slot.read().unwrap().1.clone().unwrap();
+        let blocker = db.begin_write().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let ids = rt.block_on(async {
+            let all = (0..16).map(|i| {
+                let s = store.clone();
+                async move { s.submit_async(new_job(&format!("h{i}")), 1, 100).await }
+            });
+            let mut all = Box::pin(futures_util::future::join_all(all));
+            // One poll queues every write; none can be answered yet.
+            assert!((&mut all).now_or_never().is_none());
+            drop(blocker);
+            all.await.into_iter().map(|o| created(o.unwrap()).job_id).collect::<Vec<_>>()
+        });
+        drop(db);
+        let (batches, writes) = store.commit_stats();
+        assert_eq!(writes, 16);
+        assert!(batches <= 2, "16 queued writes took {batches} transactions");
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        for id in &ids {
+            assert!(store.get(id).unwrap().is_some(), "{id} is on disk");
+        }
+        assert_eq!(store.in_flight().unwrap(), 16);
+    }
+
+    /// One failing write of a batch fails alone: the others of the same
+    /// transaction are committed and answered.
+    #[test]
+    fn a_failing_write_does_not_fail_its_batch() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("w.redb")).unwrap();
+        let db = store.inner.slot.read().unwrap().1.clone().unwrap();
+        let blocker = db.begin_write().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (good, bad) = rt.block_on(async {
+            let good = store.submit_async(new_job("good"), 1, 100);
+            let bad = store.write_async(Flush::Immediate, |_tx| -> Result<(), StoreError> {
+                Err(StoreError::new(StoreErrorKind::Other, "this write fails"))
+            });
+            let mut both = Box::pin(async { tokio::join!(good, bad) });
+            assert!((&mut both).now_or_never().is_none());
+            drop(blocker);
+            both.await
+        });
+        drop(db);
+        let good = created(good.unwrap());
+        assert_eq!(bad.unwrap_err().kind(), StoreErrorKind::Other);
+        assert!(store.get(&good.job_id).unwrap().is_some());
     }
 
     #[test]

@@ -54,10 +54,16 @@ fn ffprobe_size(image: &Path) -> (u64, u64) {
     (v["streams"][0]["width"].as_u64().unwrap(), v["streams"][0]["height"].as_u64().unwrap())
 }
 
-/// The files in the output folder, sorted (the log lives outside it).
+/// The files in the output folder, sorted (the log lives outside it). A
+/// step creates the folder only when it writes its first artifact, so a
+/// missing folder holds nothing.
 fn listing(out_dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let entries = match std::fs::read_dir(out_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("reading {}: {e}", out_dir.display()),
+    };
+    let mut names: Vec<String> = entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }

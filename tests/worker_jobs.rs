@@ -459,3 +459,57 @@ async fn a_large_blob_already_staged_is_answered_not_broken() {
         assert_eq!(again.size, data.len() as u64);
     }
 }
+
+/// A short job's log travels in the final poll answer (`log`, `log_bytes`),
+/// is the same as `GET /jobs/{id}/log` serves (also from an offset), and a
+/// job that fails before writing an artifact leaves no folder behind: its
+/// log lived in memory and then in its record.
+#[actix_rt::test]
+async fn a_short_job_has_its_log_inline_and_no_folder() {
+    let w = Worker::start(Opts::default());
+    let c = w.client();
+    let missing = w.state_dir.join("no-such-media.wav");
+    let sub = c
+        .submit(&SubmitJob {
+            step_name: "FFMPEG_PROBE".into(),
+            payload: json!({ "media_path": missing.to_string_lossy() }),
+            inputs_hash: None,
+            label: None,
+            lease_s: None,
+        })
+        .await
+        .unwrap();
+    assert!(sub.job.log.is_none(), "no log in the submission answer");
+    let done = c.job(&sub.job.job_id, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let inline = done.log.clone().expect("the final poll carries the log");
+    assert_eq!(done.log_bytes, Some(inline.len() as u64));
+    assert!(inline.contains("queued") && inline.contains("started (attempt 1)") && inline.contains("failed"), "{inline}");
+    assert_eq!(c.full_log(&done.job_id).await.unwrap(), inline);
+    let tail = c.log(&done.job_id, 10).await.unwrap();
+    assert_eq!((tail.offset, tail.size, tail.complete), (10, inline.len() as u64, true));
+    assert_eq!(tail.data.as_bytes(), &inline.as_bytes()[10..]);
+    let job_dir = w.state_dir.join("worker/jobs").join(&done.job_id);
+    assert!(!job_dir.exists(), "{} was created for a job without artifacts", job_dir.display());
+}
+
+/// A running job's log is read from memory, by offset, while the job runs,
+/// and what it held is the start of the finished job's log.
+#[actix_rt::test]
+async fn a_running_jobs_log_is_tailable_from_memory() {
+    let w = sleepy_worker(2);
+    let c = w.client();
+    let id = c.submit(&openclaw("tail me")).await.unwrap().job.job_id;
+    wait_until_async("job running", Duration::from_secs(20), || async { c.job(&id, 0).await.unwrap().state == JobState::Running }).await;
+    let running = c.log(&id, 0).await.unwrap();
+    assert!(!running.complete);
+    assert!(running.data.contains("queued") && running.data.contains("started (attempt 1)"), "{}", running.data);
+    let part = c.log(&id, 5).await.unwrap();
+    assert_eq!(part.data.as_bytes(), &running.data.as_bytes()[5..5 + part.data.len()]);
+    let done = c.job(&id, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let full = c.full_log(&id).await.unwrap();
+    assert!(full.starts_with(&running.data), "{full}");
+    assert_eq!(done.log.as_deref(), Some(full.as_str()));
+    assert!(!w.state_dir.join("worker/jobs").join(&id).join("worker.log").exists(), "a short log has no file");
+}

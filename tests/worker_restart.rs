@@ -319,3 +319,27 @@ async fn kill9_mid_artifact_write_leaves_nothing_under_the_final_name() {
     let r = w2.signed("GET", &format!("/jobs/{id}/artifacts/openclaw_output.txt"), b"");
     assert_eq!((r.status, r.code().as_str()), (404, "ARTIFACT_NOT_FOUND"));
 }
+
+/// Submissions that arrive together share a commit in the worker's store,
+/// and none is answered before its record is on disk: a kill -9 right after
+/// the last answer loses none of the acknowledged jobs.
+#[actix_rt::test]
+async fn a_burst_of_acknowledged_submissions_survives_a_kill9() {
+    let dir = common::tempdir();
+    let secret = "group-commit-secret";
+    let env = [("RAYVAULT_OPENCLAW__COMMAND", "sh -c 'cat >/dev/null; sleep 30'")];
+    let mut w = Worker::start(opts_in(dir.path(), secret, &env));
+    let c = w.client();
+    let tasks: Vec<SubmitJob> = (0..24).map(|i| task(&format!("burst {i}"))).collect();
+    let answers = futures_util::future::join_all(tasks.iter().map(|t| c.submit(t))).await;
+    w.kill9();
+    let ids: Vec<String> = answers.into_iter().map(|a| a.expect("acknowledged").job.job_id).collect();
+    drop(c);
+
+    let w2 = Worker::start(opts_in(dir.path(), secret, &env));
+    let c2 = w2.client();
+    for (id, t) in ids.iter().zip(&tasks) {
+        let view = c2.job(id, 0).await.unwrap_or_else(|e| panic!("acknowledged job {id} lost by kill -9: {e}"));
+        assert_eq!(view.inputs_hash, rayvault::protocol::inputs_hash(&t.step_name, &t.payload));
+    }
+}

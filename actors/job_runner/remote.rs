@@ -352,7 +352,7 @@ async fn follow(
                 // Wait briefly for the worker to confirm, so the log we fetch
                 // shows the cancellation.
                 let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2, fence)).await;
-                if let Err(e) = client.fetch_log(job_id, &dir.join(crate::receipt::LOG_FILE)).await {
+                if let Err(e) = client.fetch_log(job_id, None, &dir.join(crate::receipt::LOG_FILE)).await {
                     tracing::warn!("could not fetch the cancelled job's log: {e}");
                 }
                 let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", Some(node_id)) };
@@ -423,6 +423,7 @@ async fn follow(
             remote_job_id: job_id.into(),
             artifacts: (polled.state == JobState::Succeeded).then(|| polled.artifacts.clone()).or(Some(Vec::new())),
             dest: dir.to_path_buf(),
+            log: polled.log.take(),
         })
         .await
         .unwrap_or_else(|e| Err(SyncError::other(format!("artifact sync unavailable: {e}"))));

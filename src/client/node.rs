@@ -133,12 +133,15 @@ pub struct Polled {
     pub result: Option<Value>,
     pub error: Option<ReceiptError>,
     pub artifacts: Vec<ArtifactEntry>,
+    /// The whole log, when the worker's final answer carried it
+    /// (`JobView.log`, small logs of finished jobs).
+    pub log: Option<String>,
 }
 
 impl From<JobView> for Polled {
     fn from(v: JobView) -> Polled {
         let error = v.error.map(|e| ReceiptError { code: e.code, message: e.message });
-        Polled { state: v.state, result: v.result, error, artifacts: v.artifacts }
+        Polled { state: v.state, result: v.result, error, artifacts: v.artifacts, log: v.log }
     }
 }
 
@@ -264,9 +267,13 @@ impl NodeClient {
         }
     }
 
-    /// Fetches the job's whole log into `dest`, atomically.
-    pub async fn fetch_log(&self, job_id: &str, dest: &Path) -> Result<(), String> {
-        let bytes = self.whole_log(job_id).await.map_err(|e| e.to_string())?;
+    /// Writes a remote job's whole log into `dest`, atomically: the log the
+    /// worker's final answer carried (`inline`), or else downloaded.
+    pub async fn fetch_log(&self, job_id: &str, inline: Option<String>, dest: &Path) -> Result<(), String> {
+        let bytes = match inline {
+            Some(log) => log.into_bytes(),
+            None => self.whole_log(job_id).await.map_err(|e| e.to_string())?,
+        };
         let d = dest.to_path_buf();
         tokio::task::spawn_blocking(move || {
             if let Some(parent) = d.parent() {
@@ -289,7 +296,7 @@ fn legacy_polled(j: super::legacy_v05::LegacyJob) -> Polled {
         "cancelled" => JobState::Cancelled,
         _ => JobState::Running,
     };
-    Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts }
+    Polled { state, result: j.result, error: j.error.map(|e| ReceiptError { code: e.code, message: e.message }), artifacts: j.artifacts, log: None }
 }
 
 /// Where a download in progress lives: `<final name>.part` beside it (the
@@ -306,5 +313,20 @@ mod tests {
     #[test]
     fn partial_downloads_live_beside_the_final_name() {
         assert_eq!(part_path(Path::new("/r/ffprobe.json")), Path::new("/r/ffprobe.json.part"));
+    }
+
+    /// The log the worker's final answer carried is written as it is, with
+    /// no request to the worker (here: an address where nothing listens);
+    /// without it the log is downloaded, which fails there.
+    #[actix_rt::test]
+    async fn an_inline_log_is_written_without_a_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Arc::new(Keyring::from_secrets("inline-log-secret", None).unwrap());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let nobody = NodeClient::Current(CurrentClient::new(format!("http://127.0.0.1:{port}"), "w".into(), ring, Duration::from_secs(2)));
+        let dest = dir.path().join("worker.log");
+        nobody.fetch_log("j1", Some("line one\nline two\n".into()), &dest).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "line one\nline two\n");
+        assert!(nobody.fetch_log("j1", None, &dir.path().join("other.log")).await.is_err());
     }
 }

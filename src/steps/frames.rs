@@ -259,6 +259,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     let choice = choose_strategy(plan.targets.len(), duration_s, &ctx.settings.frames);
     ctx.log.line("job", &format!("{} frame(s) by {}: {}", plan.targets.len(), choice.strategy.as_str(), choice.reason));
 
+    ctx.create_out_dir()?;
     let needed = estimated_bytes(plan.targets.len(), &video, p.max_width, p.format);
     let (out_dir, what) = (ctx.out_dir.clone(), format!("{} frame(s)", plan.targets.len()));
     tokio::task::spawn_blocking(move || disk::ensure_free(&out_dir, needed, &what))

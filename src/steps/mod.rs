@@ -138,6 +138,15 @@ pub struct StepContext {
     pub settings: Arc<Settings>,
 }
 
+impl StepContext {
+    /// Creates the job's output folder. Steps call it just before they
+    /// write their first artifact, so a job that fails before that (or
+    /// writes none) leaves no folder behind.
+    pub fn create_out_dir(&self) -> Result<(), StepError> {
+        std::fs::create_dir_all(&self.out_dir).map_err(|e| StepError::io_in("creating the job's output folder", &self.out_dir, e))
+    }
+}
+
 /// What a successful step returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepOutput {
@@ -148,7 +157,6 @@ pub struct StepOutput {
 /// Runs one step under its configured timeout.
 pub async fn run_step(step: StepName, payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepError> {
     let timeout = Duration::from_secs(ctx.settings.step(step.as_str()).timeout_s);
-    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| StepError::io_in("creating the job's output folder", &ctx.out_dir, e))?;
     ctx.log.line("job", &format!("step {step} started"));
     // The step runs under a child of the job's token: a timeout stops the
     // step's tools through the child, while the job's own token stays

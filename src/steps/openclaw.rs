@@ -104,6 +104,7 @@ pub async fn run_with(payload: &Value, ctx: &StepContext, host: &OpenclawHost) -
             timeout.as_secs_f64()
         ),
     );
+    ctx.create_out_dir()?;
     let final_path = ctx.out_dir.join(OUTPUT_ARTIFACT);
     let tmp = temp_path_for(&final_path);
     let transcript = JobLog::open(&tmp).map_err(|e| StepError::io("creating the OpenClaw output file", e))?;

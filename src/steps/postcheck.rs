@@ -114,6 +114,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
         "thresholds": shown,
         "files": files,
     });
+    ctx.create_out_dir()?;
     let out_dir = ctx.out_dir.clone();
     let bytes = serde_json::to_vec_pretty(&result)
         .map_err(|e| StepError::new(ErrorCode::Internal, format!("serialising the report: {e}")))?;

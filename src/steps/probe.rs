@@ -97,6 +97,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
     let path = require_media_path(&p.media_path)?;
     let probed = probe_media(&path, ctx).await?;
 
+    ctx.create_out_dir()?;
     let out_dir = ctx.out_dir.clone();
     let raw = probed.raw_json;
     // Writing and hashing touch the disk, so they stay off the async threads.

@@ -116,6 +116,7 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
         &format!("rendering {} chunk(s) with {}, {parallel} at a time", chunks.len(), engine.name()),
     );
 
+    ctx.create_out_dir()?;
     let work = ctx.out_dir.join(format!(".tts-work-{}", uuid::Uuid::new_v4().simple()));
     let needed = chunks.iter().map(|c| c.text.chars().count() as u64).sum::<u64>() * BYTES_PER_CHAR;
     let (out_dir, what) = (ctx.out_dir.clone(), format!("{} chunk(s) of speech", chunks.len()));

@@ -2,7 +2,7 @@
 //! while they run, so that a worker started after a crash can kill what the
 //! dead one left behind ([`Store::reap_children`]).
 
-use super::{Store, StoreError, StoreErrorKind};
+use super::{Flush, Store, StoreError, StoreErrorKind};
 use crate::process::{ChildGroup, ChildRegistry, Reaped};
 use redb::{ReadableTable, TableDefinition};
 
@@ -23,17 +23,15 @@ pub struct ReapReport {
 }
 
 impl Store {
-    /// Records a running child's group for `job_id`. The commit is
-    /// `Eventual` (no fsync): it must survive a crash of the worker, which
-    /// it does, not a power cut, which kills the children as well.
+    /// Records a running child's group for `job_id`. The write is
+    /// `Eventual`: it must survive a crash of the worker, not a power cut,
+    /// which kills the children as well (on Linux redb syncs it all the
+    /// same; the commit queue shares that sync with other writes).
     pub fn record_child(&self, job_id: &str, group: &ChildGroup) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(group).map_err(|e| StoreError::new(StoreErrorKind::Other, e.to_string()))?;
         let k = key(job_id, group);
-        self.run(|db| {
-            let mut tx = db.begin_write()?;
-            tx.set_durability(redb::Durability::Eventual);
+        self.write(Flush::Eventual, move |tx| {
             tx.open_table(CHILDREN)?.insert(k.as_str(), bytes.as_slice())?;
-            tx.commit()?;
             Ok(())
         })
     }
@@ -41,11 +39,8 @@ impl Store {
     /// Removes the record of a group that ended.
     pub fn forget_child(&self, job_id: &str, group: &ChildGroup) -> Result<(), StoreError> {
         let k = key(job_id, group);
-        self.run(|db| {
-            let mut tx = db.begin_write()?;
-            tx.set_durability(redb::Durability::Eventual);
+        self.write(Flush::Eventual, move |tx| {
             tx.open_table(CHILDREN)?.remove(k.as_str())?;
-            tx.commit()?;
             Ok(())
         })
     }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 /// The worker's folder layout under `$RAYVAULT_STATE_DIR/worker/`:
 /// `worker.redb`, `jobs/<job_id>/{worker.log, artifacts/}`, `blobs/<sha256>`.
+/// A job's folder exists only once its step wrote an artifact or its log
+/// grew past [`crate::protocol::MAX_INLINE_LOG`] bytes.
 #[derive(Debug, Clone)]
 pub struct WorkerPaths {
     root: PathBuf,

@@ -254,7 +254,7 @@ pub fn sync_artifacts(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, ar
         let manifest = client.manifest(&remote_job_id).await.map_err(|e| anyhow!("asking {node_id} for the artifacts of job {remote_job_id}: {e}"))?;
         let found = present_copies(&dir, &manifest).await?;
         let began = std::time::Instant::now();
-        let synced = c.sync.send(SyncArtifacts { node: handle, remote_job_id, artifacts: Some(manifest.clone()), dest: dir.clone() }).await?;
+        let synced = c.sync.send(SyncArtifacts { node: handle, remote_job_id, artifacts: Some(manifest.clone()), dest: dir.clone(), log: None }).await?;
         match synced {
             Ok(artifacts) => {
                 for (entry, copy) in manifest.iter().zip(found) {

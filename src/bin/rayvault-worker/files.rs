@@ -25,13 +25,33 @@ pub struct LogQuery {
 
 /// `GET /jobs/{id}/log?offset=N[&max_bytes=M]`: the log from byte `offset`.
 pub async fn log(st: Data, id: web::Path<String>, q: web::Query<LogQuery>) -> Result<HttpResponse, ApiError> {
-    let rec = load_job(&st, &id).await?;
+    let mut rec = load_job(&st, &id).await?;
     let path = st.env.paths.log_path(&rec.job_id);
     let offset = q.offset;
     // At least 4 bytes, the longest UTF-8 sequence, so that a chunk that
     // starts on a character boundary always holds a whole character.
     let max = q.max_bytes.unwrap_or(MAX_LOG_CHUNK).clamp(4, MAX_LOG_CHUNK);
-    let read = web::block(move || -> std::io::Result<(u64, Vec<u8>)> {
+    // A small log is in memory while the job is queued or running, and in
+    // the job's record once it ended; only a larger one is in its file.
+    let live = if rec.state.is_terminal() { None } else { st.env.live_log(&rec.job_id) };
+    let held = match live {
+        Some(log) => log.in_memory(),
+        None => {
+            if !rec.state.is_terminal() {
+                // It may have ended since the first read.
+                rec = load_job(&st, &id).await?;
+            }
+            rec.log.take().map(String::into_bytes)
+        }
+    };
+    let read = match held {
+        Some(all) => {
+            let size = all.len() as u64;
+            let start = offset.min(size) as usize;
+            let end = (offset.saturating_add(max)).min(size) as usize;
+            Ok((size, all[start..end.max(start)].to_vec()))
+        }
+        None => web::block(move || -> std::io::Result<(u64, Vec<u8>)> {
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
@@ -46,7 +66,8 @@ pub async fn log(st: Data, id: web::Path<String>, q: web::Query<LogQuery>) -> Re
         f.take(max).read_to_end(&mut buf)?;
         Ok((size, buf))
     })
-    .await?
+    .await?,
+    }
     .map_err(|e| ApiError::internal("reading the job log", e))?;
     let (size, mut bytes) = read;
     if offset > size {

@@ -67,7 +67,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
                         limit.as_secs()
                     ))
                 })??;
-            let digest = if body.len() > 64 * 1024 {
+            let digest = if body.len() > crate::handlers::INLINE_WORK_BYTES {
                 let b = body.clone();
                 web::block(move || protocol::sha256_hex(&b)).await.map_err(ApiError::from)?
             } else {
@@ -99,8 +99,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             // Dated ahead: it would become valid later, so its nonce is
             // recorded (durably) like an accepted one.
             if let Some((nonce, expires)) = state.verifier.future_nonce(&auth, now) {
-                let store = state.env.store.clone();
-                if !matches!(web::block(move || store.record_nonce(&nonce, expires, now)).await, Ok(Ok(_))) {
+                if state.env.store.record_nonce_async(&nonce, expires, now).await.is_err() {
                     tracing::error!("could not record the nonce of a request dated ahead of the window");
                 }
             }
@@ -124,8 +123,7 @@ pub struct Authenticated;
 /// restart (even kill -9) does not reopen the replay window. A failure to
 /// record it refuses the request: fail closed.
 async fn persist_nonce(state: &web::Data<AppState>, nonce: String, expires: u64, now: u64) -> Result<(), ApiError> {
-    let store = state.env.store.clone();
-    match web::block(move || store.record_nonce(&nonce, expires, now)).await? {
+    match state.env.store.record_nonce_async(&nonce, expires, now).await {
         Ok(true) => Ok(()),
         Ok(false) => {
             tracing::warn!(reason = "nonce replayed (seen before a restart)", "refused: {}", protocol::AUTH_INVALID_MESSAGE);

@@ -17,6 +17,10 @@ pub type Data = web::Data<AppState>;
 
 pub use rayvault::protocol::now_ms;
 
+/// Bodies up to this size are hashed on the request's own thread; larger
+/// ones on the blocking pool.
+pub const INLINE_WORK_BYTES: usize = 64 * 1024;
+
 /// `GET /health`: liveness without auth; nothing secret. The status is
 /// `degraded`, with the reason, while the disk of the state folder has less
 /// than `worker.min_free_bytes` free or the job store is in its failed state
@@ -100,9 +104,9 @@ pub async fn load_job(st: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     if !is_job_id(id) {
         return Err(not_found());
     }
-    let store = st.env.store.clone();
-    let id2 = id.to_string();
-    web::block(move || store.get(&id2)).await??.ok_or_else(not_found)
+    // One record read from redb takes microseconds: it runs inline rather
+    // than on the blocking pool.
+    st.env.store.get(id)?.ok_or_else(not_found)
 }
 
 /// `POST /jobs`: validates, computes `inputs_hash`, and queues the job
@@ -125,20 +129,26 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
         }
     }
     let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
-    let digests_in_use = digests.clone();
-    let paths = st.env.paths.clone();
-    let payload = req.payload.clone();
-    let step_name = step.as_str().to_string();
-    let (hash, missing) = web::block(move || {
-        let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
-        if missing.is_empty() {
-            for d in &digests_in_use {
-                crate::files::touch(&paths.blob_path(d));
+    let (hash, missing) = if digests.is_empty() && body.len() <= INLINE_WORK_BYTES {
+        // No file to look at and a small payload to hash: microseconds,
+        // done here rather than on the blocking pool.
+        (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new())
+    } else {
+        let digests_in_use = digests.clone();
+        let paths = st.env.paths.clone();
+        let payload = req.payload.clone();
+        let step_name = step.as_str().to_string();
+        web::block(move || {
+            let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
+            if missing.is_empty() {
+                for d in &digests_in_use {
+                    crate::files::touch(&paths.blob_path(d));
+                }
             }
-        }
-        (protocol::inputs_hash(&step_name, &payload), missing)
-    })
-    .await?;
+            (protocol::inputs_hash(&step_name, &payload), missing)
+        })
+        .await?
+    };
     if let Some(d) = missing.first() {
         return Err(ApiError::new(ApiCode::BlobNotFound, format!("the payload names blob {d}, which is not staged here; upload it first with PUT /blobs/{d}")));
     }
@@ -150,7 +160,6 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             ));
         }
     }
-    let store = st.env.store.clone();
     let lease_s = match req.lease_s {
         Some(l) if !(1..=protocol::MAX_LEASE_S).contains(&l) => {
             return Err(ApiError::bad_request(format!("lease_s must be 1 to {} seconds", protocol::MAX_LEASE_S)));
@@ -159,22 +168,16 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
     };
     let new = NewJob { step_name: step.as_str().to_string(), inputs_hash: hash, payload: req.payload, label: req.label, lease_s };
     let max = st.limits.max_jobs_in_flight;
-    let outcome = web::block(move || store.submit(new, now_ms(), max)).await??;
+    // Answered once the record is durable (the store's group commit).
+    let outcome = st.env.store.submit_async(new, now_ms(), max).await?;
     match outcome {
         Submission::Created(rec) => {
             if let Some(l) = rec.lease_s {
                 st.env.leases.grant(&rec.job_id, Duration::from_secs(l));
             }
-            let log_path = st.env.paths.log_path(&rec.job_id);
+            // The log starts in memory: no file or folder for a short job.
             let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
-            // The job is recorded: whatever happens to this first log line,
-            // it must reach its executor, or it would stay queued (and be
-            // returned to every resubmission) until the next restart. If the
-            // log cannot be written the executor fails the job with IO_ERROR.
-            let logged = web::block(move || rayvault::joblog::JobLog::open(&log_path).map(|l| l.line("worker", &line))).await;
-            if !matches!(logged, Ok(Ok(()))) {
-                tracing::error!(job_id = %rec.job_id, "could not write the job's first log line");
-            }
+            st.env.new_log(&rec.job_id).line("worker", &line);
             if let Some(addr) = st.executors.get(&step) {
                 addr.do_send(Enqueue { job_id: rec.job_id.clone() });
             }
@@ -310,10 +313,9 @@ pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<Job
 /// one is told to stop and the answer waits briefly for it.
 pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let rec = load_job(&st, &id).await?;
-    let store = st.env.store.clone();
-    let job_id = rec.job_id.clone();
-    match web::block(move || store.cancel(&job_id, now_ms())).await?? {
+    match st.env.store.cancel_async(&rec.job_id, now_ms()).await? {
         Cancellation::Cancelled(rec) => {
+            keep_queued_log(&st, &rec.job_id).await;
             rayvault::metrics::worker().record_job(&rec);
             st.env.notify();
             Ok(HttpResponse::Ok().json(rec.view()))
@@ -332,6 +334,17 @@ pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, Api
             format!("job {} already finished ({:?}); nothing to cancel", rec.job_id, rec.state),
         )),
         Cancellation::NotFound => Err(ApiError::new(ApiCode::JobNotFound, format!("no job {:?} on this worker", id.as_str()))),
+    }
+}
+
+/// A job that ended before it started (cancelled or abandoned while
+/// queued): its log, still in memory, goes into its record.
+pub async fn keep_queued_log(st: &AppState, job_id: &str) {
+    let Some(log) = st.env.drop_log(job_id) else { return };
+    if let Some(bytes) = log.in_memory() {
+        if let Err(e) = st.env.store.keep_log_async(job_id, String::from_utf8_lossy(&bytes).into_owned()).await {
+            tracing::warn!(%job_id, error = %e, "could not keep the log of a job that ended while queued");
+        }
     }
 }
 

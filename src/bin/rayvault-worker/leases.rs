@@ -53,7 +53,7 @@ async fn stop(state: &AppState, job_id: String) {
             if let Ok(Ok(Some(rec))) = web::block(move || store.abandon_queued(&id, message, now_ms())).await {
                 rayvault::metrics::worker().record_job(&rec);
                 tracing::warn!(job_id = %job_id, "lease expired: queued job abandoned");
-                log_line(state, &job_id, message);
+                log_line(state, &job_id, message).await;
                 state.env.leases.release(&job_id);
                 state.env.notify();
             }
@@ -70,8 +70,18 @@ async fn stop(state: &AppState, job_id: String) {
     }
 }
 
-fn log_line(state: &AppState, job_id: &str, line: &str) {
-    if let Ok(log) = rayvault::joblog::JobLog::open(&state.env.paths.log_path(job_id)) {
-        log.line("worker", line);
+/// Adds a line to the log of a job that ended while queued; a log still in
+/// memory is then kept in the job's record.
+async fn log_line(state: &AppState, job_id: &str, line: &str) {
+    match state.env.live_log(job_id) {
+        Some(log) => {
+            log.line("worker", line);
+            crate::handlers::keep_queued_log(state, job_id).await;
+        }
+        None => {
+            if let Ok(log) = rayvault::joblog::JobLog::open(&state.env.paths.log_path(job_id)) {
+                log.line("worker", line);
+            }
+        }
     }
 }

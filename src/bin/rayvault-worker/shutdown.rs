@@ -94,12 +94,24 @@ async fn interrupt_running(state: &web::Data<AppState>) {
         for (job_id, token) in running {
             let store = state.env.store.clone();
             let log_path = state.env.paths.log_path(&job_id);
+            let live = state.env.live_log(&job_id);
             let id = job_id.clone();
             let recorded = web::block(move || {
-                if let Ok(log) = rayvault::joblog::JobLog::open(&log_path) {
-                    log.line("worker", "worker shut down before the job finished; marked failed with code INTERRUPTED");
+                let line = "worker shut down before the job finished; marked failed with code INTERRUPTED";
+                match &live {
+                    Some(log) => log.line("worker", line),
+                    None => {
+                        if let Ok(log) = rayvault::joblog::JobLog::open(&log_path) {
+                            log.line("worker", line);
+                        }
+                    }
                 }
-                store.interrupt(&id, "the worker shut down before this job finished; submit it again to re-run it", now_ms())
+                store.interrupt(&id, "the worker shut down before this job finished; submit it again to re-run it", now_ms())?;
+                // A log still in memory is kept in the job's record.
+                match live.and_then(|l| l.in_memory()) {
+                    Some(bytes) => store.keep_log(&id, String::from_utf8_lossy(&bytes).into_owned()),
+                    None => Ok(()),
+                }
             })
             .await;
             if !matches!(recorded, Ok(Ok(()))) {

@@ -227,6 +227,7 @@ async fn ebu_3342_loudness_range_cases() {
         paths.push(p);
     }
     let out = postcheck(dir.path(), json!({"audio_paths": paths})).await.expect("postcheck runs");
+    assert!(out.artifacts.is_empty() && !dir.path().join("out").exists(), "no report artifact unless asked: {:?}", out.artifacts);
     for (p, (name, _, want)) in paths.iter().zip(&cases) {
         let lra = num(file_entry(&out.result, p), "lra_lu");
         assert!((lra - want).abs() <= 1.0, "{name}: LRA = {lra}, want {want} ± 1");
@@ -240,7 +241,7 @@ async fn silence_and_short_clips_give_null_loudness_and_a_code() {
     write_wav(&silent, 48_000, 2, Enc::Pcm16, &vec![0.0; 96_000 * 2]);
     let short = dir.path().join("short.wav");
     write_wav(&short, 22_050, 1, Enc::Pcm16, &mono_parts(22_050, &[(0.2, 0.3)]));
-    let out = postcheck(dir.path(), json!({"audio_paths": [silent, short]})).await.expect("postcheck runs");
+    let out = postcheck(dir.path(), json!({"audio_paths": [silent, short], "report_artifact": true})).await.expect("postcheck runs");
 
     let s = file_entry(&out.result, &silent);
     assert!(s["integrated_lufs"].is_null() && s["true_peak_dbtp"].is_null() && s["sample_peak_dbfs"].is_null(), "{s}");

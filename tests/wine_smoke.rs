@@ -367,7 +367,7 @@ async fn drive(worker: &WineWorker, wav: &Path, downloads: &Path) -> String {
     let job_started = Instant::now();
     let blob = client.upload_file(wav).await.expect("PUT /blobs");
     assert_eq!(blob.sha256, sha256_file(wav).unwrap().0);
-    let payload = json!({"audio_paths": [format!("{BLOB_REF_PREFIX}{}", blob.sha256)]});
+    let payload = json!({"audio_paths": [format!("{BLOB_REF_PREFIX}{}", blob.sha256)], "report_artifact": true});
     let submit = SubmitJob { step_name: "AUDIO_POSTCHECK".into(), payload, inputs_hash: None, label: None, lease_s: None };
     let submitted = client.submit(&submit).await.expect("POST /jobs");
     let job_id = submitted.job.job_id.clone();

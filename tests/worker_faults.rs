@@ -131,7 +131,10 @@ fn a_worker_started_after_a_crash_kills_the_groups_its_predecessor_recorded() {
     assert!(w.stderr().contains("killed child process groups left running by the previous worker process"), "{}", w.stderr());
 
     w.kill9();
-    let store = Store::open(&paths.db_path()).unwrap();
+    // The killed worker's helper processes (the process-group guardian)
+    // outlive it by a few milliseconds and share its open database file, so
+    // its lock can too: wait for it as a restarted worker does.
+    let store = Store::open_waiting(&paths.db_path(), Duration::from_secs(5)).unwrap();
     assert!(store.children().unwrap().is_empty(), "every record is cleared");
 }
 

@@ -17,7 +17,8 @@
 //! "sample_rate", "channels", "integrated_lufs", "lra_lu", "true_peak_dbtp",
 //! "sample_peak_dbfs", "clipped_samples", "leading_silence_s",
 //! "trailing_silence_s", "longest_silence_s", "passed", "problems": [{"code",
-//! "message"}]}]}`, also written as the artifact `postcheck_report.json`.
+//! "message"}]}]}`, also written as the artifact `postcheck_report.json` when the payload
+//! asks for it with `"report_artifact": true`.
 //! Problem codes are listed in [`Problem`] and in `docs/steps.md`.
 
 use super::loudness::{analyze_file, Measurements};
@@ -47,6 +48,11 @@ struct Payload {
     audio_paths: Vec<String>,
     #[serde(default)]
     thresholds: Option<Value>,
+    /// Also write the result as the artifact `postcheck_report.json`. Off
+    /// by default: the result itself carries the same JSON, and a job
+    /// without artifacts creates no files on the worker.
+    #[serde(default)]
+    report_artifact: bool,
 }
 
 /// One finding about a file: a stable SCREAMING_SNAKE_CASE code and a
@@ -114,6 +120,9 @@ pub async fn run(payload: &Value, ctx: &StepContext) -> Result<StepOutput, StepE
         "thresholds": shown,
         "files": files,
     });
+    if !p.report_artifact {
+        return Ok(StepOutput { result, artifacts: Vec::new() });
+    }
     ctx.create_out_dir()?;
     let out_dir = ctx.out_dir.clone();
     let bytes = serde_json::to_vec_pretty(&result)

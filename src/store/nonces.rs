@@ -22,8 +22,10 @@ impl Store {
     }
 
     /// [`Store::record_nonce`] for async callers.
-    pub async fn record_nonce_async(&self, nonce: &str, expires: u64, now: u64) -> Result<bool, StoreError> {
-        self.write_async(Flush::Eventual, nonce_op(nonce, expires, now)).await
+    /// The write is queued when this is called, not when the future is
+    /// first polled, so a caller can start it and await it later.
+    pub fn record_nonce_async(&self, nonce: &str, expires: u64, now: u64) -> impl std::future::Future<Output = Result<bool, StoreError>> {
+        self.write_async(Flush::Eventual, nonce_op(nonce, expires, now))
     }
 
     /// Nonces that have not expired, with their expiry.

@@ -83,7 +83,21 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             if previous {
                 tracing::warn!(%kid, "request signed with the PREVIOUS cluster key; finish the rotation by updating the controller's RAYVAULT_CLUSTER_SECRET");
             }
-            persist_nonce(&state, nonce, nonce_expires, now).await?;
+            if method == "GET" {
+                // A GET changes nothing but a lease's renewal time, so it
+                // runs while its nonce is being committed; its answer still
+                // waits for that commit, so no request is ever answered
+                // before its nonce is durable (a replay after a restart is
+                // refused by the reloaded nonces). A long-poll then pays no
+                // sync of its own. Requests that change state record their
+                // nonce first.
+                let recorded = state.env.store.record_nonce_async(&nonce, nonce_expires, now);
+                req.extensions_mut().insert(Authenticated);
+                let answer = next.call(req).await;
+                nonce_outcome(recorded.await)?;
+                return answer;
+            }
+            nonce_outcome(state.env.store.record_nonce_async(&nonce, nonce_expires, now).await)?;
         }
         Ok(Verified::Plain) => {
             tracing::warn!(%path, "request authenticated with the plain-token fallback; switch the controller to HMAC (unset RAYVAULT_ALLOW_PLAIN_FALLBACK)")
@@ -119,11 +133,11 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated;
 
-/// Records the accepted nonce durably before the request runs, so that a
-/// restart (even kill -9) does not reopen the replay window. A failure to
-/// record it refuses the request: fail closed.
-async fn persist_nonce(state: &web::Data<AppState>, nonce: String, expires: u64, now: u64) -> Result<(), ApiError> {
-    match state.env.store.record_nonce_async(&nonce, expires, now).await {
+/// The outcome of recording an accepted nonce in the store, which keeps a
+/// restart (even kill -9) from reopening the replay window. A nonce already
+/// there, or a failure to record it, refuses the request: fail closed.
+fn nonce_outcome(recorded: Result<bool, rayvault::store::StoreError>) -> Result<(), ApiError> {
+    match recorded {
         Ok(true) => Ok(()),
         Ok(false) => {
             tracing::warn!(reason = "nonce replayed (seen before a restart)", "refused: {}", protocol::AUTH_INVALID_MESSAGE);

@@ -2,7 +2,8 @@
 //!
 //! - [`WorkerClient`] (this file): a signed HTTP client for every endpoint
 //!   of the current contract (awc-based, so it runs inside an actix system;
-//!   the tests use it directly).
+//!   the tests use it directly). Artifact downloads alone bypass awc: see
+//!   [`fetch`] and [`download`].
 //! - [`legacy_v05`]: the v0.5 contract's client.
 //! - [`node`]: [`NodeClient`], one interface over both contracts (submit,
 //!   poll, cancel, log, download, health, caps, blob upload).
@@ -349,7 +350,10 @@ impl WorkerClient {
     /// before the file gets its final name. Returns the bytes transferred
     /// this time.
     ///
-    /// The digest is computed while the bytes arrive (a resumed download
+    /// The transfer runs on a thread of its own over a plain TCP connection
+    /// ([`fetch`]), with reads and writes on the socket timed out after the
+    /// client's timeout; dropping the returned future shuts the connection
+    /// down. The digest is computed while the bytes arrive (a resumed download
     /// hashes the kept prefix once first), so this is the only verification
     /// the artifact needs: a file under `dest` is whole and verified, and a
     /// mismatch deletes the `.part` file. A transfer cut short keeps its

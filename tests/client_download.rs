@@ -246,3 +246,24 @@ async fn a_download_given_up_closes_its_connection() {
     assert!(std::fs::read(&part).unwrap() == whole[..1000]);
     assert!(!dest.exists());
 }
+
+/// A resume that stops a few bytes short of a 1 MiB boundary, with the
+/// body sent in the same packet as the head: the first block is cut at the
+/// boundary and the rest of what the head's read took carries over.
+#[actix_rt::test]
+async fn a_resume_just_short_of_a_block_boundary_arrives_whole() {
+    let (whole, entry) = artifact(3 * 1024 * 1024 + 77);
+    let keep = 1024 * 1024 - 10;
+    let tail = whole[keep..].to_vec();
+    let base = serve_one(move |mut s| {
+        let mut answer = format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\r\n", tail.len()).into_bytes();
+        answer.extend_from_slice(&tail);
+        let _ = s.write_all(&answer);
+    });
+    let dir = common::tempdir();
+    let dest = dir.path().join("big.bin");
+    std::fs::write(dir.path().join("big.bin.part"), &whole[..keep]).unwrap();
+    let n = client(&base).download_artifact("job-7", &entry, &dest).await.unwrap();
+    assert_eq!(n, (whole.len() - keep) as u64);
+    assert!(std::fs::read(&dest).unwrap() == whole);
+}

@@ -115,9 +115,8 @@ impl Fetch {
         stream.write_all(request.as_bytes()).map_err(|e| self.io_failed("sending the download request", &e))?;
         let head = self.read_head(&mut stream)?;
         let keep = self.check_head(&mut stream, &head)?;
-        let expected = self.entry.size - keep;
         let mut sink = Sink::start(self.part.clone(), keep)?;
-        let (transferred, broke) = self.read_body(&mut stream, head.rest, expected, &mut sink, cancel);
+        let (transferred, broke) = self.read_body(&mut stream, head.rest, keep, &mut sink, cancel);
         drop(stream);
         // What arrived stays in the .part file for a resume, so the sink is
         // finished whatever happened; the writer's own error says more than
@@ -283,20 +282,26 @@ impl Fetch {
         Ok(body)
     }
 
-    /// Reads `expected` body bytes (the first of them already in `rest`)
-    /// into the sink's buffers. Returns the bytes handed over and, when the
-    /// body broke off, why.
-    fn read_body(&self, stream: &mut TcpStream, rest: Vec<u8>, expected: u64, sink: &mut Sink, cancel: &Cancel) -> (u64, Option<ClientError>) {
+    /// Reads the body, from byte `keep` of the file to the manifest's size
+    /// (the first bytes already in `rest`), into the sink's buffers. Every
+    /// block but the first ends at a multiple of [`BLOCK`] in the file, so
+    /// that whole blocks are aligned for direct writes. Returns the bytes
+    /// handed over and, when the body broke off, why.
+    fn read_body(&self, stream: &mut TcpStream, rest: Vec<u8>, keep: u64, sink: &mut Sink, cancel: &Cancel) -> (u64, Option<ClientError>) {
+        let expected = self.entry.size - keep;
         let mut done = 0u64;
-        let mut rest = Some(rest);
+        let mut rest_at = 0;
         while done < expected {
             let mut buf = sink.buffer();
-            let want = (expected - done).min(BLOCK as u64) as usize;
+            let to_boundary = BLOCK as u64 - (keep + done) % BLOCK as u64;
+            let want = (expected - done).min(to_boundary) as usize;
             let mut filled = 0;
-            if let Some(rest) = rest.take() {
-                buf[..rest.len()].copy_from_slice(&rest);
-                filled = rest.len();
-            }
+            // Body bytes the head's read took (`check_head` bounds them by
+            // the body's length) come first, over as many blocks as needed.
+            let n = (rest.len() - rest_at).min(want);
+            buf[..n].copy_from_slice(&rest[rest_at..rest_at + n]);
+            rest_at += n;
+            filled += n;
             let mut broke = None;
             while filled < want {
                 if cancel.is_cancelled() {

@@ -245,7 +245,8 @@ fn append_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<(Fi
 struct Output {
     file: File,
     /// A second handle on the file opened with `O_DIRECT` (Linux), while
-    /// the file system takes such writes.
+    /// the file system takes such writes; always `None` elsewhere.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     direct: Option<File>,
     /// Bytes in the file.
     len: u64,

@@ -1,39 +1,104 @@
 //! The receiving end of an artifact download: one pass over the bytes.
 //!
-//! The network side (the actix thread) only gathers the chunks the HTTP
-//! client hands it into batches of about [`BLOCK`] bytes, without copying
-//! them, and hands each batch, shared, over bounded channels to two blocking
-//! threads: one hashes it, the other writes it with `std::fs` (one vectored
-//! write per batch). Writing every ~22 KiB network chunk through `tokio::fs`
-//! cost one blocking-pool round trip per chunk, and hashing the file again
-//! from disk afterwards doubled the reading; here the digest is ready when
-//! the last byte is written, hashing and writing overlap, the file is synced
-//! once, and memory stays bounded by about `(CHANNEL_BLOCKS + 2) * BLOCK`
-//! whatever the artifact's size. SHA-256 is the one thing on the critical
-//! path: the hasher has a thread to itself and never waits for the disk.
+//! The network thread ([`super::fetch`]) reads the body straight from the
+//! socket into recycled buffers of [`BLOCK`] bytes and hands each filled
+//! buffer, shared and read-only, over bounded channels to two threads: one
+//! hashes it, the other writes it with `std::fs`. Nothing is copied between
+//! threads: the buffer goes back to the network thread's free list when the
+//! slower of the two drops it. Hashing the file again from disk afterwards
+//! would double the reading; here the digest is ready when the last byte is
+//! written, hashing and writing overlap, the file is synced once, and
+//! memory stays bounded by [`BUFFERS`] buffers whatever the artifact's size.
+//! SHA-256 is the one thing on the critical path: the hasher has a thread
+//! to itself and never waits for the disk.
+//!
+//! On Linux the writer writes whole aligned blocks with `O_DIRECT`: the disk
+//! reads them from the shared buffer, and the copy into the page cache,
+//! which cost as much CPU as the hash itself (a third of the process's
+//! samples), is gone. The unaligned head of a resumed download and the
+//! tail of the file go through the page cache, and a file system that
+//! refuses `O_DIRECT` gets every block that way.
 
 use super::ClientError;
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use std::thread::JoinHandle;
 
-/// Bytes gathered before one hand-off to the hasher and the writer.
+/// Bytes in one buffer: one hand-off to the hasher and the writer.
 pub(super) const BLOCK: usize = 1 << 20;
-/// Most chunks in one batch: a peer sending tiny chunks still makes
-/// batches that one vectored write takes whole (Linux's `IOV_MAX` is 1024).
-const MAX_CHUNKS: usize = 512;
-/// Batches that may wait for each of the two threads: enough to keep the
+/// Blocks that may wait for each of the two threads: enough to keep the
 /// network, the hashing and the disk busy at once, small enough to keep
 /// memory flat.
 const CHANNEL_BLOCKS: usize = 4;
+/// Most buffers one download allocates. A buffer is in use from the moment
+/// the network thread takes it until both threads are done with it: at
+/// most `CHANNEL_BLOCKS` queued plus one in hand for the slower thread, one
+/// waiting to be queued, and one being filled. Two spare keep the network
+/// thread from waiting on a buffer the faster thread is about to release.
+const BUFFERS: usize = CHANNEL_BLOCKS + 5;
 
-/// The network chunks of one batch, in order, none of them empty.
-type Shared = Arc<Vec<Bytes>>;
+/// The alignment `O_DIRECT` asks of buffers, file offsets and lengths.
+pub(super) const ALIGN: usize = 4096;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; ALIGN]);
+
+/// A buffer of [`BLOCK`] bytes aligned for `O_DIRECT`.
+pub(super) struct Buf(Box<[Page]>);
+
+impl Buf {
+    fn new() -> Buf {
+        Buf(vec![Page([0; ALIGN]); BLOCK / ALIGN].into_boxed_slice())
+    }
+}
+
+impl Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the pages are plain bytes laid out one after the other
+        // (`repr(C)` arrays), so they are one initialised run of bytes.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * ALIGN) }
+    }
+}
+
+impl DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), self.0.len() * ALIGN) }
+    }
+}
+
+/// A filled buffer on its way to the hasher and the writer. Dropped by the
+/// last of them, it returns to the free list it came from.
+struct Block {
+    buf: Option<Buf>,
+    len: usize,
+    home: Sender<Buf>,
+}
+
+impl Block {
+    fn bytes(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[], |b| &b[..self.len])
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // The download may be over (the free list gone): the buffer is
+        // then simply freed.
+        if let Some(buf) = self.buf.take() {
+            let _ = self.home.send(buf);
+        }
+    }
+}
+
+type Shared = Arc<Block>;
 
 /// What the writer and the hasher have done so far.
 pub(super) struct Received {
@@ -45,11 +110,12 @@ pub(super) struct Received {
 
 /// A download in progress into a `.part` file.
 pub(super) struct Sink {
-    to_writer: mpsc::Sender<Shared>,
-    to_hasher: mpsc::Sender<Shared>,
-    /// The batch being gathered and its length in bytes.
-    batch: Vec<Bytes>,
-    batch_len: usize,
+    to_writer: Option<SyncSender<Shared>>,
+    to_hasher: Option<SyncSender<Shared>>,
+    free_tx: Sender<Buf>,
+    free_rx: Receiver<Buf>,
+    /// Buffers allocated so far (at most [`BUFFERS`]).
+    made: usize,
     writer: JoinHandle<io::Result<(File, u64)>>,
     hasher: JoinHandle<io::Result<Sha256>>,
 }
@@ -73,54 +139,67 @@ impl Sink {
     /// file's first `keep` bytes are kept and hashed first (a resumed
     /// download: the worker sends the rest); with 0 the file is created or
     /// truncated.
-    pub(super) fn start(part: PathBuf, keep: u64) -> Sink {
-        let (to_writer, writer_rx) = mpsc::channel(CHANNEL_BLOCKS);
-        let (to_hasher, hasher_rx) = mpsc::channel(CHANNEL_BLOCKS);
+    pub(super) fn start(part: PathBuf, keep: u64) -> Result<Sink, ClientError> {
+        let (to_writer, writer_rx) = mpsc::sync_channel(CHANNEL_BLOCKS);
+        let (to_hasher, hasher_rx) = mpsc::sync_channel(CHANNEL_BLOCKS);
+        let (free_tx, free_rx) = mpsc::channel();
         let part2 = part.clone();
-        let writer = tokio::task::spawn_blocking(move || write_blocks(&part, keep, writer_rx));
-        let hasher = tokio::task::spawn_blocking(move || hash_blocks(&part2, keep, hasher_rx));
-        Sink { to_writer, to_hasher, batch: Vec::with_capacity(MAX_CHUNKS), batch_len: 0, writer, hasher }
+        let writer = std::thread::Builder::new()
+            .name("download-writer".into())
+            .spawn(move || write_blocks(&part, keep, writer_rx))
+            .map_err(|e| io_err("starting the download writer", e))?;
+        let hasher = std::thread::Builder::new()
+            .name("download-hasher".into())
+            .spawn(move || hash_blocks(&part2, keep, hasher_rx))
+            .map_err(|e| io_err("starting the download hasher", e))?;
+        Ok(Sink { to_writer: Some(to_writer), to_hasher: Some(to_hasher), free_tx, free_rx, made: 0, writer, hasher })
     }
 
-    /// Adds a network chunk (kept as it is, not copied); a full batch goes
-    /// to both threads (waiting while either is [`CHANNEL_BLOCKS`] batches
-    /// behind).
-    pub(super) async fn push(&mut self, chunk: Bytes) -> Result<(), ClientError> {
-        if chunk.is_empty() {
+    /// An empty buffer of [`BLOCK`] bytes to read into: a recycled one when
+    /// one is free, a new one while fewer than [`BUFFERS`] exist, else the
+    /// next one the threads release (waiting for it).
+    pub(super) fn buffer(&mut self) -> Buf {
+        if let Ok(buf) = self.free_rx.try_recv() {
+            return buf;
+        }
+        if self.made < BUFFERS {
+            self.made += 1;
+            return Buf::new();
+        }
+        // `free_tx` lives in `self`, so the channel never disconnects; a
+        // thread that stopped dropped its queue, which released its blocks.
+        self.free_rx.recv().unwrap_or_else(|_| Buf::new())
+    }
+
+    /// Hands the first `len` bytes of `buf` (from [`Sink::buffer`]) to both
+    /// threads, waiting while either is [`CHANNEL_BLOCKS`] blocks behind.
+    pub(super) fn send(&mut self, buf: Buf, len: usize) -> Result<(), ClientError> {
+        if len == 0 {
+            let _ = self.free_tx.send(buf);
             return Ok(());
         }
-        self.batch_len += chunk.len();
-        self.batch.push(chunk);
-        if self.batch_len >= BLOCK || self.batch.len() >= MAX_CHUNKS {
-            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_CHUNKS));
-            self.batch_len = 0;
-            self.send(batch).await?;
-        }
-        Ok(())
-    }
-
-    async fn send(&mut self, batch: Vec<Bytes>) -> Result<(), ClientError> {
-        let batch = Arc::new(batch);
+        let block = Arc::new(Block { buf: Some(buf), len, home: self.free_tx.clone() });
+        let (Some(hasher), Some(writer)) = (&self.to_hasher, &self.to_writer) else {
+            return Err(ClientError::Io("the download was already finished".into()));
+        };
         // A closed channel means that thread stopped on an error; `finish`
         // reports that error, which says more than "channel closed".
-        if self.to_hasher.send(batch.clone()).await.is_err() || self.to_writer.send(batch).await.is_err() {
+        if hasher.send(block.clone()).is_err() || writer.send(block).is_err() {
             return Err(ClientError::Io("the download writer stopped".into()));
         }
         Ok(())
     }
 
-    /// Hands over the last partial batch and waits for both threads: every
-    /// byte received is then in the file (synced or not) and hashed.
-    pub(super) async fn finish(mut self) -> Result<Received, ClientError> {
-        let last = std::mem::take(&mut self.batch);
-        let sent = if last.is_empty() { Ok(()) } else { self.send(last).await };
-        drop(self.to_writer);
-        drop(self.to_hasher);
-        let written = self.writer.await.map_err(|e| io_err("writing the download", e))?;
-        let hashed = self.hasher.await.map_err(|e| io_err("hashing the download", e))?;
+    /// Waits for both threads: every byte handed over is then in the file
+    /// (synced or not) and hashed.
+    pub(super) fn finish(mut self) -> Result<Received, ClientError> {
+        self.to_writer = None;
+        self.to_hasher = None;
+        let written = self.writer.join().map_err(|_| ClientError::Io("the download writer panicked".into()))?;
+        let hashed = self.hasher.join().map_err(|_| ClientError::Io("the download hasher panicked".into()))?;
         let (file, len) = written.map_err(|e| local_io("writing the download", e))?;
         let hasher = hashed.map_err(|e| local_io("hashing the download", e))?;
-        sent.map(|()| Received { file, hasher, len })
+        Ok(Received { file, hasher, len })
     }
 }
 
@@ -130,7 +209,7 @@ impl Sink {
 /// When the disk fills up, what was written stays for a resume, but an
 /// empty `.part` file is deleted: it holds nothing to resume and would only
 /// look like a download in progress.
-fn write_blocks(part: &Path, keep: u64, rx: mpsc::Receiver<Shared>) -> io::Result<(File, u64)> {
+fn write_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<(File, u64)> {
     let result = append_blocks(part, keep, rx);
     if let Err(e) = &result {
         if crate::error::is_disk_full(e) && std::fs::metadata(part).is_ok_and(|m| m.len() == 0) {
@@ -140,7 +219,7 @@ fn write_blocks(part: &Path, keep: u64, rx: mpsc::Receiver<Shared>) -> io::Resul
     result
 }
 
-fn append_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Shared>) -> io::Result<(File, u64)> {
+fn append_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<(File, u64)> {
     let mut file = OpenOptions::new().create(true).write(true).truncate(keep == 0).open(part)?;
     if keep > 0 {
         let have = file.metadata()?.len();
@@ -155,21 +234,107 @@ fn append_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Shared>) -> io::
         file.set_len(keep)?;
         file.seek(SeekFrom::Start(keep))?;
     }
-    let mut len = keep;
-    let mut flushed = keep;
-    while let Some(batch) = rx.blocking_recv() {
-        len += write_chunks(&mut file, &batch)?;
-        if len - flushed >= WRITEBACK_EVERY {
-            start_writeback(&file, flushed, len - flushed);
-            flushed = len;
-        }
+    let mut out = Output { direct: direct_handle(part), file, len: keep, flushed: keep };
+    while let Ok(block) = rx.recv() {
+        out.write(block.bytes())?;
     }
-    Ok((file, len))
+    Ok((out.file, out.len))
+}
+
+/// The `.part` file being appended to.
+struct Output {
+    file: File,
+    /// A second handle on the file opened with `O_DIRECT` (Linux), while
+    /// the file system takes such writes; always `None` elsewhere.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    direct: Option<File>,
+    /// Bytes in the file.
+    len: u64,
+    /// Where the last writeback request ended.
+    flushed: u64,
+}
+
+impl Output {
+    /// Appends `bytes`: the aligned whole of it straight to the disk when
+    /// possible, the rest through the page cache.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let done = self.write_direct(bytes)?;
+        if done < bytes.len() {
+            let rest = &bytes[done..];
+            write_at(&mut self.file, rest, self.len)?;
+            self.len += rest.len() as u64;
+            if self.len - self.flushed >= WRITEBACK_EVERY {
+                start_writeback(&self.file, self.flushed, self.len - self.flushed);
+                self.flushed = self.len;
+            }
+        } else {
+            self.flushed = self.len;
+        }
+        Ok(())
+    }
+
+    /// Writes what it can of `bytes` with `O_DIRECT`; returns the bytes
+    /// written (0 when the offset, the length or the memory is not aligned).
+    #[cfg(target_os = "linux")]
+    fn write_direct(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while let Some(direct) = &self.direct {
+            let rest = &bytes[done..];
+            let aligned = |n: usize| n % ALIGN == 0;
+            if rest.is_empty() || !aligned(self.len as usize) || !aligned(rest.len()) || !aligned(rest.as_ptr() as usize) {
+                break;
+            }
+            match direct.write_at(rest, self.len) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the file took no more bytes")),
+                Ok(n) => {
+                    done += n;
+                    self.len += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The file system refuses direct writes after all: the page
+                // cache takes this block and the next ones.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn write_direct(&mut self, _bytes: &[u8]) -> io::Result<usize> {
+        Ok(0)
+    }
+}
+
+/// The `.part` file opened again for `O_DIRECT` writes, if the file system
+/// allows them.
+#[cfg(target_os = "linux")]
+fn direct_handle(part: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(part).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_handle(_part: &Path) -> Option<File> {
+    None
+}
+
+/// Writes all of `bytes` at `offset` (the file's end).
+#[cfg(unix)]
+fn write_at(file: &mut File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+/// Writes all of `bytes` at the file's position, which is its end.
+#[cfg(not(unix))]
+fn write_at(file: &mut File, bytes: &[u8], _offset: u64) -> io::Result<()> {
+    io::Write::write_all(file, bytes)
 }
 
 /// The hasher: hashes the first `keep` bytes of `part` (read back once),
 /// then every block until the channel closes.
-fn hash_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Shared>) -> io::Result<Sha256> {
+fn hash_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<Sha256> {
     let mut hasher = Sha256::new();
     if keep > 0 {
         // Opened here, for reading only: the writer never changes the first
@@ -177,44 +342,10 @@ fn hash_blocks(part: &Path, keep: u64, mut rx: mpsc::Receiver<Shared>) -> io::Re
         let mut file = File::open(part)?;
         hash_prefix(&mut file, keep, &mut hasher)?;
     }
-    while let Some(batch) = rx.blocking_recv() {
-        for chunk in batch.iter() {
-            hasher.update(chunk);
-        }
+    while let Ok(block) = rx.recv() {
+        hasher.update(block.bytes());
     }
     Ok(hasher)
-}
-
-/// Writes every chunk of a batch, in order, with as few vectored writes as
-/// the file takes; returns the bytes written.
-fn write_chunks(file: &mut File, chunks: &[Bytes]) -> io::Result<u64> {
-    let total: usize = chunks.iter().map(Bytes::len).sum();
-    // The first chunk not written whole, and how much of it is written.
-    let (mut first, mut done) = (0, 0);
-    let mut slices = Vec::with_capacity(chunks.len());
-    while first < chunks.len() {
-        slices.clear();
-        slices.push(IoSlice::new(&chunks[first][done..]));
-        slices.extend(chunks[first + 1..].iter().map(|c| IoSlice::new(c)));
-        let mut n = match file.write_vectored(&slices) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the file took no more bytes")),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        while n > 0 && first < chunks.len() {
-            let rest = chunks[first].len() - done;
-            if n < rest {
-                done += n;
-                n = 0;
-            } else {
-                n -= rest;
-                first += 1;
-                done = 0;
-            }
-        }
-    }
-    Ok(total as u64)
 }
 
 /// Bytes written between two writeback requests.
@@ -287,72 +418,78 @@ mod tests {
         hex::encode(Sha256::digest(bytes))
     }
 
-    /// Feeds `body` in uneven chunks (smaller and larger than a block).
-    async fn feed(sink: &mut Sink, body: &[u8]) {
+    /// Feeds `body` in uneven blocks (never more than a buffer holds).
+    fn feed(sink: &mut Sink, body: &[u8]) -> Result<(), ClientError> {
         let mut at = 0;
         let mut step = 7_000;
         while at < body.len() {
             let end = (at + step).min(body.len());
-            sink.push(Bytes::copy_from_slice(&body[at..end])).await.unwrap();
+            let mut buf = sink.buffer();
+            assert_eq!(buf.len(), BLOCK);
+            buf[..end - at].copy_from_slice(&body[at..end]);
+            sink.send(buf, end - at)?;
             at = end;
-            step = step * 3 % (3 * BLOCK) + 1;
+            step = step * 3 % BLOCK + 1;
         }
+        Ok(())
     }
 
     fn body(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
-    #[actix_rt::test]
-    async fn a_fresh_download_is_hashed_once_while_written() {
+    #[test]
+    fn a_fresh_download_is_hashed_once_while_written() {
         let dir = tempfile::tempdir().unwrap();
         let (part, dest) = (dir.path().join("a.bin.part"), dir.path().join("a.bin"));
         std::fs::write(&part, b"stale bytes from an earlier attempt").unwrap();
         let whole = body(3 * BLOCK + 12_345);
-        let mut sink = Sink::start(part.clone(), 0);
-        feed(&mut sink, &whole).await;
-        let received = sink.finish().await.unwrap();
+        let mut sink = Sink::start(part.clone(), 0).unwrap();
+        feed(&mut sink, &whole).unwrap();
+        let received = sink.finish().unwrap();
         assert_eq!(received.len, whole.len() as u64);
         assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Ok(()));
         assert_eq!(std::fs::read(&dest).unwrap(), whole);
         assert!(!part.exists());
     }
 
-    /// A peer sending tiny (and empty) chunks: batches are cut by their
-    /// count of chunks, and every byte lands in order.
-    #[actix_rt::test]
-    async fn tiny_chunks_are_batched_by_count_and_written_in_order() {
+    /// Many blocks go through a bounded set of buffers, recycled once both
+    /// threads are done with them, and every byte lands in order.
+    #[test]
+    fn buffers_are_recycled_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let (part, dest) = (dir.path().join("t.bin.part"), dir.path().join("t.bin"));
-        let whole = body(5 * MAX_CHUNKS * 3 + 2);
-        let mut sink = Sink::start(part.clone(), 0);
-        for piece in whole.chunks(3) {
-            sink.push(Bytes::copy_from_slice(piece)).await.unwrap();
-            sink.push(Bytes::new()).await.unwrap();
+        let whole = body(4 * BUFFERS * BLOCK + 3);
+        let mut sink = Sink::start(part.clone(), 0).unwrap();
+        for piece in whole.chunks(BLOCK) {
+            let mut buf = sink.buffer();
+            buf[..piece.len()].copy_from_slice(piece);
+            sink.send(buf, piece.len()).unwrap();
         }
-        let received = sink.finish().await.unwrap();
+        assert!(sink.made <= BUFFERS, "{} buffers made", sink.made);
+        let received = sink.finish().unwrap();
         assert_eq!(received.len, whole.len() as u64);
         assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Ok(()));
         assert_eq!(std::fs::read(&dest).unwrap(), whole);
     }
 
-    #[actix_rt::test]
-    async fn a_resumed_download_hashes_the_kept_prefix_then_the_rest() {
+    #[test]
+    fn a_resumed_download_hashes_the_kept_prefix_then_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let (part, dest) = (dir.path().join("b.bin.part"), dir.path().join("b.bin"));
         let whole = body(2 * BLOCK + 999);
         let keep = BLOCK + 17;
         std::fs::write(&part, &whole[..keep]).unwrap();
-        let mut sink = Sink::start(part.clone(), keep as u64);
-        feed(&mut sink, &whole[keep..]).await;
-        let received = sink.finish().await.unwrap();
+        let mut sink = Sink::start(part.clone(), keep as u64).unwrap();
+        feed(&mut sink, &whole[keep..]).unwrap();
+        let received = sink.finish().unwrap();
         assert_eq!(received.len, whole.len() as u64);
         assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Ok(()));
         assert_eq!(std::fs::read(&dest).unwrap(), whole);
     }
 
-    #[actix_rt::test]
-    async fn a_corrupt_prefix_fails_the_digest_and_deletes_the_partial_file() {
+    #[test]
+    fn a_corrupt_prefix_fails_the_digest_and_deletes_the_partial_file() {
         let dir = tempfile::tempdir().unwrap();
         let (part, dest) = (dir.path().join("c.bin.part"), dir.path().join("c.bin"));
         let whole = body(BLOCK + 5_000);
@@ -360,9 +497,9 @@ mod tests {
         let mut bad = whole[..keep].to_vec();
         bad[100] ^= 0xff;
         std::fs::write(&part, &bad).unwrap();
-        let mut sink = Sink::start(part.clone(), keep as u64);
-        feed(&mut sink, &whole[keep..]).await;
-        let received = sink.finish().await.unwrap();
+        let mut sink = Sink::start(part.clone(), keep as u64).unwrap();
+        feed(&mut sink, &whole[keep..]).unwrap();
+        let received = sink.finish().unwrap();
         let mut corrupt = whole.clone();
         corrupt[100] ^= 0xff;
         assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Err(sha(&corrupt)));
@@ -370,36 +507,30 @@ mod tests {
         assert!(!dest.exists(), "nothing unverified under the final name");
     }
 
-    #[actix_rt::test]
-    async fn a_partial_file_shorter_than_its_prefix_is_an_error() {
+    #[test]
+    fn a_partial_file_shorter_than_its_prefix_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join("d.bin.part");
         std::fs::write(&part, b"short").unwrap();
-        let sink = Sink::start(part.clone(), 100);
-        let Err(err) = sink.finish().await else { panic!("a shrunken partial file was accepted") };
+        let sink = Sink::start(part.clone(), 100).unwrap();
+        let Err(err) = sink.finish() else { panic!("a shrunken partial file was accepted") };
         assert!(matches!(err, ClientError::Io(ref m) if m.contains("shrank")), "{err:?}");
     }
 
     /// A download that fills the disk fails with DISK_FULL and leaves no
     /// empty `.part` file behind.
     #[cfg(target_os = "linux")]
-    #[actix_rt::test]
-    async fn a_full_disk_is_disk_full_and_leaves_no_empty_part_file() {
+    #[test]
+    fn a_full_disk_is_disk_full_and_leaves_no_empty_part_file() {
         let Some(fs) = crate::process::test_support::Tmpfs::mount("1m") else { return };
         let filler = fs.fill();
         let part = fs.path().join("e.bin.part");
-        let mut sink = Sink::start(part.clone(), 0);
+        let mut sink = Sink::start(part.clone(), 0).unwrap();
         let whole = body(3 * BLOCK);
-        let mut pushed = Ok(());
-        for piece in whole.chunks(BLOCK / 2) {
-            pushed = sink.push(Bytes::copy_from_slice(piece)).await;
-            if pushed.is_err() {
-                break;
-            }
-        }
-        let err = match pushed {
-            Err(_) => sink.finish().await.err().expect("the writer's error"),
-            Ok(()) => sink.finish().await.err().expect("a full disk fails the download"),
+        let fed = feed(&mut sink, &whole);
+        let err = match fed {
+            Err(_) => sink.finish().err().expect("the writer's error"),
+            Ok(()) => sink.finish().err().expect("a full disk fails the download"),
         };
         assert!(matches!(err, ClientError::DiskFull(_)), "{err:?}");
         assert!(err.to_string().starts_with("DISK_FULL"), "{err}");

@@ -2,7 +2,8 @@
 //!
 //! - [`WorkerClient`] (this file): a signed HTTP client for every endpoint
 //!   of the current contract (awc-based, so it runs inside an actix system;
-//!   the tests use it directly).
+//!   the tests use it directly). Artifact downloads alone bypass awc: see
+//!   [`fetch`] and [`download`].
 //! - [`legacy_v05`]: the v0.5 contract's client.
 //! - [`node`]: [`NodeClient`], one interface over both contracts (submit,
 //!   poll, cancel, log, download, health, caps, blob upload).
@@ -23,7 +24,7 @@ use crate::auth::{Keyring, RequestTarget};
 use crate::protocol::{
     self, ArtifactManifest, BlobStored, Caps, ErrorBody, FoundJobs, Health, JobView, LogChunk, SubmitJob, Submitted,
 };
-use awc::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RANGE};
+use awc::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod download;
+mod fetch;
 pub mod error;
 pub mod legacy_v05;
 pub mod liveness;
@@ -92,6 +94,16 @@ impl ClientError {
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> ClientError {
     ClientError::Io(format!("{what}: {e}"))
+}
+
+/// Cancels a download when dropped (after the download ended, it has
+/// nothing left to stop).
+struct CancelOnDrop(Arc<fetch::Cancel>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 /// A raw answer: status, selected headers and the body.
@@ -198,12 +210,17 @@ impl WorkerClient {
         self.keyring.authorization(&RequestTarget { method, path, query, worker_id: &self.worker_id, body_sha256 })
     }
 
-    fn request(&self, method: Method, path_and_query: &str, body_sha256: &str, extra: Duration) -> Result<awc::ClientRequest, ClientError> {
-        let auth = if self.plain {
+    /// The `Authorization` value to send: signed, or the plain token.
+    fn auth_value(&self, method: &str, path_and_query: &str, body_sha256: &str) -> String {
+        if self.plain {
             format!("{} {}", protocol::PLAIN_SCHEME, self.keyring.current.plain_token())
         } else {
-            self.authorization(method.as_str(), path_and_query, body_sha256)
-        };
+            self.authorization(method, path_and_query, body_sha256)
+        }
+    }
+
+    fn request(&self, method: Method, path_and_query: &str, body_sha256: &str, extra: Duration) -> Result<awc::ClientRequest, ClientError> {
+        let auth = self.auth_value(method.as_str(), path_and_query, body_sha256);
         let mut value = HeaderValue::from_str(&auth).map_err(|e| ClientError::Protocol(format!("bad header: {e}")))?;
         value.set_sensitive(true);
         Ok(self
@@ -333,88 +350,56 @@ impl WorkerClient {
     /// before the file gets its final name. Returns the bytes transferred
     /// this time.
     ///
-    /// The digest is computed while the bytes arrive (a resumed download
+    /// The transfer runs on a thread of its own over a plain TCP connection
+    /// ([`fetch`]), with reads and writes on the socket timed out after the
+    /// client's timeout; dropping the returned future shuts the connection
+    /// down. The digest is computed while the bytes arrive (a resumed download
     /// hashes the kept prefix once first), so this is the only verification
     /// the artifact needs: a file under `dest` is whole and verified, and a
     /// mismatch deletes the `.part` file. A transfer cut short keeps its
     /// `.part` file for the next attempt to resume.
     pub async fn download_artifact(&self, job_id: &str, entry: &ArtifactEntry, dest: &Path) -> Result<u64, ClientError> {
-        let part = dest.with_file_name(format!(
-            "{}.part",
-            dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| entry.name.clone())
-        ));
+        let part = fetch::part_of(dest, entry);
         let mut have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
         if have > entry.size {
             tokio::fs::remove_file(&part).await.map_err(|e| io_err("removing a stale partial download", e))?;
             have = 0;
         }
-        let mut transferred = 0;
-        let received = if have < entry.size {
-            let path = format!("/jobs/{job_id}/artifacts/{}", entry.name);
-            let mut req = self.request(Method::GET, &path, protocol::EMPTY_SHA256, Duration::ZERO)?;
-            if have > 0 {
-                req = req.insert_header((RANGE, format!("bytes={have}-")));
-            }
-            let mut res = req.send().await.map_err(|e| self.send_failed(e))?;
-            let status = res.status();
-            let keep = match status {
-                StatusCode::PARTIAL_CONTENT if have > 0 => have,
-                StatusCode::OK => 0,
-                _ => {
-                    let bytes = res.body().limit(MAX_JSON).await.map_err(|e| self.body_failed(e))?;
-                    return Err(decode::<serde_json::Value>(status, &bytes).err().unwrap_or_else(|| {
-                        ClientError::Protocol(format!("artifact download answered {status}"))
-                    }));
-                }
-            };
-            let mut sink = download::Sink::start(part.clone(), keep);
-            // Never more than the manifest's size: a broken or hostile
-            // worker sending an endless body must not fill the disk.
-            let expected = entry.size - keep;
-            while let Some(chunk) = res.next().await {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // What arrived stays in the .part file for a resume.
-                        let _ = sink.finish().await;
-                        return Err(self.body_failed(e));
-                    }
-                };
-                if transferred + chunk.len() as u64 > expected {
-                    let _ = sink.finish().await;
-                    let _ = tokio::fs::remove_file(&part).await;
-                    return Err(ClientError::Protocol(format!(
-                        "the worker sent more than the {} bytes the manifest gives for {}; the download was discarded",
-                        entry.size, entry.name
-                    )));
-                }
-                transferred += chunk.len() as u64;
-                if let Err(e) = sink.push(chunk).await {
-                    // The writer stopped: its own error says why.
-                    return Err(sink.finish().await.err().unwrap_or(e));
-                }
-            }
-            sink.finish().await?
-        } else {
+        if have == entry.size {
             // A whole .part file left by an attempt stopped before the
             // rename: hash it (once) and settle it like a fresh download.
-            download::Sink::start(part.clone(), have).finish().await?
-        };
-        if received.len < entry.size {
-            return Err(self.unreachable(CallErrorKind::Reset, format!(
-                "the download of {} ended after {} of {} bytes; the next attempt resumes it",
-                entry.name, received.len, entry.size
-            )));
-        }
-        let (p, d, sha) = (part.clone(), dest.to_path_buf(), entry.sha256.clone());
-        let settled = tokio::task::spawn_blocking(move || download::settle(received, &p, &d, &sha))
+            let (p, d, name, sha) = (part.clone(), dest.to_path_buf(), entry.name.clone(), entry.sha256.clone());
+            return tokio::task::spawn_blocking(move || {
+                let received = download::Sink::start(p.clone(), have)?.finish()?;
+                match download::settle(received, &p, &d, &sha) {
+                    Ok(Ok(())) => Ok(0),
+                    Ok(Err(actual)) => Err(ClientError::Digest { name, expected: sha, actual }),
+                    Err(e) => Err(download::local_io("moving the download into place", e)),
+                }
+            })
             .await
-            .map_err(|e| io_err("checking the download", e))?
-            .map_err(|e| download::local_io("moving the download into place", e))?;
-        match settled {
-            Ok(()) => Ok(transferred),
-            Err(actual) => Err(ClientError::Digest { name: entry.name.clone(), expected: entry.sha256.clone(), actual }),
+            .map_err(|e| io_err("checking the download", e))?;
         }
+        let path = format!("/jobs/{job_id}/artifacts/{}", entry.name);
+        let job = fetch::Fetch {
+            base: self.base.clone(),
+            authorization: self.auth_value("GET", &path, protocol::EMPTY_SHA256),
+            path,
+            entry: entry.clone(),
+            dest: dest.to_path_buf(),
+            part,
+            have,
+            connect_timeout: pool::CONNECT_TIMEOUT,
+            io_timeout: self.timeout,
+        };
+        // The download runs on a thread of its own; if this future is
+        // dropped (the caller gave up), the guard shuts its socket down and
+        // the thread ends, keeping what arrived in the .part file.
+        let cancel = Arc::new(fetch::Cancel::default());
+        let _guard = CancelOnDrop(cancel.clone());
+        tokio::task::spawn_blocking(move || job.run(&cancel))
+            .await
+            .map_err(|e| io_err("downloading", e))?
     }
 
     /// `PUT /blobs/{sha256}` from bytes in memory.

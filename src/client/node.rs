@@ -3,7 +3,8 @@
 //! v0.5 one ([`super::legacy_v05`]). The JobRunner, NodeProbe and
 //! ArtifactSync only see [`NodeClient`] and [`CallError`]. Every client for
 //! a node sends through that node's keep-alive client from
-//! [`ClientPool::shared`].
+//! [`ClientPool::shared`], except a current worker's artifact downloads,
+//! which read their own connection (see `WorkerClient::download_artifact`).
 
 use super::legacy_v05::{LegacyAuth, LegacyClient};
 use super::{CallError, CallErrorKind, ClientPool, WorkerClient};

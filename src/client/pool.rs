@@ -1,6 +1,8 @@
 //! [`ClientPool`]: one keep-alive HTTP client per node, shared by every
 //! caller on the thread (the probe, submit, the long-poll and watchdog, log
-//! reads and artifact downloads).
+//! reads). Artifact downloads open a connection of their own, read outside
+//! the HTTP client with large reads (see `fetch.rs`): one connection per
+//! file transfer costs nothing next to the transfer.
 //!
 //! A fresh `awc::Client` per job or per call opened new TCP connections for
 //! every job; one client per node keeps its idle connections and reuses

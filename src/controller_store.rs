@@ -33,9 +33,6 @@ const CHILDREN: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_
 /// jobs from holding their pages in memory.
 const CACHE_BYTES: usize = 1 << 20;
 
-/// The most writes that share one transaction.
-const MAX_BATCH: usize = 256;
-
 /// A store failure, with the file it concerns.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("controller store: {0}")]
@@ -139,17 +136,10 @@ impl std::fmt::Debug for ControllerStore {
 }
 
 /// The writer thread: takes the first waiting write, then every other one
-/// already queued (up to [`MAX_BATCH`]), applies them in one transaction,
+/// already queued ([`crate::store::next_batch`]), applies them in one transaction,
 /// commits it (one sync to disk), and answers each.
 fn writer(db: Arc<Database>, queue: mpsc::Receiver<Box<dyn Write>>, commits: Arc<AtomicU64>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
+    while let Some(mut batch) = crate::store::next_batch(&queue) {
         let committed = commit_batch(&db, &mut batch);
         commits.fetch_add(1, Ordering::Relaxed);
         for w in batch {

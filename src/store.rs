@@ -46,6 +46,7 @@ mod find;
 pub mod nonces;
 mod paths;
 mod queue;
+pub(crate) use queue::next_batch;
 
 use queue::Flush;
 

@@ -154,16 +154,23 @@ impl Drop for Writer {
 }
 
 fn write_loop(db: &Db, rx: mpsc::Receiver<Box<dyn Pending>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&rx) {
         commit(db, batch);
     }
+}
+
+/// The next batch of a commit queue: waits for the first write, then takes
+/// every other one already queued, up to [`MAX_BATCH`]. `None` once every
+/// sender is gone. The worker's and the daemon's stores both batch this way.
+pub(crate) fn next_batch<T>(rx: &mpsc::Receiver<T>) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().ok()?];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 fn durability(sync: Flush) -> Durability {

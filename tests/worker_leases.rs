@@ -60,6 +60,9 @@ async fn an_unrenewed_lease_stops_the_job_and_its_result_is_never_cached() {
     let stopped_by = Instant::now();
     common::wait_until("the step process is killed", Duration::from_secs(6), || !alive(pid));
     assert!(stopped_by.elapsed() < Duration::from_secs(4), "stopped {:?} after the last renewal", stopped_by.elapsed());
+    // The executor records the end after the kill, through the store's
+    // commit queue: wait for it rather than race it.
+    wait_until_async("the job is recorded as ended", Duration::from_secs(10), || async { c.job(&id, 0).await.unwrap().state.is_terminal() }).await;
     let view = c.job(&id, 0).await.unwrap();
     assert_eq!(view.state, JobState::Abandoned, "{view:?}");
     assert_eq!(view.error.as_ref().unwrap().code, "LEASE_EXPIRED");
@@ -82,10 +85,10 @@ async fn a_queued_job_whose_lease_expired_never_starts() {
     let first = c.submit(&leased("holder", 30)).await.unwrap().job.job_id;
     wait_until_async("the first job runs", Duration::from_secs(20), || async { c.job(&first, 0).await.unwrap().state == JobState::Running }).await;
     let second = c.submit(&leased("waiter", 1)).await.unwrap().job.job_id;
-    // Not renewing is the point: let the lease (1 s) and a monitor tick pass
-    // before reading the job (a read renews a live lease).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let v = c.job(&second, 0).await.unwrap();
+    // Not renewing is the point: watch the job with peeks (a peek never
+    // renews a lease) until the monitor has abandoned it.
+    wait_until_async("the queued job is abandoned", Duration::from_secs(10), || async { c.peek_job(&second).await.unwrap().state.is_terminal() }).await;
+    let v = c.peek_job(&second).await.unwrap();
     assert_eq!(v.state, JobState::Abandoned, "{v:?}");
     assert_eq!(v.error.as_ref().unwrap().code, "LEASE_EXPIRED");
     assert!(v.started_at_ms.is_none(), "it never started: {v:?}");
@@ -120,7 +123,8 @@ async fn after_a_restart_a_leased_job_runs_only_if_its_controller_reattaches() {
         c2.job(&kept, 0).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let v = c2.job(&lost, 0).await.unwrap();
+    wait_until_async("the lost job is abandoned", Duration::from_secs(10), || async { c2.peek_job(&lost).await.unwrap().state.is_terminal() }).await;
+    let v = c2.peek_job(&lost).await.unwrap();
     assert_eq!(v.state, JobState::Abandoned, "{v:?}");
     assert_eq!(v.error.as_ref().unwrap().code, "LEASE_EXPIRED");
     // The re-run's step writes its pid once it has read its input.

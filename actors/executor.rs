@@ -39,6 +39,32 @@ pub struct Enqueue {
     pub job_id: String,
 }
 
+/// Reserve a slot for a job about to be submitted, so that its record can
+/// be written `running` in the same commit that accepts it (one sync
+/// instead of two before the step starts). Granted only when a slot is
+/// free and no job waits (a reservation never overtakes the queue) and
+/// the executor is not draining. The submitter then sends [`StartReserved`]
+/// once the record is durable, or [`Unreserve`] if it was not created.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "bool")]
+pub struct Reserve {
+    pub job_id: String,
+}
+
+/// Run a job whose record was written `running` under a reservation.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct StartReserved {
+    pub record: JobRecord,
+}
+
+/// Give a reservation back: the submission did not create the job.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Unreserve {
+    pub job_id: String,
+}
+
 /// A job's task finished (its outcome is already in the store): free its
 /// slot and start the next queued job.
 #[derive(Message, Debug, Clone)]
@@ -155,18 +181,24 @@ impl StepExecutor {
             }
             let token = CancellationToken::new();
             self.running.insert(job_id.clone(), token.clone());
-            let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
-            let fut = run_job(self.env.clone(), self.step, job_id.clone(), token).instrument(span);
-            let addr = addr.clone();
-            // A task of its own: a restart of this actor does not drop it.
-            // The slot is freed even if the job's own bookkeeping panics
-            // (the step itself is guarded inside `run_job`).
-            actix::spawn(async move {
-                let _ = catch("StepExecutor", "recording a job", fut).await;
-                addr.do_send(JobEnded { job_id });
-            });
+            self.spawn_job(addr, job_id, None, token);
         }
         self.running_count.send_replace(self.running.len());
+    }
+
+    /// Runs one job in a task of its own: from `queued` (marking it running
+    /// first), or from the record a reservation already wrote `running`.
+    fn spawn_job(&self, addr: &Addr<Self>, job_id: String, started: Option<JobRecord>, token: CancellationToken) {
+        let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
+        let fut = run_job(self.env.clone(), self.step, job_id.clone(), started, token).instrument(span);
+        let addr = addr.clone();
+        // A task of its own: a restart of this actor does not drop it.
+        // The slot is freed even if the job's own bookkeeping panics
+        // (the step itself is guarded inside `run_job`).
+        actix::spawn(async move {
+            let _ = catch("StepExecutor", "recording a job", fut).await;
+            addr.do_send(JobEnded { job_id });
+        });
     }
 
     /// Runs [`Self::pump`] so that a panic in it stops the actor, which
@@ -201,6 +233,43 @@ impl Handler<Enqueue> for StepExecutor {
         if !self.running.contains_key(&msg.job_id) && !self.queue.contains(&msg.job_id) {
             self.queue.push_back(msg.job_id);
         }
+        self.pump_guarded(ctx);
+    }
+}
+
+/// Grants a slot to a job about to be submitted when one is free.
+impl Handler<Reserve> for StepExecutor {
+    type Result = bool;
+    fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) -> bool {
+        if self.draining || !self.queue.is_empty() || self.running.len() >= self.concurrency || self.running.contains_key(&msg.job_id) {
+            return false;
+        }
+        // The token exists from now on, so a cancel or a lease expiry that
+        // arrives before the job starts still reaches it.
+        self.running.insert(msg.job_id, CancellationToken::new());
+        self.running_count.send_replace(self.running.len());
+        true
+    }
+}
+
+/// Starts the job a reservation was made for.
+impl Handler<StartReserved> for StepExecutor {
+    type Result = ();
+    fn handle(&mut self, msg: StartReserved, ctx: &mut Context<Self>) {
+        let job_id = msg.record.job_id.clone();
+        let token = self.running.entry(job_id.clone()).or_default().clone();
+        self.running_count.send_replace(self.running.len());
+        let addr = ctx.address();
+        let _ = guard("StepExecutor", "starting a reserved job", ctx, || self.spawn_job(&addr, job_id, Some(msg.record), token));
+    }
+}
+
+/// Frees a reservation that was not used.
+impl Handler<Unreserve> for StepExecutor {
+    type Result = ();
+    fn handle(&mut self, msg: Unreserve, ctx: &mut Context<Self>) {
+        self.running.remove(&msg.job_id);
+        self.running_count.send_replace(self.running.len());
         self.pump_guarded(ctx);
     }
 }
@@ -274,15 +343,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
-/// One job from `queued` to a final state.
-async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, token: CancellationToken) {
-    let rec = match env.store.mark_running_async(&job_id, now_ms()).await {
-        Ok(Some(rec)) => rec,
-        Ok(None) => return, // Cancelled while it waited.
-        Err(e) => {
-            tracing::error!(error = %e, "cannot mark the job running");
-            return;
-        }
+/// One job from `queued` (or, under a reservation, from the `running`
+/// record its submission wrote) to a final state.
+async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, started: Option<JobRecord>, token: CancellationToken) {
+    let rec = match started {
+        Some(rec) => rec,
+        None => match env.store.mark_running_async(&job_id, now_ms()).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return, // Cancelled while it waited.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mark the job running");
+                return;
+            }
+        },
     };
     env.notify();
     tracing::info!(attempt = rec.attempt, "job started");

@@ -55,6 +55,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Replaces `path` with `bytes` through a temporary file and a rename,
+/// without a sync: a crash of this process (even kill -9) never leaves the
+/// file half-written under its final name, because the written pages stay
+/// with the operating system; a power cut may lose the file. For copies
+/// whose original is kept elsewhere (a job's `worker.log`, which its worker
+/// keeps), where a sync on every job's path would cost more than it saves.
+pub fn write_replace_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_path_for(path);
+    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Moves a finished temporary file to its final name after an fsync.
 ///
 /// The file is opened for writing because Windows refuses to flush a

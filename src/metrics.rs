@@ -293,6 +293,9 @@ pub struct WorkerGauges {
     pub load: Vec<(&'static str, u64, u64)>,
     /// Free bytes on the disk of the state folder, when measurable.
     pub disk_free_bytes: Option<u64>,
+    /// The store's commit queue: transactions committed (each one sync)
+    /// and the writes they held.
+    pub store_commits: (u64, u64),
 }
 
 impl WorkerMetrics {
@@ -363,6 +366,10 @@ impl WorkerMetrics {
         for (step, _, queued) in &gauges.load {
             out.sample("rayvault_jobs_queued", &[("step", step)], *queued as f64);
         }
+        out.family("rayvault_store_commits_total", Kind::Counter, "Transactions the job store committed, each with one sync to disk (writes that arrive together share one).");
+        out.sample("rayvault_store_commits_total", &[], gauges.store_commits.0 as f64);
+        out.family("rayvault_store_writes_total", Kind::Counter, "Writes the job store committed; divided by rayvault_store_commits_total, the mean batch of a group commit.");
+        out.sample("rayvault_store_writes_total", &[], gauges.store_commits.1 as f64);
         if let Some(free) = gauges.disk_free_bytes {
             out.family("rayvault_disk_free_bytes", Kind::Gauge, "Free bytes on the disk holding the worker's state folder.");
             out.sample("rayvault_disk_free_bytes", &[], free as f64);

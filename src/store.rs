@@ -481,12 +481,22 @@ impl Store {
     /// Records a submission: returns the existing job for the same step and
     /// inputs hash unless it failed or was cancelled, else queues a new one.
     pub fn submit(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        self.write(Flush::Immediate, submit_op(new, now_ms, max_in_flight))
+        self.write(Flush::Immediate, submit_op(new, None, now_ms, max_in_flight))
     }
 
     /// [`Store::submit`] for async callers.
     pub async fn submit_async(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        self.write_async(Flush::Immediate, submit_op(new, now_ms, max_in_flight)).await
+        self.write_async(Flush::Immediate, submit_op(new, None, now_ms, max_in_flight)).await
+    }
+
+    /// [`Store::submit_async`] for a job that holds a free slot of its
+    /// executor (a reservation): a new job is created as `job_id` and
+    /// recorded `running` (attempt 1, started now) in the same commit that
+    /// accepts it, so it starts without a second sync. A duplicate
+    /// submission answers the existing job as usual, and the reservation
+    /// is then not used.
+    pub async fn submit_started_async(&self, new: NewJob, job_id: String, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
+        self.write_async(Flush::Immediate, submit_op(new, Some(job_id), now_ms, max_in_flight)).await
     }
 
     /// Applies `f` to a job inside one write transaction and saves the
@@ -758,7 +768,14 @@ fn cancellation(out: Option<(JobRecord, bool)>) -> Cancellation {
 }
 
 /// The write of [`Store::submit`].
-fn submit_op(new: NewJob, now_ms: u64, max_in_flight: u64) -> impl FnMut(&WriteTransaction) -> Result<Submission, StoreError> + Send + 'static {
+/// `started`: the id of a new job that holds a reserved slot, recorded
+/// `running` from the start (see [`Store::submit_started_async`]).
+fn submit_op(
+    new: NewJob,
+    started: Option<String>,
+    now_ms: u64,
+    max_in_flight: u64,
+) -> impl FnMut(&WriteTransaction) -> Result<Submission, StoreError> + Send + 'static {
     move |tx| {
         let new = new.clone();
         let outcome = {
@@ -781,16 +798,16 @@ fn submit_op(new: NewJob, now_ms: u64, max_in_flight: u64) -> impl FnMut(&WriteT
                 let seq = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
                 meta.insert("next_seq", seq + 1)?;
                 let rec = JobRecord {
-                    job_id: new_job_id(),
+                    job_id: started.clone().unwrap_or_else(new_job_id),
                     step_name: new.step_name,
-                    state: JobState::Queued,
+                    state: if started.is_some() { JobState::Running } else { JobState::Queued },
                     inputs_hash: new.inputs_hash,
                     label: new.label,
                     payload: new.payload,
                     created_at_ms: now_ms,
-                    started_at_ms: None,
+                    started_at_ms: started.as_ref().map(|_| now_ms),
                     finished_at_ms: None,
-                    attempt: 0,
+                    attempt: u32::from(started.is_some()),
                     result: None,
                     error: None,
                     artifacts: Vec::new(),

@@ -501,6 +501,8 @@ async fn a_running_jobs_log_is_tailable_from_memory() {
     let c = w.client();
     let id = c.submit(&openclaw("tail me")).await.unwrap().job.job_id;
     wait_until_async("job running", Duration::from_secs(20), || async { c.job(&id, 0).await.unwrap().state == JobState::Running }).await;
+    // `running` is recorded before the executor writes its first line.
+    wait_until_async("the start is logged", Duration::from_secs(20), || async { c.log(&id, 0).await.unwrap().data.contains("started (attempt 1)") }).await;
     let running = c.log(&id, 0).await.unwrap();
     assert!(!running.complete);
     assert!(running.data.contains("queued") && running.data.contains("started (attempt 1)"), "{}", running.data);

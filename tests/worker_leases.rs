@@ -109,6 +109,9 @@ async fn after_a_restart_a_leased_job_runs_only_if_its_controller_reattaches() {
     let c = w.client();
     let kept = c.submit(&leased("kept", 3)).await.unwrap().job.job_id;
     wait_until_async("the job runs", Duration::from_secs(20), || async { c.job(&kept, 0).await.unwrap().state == JobState::Running }).await;
+    // `running` is recorded before the step's process starts (in the same
+    // commit as the submission when a slot is free): wait for the process.
+    common::wait_until("the step starts", Duration::from_secs(20), || ledger_pids(dir.path()).len() == 1);
     let lost = c.submit(&leased("lost", 3)).await.unwrap().job.job_id;
     w.kill9();
     drop(c);

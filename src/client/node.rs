@@ -280,7 +280,8 @@ impl NodeClient {
             if let Some(parent) = d.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            crate::artifacts::write_atomic(&d, &bytes)
+            // The worker keeps the job's log; this copy needs no sync.
+            crate::artifacts::write_replace_unsynced(&d, &bytes)
         })
         .await
         .map_err(|e| e.to_string())?

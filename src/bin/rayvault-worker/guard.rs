@@ -83,21 +83,26 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             if previous {
                 tracing::warn!(%kid, "request signed with the PREVIOUS cluster key; finish the rotation by updating the controller's RAYVAULT_CLUSTER_SECRET");
             }
-            if method == "GET" {
-                // A GET changes nothing but a lease's renewal time, so it
-                // runs while its nonce is being committed; its answer still
-                // waits for that commit, so no request is ever answered
-                // before its nonce is durable (a replay after a restart is
-                // refused by the reloaded nonces). A long-poll then pays no
-                // sync of its own. Requests that change state record their
-                // nonce first.
-                let recorded = state.env.store.record_nonce_async(&nonce, nonce_expires, now);
-                req.extensions_mut().insert(Authenticated);
-                let answer = next.call(req).await;
-                nonce_outcome(recorded.await)?;
-                return answer;
-            }
-            nonce_outcome(state.env.store.record_nonce_async(&nonce, nonce_expires, now).await)?;
+            // The nonce is recorded durably so that a request captured
+            // before a restart (even kill -9) cannot be replayed after it.
+            // The request runs while that write commits, and its answer
+            // waits for the commit: no request is answered before its
+            // nonce is durable. This is safe for requests that change
+            // state too, because
+            // - a replay is refused before this point by the verifier's
+            //   in-memory cache, which holds every live nonce (those of
+            //   the previous run are loaded at start-up), so a handler
+            //   never runs for a replayed nonce;
+            // - the store's commit queue applies writes in the order they
+            //   were queued, so whatever the handler writes commits in the
+            //   nonce's transaction or a later one, never without it.
+            // A submit then shares one sync with its own nonce instead of
+            // paying two in a row.
+            let recorded = state.env.store.record_nonce_async(&nonce, nonce_expires, now);
+            req.extensions_mut().insert(Authenticated);
+            let answer = next.call(req).await;
+            nonce_outcome(recorded.await)?;
+            return answer;
         }
         Ok(Verified::Plain) => {
             tracing::warn!(%path, "request authenticated with the plain-token fallback; switch the controller to HMAC (unset RAYVAULT_ALLOW_PLAIN_FALLBACK)")

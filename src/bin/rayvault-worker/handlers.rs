@@ -5,7 +5,8 @@
 use crate::apierror::ApiError;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
-use rayvault::actors::executor::{CancelRunning, Enqueue, Load};
+use actix::Addr;
+use rayvault::actors::executor::{CancelRunning, Enqueue, Load, Reserve, StartReserved, StepExecutor, Unreserve};
 use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, FoundJobs, Health, JobView, JsonRefusal, StepLoad, SubmitJob, Submitted};
 use rayvault::steps::StepName;
 use rayvault::store::{is_job_id, Cancellation, JobRecord, NewJob, Submission};
@@ -168,8 +169,19 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
     };
     let new = NewJob { step_name: step.as_str().to_string(), inputs_hash: hash, payload: req.payload, label: req.label, lease_s };
     let max = st.limits.max_jobs_in_flight;
-    // Answered once the record is durable (the store's group commit).
-    let outcome = st.env.store.submit_async(new, now_ms(), max).await?;
+    // When the step's executor has a free slot (and nothing waits), the job
+    // is accepted and marked running in one commit, so it starts without a
+    // second sync; otherwise it is queued. Answered once the record is
+    // durable (the store's group commit).
+    let executor = st.executors.get(&step).cloned();
+    let reservation = match &executor {
+        Some(addr) => Reservation::take(addr).await,
+        None => None,
+    };
+    let outcome = match &reservation {
+        Some(r) => st.env.store.submit_started_async(new, r.job_id.clone(), now_ms(), max).await?,
+        None => st.env.store.submit_async(new, now_ms(), max).await?,
+    };
     match outcome {
         Submission::Created(rec) => {
             if let Some(l) = rec.lease_s {
@@ -178,11 +190,13 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             // The log starts in memory: no file or folder for a short job.
             let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
             st.env.new_log(&rec.job_id).line("worker", &line);
-            if let Some(addr) = st.executors.get(&step) {
-                addr.do_send(Enqueue { job_id: rec.job_id.clone() });
+            match (reservation, &executor) {
+                (Some(r), _) if r.job_id == rec.job_id => r.start(rec.clone()),
+                (_, Some(addr)) => addr.do_send(Enqueue { job_id: rec.job_id.clone() }),
+                (_, None) => {}
             }
             st.env.notify();
-            tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "job queued");
+            tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "job accepted");
             Ok(HttpResponse::Created().json(Submitted { cached: false, job: rec.view() }))
         }
         Submission::Existing(rec) => {
@@ -200,6 +214,40 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
             ApiCode::TooManyJobs,
             format!("{max} jobs are already queued or running (worker.max_jobs_in_flight); retry later"),
         )),
+    }
+}
+
+/// A slot of a step's executor held for a job about to be submitted (see
+/// `executor::Reserve`). Dropped unused (a duplicate submission, a full
+/// worker, a store error), it gives the slot back.
+struct Reservation {
+    job_id: String,
+    addr: Option<Addr<StepExecutor>>,
+}
+
+impl Reservation {
+    /// A new job id with a slot for it, if the executor has one free.
+    async fn take(addr: &Addr<StepExecutor>) -> Option<Reservation> {
+        let job_id = rayvault::store::new_job_id();
+        match addr.send(Reserve { job_id: job_id.clone() }).await {
+            Ok(true) => Some(Reservation { job_id, addr: Some(addr.clone()) }),
+            _ => None,
+        }
+    }
+
+    /// Hands the job, recorded `running`, to its executor.
+    fn start(mut self, record: JobRecord) {
+        if let Some(addr) = self.addr.take() {
+            addr.do_send(StartReserved { record });
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr.take() {
+            addr.do_send(Unreserve { job_id: self.job_id.clone() });
+        }
     }
 }
 

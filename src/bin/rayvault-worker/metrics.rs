@@ -22,6 +22,6 @@ pub async fn metrics(st: Data) -> HttpResponse {
     let env = st.env.clone();
     let disk_free_bytes = web::block(move || env.paths.free_bytes()).await.ok().flatten();
     let mut out = Exposition::new();
-    rayvault::metrics::worker().render(&mut out, &WorkerGauges { load, disk_free_bytes });
+    rayvault::metrics::worker().render(&mut out, &WorkerGauges { load, disk_free_bytes, store_commits: st.env.store.commit_stats() });
     HttpResponse::Ok().content_type(CONTENT_TYPE).body(out.finish())
 }

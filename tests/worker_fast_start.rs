@@ -1,0 +1,123 @@
+//! A job submitted to a free slot starts without a second sync: the worker
+//! reserves the slot before it writes the submission, records the job
+//! `running` in the commit that accepts it, and hands it to its executor
+//! once that commit is durable. A slot that a submission did not use (a
+//! duplicate answered from the idempotency cache) is given back, and jobs
+//! that find no free slot queue as before.
+//!
+//! The store's commit queue is observed through `GET /metrics`
+//! (`rayvault_store_writes_total`): each write is counted once, however
+//! the writes were batched, so the count per job is exact.
+
+mod common;
+mod worker_harness;
+
+use rayvault::protocol::{JobState, SubmitJob};
+use serde_json::json;
+use std::time::Duration;
+use worker_harness::{wait_until_async, Opts, Worker};
+
+fn openclaw(task: &str) -> SubmitJob {
+    SubmitJob { step_name: "OPENCLAW_TASK".into(), payload: json!({ "task": task }), inputs_hash: None, label: None, lease_s: None }
+}
+
+/// OPENCLAW_TASK runs this command with the task on stdin: it echoes the
+/// task, after sleeping when the task says "slow".
+fn worker(dir: &std::path::Path) -> Worker {
+    let script = dir.join("task.sh");
+    std::fs::write(&script, "#!/bin/sh\ntask=$(cat)\ncase \"$task\" in *slow*) sleep 30;; esac\necho \"$task\"\n").unwrap();
+    Worker::start(Opts {
+        env: vec![
+            ("RAYVAULT_OPENCLAW__COMMAND".into(), format!("sh {}", script.display())),
+            ("RAYVAULT_STEPS__OPENCLAW_TASK__CONCURRENCY".into(), "1".into()),
+        ],
+        ..Opts::default()
+    })
+}
+
+/// A counter of the worker's `/metrics`.
+fn counter(w: &Worker, name: &str) -> f64 {
+    let r = w.signed("GET", "/metrics", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[actix_rt::test]
+async fn a_job_that_finds_a_free_slot_is_accepted_and_started_in_one_write() {
+    let dir = common::tempdir();
+    let w = worker(dir.path());
+    let c = w.client();
+    let before = counter(&w, "rayvault_store_writes_total");
+    let commits_before = counter(&w, "rayvault_store_commits_total");
+    const JOBS: usize = 5;
+    for i in 0..JOBS {
+        let sub = c.submit(&openclaw(&format!("quick {i}"))).await.unwrap();
+        // The answer is the durable record: already running, first attempt,
+        // started when it was accepted.
+        assert_eq!(sub.job.state, JobState::Running, "{:?}", sub.job);
+        assert_eq!(sub.job.attempt, 1);
+        assert_eq!(sub.job.started_at_ms, Some(sub.job.created_at_ms));
+        let done = c.job(&sub.job.job_id, 30).await.unwrap();
+        assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+        assert_eq!(done.attempt, 1);
+    }
+    // Per job: the submit's nonce, the submission (running), the
+    // long-poll's nonce and the outcome: 4 writes (5 when the start was a
+    // write of its own). The two scrapes add at most their own nonces.
+    let writes = counter(&w, "rayvault_store_writes_total") - before;
+    assert!(writes >= (4 * JOBS) as f64 && writes <= (4 * JOBS + 2) as f64, "{writes} store writes for {JOBS} jobs");
+    let commits = counter(&w, "rayvault_store_commits_total") - commits_before;
+    assert!(commits >= 1.0 && commits <= writes, "{commits} commits for {writes} writes");
+}
+
+#[actix_rt::test]
+async fn without_a_free_slot_a_job_queues_and_a_duplicate_gives_its_slot_back() {
+    let dir = common::tempdir();
+    let w = worker(dir.path());
+    let c = w.client();
+    // Concurrency 1: the slow job holds the slot; the next one queues.
+    let slow = c.submit(&openclaw("slow one")).await.unwrap().job;
+    assert_eq!(slow.state, JobState::Running);
+    let waiting = c.submit(&openclaw("waits")).await.unwrap().job;
+    assert_eq!(waiting.state, JobState::Queued, "{waiting:?}");
+    assert_eq!(waiting.started_at_ms, None);
+    // A duplicate of the running job is answered from the cache.
+    let again = c.submit(&openclaw("slow one")).await.unwrap();
+    assert!(again.cached);
+    assert_eq!(again.job.job_id, slow.job_id);
+    // Cancelling the slow job frees its slot: the queued job runs.
+    assert_eq!(c.cancel(&slow.job_id).await.unwrap().state, JobState::Cancelled);
+    let done = c.job(&waiting.job_id, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+
+    // The slot is free again; a duplicate of a finished job reserves it
+    // for a moment and must give it back, or the next job would queue
+    // behind a slot nobody holds.
+    let cached = c.submit(&openclaw("waits")).await.unwrap();
+    assert!(cached.cached && cached.job.state == JobState::Succeeded);
+    let next = c.submit(&openclaw("after the duplicate")).await.unwrap().job;
+    assert_eq!(next.state, JobState::Running, "the slot was given back: {next:?}");
+    let done = c.job(&next.job_id, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+}
+
+#[actix_rt::test]
+async fn a_job_cancelled_the_moment_it_is_accepted_ends_cancelled() {
+    let dir = common::tempdir();
+    let w = worker(dir.path());
+    let c = w.client();
+    for i in 0..5 {
+        let job = c.submit(&openclaw(&format!("slow {i}"))).await.unwrap().job;
+        let view = c.cancel(&job.job_id).await.unwrap();
+        assert_eq!(view.state, JobState::Cancelled, "{view:?}");
+        assert_eq!(view.error.as_ref().unwrap().code, "CANCELLED");
+    }
+    // Every slot was given back: a quick job still starts at once.
+    let quick = c.submit(&openclaw("quick")).await.unwrap().job;
+    assert_eq!(quick.state, JobState::Running);
+    wait_until_async("the quick job ends", Duration::from_secs(30), || async { c.job(&quick.job_id, 0).await.unwrap().state.is_terminal() }).await;
+    assert_eq!(c.job(&quick.job_id, 0).await.unwrap().state, JobState::Succeeded);
+}

@@ -197,7 +197,7 @@ fn wait_and_logs_follow_a_daemon_job_on_a_worker() {
     // and for at least 3 s, so that the follower below usually attaches
     // while it runs.
     let gate = w.dir.path().join("gate");
-    let env = vec![
+    let env = [
         ("DISPLAY".to_string(), ":0".to_string()),
         ("RAYVAULT_OPENCLAW__COMMAND".to_string(), format!("sh -c 'cat >/dev/null; sleep 3; while [ ! -e {} ]; do sleep 0.05; done; echo finished'", gate.display())),
     ];

@@ -192,7 +192,15 @@ fn slow_openclaw(secs: u32) -> Vec<(String, String)> {
 #[test]
 fn wait_and_logs_follow_a_daemon_job_on_a_worker() {
     let mut w = World::new();
-    let env = slow_openclaw(6);
+    // The job runs until the test opens the gate, so that it is surely still
+    // running on w1 while its partial log is read, however slow the machine,
+    // and for at least 3 s, so that the follower below usually attaches
+    // while it runs.
+    let gate = w.dir.path().join("gate");
+    let env = [
+        ("DISPLAY".to_string(), ":0".to_string()),
+        ("RAYVAULT_OPENCLAW__COMMAND".to_string(), format!("sh -c 'cat >/dev/null; sleep 3; while [ ! -e {} ]; do sleep 0.05; done; echo finished'", gate.display())),
+    ];
     let mut wenv: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     wenv.push(("RAYVAULT_CLUSTER_SECRET", SECRET));
     let (_w1, p1) = worker(&w, "w1", &wenv);
@@ -218,12 +226,13 @@ fn wait_and_logs_follow_a_daemon_job_on_a_worker() {
     let (code, partial, err) = run(w.orch().args(["logs", "--run-id", "follow", "--job-id", "task"]));
     assert_eq!(code, 0, "{err}");
     assert!(partial.contains("OPENCLAW_TASK"), "{partial}");
-    assert!(!w.receipt_dir("follow", "task").join("worker.log").exists(), "the job ended too soon for this test");
+    assert!(!w.receipt_dir("follow", "task").join("worker.log").exists(), "a running job's log is not in its receipt folder");
     let logs = std::thread::spawn({
         let mut c = w.orch();
         c.args(["logs", "--run-id", "follow", "--job-id", "task", "--follow"]);
         move || run(&mut c)
     });
+    std::fs::write(&gate, b"").unwrap();
     let (code, out, err) = run(w.orch().args(["wait", "--run-id", "follow", "--job-id", "task"]));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.starts_with("job follow/task (OPENCLAW_TASK): succeeded\n") && out.contains("ran on: w1\n"), "{out}");

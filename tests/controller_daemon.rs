@@ -181,7 +181,7 @@ fn a_job_that_ended_just_before_a_crash_is_not_run_again() {
     daemon.kill();
     // As if the daemon died after writing the receipt but before recording
     // the end in its store.
-    let store = rayvault::controller_store::ControllerStore::open(&w.cluster().join("controller.redb")).unwrap();
+    let store = open_after_kill(&w.cluster().join("controller.redb"));
     assert!(store.update("edge/j", |j| {
         j.phase = rayvault::controller_store::Phase::Running;
         j.receipt = None;

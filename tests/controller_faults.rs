@@ -57,11 +57,17 @@ fn a_local_step_s_processes_die_within_2_s_of_kill_9_of_the_daemon() {
     let mut w = World::new();
     let pids = w.dir.path().join("pids");
     std::fs::create_dir(&pids).unwrap();
-    let script = w.dir.path().join("slow_tts.sh");
+    // The local step's tool (OPENCLAW_TASK's command): reads its task,
+    // records its own pid, starts a grandchild in its process group and
+    // records that too, then waits for it. The runner writes the task only
+    // after it has recorded the tool's group in the store, so once the pid
+    // files exist the record is committed and the kill below cannot race it.
+    let script = w.dir.path().join("slow_tool.sh");
     std::fs::write(
         &script,
         format!(
-            "echo $$ > {p}/child.tmp && mv {p}/child.tmp {p}/child.pid\n\
+            "cat > /dev/null\n\
+             echo $$ > {p}/child.tmp && mv {p}/child.tmp {p}/child.pid\n\
              sleep 300 &\n\
              echo $! > {p}/grandchild.tmp && mv {p}/grandchild.tmp {p}/grandchild.pid\n\
              wait\n",
@@ -69,11 +75,11 @@ fn a_local_step_s_processes_die_within_2_s_of_kill_9_of_the_daemon() {
         ),
     )
     .unwrap();
-    w.set_env("RAYVAULT_TTS__ENGINE", "command");
-    w.set_env("RAYVAULT_TTS__COMMAND_TEMPLATE", &format!("sh {} {{text_file}} {{out_wav}}", script.display()));
+    w.set_env("DISPLAY", ":0");
+    w.set_env("RAYVAULT_OPENCLAW__COMMAND", &format!("sh {}", script.display()));
     w.write_nodes(&[]);
     let mut daemon = w.daemon();
-    let (code, _, err) = w.submit("r", "tts", "TTS_RENDER_CHUNKS", json!({"text": "Said slowly, on the controller."}), &["--no-wait"]);
+    let (code, _, err) = w.submit("r", "tool", "OPENCLAW_TASK", json!({"task": "Done slowly, on the controller."}), &["--no-wait"]);
     assert_eq!(code, 0, "{err}");
     let child = read_pid(&pids.join("child.pid"), Duration::from_secs(30));
     let grandchild = read_pid(&pids.join("grandchild.pid"), Duration::from_secs(30));
@@ -84,9 +90,9 @@ fn a_local_step_s_processes_die_within_2_s_of_kill_9_of_the_daemon() {
     let took = wait_all_dead(&[child, grandchild], Duration::from_secs(2), "the local step's processes after kill -9 of the daemon");
     eprintln!("the local step's child and grandchild were gone {took:?} after the daemon died");
     // The LocalRunner had recorded the tool's group for the next start.
-    let store = ControllerStore::open(&ControllerStore::default_path(&w.cluster())).unwrap();
+    let store = open_after_kill(&ControllerStore::default_path(&w.cluster()));
     let recorded = store.children().unwrap();
-    assert!(recorded.iter().any(|(job, g)| job == "r/tts" && g.id == child), "{recorded:?}");
+    assert!(recorded.iter().any(|(job, g)| job == "r/tool" && g.id == child), "{recorded:?}");
 }
 
 #[test]
@@ -108,5 +114,5 @@ fn a_daemon_started_after_a_crash_kills_the_groups_its_predecessor_recorded() {
         w.daemon_log().contains("killed child process groups left running by the previous daemon")
     });
     daemon.kill();
-    assert!(ControllerStore::open(&path).unwrap().children().unwrap().is_empty(), "every record is cleared");
+    assert!(open_after_kill(&path).children().unwrap().is_empty(), "every record is cleared");
 }

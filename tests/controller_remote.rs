@@ -191,6 +191,10 @@ fn a_worker_killed_mid_job_is_replaced_without_rerunning_a_success() {
     let mut w = World::new();
     // Every progress line, as log lines (plain progress keeps one a second).
     w.set_env("RUST_LOG", "info");
+    // The killed node is lost by a refused connection, not a timeout: a
+    // probe slowed by a busy test machine must not mark the other node
+    // unreachable (the job would then run locally).
+    w.set_env("RAYVAULT_CONTROLLER__PROBE_TIMEOUT_S", "10");
     let (mut slow, ps) = legacy(&w, "slow", &["--os", "linux", "--job-delay", "30"]);
     let (_w1, p1) = worker(&w, "w1", &[]);
     // Equal load: the first listed node is chosen first.
@@ -231,6 +235,9 @@ fn a_real_worker_killed_mid_job_is_replaced_by_the_other() {
     let mut w = World::new();
     // Every progress line, as log lines (plain progress keeps one a second).
     w.set_env("RUST_LOG", "info");
+    // As above: w1 is lost by a refused connection; a probe of w2 slowed by
+    // a busy test machine must not make it look unreachable.
+    w.set_env("RAYVAULT_CONTROLLER__PROBE_TIMEOUT_S", "10");
     // A "speech engine" that copies a prepared WAV after a delay: 60 s on
     // w1 (so it is surely killed mid-job), none on w2.
     let wav = common::make_sine_wav(w.dir.path(), "voice.wav", 1.0, 22_050, 1, -18.0);

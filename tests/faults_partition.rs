@@ -176,7 +176,14 @@ fn a_partitioned_worker_stops_its_copy_before_the_controller_runs_the_job_locall
     ns.restore();
     common::wait_until("w1 answers again", Duration::from_secs(20), || health_at(&addr, port).is_some());
     let rid = gave_up["remote_job_id"].as_str().unwrap();
-    let (status, job) = signed_get_at(&addr, port, "w1", &format!("/jobs/{rid}")).unwrap();
+    // The worker's executor records the end after the kill, through its
+    // store's commit queue: wait for a final state rather than race it.
+    let mut answer = None;
+    common::wait_until("w1 has recorded the end of its copy", Duration::from_secs(20), || {
+        answer = signed_get_at(&addr, port, "w1", &format!("/jobs/{rid}")).ok();
+        answer.as_ref().is_some_and(|(status, job)| *status != 200 || !["queued", "running"].contains(&job["state"].as_str().unwrap_or("")))
+    });
+    let (status, job) = answer.unwrap();
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["state"], "abandoned", "{job}");
     assert_eq!(job["error"]["code"], "LEASE_EXPIRED", "{job}");

@@ -165,9 +165,11 @@ fn silent_workers_cost_one_probe_timeout_per_scrape_not_one_each() {
     let t0 = std::time::Instant::now();
     let Some(m) = scrape(&w) else { return };
     let took = t0.elapsed();
-    // It did ask them (and waited for the timeout), at the same time.
+    // It did ask them (and waited for the timeout), at the same time: one
+    // after the other would take at least 4 s, so anything below 3.9 s
+    // proves it, and leaves a loaded machine room for the rest of the call.
     assert!(took >= std::time::Duration::from_millis(1900), "the scrape took {took:?}");
-    assert!(took < std::time::Duration::from_millis(3500), "the scrape took {took:?}");
+    assert!(took < std::time::Duration::from_millis(3900), "the scrape took {took:?}");
     assert_eq!(m.get("rayvault_node_scrape_up", &[("node", "s1")]), 0.0);
     assert_eq!(m.get("rayvault_node_scrape_up", &[("node", "s2")]), 0.0);
     drop(silent);

@@ -58,22 +58,22 @@ fn read_pid(path: &Path, timeout: Duration) -> u32 {
     std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
 }
 
-fn submit_body(text: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"step_name": "TTS_RENDER_CHUNKS", "payload": {"text": text}})).unwrap()
-}
-
 #[test]
 fn a_step_s_processes_die_within_2_s_of_kill_9_of_the_worker() {
     let dir = common::tempdir();
     let pids = dir.path().join("pids");
     std::fs::create_dir(&pids).unwrap();
-    // The TTS "engine": records its own pid, starts a grandchild in its
-    // process group and records that too, then waits for it.
-    let script = dir.path().join("slow_tts.sh");
+    // The step's tool (OPENCLAW_TASK's command): reads its task, records its
+    // own pid, starts a grandchild in its process group and records that
+    // too, then waits for it. The executor writes the task only after it has
+    // recorded the tool's group in the store, so once the pid files exist the
+    // record is committed and the kill below cannot race it.
+    let script = dir.path().join("slow_tool.sh");
     std::fs::write(
         &script,
         format!(
-            "echo $$ > {p}/child.tmp && mv {p}/child.tmp {p}/child.pid\n\
+            "cat > /dev/null\n\
+             echo $$ > {p}/child.tmp && mv {p}/child.tmp {p}/child.pid\n\
              sleep 300 &\n\
              echo $! > {p}/grandchild.tmp && mv {p}/grandchild.tmp {p}/grandchild.pid\n\
              wait\n",
@@ -81,12 +81,8 @@ fn a_step_s_processes_die_within_2_s_of_kill_9_of_the_worker() {
         ),
     )
     .unwrap();
-    let template = format!("sh {} {{text_file}} {{out_wav}}", script.display());
-    let mut w = Worker::start(Opts {
-        env: vec![("RAYVAULT_TTS__ENGINE".into(), "command".into()), ("RAYVAULT_TTS__COMMAND_TEMPLATE".into(), template)],
-        ..Opts::default()
-    });
-    let r = w.signed("POST", "/jobs", &submit_body("A sentence that takes a long time to say."));
+    let mut w = Worker::start(Opts { env: vec![("RAYVAULT_OPENCLAW__COMMAND".into(), format!("sh {}", script.display()))], ..Opts::default() });
+    let r = w.signed("POST", "/jobs", &submit_body_openclaw("A task that takes a long time."));
     assert_eq!(r.status, 201, "{}", r.text());
     let child = read_pid(&pids.join("child.pid"), Duration::from_secs(20));
     let grandchild = read_pid(&pids.join("grandchild.pid"), Duration::from_secs(20));
@@ -96,8 +92,10 @@ fn a_step_s_processes_die_within_2_s_of_kill_9_of_the_worker() {
     w.kill9();
     let took = wait_all_dead(&[child, grandchild], Duration::from_secs(2), "the step's processes after kill -9 of the worker");
     eprintln!("the step's child and grandchild were gone {took:?} after the worker died");
-    // The executor had recorded the tool's group for the next start.
-    let store = Store::open(&WorkerPaths::new(&w.state_dir.join("worker")).db_path()).unwrap();
+    // The executor had recorded the tool's group for the next start. The
+    // killed worker's lock on its database can outlive it for a moment (see
+    // below): wait for it as a restarted worker does.
+    let store = Store::open_waiting(&WorkerPaths::new(&w.state_dir.join("worker")).db_path(), Duration::from_secs(5)).unwrap();
     let recorded = store.children().unwrap();
     assert!(recorded.iter().any(|(_, g)| g.id == child), "{recorded:?}");
 }

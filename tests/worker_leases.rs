@@ -46,13 +46,15 @@ async fn an_unrenewed_lease_stops_the_job_and_its_result_is_never_cached() {
     let c = w.client();
     let id = c.submit(&leased("fenced job", 2)).await.unwrap().job.job_id;
     // Renew by status calls for a while: the job keeps running past its
-    // 2 s lease.
+    // 2 s lease. Keep renewing until the step has written its pid too (it
+    // does so after reading its input, a moment after the job is running).
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(3) {
+    while t0.elapsed() < Duration::from_secs(3) || ledger_pids(dir.path()).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the step never wrote its pid");
         assert!(!c.job(&id, 0).await.unwrap().state.is_terminal(), "renewed, the job keeps running");
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    let pid = *ledger_pids(dir.path()).first().expect("the step started");
+    let pid = ledger_pids(dir.path())[0];
     assert!(alive(pid));
     // Stop renewing: within the lease (plus the monitor's tick) the job is
     // abandoned and its process is gone. Reading the state here renews it
@@ -84,6 +86,9 @@ async fn a_queued_job_whose_lease_expired_never_starts() {
     // second waits in the queue with a 1 s lease nobody renews.
     let first = c.submit(&leased("holder", 30)).await.unwrap().job.job_id;
     wait_until_async("the first job runs", Duration::from_secs(20), || async { c.job(&first, 0).await.unwrap().state == JobState::Running }).await;
+    // Running is recorded before the step has read its input and written its
+    // pid: wait for the pid, so that the count at the end is exact.
+    common::wait_until("the holder writes its pid", Duration::from_secs(20), || ledger_pids(dir.path()).len() == 1);
     let second = c.submit(&leased("waiter", 1)).await.unwrap().job.job_id;
     // Not renewing is the point: watch the job with peeks (a peek never
     // renews a lease) until the monitor has abandoned it.
@@ -109,9 +114,14 @@ async fn after_a_restart_a_leased_job_runs_only_if_its_controller_reattaches() {
     let c = w.client();
     let kept = c.submit(&leased("kept", 3)).await.unwrap().job.job_id;
     wait_until_async("the job runs", Duration::from_secs(20), || async { c.job(&kept, 0).await.unwrap().state == JobState::Running }).await;
-    // `running` is recorded before the step's process starts (in the same
-    // commit as the submission when a slot is free): wait for the process.
-    common::wait_until("the step starts", Duration::from_secs(20), || ledger_pids(dir.path()).len() == 1);
+    // Running is recorded before the step has read its input and written its
+    // pid: wait for the pid of this first execution before the kill, or the
+    // count at the end would miss it (renewing the 3 s lease while waiting).
+    wait_until_async("the first execution writes its pid", Duration::from_secs(20), || async {
+        c.job(&kept, 0).await.unwrap();
+        ledger_pids(dir.path()).len() == 1
+    })
+    .await;
     let lost = c.submit(&leased("lost", 3)).await.unwrap().job.job_id;
     w.kill9();
     drop(c);

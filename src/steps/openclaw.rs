@@ -107,7 +107,13 @@ pub async fn run_with(payload: &Value, ctx: &StepContext, host: &OpenclawHost) -
     ctx.create_out_dir()?;
     let final_path = ctx.out_dir.join(OUTPUT_ARTIFACT);
     let tmp = temp_path_for(&final_path);
-    let transcript = JobLog::open(&tmp).map_err(|e| StepError::io("creating the OpenClaw output file", e))?;
+    let mut transcript = JobLog::open(&tmp).map_err(|e| StepError::io("creating the OpenClaw output file", e))?;
+    // The tool runs with the transcript as its log: it must carry the job's
+    // child tracker too, or the tool's process group is never recorded and a
+    // worker (or daemon) started after a crash cannot kill what it left.
+    if let Some(tracker) = ctx.log.child_tracker() {
+        transcript = transcript.tracking_children(tracker.clone());
+    }
     let tool = Tool::new(program, "openclaw")
         .args(args.iter().cloned())
         .stdin(p.task.clone().into_bytes())

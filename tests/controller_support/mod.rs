@@ -402,3 +402,21 @@ pub fn sys(args: &[&str]) -> Result<(), String> {
         Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
+
+/// Opens the store of a daemon just killed with SIGKILL. The dead daemon's
+/// lock on the file can outlive it for a moment (the worker's store was seen
+/// locked right after a kill -9 under load), so this tries again for up to
+/// 5 s instead of failing on the first try.
+pub fn open_after_kill(path: &Path) -> rayvault::controller_store::ControllerStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match rayvault::controller_store::ControllerStore::open(path) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("the killed daemon's store is still locked, trying again: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot open {} after the daemon died: {e}", path.display()),
+        }
+    }
+}

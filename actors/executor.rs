@@ -190,7 +190,8 @@ impl StepExecutor {
     /// first), or from the record a reservation already wrote `running`.
     fn spawn_job(&self, addr: &Addr<Self>, job_id: String, started: Option<JobRecord>, token: CancellationToken) {
         let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
-        let fut = run_job(self.env.clone(), self.step, job_id.clone(), started, token).instrument(span);
+        let env = self.env.clone();
+        let fut = run_job(env.clone(), self.step, job_id.clone(), started, token).instrument(span);
         let addr = addr.clone();
         // A task of its own: a restart of this actor does not drop it.
         // The slot is freed even if the job's own bookkeeping panics
@@ -198,6 +199,10 @@ impl StepExecutor {
         actix::spawn(async move {
             let _ = catch("StepExecutor", "recording a job", fut).await;
             addr.do_send(JobEnded { job_id });
+            // Long-polls learn of the end only now, after the slot's release
+            // is in this actor's mailbox: a submission that their answer
+            // prompts is handled after it and finds the slot free.
+            env.notify();
         });
     }
 
@@ -392,7 +397,7 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, started:
     record_outcome(&env, &job_id, result, log).await;
     env.drop_log(&job_id);
     env.leases.release(&job_id);
-    env.notify();
+    // The caller (`StepExecutor::spawn_job`) frees the slot, then notifies.
 }
 
 /// How long the executor keeps trying to record a job's outcome while the

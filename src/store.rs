@@ -481,22 +481,31 @@ impl Store {
     /// Records a submission: returns the existing job for the same step and
     /// inputs hash unless it failed or was cancelled, else queues a new one.
     pub fn submit(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        self.write(Flush::Immediate, submit_op(new, None, now_ms, max_in_flight))
+        self.write(Flush::Immediate, submit_op(new, None, None, now_ms, max_in_flight))
     }
 
     /// [`Store::submit`] for async callers.
     pub async fn submit_async(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        self.write_async(Flush::Immediate, submit_op(new, None, now_ms, max_in_flight)).await
+        self.write_async(Flush::Immediate, submit_op(new, None, None, now_ms, max_in_flight)).await
     }
 
-    /// [`Store::submit_async`] for a job that holds a free slot of its
-    /// executor (a reservation): a new job is created as `job_id` and
-    /// recorded `running` (attempt 1, started now) in the same commit that
-    /// accepts it, so it starts without a second sync. A duplicate
-    /// submission answers the existing job as usual, and the reservation
-    /// is then not used.
-    pub async fn submit_started_async(&self, new: NewJob, job_id: String, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        self.write_async(Flush::Immediate, submit_op(new, Some(job_id), now_ms, max_in_flight)).await
+    /// A submission as the worker's `POST /jobs` makes it, in one commit:
+    /// - `started`: the id for a new job that holds a free slot of its
+    ///   executor (a reservation); the job is created under that id and
+    ///   recorded `running` (attempt 1, started now) in the commit that
+    ///   accepts it, so it starts without a second sync. A duplicate
+    ///   answers the existing job as usual, and the slot is not used.
+    /// - `nonce`: the request's own nonce, recorded in the same transaction
+    ///   whatever the outcome.
+    pub async fn submit_request_async(
+        &self,
+        new: NewJob,
+        started: Option<String>,
+        nonce: Option<nonces::RequestNonce>,
+        now_ms: u64,
+        max_in_flight: u64,
+    ) -> Result<Submission, StoreError> {
+        self.write_async(Flush::Immediate, submit_op(new, started, nonce, now_ms, max_in_flight)).await
     }
 
     /// Applies `f` to a job inside one write transaction and saves the
@@ -769,14 +778,19 @@ fn cancellation(out: Option<(JobRecord, bool)>) -> Cancellation {
 
 /// The write of [`Store::submit`].
 /// `started`: the id of a new job that holds a reserved slot, recorded
-/// `running` from the start (see [`Store::submit_started_async`]).
+/// `running` from the start (see [`Store::submit_request_async`]);
+/// `nonce`: the request's nonce, recorded first.
 fn submit_op(
     new: NewJob,
     started: Option<String>,
+    nonce: Option<nonces::RequestNonce>,
     now_ms: u64,
     max_in_flight: u64,
 ) -> impl FnMut(&WriteTransaction) -> Result<Submission, StoreError> + Send + 'static {
     move |tx| {
+        if let Some(n) = &nonce {
+            n.record(tx)?;
+        }
         let new = new.clone();
         let outcome = {
         let mut jobs = tx.open_table(JOBS)?;

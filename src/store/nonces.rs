@@ -62,12 +62,28 @@ impl Store {
 
 /// The write of [`Store::record_nonce`].
 fn nonce_op(nonce: &str, expires: u64, now: u64) -> impl FnMut(&WriteTransaction) -> Result<bool, StoreError> + Send + 'static {
-    let nonce = nonce.to_string();
-    move |tx| {
+    let nonce = RequestNonce { nonce: nonce.to_string(), expires, now };
+    move |tx| nonce.record(tx)
+}
+
+/// An accepted request's nonce, to be recorded inside the write that the
+/// request itself makes (a submission), so that both share one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestNonce {
+    pub nonce: String,
+    /// Unix seconds after which it may be forgotten.
+    pub expires: u64,
+    /// Unix seconds when it was accepted.
+    pub now: u64,
+}
+
+impl RequestNonce {
+    /// Records the nonce in `tx`; false if it was already there and live.
+    pub(super) fn record(&self, tx: &WriteTransaction) -> Result<bool, StoreError> {
         let mut t = tx.open_table(NONCES)?;
-        let live = t.get(nonce.as_str())?.is_some_and(|g| g.value() > now);
+        let live = t.get(self.nonce.as_str())?.is_some_and(|g| g.value() > self.now);
         if !live {
-            t.insert(nonce.as_str(), expires)?;
+            t.insert(self.nonce.as_str(), self.expires)?;
         }
         Ok(!live)
     }

@@ -20,6 +20,7 @@ use actix_web::{Error, HttpMessage};
 use futures_util::StreamExt;
 use rayvault::auth::{AuthError, Verified};
 use rayvault::protocol::{self, ApiCode};
+use rayvault::store::nonces::RequestNonce;
 
 /// Query parameters that look like a credential; refused outright because
 /// URLs end up in logs.
@@ -96,10 +97,22 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             // - the store's commit queue applies writes in the order they
             //   were queued, so whatever the handler writes commits in the
             //   nonce's transaction or a later one, never without it.
-            // A submit then shares one sync with its own nonce instead of
-            // paying two in a row.
-            let recorded = state.env.store.record_nonce_async(&nonce, nonce_expires, now);
+            // A submission goes further: its handler records the nonce in
+            // the submission's own transaction (one sync for both), and
+            // the nonce is recorded here after the handler only when the
+            // handler did not take it (a refused submission).
+            let request_nonce = RequestNonce { nonce, expires: nonce_expires, now };
             req.extensions_mut().insert(Authenticated);
+            if method == "POST" && path == "/jobs" {
+                let slot = NonceSlot::new(request_nonce);
+                req.extensions_mut().insert(slot.clone());
+                let answer = next.call(req).await;
+                if let Some(n) = slot.take() {
+                    nonce_outcome(state.env.store.record_nonce_async(&n.nonce, n.expires, n.now).await)?;
+                }
+                return answer;
+            }
+            let recorded = state.env.store.record_nonce_async(&request_nonce.nonce, request_nonce.expires, now);
             let answer = next.call(req).await;
             nonce_outcome(recorded.await)?;
             return answer;
@@ -132,6 +145,29 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
     }
     req.extensions_mut().insert(Authenticated);
     next.call(req).await
+}
+
+/// The nonce of an authenticated `POST /jobs`, for its handler to record
+/// in the submission's own write ([`NonceSlot::take`]); one the handler
+/// left (or put back after a failed write) is recorded by the guard before
+/// the answer goes out.
+#[derive(Debug, Clone)]
+pub struct NonceSlot(std::sync::Arc<std::sync::Mutex<Option<RequestNonce>>>);
+
+impl NonceSlot {
+    fn new(n: RequestNonce) -> NonceSlot {
+        NonceSlot(std::sync::Arc::new(std::sync::Mutex::new(Some(n))))
+    }
+
+    /// Takes the nonce: the caller now records it.
+    pub fn take(&self) -> Option<RequestNonce> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Gives a taken nonce back (its write failed): the guard records it.
+    pub fn put_back(&self, n: RequestNonce) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
+    }
 }
 
 /// Marker put into a request's extensions once it is authenticated.

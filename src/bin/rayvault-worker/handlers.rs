@@ -112,7 +112,7 @@ pub async fn load_job(st: &AppState, id: &str) -> Result<JobRecord, ApiError> {
 
 /// `POST /jobs`: validates, computes `inputs_hash`, and queues the job
 /// unless the same step + inputs is already queued, running or succeeded.
-pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if st.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::new(ApiCode::ShuttingDown, "the worker is shutting down; submit again after it restarts"));
     }
@@ -178,9 +178,19 @@ pub async fn submit(st: Data, body: web::Bytes) -> Result<HttpResponse, ApiError
         Some(addr) => Reservation::take(addr).await,
         None => None,
     };
-    let outcome = match &reservation {
-        Some(r) => st.env.store.submit_started_async(new, r.job_id.clone(), now_ms(), max).await?,
-        None => st.env.store.submit_async(new, now_ms(), max).await?,
+    // The request's nonce goes into the same transaction (see
+    // `guard::NonceSlot`); after a failed write the guard records it.
+    let slot = actix_web::HttpMessage::extensions(&http).get::<crate::guard::NonceSlot>().cloned();
+    let nonce = slot.as_ref().and_then(|s| s.take());
+    let started = reservation.as_ref().map(|r| r.job_id.clone());
+    let outcome = match st.env.store.submit_request_async(new, started, nonce.clone(), now_ms(), max).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            if let (Some(s), Some(n)) = (&slot, nonce) {
+                s.put_back(n);
+            }
+            return Err(e.into());
+        }
     };
     match outcome {
         Submission::Created(rec) => {

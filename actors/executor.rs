@@ -4,7 +4,10 @@
 //!
 //! A job's life here: [`Enqueue`] -> (slot free) the store marks it running
 //! -> blob references are resolved to local paths -> [`steps::run_step`]
-//! with a cancellation token -> the store records the outcome. Store writes
+//! with a cancellation token -> the slot is freed -> the store records the
+//! outcome (so the next job's start shares that commit). A submission that
+//! finds a free slot reserves it ([`Reserve`]) and is recorded running in
+//! the commit that accepts it ([`StartReserved`]). Store writes
 //! are awaited on the store's commit queue, so the actor never blocks its
 //! thread.
 //! Every state change bumps [`ExecutorEnv::changes`], which wakes long-polls.
@@ -37,6 +40,15 @@ use tracing::Instrument;
 #[rtype(result = "()")]
 pub struct Enqueue {
     pub job_id: String,
+}
+
+/// A job's step returned; its outcome is being recorded. Its slot is free
+/// for the next job, and the job still counts as in flight (a shutdown
+/// waits for it) until [`JobEnded`].
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+struct StepDone {
+    job_id: String,
 }
 
 /// Reserve a slot for a job about to be submitted, so that its record can
@@ -147,6 +159,9 @@ pub struct StepExecutor {
     queue: VecDeque<String>,
     /// Running jobs and the tokens that cancel them.
     running: HashMap<String, CancellationToken>,
+    /// Jobs whose step returned and whose outcome is being recorded: no
+    /// longer holding a slot, still in flight.
+    finishing: std::collections::HashSet<String>,
     /// Set on shutdown: no new job starts.
     draining: bool,
     /// The number of running jobs, watched during shutdown.
@@ -162,6 +177,7 @@ impl StepExecutor {
             concurrency,
             queue: VecDeque::new(),
             running: HashMap::new(),
+            finishing: Default::default(),
             draining: false,
             running_count: watch::channel(0).0,
             env,
@@ -183,7 +199,13 @@ impl StepExecutor {
             self.running.insert(job_id.clone(), token.clone());
             self.spawn_job(addr, job_id, None, token);
         }
-        self.running_count.send_replace(self.running.len());
+        self.publish_count();
+    }
+
+    /// Publishes the number of jobs in flight (running or recording their
+    /// outcome), which a shutdown waits on.
+    fn publish_count(&self) {
+        self.running_count.send_replace(self.running.len() + self.finishing.len());
     }
 
     /// Runs one job in a task of its own: from `queued` (marking it running
@@ -191,14 +213,14 @@ impl StepExecutor {
     fn spawn_job(&self, addr: &Addr<Self>, job_id: String, started: Option<JobRecord>, token: CancellationToken) {
         let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
         let env = self.env.clone();
-        let fut = run_job(env.clone(), self.step, job_id.clone(), started, token).instrument(span);
-        let addr = addr.clone();
+        let slot = Slot { addr: Some(addr.clone()), job_id };
+        let fut = run_job(env.clone(), self.step, started, token, slot).instrument(span);
         // A task of its own: a restart of this actor does not drop it.
         // The slot is freed even if the job's own bookkeeping panics
-        // (the step itself is guarded inside `run_job`).
+        // (the step itself is guarded inside `run_job`): `Slot` frees it
+        // when dropped.
         actix::spawn(async move {
             let _ = catch("StepExecutor", "recording a job", fut).await;
-            addr.do_send(JobEnded { job_id });
             // Long-polls learn of the end only now, after the slot's release
             // is in this actor's mailbox: a submission that their answer
             // prompts is handled after it and finds the slot free.
@@ -252,7 +274,7 @@ impl Handler<Reserve> for StepExecutor {
         // The token exists from now on, so a cancel or a lease expiry that
         // arrives before the job starts still reaches it.
         self.running.insert(msg.job_id, CancellationToken::new());
-        self.running_count.send_replace(self.running.len());
+        self.publish_count();
         true
     }
 }
@@ -263,7 +285,7 @@ impl Handler<StartReserved> for StepExecutor {
     fn handle(&mut self, msg: StartReserved, ctx: &mut Context<Self>) {
         let job_id = msg.record.job_id.clone();
         let token = self.running.entry(job_id.clone()).or_default().clone();
-        self.running_count.send_replace(self.running.len());
+        self.publish_count();
         let addr = ctx.address();
         let _ = guard("StepExecutor", "starting a reserved job", ctx, || self.spawn_job(&addr, job_id, Some(msg.record), token));
     }
@@ -274,17 +296,31 @@ impl Handler<Unreserve> for StepExecutor {
     type Result = ();
     fn handle(&mut self, msg: Unreserve, ctx: &mut Context<Self>) {
         self.running.remove(&msg.job_id);
-        self.running_count.send_replace(self.running.len());
+        self.publish_count();
         self.pump_guarded(ctx);
     }
 }
 
-/// Frees the finished job's slot and starts the next one.
+/// Frees the slot of a job whose step returned, and starts the next one.
+impl Handler<StepDone> for StepExecutor {
+    type Result = ();
+    fn handle(&mut self, msg: StepDone, ctx: &mut Context<Self>) {
+        if self.running.remove(&msg.job_id).is_some() {
+            self.finishing.insert(msg.job_id);
+        }
+        self.publish_count();
+        self.pump_guarded(ctx);
+    }
+}
+
+/// Forgets the ended job (freeing its slot if the step never returned)
+/// and starts the next one.
 impl Handler<JobEnded> for StepExecutor {
     type Result = ();
     fn handle(&mut self, msg: JobEnded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.job_id);
-        self.running_count.send_replace(self.running.len());
+        self.finishing.remove(&msg.job_id);
+        self.publish_count();
         #[cfg(debug_assertions)]
         if guard("StepExecutor", "running the test hook", ctx, || test_hook::panic_in_executor_if_requested(&msg.job_id))
             .is_err()
@@ -348,9 +384,40 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
+/// A running job's slot in its executor, freed once (by [`Slot::free`] or
+/// when dropped, so a job whose bookkeeping panicked frees it too).
+struct Slot {
+    addr: Option<Addr<StepExecutor>>,
+    job_id: String,
+}
+
+impl Slot {
+    /// The step has returned: its slot may take the next job while the
+    /// outcome is being recorded.
+    fn free(&mut self) {
+        if let Some(addr) = &self.addr {
+            addr.do_send(StepDone { job_id: self.job_id.clone() });
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr.take() {
+            addr.do_send(JobEnded { job_id: self.job_id.clone() });
+        }
+    }
+}
+
 /// One job from `queued` (or, under a reservation, from the `running`
 /// record its submission wrote) to a final state.
-async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, started: Option<JobRecord>, token: CancellationToken) {
+///
+/// The slot is freed as soon as the step has returned, before its outcome
+/// is committed: the next queued job's start then joins the same commit as
+/// this job's outcome (group commit), so a busy slot costs one sync per
+/// job instead of two. Nothing of the step runs any more at that point.
+async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Option<JobRecord>, token: CancellationToken, mut slot: Slot) {
+    let job_id = slot.job_id.clone();
     let rec = match started {
         Some(rec) => rec,
         None => match env.store.mark_running_async(&job_id, now_ms()).await {
@@ -394,6 +461,7 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, job_id: String, started:
     let result = outcome.map(|o| (o.result, o.artifacts));
     // A log still in memory goes into the job's record with the outcome.
     let log = env.live_log(&job_id).and_then(|l| l.in_memory()).map(|b| String::from_utf8_lossy(&b).into_owned());
+    slot.free();
     record_outcome(&env, &job_id, result, log).await;
     env.drop_log(&job_id);
     env.leases.release(&job_id);

@@ -329,6 +329,24 @@ impl ControllerStore {
         self.write_blocking(move |t| change(t, &key, f).map(|j| j.is_some()))
     }
 
+    /// Queues a change to a job without waiting for its commit: it is
+    /// applied in order with the other writes (any later write of the same
+    /// job commits with it or after it, as if it had been awaited), and a
+    /// failure is only logged. It becomes durable exactly as soon as an
+    /// awaited write would; only the caller does not wait for that.
+    pub fn update_soon(&self, key: &str, f: impl FnOnce(&mut StoredJob) + Send + 'static) {
+        let key = key.to_string();
+        let what = key.clone();
+        self.enqueue(
+            move |t| change(t, &key, f).map(|j| j.is_some()),
+            move |r: Result<bool, StoreError>| {
+                if let Err(e) = r {
+                    tracing::error!(job = %what, "could not record a change of the job: {e}");
+                }
+            },
+        );
+    }
+
     /// [`ControllerStore::update`] awaited without blocking; `after` runs
     /// with the changed record once it is durable, before this returns (the
     /// daemon writes the job's receipt file there). `None` if absent.

@@ -199,20 +199,20 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
     follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began, &fence, &load).await
 }
 
+/// Records which remote job the job follows, so that a restarted daemon
+/// re-attaches to it. The long-poll starts without waiting for that
+/// commit: waiting would not make the record durable any sooner, and
+/// polling changes nothing on the worker. (A daemon killed between the
+/// worker's acceptance and this commit restarts without the record and
+/// places the job again, as it did when this was awaited; see
+/// docs/reliability.md.)
 async fn record_remote(deps: &JobDeps, spec: &JobSpec, node_id: &str, remote_job_id: &str, placement: &[crate::receipt::NodeExplanation]) {
-    let Some(store) = deps.store.clone() else { return };
+    let Some(store) = deps.store.as_ref() else { return };
     let r = RemoteRef { node_id: node_id.into(), remote_job_id: remote_job_id.into(), placement: placement.to_vec() };
-    let key = spec.key();
-    let res = tokio::task::spawn_blocking(move || {
-        store.update(&key, |j| {
-            j.phase = Phase::Running;
-            j.remote = Some(r);
-        })
-    })
-    .await;
-    if let Ok(Err(e)) = res {
-        tracing::error!("could not record the remote job id: {e}");
-    }
+    store.update_soon(&spec.key(), |j| {
+        j.phase = Phase::Running;
+        j.remote = Some(r);
+    });
 }
 
 /// Classifies a failed call: refused credentials are a misconfiguration,

@@ -79,11 +79,14 @@ pub fn commit_temp(tmp: &Path, final_path: &Path) -> std::io::Result<()> {
     std::fs::rename(tmp, final_path)
 }
 
-/// SHA-256 (lower-case hex) and size of a file, streamed in 1 MiB blocks.
+/// SHA-256 (lower-case hex) and size of a file, streamed in blocks of at
+/// most 1 MiB (no bigger than the file: a small input costs no 1 MiB
+/// buffer to zero).
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let block = f.metadata().map(|m| m.len()).unwrap_or(0).clamp(4096, 1 << 20) as usize;
+    let mut buf = vec![0u8; block];
     let mut size = 0u64;
     loop {
         let n = f.read(&mut buf)?;

@@ -272,6 +272,9 @@ fn every_listed_input_is_staged_and_mapped_back() {
     let mut w = World::new();
     // Every progress line, as log lines (plain progress keeps one a second).
     w.set_env("RUST_LOG", "info");
+    // The worker must be found up even on a loaded machine: the job is to
+    // run there.
+    w.set_env("RAYVAULT_CONTROLLER__PROBE_TIMEOUT_S", "10");
     let (_w1, p1) = worker(&w, "w1", &[]);
     w.write_nodes(&[("w1", p1, true)]);
     let a = common::make_sine_wav(w.dir.path(), "a.wav", 1.0, 48_000, 1, -16.0);

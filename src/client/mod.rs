@@ -49,6 +49,9 @@ pub use pool::ClientPool;
 /// Largest JSON response the client accepts.
 const MAX_JSON: usize = 16 * 1024 * 1024;
 
+/// Files up to this size are uploaded from memory in one read.
+const SMALL_UPLOAD: u64 = 1 << 20;
+
 /// A failure talking to a worker.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError {
@@ -412,9 +415,31 @@ impl WorkerClient {
         decode(status, &bytes)
     }
 
-    /// `PUT /blobs/{sha256}` streaming a local file; returns the stored
+    /// `PUT /blobs/{sha256}` with a local file (read whole when it is at
+    /// most 1 MiB, else streamed); returns the stored
     /// blob (use `blob:sha256:<digest>` in a payload to refer to it).
     pub async fn upload_file(&self, file: &Path) -> Result<BlobStored, ClientError> {
+        // A small file (most inputs of short jobs) is read and hashed in one
+        // go and sent from memory: one hand-off to the blocking pool instead
+        // of a hashing pass and a stream of reads.
+        let f = file.to_path_buf();
+        let small = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Bytes>> {
+            use std::io::Read;
+            let mut h = std::fs::File::open(&f)?;
+            let len = h.metadata()?.len();
+            if len > SMALL_UPLOAD {
+                return Ok(None);
+            }
+            let mut data = Vec::with_capacity(len as usize);
+            h.read_to_end(&mut data)?;
+            Ok(Some(Bytes::from(data)))
+        })
+        .await
+        .map_err(|e| io_err("reading the input", e))?
+        .map_err(|e| io_err(&format!("reading {}", file.display()), e))?;
+        if let Some(data) = small {
+            return self.upload_bytes(data).await;
+        }
         let f = file.to_path_buf();
         let (sha, size) = tokio::task::spawn_blocking(move || sha256_file(&f))
             .await

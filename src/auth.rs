@@ -218,9 +218,16 @@ enum Presented<'a> {
 }
 
 /// Seen nonces, each kept until its expiry (Unix seconds), bounded in size.
+///
+/// A nonce is kept as the first 16 bytes of its SHA-256 ([`NonceKey`]), so
+/// an entry is a fixed 24 bytes inside the map's one table, whatever the
+/// nonce's length, instead of a separate heap block per nonce (a burst of
+/// thousands of requests would leave those scattered over the heap). Two
+/// nonces sharing a key would need 2^64 tries to find, and the second would
+/// only be refused as a replay.
 #[derive(Debug)]
 pub struct NonceCache {
-    seen: DashMap<String, u64>,
+    seen: DashMap<NonceKey, u64>,
     capacity: usize,
     /// Nonces expiring at or before this instant may have been evicted to
     /// keep the cache bounded, so a request whose nonce would expire by then
@@ -228,6 +235,17 @@ pub struct NonceCache {
     /// Fresh requests (expiring later) are never affected, so a flood of
     /// signed traffic cannot lock honest clients out.
     floor: std::sync::atomic::AtomicU64,
+}
+
+/// What the nonce cache keeps of a nonce: see [`NonceCache`].
+pub type NonceKey = [u8; 16];
+
+/// The first 16 bytes of the nonce's SHA-256.
+pub fn nonce_key(nonce: &str) -> NonceKey {
+    let digest = Sha256::digest(nonce.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
 }
 
 impl NonceCache {
@@ -252,7 +270,7 @@ impl NonceCache {
                 }
             }
         }
-        match self.seen.entry(nonce.to_string()) {
+        match self.seen.entry(nonce_key(nonce)) {
             dashmap::Entry::Occupied(_) => false,
             dashmap::Entry::Vacant(v) => {
                 v.insert(expires);

@@ -2,51 +2,177 @@
 //! controller's daemon), so that a burst of jobs does not leave them larger
 //! for good.
 //!
-//! During a burst at concurrency 16 both processes grow to 35-50 threads
+//! During a burst at concurrency 16 both processes grow to 25-45 threads
 //! (tokio blocking pools, actix arbiters). glibc gives each new thread a
 //! malloc arena of its own and keeps it after the thread exits, and it
 //! keeps freed memory inside its heaps rather than giving it back; the
 //! benchmark measured +11 MiB (worker) and +27 MiB (daemon) that stayed
-//! after 300 jobs. Elsewhere (musl, Windows, macOS) these are no-ops.
+//! after 300 jobs. Three settings keep that down:
+//!
+//! - at most two arenas ([`tune_malloc`]);
+//! - a fixed mmap threshold of 128 KiB ([`tune_malloc`]): glibc otherwise
+//!   raises the threshold each time a large block is freed (up to 32 MiB),
+//!   after which buffers of a few hundred KiB come from the heap and leave
+//!   it larger when freed between longer-lived small blocks;
+//! - a trimmer thread ([`spawn_trimmer`]) that hands freed pages back to
+//!   the system soon after the heap goes quiet (within about half a second
+//!   of a burst's end) and at least every [`TRIM_EVERY`].
+//!
+//! Elsewhere (musl, Windows, macOS) these are no-ops.
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 use std::time::Duration;
 
-/// How often the trimmer hands freed heap memory back to the system.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// The longest the trimmer waits between two trims, busy or not.
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
-/// Caps glibc at two malloc arenas: two are plenty for processes that
-/// mostly wait on disk and network, and each extra arena is memory kept
-/// for good. Call it first thing in `main`, before any other thread exists.
-pub fn limit_malloc_arenas() {
+/// How often the trimmer looks at the heap's figures.
+pub const TRIM_TICK: Duration = Duration::from_millis(200);
+
+/// Free heap bytes gained since the last trim that make a trim worth it
+/// once the heap is quiet.
+pub const TRIM_FREED_BYTES: usize = 512 * 1024;
+
+/// The heap counts as quiet when its bytes in use moved by at most this
+/// much over one [`TRIM_TICK`].
+pub const QUIET_BYTES: usize = 64 * 1024;
+
+/// Allocations of this size or more get pages of their own (mmap), which go
+/// back to the system when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Caps glibc at two malloc arenas (two are plenty for processes that
+/// mostly wait on disk and network, and each extra arena is memory kept for
+/// good) and fixes the mmap threshold at 128 KiB (see the module comment).
+/// Call it first thing in `main`, before any other thread exists.
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it runs before any
     // other thread starts, and a refusal (0) only leaves glibc's default.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 
-/// Starts a small thread that calls `malloc_trim(0)` every
-/// [`TRIM_EVERY`], so memory freed after a burst goes back to the system
-/// instead of staying in the process's heaps. A plain thread rather than a
-/// task, so it needs no runtime and never delays one (a trim of a heap of
-/// some tens of MiB takes well under a millisecond). On other platforms it
-/// starts nothing.
-pub fn spawn_trimmer() {
+/// The heap's figures the trimmer decides on, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeapSample {
+    /// Bytes in blocks the program holds.
+    pub in_use: usize,
+    /// Bytes in free blocks the allocator keeps inside its heaps.
+    pub free: usize,
+}
+
+/// Whether the trimmer trims now. `prev` is the sample one tick ago,
+/// `free_after_trim` the free bytes right after the last trim and
+/// `since_trim` the time since it. A trim is due when [`TRIM_EVERY`] has
+/// passed, or when at least [`TRIM_FREED_BYTES`] more are free than after
+/// the last trim and the heap is quiet (a burst has ended): trimming in the
+/// middle of a burst would only hand back pages the next job faults in
+/// again.
+pub fn trim_due(prev: HeapSample, now: HeapSample, free_after_trim: usize, since_trim: Duration) -> bool {
+    if since_trim >= TRIM_EVERY {
+        return true;
+    }
+    let freed = now.free.saturating_sub(free_after_trim) >= TRIM_FREED_BYTES;
+    let quiet = now.in_use.abs_diff(prev.in_use) <= QUIET_BYTES;
+    freed && quiet
+}
+
+/// The current heap figures from glibc (`mallinfo2`), summed over all
+/// arenas; `None` where there is no glibc.
+pub fn heap_sample() -> Option<HeapSample> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let started = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {
-            std::thread::sleep(TRIM_EVERY);
-            // SAFETY: malloc_trim is thread-safe (it takes each arena's
-            // lock) and only returns free pages to the kernel.
-            unsafe {
-                libc::malloc_trim(0);
+        // SAFETY: mallinfo2 takes each arena's lock and only reads.
+        let info = unsafe { libc::mallinfo2() };
+        Some(HeapSample { in_use: info.uordblks, free: info.fordblks })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Hands free pages inside the heaps back to the system (`malloc_trim(0)`:
+/// the top of each heap and every whole free page inside it).
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe (it takes each arena's lock) and
+    // only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Starts a small thread that trims the heap when [`trim_due`] says so,
+/// looking every [`TRIM_TICK`]. A plain thread rather than a task, so it
+/// needs no runtime and never delays one (a look costs some microseconds, a
+/// trim of a heap of some MiB well under a millisecond). On other platforms
+/// it starts nothing.
+pub fn spawn_trimmer() {
+    if heap_sample().is_none() {
+        return;
+    }
+    let started = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| {
+        let mut prev = heap_sample().unwrap_or_default();
+        let mut free_after_trim = prev.free;
+        let mut last_trim = std::time::Instant::now();
+        loop {
+            std::thread::sleep(TRIM_TICK);
+            let now = heap_sample().unwrap_or_default();
+            if trim_due(prev, now, free_after_trim, last_trim.elapsed()) {
+                trim();
+                last_trim = std::time::Instant::now();
+                free_after_trim = heap_sample().unwrap_or_default().free;
             }
-        });
-        if let Err(e) = started {
-            tracing::warn!("could not start the malloc trimmer thread ({e}); memory freed after a burst may stay reserved");
+            prev = now;
         }
+    });
+    if let Err(e) = started {
+        tracing::warn!("could not start the malloc trimmer thread ({e}); memory freed after a burst may stay reserved");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn trims_once_a_burst_has_ended() {
+        let busy = HeapSample { in_use: 6 * MIB, free: MIB };
+        let ended = HeapSample { in_use: 2 * MIB, free: 5 * MIB };
+        let quiet = HeapSample { in_use: 2 * MIB + 1024, free: 5 * MIB };
+        // The tick where the burst's memory is freed is not quiet yet.
+        assert!(!trim_due(busy, ended, MIB, Duration::from_secs(1)));
+        // One quiet tick later the trim is due.
+        assert!(trim_due(ended, quiet, MIB, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn no_trim_in_a_busy_heap_or_for_little_freed() {
+        let a = HeapSample { in_use: 4 * MIB, free: 3 * MIB };
+        let b = HeapSample { in_use: 5 * MIB, free: 3 * MIB };
+        assert!(!trim_due(a, b, MIB, Duration::from_secs(1)), "in use moved by 1 MiB: busy");
+        let c = HeapSample { in_use: 4 * MIB, free: MIB + TRIM_FREED_BYTES - 1 };
+        assert!(!trim_due(c, c, MIB, Duration::from_secs(1)), "too little freed since the last trim");
+        assert!(trim_due(c, c, MIB, TRIM_EVERY), "the periodic trim happens regardless");
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn heap_sample_sees_freed_memory() {
+        let before = heap_sample().expect("glibc");
+        // Many small blocks (below the mmap threshold) come from the heap;
+        // freeing them raises the free figure or lets glibc shrink the top.
+        let blocks: Vec<Vec<u8>> = (0..32_768).map(|i| vec![i as u8; 1000]).collect();
+        let during = heap_sample().expect("glibc");
+        assert!(during.in_use >= before.in_use + 24 * MIB, "{before:?} -> {during:?}");
+        drop(blocks);
+        let after = heap_sample().expect("glibc");
+        assert!(after.in_use + 24 * MIB <= during.in_use, "{during:?} -> {after:?}");
     }
 }

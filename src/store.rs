@@ -876,10 +876,12 @@ enum OpenError {
 
 /// The database's page cache. redb's default (1 GiB) lets the cache grow
 /// with the file, so the worker's memory grew with every job it kept; the
-/// records a worker reads again (jobs in flight, the idempotency index) fit
-/// in a few MiB, and other pages are read back from the operating system's
-/// file cache.
-const CACHE_BYTES: usize = 1 << 20;
+/// records a worker reads again (jobs in flight, the idempotency index) are
+/// few, and other pages are read back from the operating system's file
+/// cache. 256 KiB (redb keeps a tenth of it for pages being written): a
+/// bigger cache only fills with pages of ended jobs, about 1 MiB that
+/// stayed in memory after a burst of 2,000 jobs at 1 MiB.
+const CACHE_BYTES: usize = 256 << 10;
 
 /// Opens (creating) the database file and its tables.
 fn open_database(path: &Path) -> Result<Database, OpenError> {

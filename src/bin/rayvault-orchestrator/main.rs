@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     // Before any other thread: see rayvault::memory for why.
-    rayvault::memory::limit_malloc_arenas();
+    rayvault::memory::tune_malloc();
     let cli = parse();
     init_tracing(matches!(cli.command, Command::Daemon), cli.log_file.as_deref());
     if matches!(cli.command, Command::Daemon) {

@@ -318,6 +318,13 @@ pub async fn run_job(
                     Err(e) => trace.say(format!("emptying the receipt folder failed: {e}")),
                 }
             }
+            // The receipt folder is made while the job runs, off the path
+            // between its end and its answer (a folder is an inode: on some
+            // filesystems its allocation is the slowest step of a short
+            // job's bookkeeping). A failure here is met again, and reported,
+            // where the files are written.
+            let early = dir.clone();
+            drop(tokio::task::spawn_blocking(move || std::fs::create_dir_all(early)));
             let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace, probed_at).await;
             remote::settle_fates(&deps, &mut trace).await;
             (hash, ending)

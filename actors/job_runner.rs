@@ -352,8 +352,8 @@ pub async fn run_job(
     }
     let receipt = build_receipt(&spec, inputs_hash, ending, &trace);
     crate::metrics::controller().record_receipt(&receipt);
-    // The daemon records the receipt in its store first and writes the
-    // file after (see `ControllerStore::keeping_receipts`).
+    // The daemon records the receipt in its store and writes the file
+    // itself (see `ControllerStore::keeping_receipts`).
     if deps.store.as_ref().is_some_and(|s| s.keeps_receipts()) {
         trace.say(match &receipt.executed_on {
             Some(on) => format!("{} on {on}", status_word(receipt.status)),

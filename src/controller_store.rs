@@ -213,7 +213,7 @@ impl ControllerStore {
 
     /// Marks the store as the durable home of its jobs' receipts: the
     /// JobRunner then leaves writing the receipt file to the store's owner
-    /// (the daemon), which writes it once the record is durable.
+    /// (the daemon), which writes it while the record commits.
     pub fn keeping_receipts(mut self) -> ControllerStore {
         self.keeps_receipts = true;
         self

@@ -333,7 +333,7 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
 const MAX_RUNNER_RESTARTS: u32 = 3;
 
 /// Hands a job to the JobRunner and records its end: the store's record
-/// first (durable), then the receipt file, then the job's long-polls are
+/// (durable) and the receipt file at once, then the job's long-polls are
 /// woken, so that an answer saying the job ended always finds its receipt
 /// file. When the JobRunner is restarted mid-job (which drops the job's
 /// run), the job is picked up again at once, the way a daemon restart
@@ -372,32 +372,31 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
                 }
             }
         };
-        let cluster = state.settings.cluster_dir();
+        // The end's record and the receipt file are written at once (the
+        // commit's sync and the file's creation overlap), and the job's
+        // long-polls are woken once both are done. A crash between the two
+        // leaves either the record without the file (written again at
+        // start-up, `rewrite_receipts`) or the file without the record
+        // (the restart recognises the job as ended from it, `ended_before`).
         let recorded = receipt.clone();
-        let saved = state
-            .store
-            .update_then(
-                &key,
-                |j| {
-                    j.phase = Phase::Finished;
-                    j.receipt = Some(recorded);
-                },
-                move |j| {
-                    if let Some(r) = &j.receipt {
-                        write_receipt_file(&cluster, r);
-                    }
-                },
-            )
-            .await;
+        let saved = state.store.update_then(
+            &key,
+            |j| {
+                j.phase = Phase::Finished;
+                j.receipt = Some(recorded);
+            },
+            |_| {},
+        );
+        let cluster = state.settings.cluster_dir();
+        let file = web::block(move || write_receipt_file(&cluster, &receipt));
+        let (saved, _) = futures_util::future::join(saved, file).await;
         if !matches!(saved, Ok(Some(_))) {
             let why = match saved {
                 Err(e) => e.to_string(),
                 Ok(_) => "it is no longer in the store".to_string(),
             };
-            tracing::error!(job = %key, "could not record the end of the job: {why}");
             // The receipt file is then the only record of the end.
-            let cluster = state.settings.cluster_dir();
-            let _ = web::block(move || write_receipt_file(&cluster, &receipt)).await;
+            tracing::error!(job = %key, "could not record the end of the job: {why}");
         }
         state.live.end(&key, &notify);
     });

@@ -268,19 +268,14 @@ impl ControllerStore {
         receive.recv().unwrap_or_else(|_| Err(StoreError("the store's writer thread stopped".into())))
     }
 
-    /// A write, awaited without blocking the caller's thread; `after` runs
-    /// on the writer thread once the write is durable, before the caller
-    /// hears back (see [`ControllerStore::update_then`]).
-    async fn write_async<R, F>(&self, change: F, after: impl FnOnce(&R) + Send + 'static) -> Result<R, StoreError>
+    /// A write, awaited without blocking the caller's thread.
+    async fn write_async<R, F>(&self, change: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (send, receive) = tokio::sync::oneshot::channel();
         self.enqueue(change, move |r: Result<R, StoreError>| {
-            if let Ok(r) = &r {
-                after(r);
-            }
             let _ = send.send(r);
         });
         receive.await.unwrap_or_else(|_| Err(StoreError("the store's writer thread stopped".into())))
@@ -297,21 +292,18 @@ impl ControllerStore {
     /// of that key is already in flight. One transaction decides, so two
     /// submissions of one key never both start it.
     pub async fn insert_unless_in_flight(&self, job: StoredJob) -> Result<bool, StoreError> {
-        self.write_async(
-            move |t| {
-                let key = job.spec.key();
-                let in_flight = match t.get(key.as_str())? {
-                    Some(v) => decode(v.value())?.phase != Phase::Finished,
-                    None => false,
-                };
-                if in_flight {
-                    return Ok(false);
-                }
-                insert(t, &job)?;
-                Ok(true)
-            },
-            |_| {},
-        )
+        self.write_async(move |t| {
+            let key = job.spec.key();
+            let in_flight = match t.get(key.as_str())? {
+                Some(v) => decode(v.value())?.phase != Phase::Finished,
+                None => false,
+            };
+            if in_flight {
+                return Ok(false);
+            }
+            insert(t, &job)?;
+            Ok(true)
+        })
         .await
     }
 
@@ -348,25 +340,11 @@ impl ControllerStore {
         );
     }
 
-    /// [`ControllerStore::update`] awaited without blocking; `after` runs
-    /// with the changed record once it is durable, before this returns (the
-    /// daemon writes the job's receipt file there). `None` if absent.
-    pub async fn update_then(
-        &self,
-        key: &str,
-        f: impl FnOnce(&mut StoredJob) + Send + 'static,
-        after: impl FnOnce(&StoredJob) + Send + 'static,
-    ) -> Result<Option<StoredJob>, StoreError> {
+    /// [`ControllerStore::update`] awaited without blocking: the changed
+    /// record once it is durable, `None` if absent.
+    pub async fn update_async(&self, key: &str, f: impl FnOnce(&mut StoredJob) + Send + 'static) -> Result<Option<StoredJob>, StoreError> {
         let key = key.to_string();
-        self.write_async(
-            move |t| change(t, &key, f),
-            move |j: &Option<StoredJob>| {
-                if let Some(j) = j {
-                    after(j);
-                }
-            },
-        )
-        .await
+        self.write_async(move |t| change(t, &key, f)).await
     }
 
     /// Every job, in key order.
@@ -530,12 +508,8 @@ mod tests {
         assert!(commits < 32, "64 writes queued together took {commits} commits");
         // A second submission of a job in flight is refused in the same way.
         assert!(!rt.block_on(s.insert_unless_in_flight(job("j0"))).unwrap());
-        // `after` runs once the change is durable, before the caller hears back.
-        let seen = Arc::new(Mutex::new(None));
-        let into = seen.clone();
-        let changed = rt.block_on(s.update_then("r/j1", |j| j.phase = Phase::Finished, move |j| *into.lock().unwrap() = Some(j.phase))).unwrap();
+        let changed = rt.block_on(s.update_async("r/j1", |j| j.phase = Phase::Finished)).unwrap();
         assert_eq!(changed.map(|j| j.phase), Some(Phase::Finished));
-        assert_eq!(*seen.lock().unwrap(), Some(Phase::Finished));
         drop(s);
         let s = ControllerStore::open(&path).unwrap();
         assert_eq!(s.all().unwrap().len(), 64);

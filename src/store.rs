@@ -484,12 +484,8 @@ impl Store {
         self.write(Flush::Immediate, submit_op(new, None, None, now_ms, max_in_flight))
     }
 
-    /// [`Store::submit`] for async callers.
-    pub async fn submit_async(&self, new: NewJob, now_ms: u64, max_in_flight: u64) -> Result<Submission, StoreError> {
-        self.write_async(Flush::Immediate, submit_op(new, None, None, now_ms, max_in_flight)).await
-    }
-
-    /// A submission as the worker's `POST /jobs` makes it, in one commit:
+    /// [`Store::submit`] for async callers, as the worker's `POST /jobs`
+    /// makes it, in one commit:
     /// - `started`: the id for a new job that holds a free slot of its
     ///   executor (a reservation); the job is created under that id and
     ///   recorded `running` (attempt 1, started now) in the commit that
@@ -497,7 +493,7 @@ impl Store {
     ///   answers the existing job as usual, and the slot is not used.
     /// - `nonce`: the request's own nonce, recorded in the same transaction
     ///   whatever the outcome.
-    pub async fn submit_request_async(
+    pub async fn submit_async(
         &self,
         new: NewJob,
         started: Option<String>,
@@ -778,7 +774,7 @@ fn cancellation(out: Option<(JobRecord, bool)>) -> Cancellation {
 
 /// The write of [`Store::submit`].
 /// `started`: the id of a new job that holds a reserved slot, recorded
-/// `running` from the start (see [`Store::submit_request_async`]);
+/// `running` from the start (see [`Store::submit_async`]);
 /// `nonce`: the request's nonce, recorded first.
 fn submit_op(
     new: NewJob,
@@ -1069,7 +1065,7 @@ mod tests {
         let ids = rt.block_on(async {
             let all = (0..16).map(|i| {
                 let s = store.clone();
-                async move { s.submit_async(new_job(&format!("h{i}")), 1, 100).await }
+                async move { s.submit_async(new_job(&format!("h{i}")), None, None, 1, 100).await }
             });
             let mut all = Box::pin(futures_util::future::join_all(all));
             // One poll queues every write; none can be answered yet.
@@ -1100,7 +1096,7 @@ mod tests {
         let blocker = db.begin_write().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (good, bad) = rt.block_on(async {
-            let good = store.submit_async(new_job("good"), 1, 100);
+            let good = store.submit_async(new_job("good"), None, None, 1, 100);
             let bad = store.write_async(Flush::Immediate, |_tx| -> Result<(), StoreError> {
                 Err(StoreError::new(StoreErrorKind::Other, "this write fails"))
             });

@@ -308,14 +308,10 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
             tracing::info!(job = %job.spec.key(), "the job had ended before the restart; recording its receipt");
             state
                 .store
-                .update_then(
-                    &job.spec.key(),
-                    |j| {
-                        j.phase = Phase::Finished;
-                        j.receipt = Some(receipt);
-                    },
-                    |_| {},
-                )
+                .update_async(&job.spec.key(), |j| {
+                    j.phase = Phase::Finished;
+                    j.receipt = Some(receipt);
+                })
                 .await?;
             continue;
         }
@@ -379,14 +375,10 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
         // start-up, `rewrite_receipts`) or the file without the record
         // (the restart recognises the job as ended from it, `ended_before`).
         let recorded = receipt.clone();
-        let saved = state.store.update_then(
-            &key,
-            |j| {
-                j.phase = Phase::Finished;
-                j.receipt = Some(recorded);
-            },
-            |_| {},
-        );
+        let saved = state.store.update_async(&key, |j| {
+            j.phase = Phase::Finished;
+            j.receipt = Some(recorded);
+        });
         let cluster = state.settings.cluster_dir();
         let file = web::block(move || write_receipt_file(&cluster, &receipt));
         let (saved, _) = futures_util::future::join(saved, file).await;

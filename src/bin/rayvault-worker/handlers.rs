@@ -183,7 +183,7 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
     let slot = actix_web::HttpMessage::extensions(&http).get::<crate::guard::NonceSlot>().cloned();
     let nonce = slot.as_ref().and_then(|s| s.take());
     let started = reservation.as_ref().map(|r| r.job_id.clone());
-    let outcome = match st.env.store.submit_request_async(new, started, nonce.clone(), now_ms(), max).await {
+    let outcome = match st.env.store.submit_async(new, started, nonce.clone(), now_ms(), max).await {
         Ok(outcome) => outcome,
         Err(e) => {
             if let (Some(s), Some(n)) = (&slot, nonce) {

@@ -188,8 +188,15 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
     Ok(builder.streaming(body))
 }
 
-/// Bytes read from an artifact per `read` call, each sent as one body chunk.
+/// Bytes read from an artifact per `read` call.
 const READ_BLOCK: usize = 1 << 20;
+/// Bytes handed to the HTTP layer at a time: a slice of a block, not a
+/// copy. actix-web copies each body chunk into its connection's write
+/// buffer; with whole 1 MiB blocks that buffer grew past the allocator's
+/// mmap threshold (see `rayvault::memory`) and was mapped, faulted in and
+/// unmapped again for every block, a quarter of the worker's CPU during a
+/// large download. Slices this size keep the buffer small and reused.
+const SEND_CHUNK: usize = 64 * 1024;
 /// Blocks read ahead of the socket, per download.
 const READ_AHEAD: usize = 2;
 
@@ -216,7 +223,17 @@ fn file_stream(
             tx.blocking_send(block).is_ok()
         })
     })?;
-    Ok(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+    let blocks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(blocks.flat_map(|block| futures_util::stream::iter(send_chunks(block))))
+}
+
+/// A block as the [`SEND_CHUNK`]-sized slices it is sent in (an error as
+/// itself).
+fn send_chunks(block: std::io::Result<web::Bytes>) -> Vec<std::io::Result<web::Bytes>> {
+    match block {
+        Err(e) => vec![Err(e)],
+        Ok(b) => (0..b.len()).step_by(SEND_CHUNK).map(|at| Ok(b.slice(at..b.len().min(at + SEND_CHUNK)))).collect(),
+    }
 }
 
 /// Reads `len` bytes of `file` from `start` and hands them to `send` in
@@ -379,7 +396,7 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_range, read_blocks};
+    use super::{parse_range, read_blocks, send_chunks, SEND_CHUNK};
     use std::io::Write;
 
     /// A file of `len` bytes that are not all alike.
@@ -434,6 +451,18 @@ mod tests {
         });
         assert_eq!(seen.len(), 3, "the reader went on after the receiver left");
         assert!(seen.iter().all(|p| *p == seen[0]), "each block reused the memory of the one before: {seen:?}");
+    }
+
+    #[test]
+    fn a_block_is_sent_as_slices_of_its_own_memory() {
+        let bytes: Vec<u8> = (0..SEND_CHUNK * 2 + 100).map(|i| (i % 251) as u8).collect();
+        let block = actix_web::web::Bytes::from(bytes.clone());
+        let chunks: Vec<_> = send_chunks(Ok(block.clone())).into_iter().map(Result::unwrap).collect();
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), [SEND_CHUNK, SEND_CHUNK, 100]);
+        assert_eq!(chunks.concat(), bytes);
+        assert_eq!(chunks[1].as_ptr(), block[SEND_CHUNK..].as_ptr(), "a slice, not a copy");
+        let err = send_chunks(Err(std::io::Error::other("boom")));
+        assert!(matches!(&err[..], [Err(e)] if e.to_string() == "boom"));
     }
 
     #[test]

@@ -378,7 +378,12 @@ impl Handler<NodeDirectory> for NodeProbe {
     type Result = Option<NodeHandle>;
     fn handle(&mut self, msg: NodeDirectory, _: &mut Context<Self>) -> Self::Result {
         let e = self.entries.iter().find(|e| e.config.node_id == msg.node_id)?;
-        Some(NodeHandle { config: e.config.clone(), compat: e.caps.as_ref().map_or(Compat::Current, |c| c.compat), probed: e.caps.is_some() })
+        Some(NodeHandle {
+            config: e.config.clone(),
+            compat: e.caps.as_ref().map_or(Compat::Current, |c| c.compat),
+            probed: e.caps.is_some(),
+            inline_blob_bytes: e.caps.as_ref().map_or(0, |c| c.inline_blob_bytes),
+        })
     }
 }
 

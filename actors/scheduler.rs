@@ -387,7 +387,7 @@ mod tests {
         NodeSnapshot {
             node_id: id.into(),
             health: NodeHealth::Up,
-            caps: Some(NodeCaps { os: os.into(), ram_gb: ram, vram_gb: 0.0, has_gpu: false, steps, compat: Compat::Current, unavailable: Arc::from(vec![(StepName::TtsRenderChunks, "no TTS engine found".to_string())]) }),
+            caps: Some(NodeCaps { os: os.into(), ram_gb: ram, vram_gb: 0.0, has_gpu: false, steps, compat: Compat::Current, inline_blob_bytes: 0, unavailable: Arc::from(vec![(StepName::TtsRenderChunks, "no TTS engine found".to_string())]) }),
             reported: None,
             load: Slots { busy, others: 0, of: 0 },
             probed_at: None,

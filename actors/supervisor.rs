@@ -244,6 +244,7 @@ mod tests {
                 config: crate::nodes::NodeConfig { node_id: "w".into(), host: "127.0.0.1".into(), port: 9, enabled: true, drain: false },
                 compat: crate::actors::messages::Compat::Current,
                 probed: false,
+                inline_blob_bytes: 0,
             };
             let synced = c.sync.send(SyncArtifacts { node, remote_job_id: "x".into(), artifacts: None, dest: dir.path().join("sync"), log: None }).await.unwrap();
             assert!(synced.unwrap_err().message.contains("no cluster secret"));

@@ -65,6 +65,7 @@ fn nodes(n: usize, rng: &mut Rng) -> Vec<NodeSnapshot> {
                 steps,
                 compat: if rng.below(10) == 0 { Compat::LegacyHmacV05 } else { Compat::Current },
                 unavailable: Default::default(),
+                inline_blob_bytes: 0,
             };
             NodeSnapshot {
                 node_id: Arc::from(format!("worker-{i:04}")),

@@ -528,6 +528,36 @@ pub struct Caps {
     pub steps: Vec<String>,
     pub concurrency: BTreeMap<String, usize>,
     pub contract: String,
+    /// The most input bytes this worker takes inside `POST /jobs` (the
+    /// body's `blobs` list, [`InlineBlob`]); 0 or absent: upload every
+    /// input with `PUT /blobs/{sha256}` first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inline_blob_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The key of `POST /jobs` that carries small inputs inline.
+pub const INLINE_BLOBS_KEY: &str = "blobs";
+
+/// Inputs larger than this are never sent inline, whatever a worker
+/// allows: a larger file is cheaper to stream with `PUT /blobs` than to
+/// hold base64-encoded in a JSON body.
+pub const INLINE_BLOB_MAX: u64 = 512 * 1024;
+
+/// One input file carried inside `POST /jobs` (in the body's `blobs` list)
+/// instead of a separate `PUT /blobs/{sha256}`: the worker checks the
+/// digest and stores it as a blob before it accepts the job, so a small
+/// input costs no extra request and no extra commit. The payload names it
+/// as usual (`blob:sha256:<hex>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InlineBlob {
+    pub sha256: String,
+    /// The file's bytes, standard base64 with padding.
+    pub data_b64: String,
 }
 
 /// `POST /jobs` body.

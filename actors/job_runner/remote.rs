@@ -106,9 +106,18 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     trace.started_at.get_or_insert(began);
     let inputs_hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
     let fence = lease_fence(deps, &client);
+    // Small inputs travel inside the submission when the node allows it
+    // (no upload round trip, no commit of its own on the worker); the rest
+    // are uploaded first.
+    let inline: Vec<(&str, &[u8])> = match &client {
+        NodeClient::Current(c) if staged.blobs.iter().all(|b| b.bytes.is_some()) && c.takes_inline(staged.blobs.iter().map(|b| b.size)) => {
+            staged.blobs.iter().filter_map(|b| Some((b.sha256.as_str(), b.bytes.as_deref()?))).collect()
+        }
+        _ => Vec::new(),
+    };
     match &client {
         NodeClient::Current(c) => {
-            for blob in &staged.blobs {
+            for blob in staged.blobs.iter().filter(|_| inline.is_empty()) {
                 trace.say(format!("staging {} ({} bytes) to {node_id}", blob.original, blob.size));
                 match retry(deps, cancel, || c.put_blob(&blob.path)).await {
                     Ok(sha) if sha == blob.sha256 => {}
@@ -139,6 +148,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
         inputs_hash: &inputs_hash,
         label: &spec.key(),
         lease_s: deps.settings.controller.lease_s.max(1),
+        inline: &inline,
     };
     let submitted = retry(deps, cancel, || {
         fence.sent();

@@ -21,6 +21,9 @@ pub struct Blob {
     pub path: PathBuf,
     /// The payload string it replaced.
     pub original: String,
+    /// The file's bytes, read once while staging, when it is small enough
+    /// to travel inside the submission ([`crate::protocol::INLINE_BLOB_MAX`]).
+    pub bytes: Option<bytes::Bytes>,
 }
 
 /// A payload with its local inputs replaced by blob references.
@@ -75,15 +78,37 @@ fn stage_value(v: &mut Value, blobs: &mut Vec<Blob>) -> std::io::Result<()> {
     if !path.is_file() {
         return Ok(());
     }
-    let (sha256, size) = crate::artifacts::sha256_file(&path)?;
+    let (sha256, size, bytes) = read_small(&path)?;
     let original = std::mem::replace(s, format!("{BLOB_REF_PREFIX}{sha256}"));
-    blobs.push(Blob { sha256, size, path, original });
+    blobs.push(Blob { sha256, size, path, original, bytes });
     Ok(())
 }
 
 /// Rewrites a remote result for the receipt: blob references become the
 /// local paths they stood for, and worker paths ending in a synced
 /// artifact's name become the local copy's path.
+/// Digest and size of the file at `path`, with its bytes when it is no
+/// larger than [`crate::protocol::INLINE_BLOB_MAX`] (read once, hashed from
+/// memory); a larger file is hashed as it is read and not kept.
+fn read_small(path: &std::path::Path) -> std::io::Result<(String, u64, Option<bytes::Bytes>)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    if f.metadata()?.len() > crate::protocol::INLINE_BLOB_MAX {
+        let (sha256, size) = crate::artifacts::sha256_file(path)?;
+        return Ok((sha256, size, None));
+    }
+    let mut data = Vec::new();
+    // One byte past the limit tells a file that grew since its metadata.
+    f.by_ref().take(crate::protocol::INLINE_BLOB_MAX + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > crate::protocol::INLINE_BLOB_MAX {
+        let (sha256, size) = crate::artifacts::sha256_file(path)?;
+        return Ok((sha256, size, None));
+    }
+    let sha256 = hex::encode(sha2::Sha256::digest(&data));
+    Ok((sha256, data.len() as u64, Some(bytes::Bytes::from(data))))
+}
+
 pub fn map_back(result: &mut Value, blobs: &[Blob], artifacts: &[(String, String)]) {
     match result {
         Value::String(s) => {
@@ -163,7 +188,7 @@ mod tests {
 
     #[test]
     fn messages_name_the_users_files() {
-        let blob = |sha: &str, original: &str| Blob { sha256: sha.into(), size: 1, path: original.into(), original: original.into() };
+        let blob = |sha: &str, original: &str| Blob { sha256: sha.into(), size: 1, path: original.into(), original: original.into(), bytes: None };
         let (a, b) = ("a".repeat(64), "b".repeat(64));
         let blobs = [blob(&a, "clips/one.wav"), blob(&b, "/home/u/two.wav")];
         let msg = format!("cannot decode /srv/state/worker/blobs/{a}: bad header; also 'C:\\w\\blobs\\{b}' and blob:sha256:{a}");

@@ -284,7 +284,32 @@ impl WorkerClient {
 
     /// `POST /jobs`: a new job, or the existing one for the same inputs.
     pub async fn submit(&self, job: &SubmitJob) -> Result<Submitted, ClientError> {
-        let body = serde_json::to_vec(job).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.submit_inline(job, &[]).await
+    }
+
+    /// `POST /jobs` carrying the inputs in `inline` (digest and bytes) in
+    /// the body's `blobs` list ([`crate::protocol::InlineBlob`]), so that
+    /// they need no `PUT /blobs` first. The worker must allow it (its
+    /// `/caps` `inline_blob_bytes`).
+    pub async fn submit_inline(&self, job: &SubmitJob, inline: &[(&str, &[u8])]) -> Result<Submitted, ClientError> {
+        let protocol_err = |e: serde_json::Error| ClientError::Protocol(e.to_string());
+        let body = if inline.is_empty() {
+            serde_json::to_vec(job).map_err(protocol_err)?
+        } else {
+            use base64::Engine;
+            let mut doc = serde_json::to_value(job).map_err(protocol_err)?;
+            let blobs: Vec<crate::protocol::InlineBlob> = inline
+                .iter()
+                .map(|(sha256, data)| crate::protocol::InlineBlob {
+                    sha256: sha256.to_string(),
+                    data_b64: base64::engine::general_purpose::STANDARD.encode(data),
+                })
+                .collect();
+            if let Some(map) = doc.as_object_mut() {
+                map.insert(crate::protocol::INLINE_BLOBS_KEY.into(), serde_json::to_value(blobs).map_err(protocol_err)?);
+            }
+            serde_json::to_vec(&doc).map_err(protocol_err)?
+        };
         self.call(Method::POST, "/jobs", Some(Bytes::from(body)), Duration::ZERO).await
     }
 

@@ -25,6 +25,8 @@ use std::time::Duration;
 pub struct CurrentClient {
     inner: WorkerClient,
     plain: bool,
+    /// The node's `inline_blob_bytes` (0: it takes no input inline).
+    inline_blob_bytes: u64,
 }
 
 impl CurrentClient {
@@ -32,12 +34,28 @@ impl CurrentClient {
     /// each answer (a long-poll adds its wait).
     pub fn new(base: String, worker_id: String, keyring: Arc<Keyring>, timeout: Duration) -> Self {
         let http = ClientPool::shared().http(&worker_id, &base);
-        CurrentClient { inner: WorkerClient::new(&base, &worker_id, keyring).with_http(http).with_timeout(timeout), plain: false }
+        CurrentClient {
+            inner: WorkerClient::new(&base, &worker_id, keyring).with_http(http).with_timeout(timeout),
+            plain: false,
+            inline_blob_bytes: 0,
+        }
     }
 
     /// Authenticates with the plain token instead of HMAC (opt-in fallback).
     pub fn plain(self) -> Self {
-        CurrentClient { inner: self.inner.with_plain_token(), plain: true }
+        CurrentClient { inner: self.inner.with_plain_token(), plain: true, ..self }
+    }
+
+    /// Sends inputs of up to `bytes` in all inside `POST /jobs` (what the
+    /// node's `/caps` allows).
+    pub fn with_inline_blobs(self, bytes: u64) -> Self {
+        CurrentClient { inline_blob_bytes: bytes, ..self }
+    }
+
+    /// True when the node takes these inputs inside `POST /jobs`: it
+    /// allows inline inputs, and their total fits its limit.
+    pub fn takes_inline(&self, sizes: impl IntoIterator<Item = u64>) -> bool {
+        self.inline_blob_bytes > 0 && sizes.into_iter().try_fold(0u64, |t, s| t.checked_add(s)).is_some_and(|t| t <= self.inline_blob_bytes)
     }
 
     /// `GET /health` as raw JSON, so that a v0.5 answer can be recognised.
@@ -61,8 +79,9 @@ impl CurrentClient {
         Ok(self.inner.upload_file(path).await?.sha256)
     }
 
-    /// `POST /jobs`.
-    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64) -> Result<Submitted, CallError> {
+    /// `POST /jobs`, with the inputs in `inline` (digest and bytes) inside
+    /// the body.
+    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64, inline: &[(&str, &[u8])]) -> Result<Submitted, CallError> {
         let body = protocol::SubmitJob {
             step_name: step_name.into(),
             payload: payload.clone(),
@@ -70,7 +89,7 @@ impl CurrentClient {
             label: Some(label.into()),
             lease_s: Some(lease_s),
         };
-        Ok(self.inner.submit(&body).await?)
+        Ok(self.inner.submit_inline(&body, inline).await?)
     }
 
     /// `GET /jobs/{id}?wait_s=N`: long-polls until the job ends or N passes.
@@ -125,6 +144,9 @@ pub struct Submission<'a> {
     pub label: &'a str,
     /// The lease the job is held under, seconds (the current contract).
     pub lease_s: u64,
+    /// Staged inputs sent inside the submission (digest and bytes) rather
+    /// than uploaded before it (the current contract).
+    pub inline: &'a [(&'a str, &'a [u8])],
 }
 
 /// One poll of a job's state, in either contract's terms.
@@ -162,8 +184,8 @@ impl NodeClient {
             LegacyClient::new(&node.config, http, keyring.clone(), auth, timeout)
         };
         match node.compat {
-            Compat::Current => NodeClient::Current(current()),
-            Compat::CurrentPlainToken => NodeClient::Current(current().plain()),
+            Compat::Current => NodeClient::Current(current().with_inline_blobs(node.inline_blob_bytes)),
+            Compat::CurrentPlainToken => NodeClient::Current(current().plain().with_inline_blobs(node.inline_blob_bytes)),
             Compat::LegacyHmacV05 => NodeClient::Legacy(legacy(LegacyAuth::Hmac)),
             Compat::LegacyPlainToken => NodeClient::Legacy(legacy(LegacyAuth::Plain)),
         }
@@ -183,7 +205,7 @@ impl NodeClient {
     pub async fn submit(&self, job: &Submission<'_>) -> Result<(String, bool), CallError> {
         match self {
             NodeClient::Current(c) => {
-                let s = c.submit(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s).await?;
+                let s = c.submit(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s, job.inline).await?;
                 Ok((s.job.job_id, s.cached))
             }
             NodeClient::Legacy(l) => {

@@ -165,6 +165,7 @@ pub fn node_caps(raw: &Value, compat: Compat) -> NodeCaps {
         .map(|m| m.iter().filter_map(|(k, v)| Some((StepName::parse(k).ok()?, v.as_str()?.to_string()))).collect())
         .unwrap_or_default();
     NodeCaps {
+        inline_blob_bytes: if compat.is_legacy() { 0 } else { raw.get("inline_blob_bytes").and_then(Value::as_u64).unwrap_or(0) },
         unavailable: unavailable.into(),
         os: raw.get("os").and_then(Value::as_str).unwrap_or("unknown").to_ascii_lowercase(),
         ram_gb: num("ram_gb"),

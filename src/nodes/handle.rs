@@ -46,6 +46,9 @@ pub struct NodeHandle {
     pub compat: Compat,
     /// False until a probe succeeded: `compat` is only a guess before.
     pub probed: bool,
+    /// The most input bytes the node takes inline in `POST /jobs` (its
+    /// `/caps` `inline_blob_bytes`); 0: every input is uploaded first.
+    pub inline_blob_bytes: u64,
 }
 
 /// A set of steps. Any number of steps fits: the set is ordered by
@@ -76,6 +79,8 @@ pub struct NodeCaps {
     /// Why the node cannot run some steps (the worker's `unavailable_steps`),
     /// only read when explaining a placement.
     pub unavailable: Arc<[(StepName, String)]>,
+    /// `/caps` `inline_blob_bytes` (0 when absent or for a v0.5 worker).
+    pub inline_blob_bytes: u64,
 }
 
 #[cfg(test)]

@@ -308,6 +308,44 @@ pub fn touch(path: &std::path::Path) {
     }
 }
 
+/// Stores the inputs a `POST /jobs` carried inline as blobs, as
+/// `PUT /blobs/{sha256}` would: each is decoded, must hash to its digest
+/// (`DIGEST_MISMATCH` otherwise), and is written to a temporary file,
+/// synced and renamed into place. A blob already stored is only touched.
+/// Blocking: run it on the blocking pool.
+pub fn store_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol::InlineBlob>) -> Result<(), ApiError> {
+    use base64::Engine;
+    for blob in inline {
+        let final_path = paths.blob_path(&blob.sha256);
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(blob.data_b64.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("inline blob {} is not valid base64 (standard alphabet, padded): {e}", blob.sha256)))?;
+        let got = hex::encode(Sha256::digest(&data));
+        if got != blob.sha256 {
+            return Err(ApiError::new(ApiCode::DigestMismatch, format!("inline blob {} hashes to {got}; the job was not accepted", blob.sha256)));
+        }
+        if final_path.is_file() {
+            touch(&final_path);
+            continue;
+        }
+        let tmp = temp_path_for(&final_path);
+        let written = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &final_path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ApiError::io("storing an inline blob", e));
+        }
+        tracing::info!(sha256 = %blob.sha256, size = data.len(), "blob stored (inline)");
+        rayvault::metrics::worker().blob_bytes_received(data.len() as u64);
+    }
+    Ok(())
+}
+
 /// `PUT /blobs/{sha256}`: stores the body under its digest once. The bytes
 /// are written to a temporary file and hashed as they arrive (in blocking
 /// tasks, a MiB at a time); only a matching digest is renamed into place.

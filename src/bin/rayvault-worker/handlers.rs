@@ -7,7 +7,7 @@ use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use actix::Addr;
 use rayvault::actors::executor::{CancelRunning, Enqueue, Load, Reserve, StartReserved, StepExecutor, Unreserve};
-use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, FoundJobs, Health, JobView, JsonRefusal, StepLoad, SubmitJob, Submitted};
+use rayvault::protocol::{self, ApiCode, ArtifactManifest, Caps, FoundJobs, Health, JobView, InlineBlob, JsonRefusal, StepLoad, SubmitJob, Submitted};
 use rayvault::steps::StepName;
 use rayvault::store::{is_job_id, Cancellation, JobRecord, NewJob, Submission};
 use serde::Deserialize;
@@ -96,6 +96,7 @@ pub async fn caps(st: Data) -> Result<HttpResponse, ApiError> {
         steps,
         concurrency: StepName::ALL.iter().map(|s| (s.as_str().to_string(), settings.step(s.as_str()).concurrency)).collect(),
         contract: protocol::CONTRACT.into(),
+        inline_blob_bytes: inline_blob_bytes(st.limits.max_body_bytes),
     }))
 }
 
@@ -119,7 +120,7 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
     if st.drain.is_on() {
         return Err(ApiError::new(ApiCode::Draining, crate::drain::DRAINING_MESSAGE));
     }
-    let req = parse_submission(&body)?;
+    let (req, inline) = parse_submission(&body)?;
     let step = StepName::parse(&req.step_name).map_err(|e| ApiError::new(ApiCode::StepUnknown, e.message))?;
     if !req.payload.is_object() {
         return Err(ApiError::bad_request("payload must be a JSON object"));
@@ -130,6 +131,7 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
         }
     }
     let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
+    check_inline(&inline, &digests, inline_blob_bytes(st.limits.max_body_bytes))?;
     let (hash, missing) = if digests.is_empty() && body.len() <= INLINE_WORK_BYTES {
         // No file to look at and a small payload to hash: microseconds,
         // done here rather than on the blocking pool.
@@ -139,16 +141,19 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
         let paths = st.env.paths.clone();
         let payload = req.payload.clone();
         let step_name = step.as_str().to_string();
-        web::block(move || {
+        web::block(move || -> Result<_, ApiError> {
+            // Inputs sent inline are stored (and synced) as blobs before
+            // the job that names them is accepted.
+            crate::files::store_inline(&paths, inline)?;
             let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
             if missing.is_empty() {
                 for d in &digests_in_use {
                     crate::files::touch(&paths.blob_path(d));
                 }
             }
-            (protocol::inputs_hash(&step_name, &payload), missing)
+            Ok((protocol::inputs_hash(&step_name, &payload), missing))
         })
-        .await?
+        .await??
     };
     if let Some(d) = missing.first() {
         return Err(ApiError::new(ApiCode::BlobNotFound, format!("the payload names blob {d}, which is not staged here; upload it first with PUT /blobs/{d}")));
@@ -264,14 +269,63 @@ impl Drop for Reservation {
 /// Parses a `POST /jobs` body. A key given twice in any object of it is
 /// refused (`DUPLICATE_KEY`): the worker and a client that keep different
 /// copies of it would hash different payloads.
-fn parse_submission(body: &[u8]) -> Result<SubmitJob, ApiError> {
-    let doc = protocol::parse_json_unique_keys(body).map_err(|e| match e {
+///
+/// The body's `blobs` list (small inputs sent inline, see
+/// [`protocol::InlineBlob`]) is returned beside the job.
+fn parse_submission(body: &[u8]) -> Result<(SubmitJob, Vec<InlineBlob>), ApiError> {
+    let mut doc = protocol::parse_json_unique_keys(body).map_err(|e| match e {
         JsonRefusal::DuplicateKey(m) => {
             ApiError::new(ApiCode::DuplicateKey, format!("the job body names a key twice: {m}; send each key once per object"))
         }
         JsonRefusal::Malformed(m) => ApiError::bad_request(format!("the job body is not valid JSON: {m}")),
     })?;
-    serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("the job body is not valid: {e}")))
+    let inline = match doc.as_object_mut().and_then(|m| m.remove(protocol::INLINE_BLOBS_KEY)) {
+        None => Vec::new(),
+        Some(list) => serde_json::from_value(list).map_err(|e| {
+            ApiError::bad_request(format!("the job body's \"blobs\" must be a list of {{\"sha256\", \"data_b64\"}} objects: {e}"))
+        })?,
+    };
+    let job = serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("the job body is not valid: {e}")))?;
+    Ok((job, inline))
+}
+
+/// The most input bytes a `POST /jobs` may carry inline (advertised in
+/// `/caps` as `inline_blob_bytes`): what fits base64-encoded (4 bytes per
+/// 3) in a body of `max_body` bytes with 64 KiB left for the rest of the
+/// job, and never more than [`protocol::INLINE_BLOB_MAX`].
+pub fn inline_blob_bytes(max_body: usize) -> u64 {
+    let room = max_body.saturating_sub(64 * 1024) as u64 / 4 * 3;
+    room.min(protocol::INLINE_BLOB_MAX)
+}
+
+/// Checks the shape of the inline inputs before anything is decoded: each
+/// names a blob the payload refers to, once, and their encoded size fits
+/// `limit` (their digests are checked when they are stored).
+fn check_inline(inline: &[InlineBlob], referenced: &[String], limit: u64) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut encoded = 0u64;
+    for b in inline {
+        if !protocol::is_sha256_hex(&b.sha256) {
+            return Err(ApiError::bad_request("each inline blob's sha256 must be 64 lower-case hex digits"));
+        }
+        if !referenced.iter().any(|d| d == &b.sha256) {
+            return Err(ApiError::bad_request(format!(
+                "inline blob {} is not named by the payload; send only the inputs the payload refers to as blob:sha256:<hex>",
+                b.sha256
+            )));
+        }
+        if !seen.insert(b.sha256.as_str()) {
+            return Err(ApiError::new(ApiCode::DuplicateKey, format!("inline blob {} is sent twice; send each input once", b.sha256)));
+        }
+        encoded += b.data_b64.len() as u64;
+    }
+    if encoded / 4 * 3 > limit {
+        return Err(ApiError::new(
+            ApiCode::PayloadTooLarge,
+            format!("the inline inputs exceed this worker's {limit} bytes (inline_blob_bytes in /caps); upload larger inputs with PUT /blobs/<sha256>"),
+        ));
+    }
+    Ok(())
 }
 
 /// Query of `GET /jobs`: the controller's run and job ids, whose label

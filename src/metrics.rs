@@ -278,6 +278,7 @@ struct WorkerInner {
     artifact_bytes: u64,
     auth_refusals: BTreeMap<String, u64>,
     leases_expired: u64,
+    blobs_inline: u64,
 }
 
 /// The worker's counters (see the module doc).
@@ -326,6 +327,14 @@ impl WorkerMetrics {
         lock(&self.inner).blob_bytes += bytes;
     }
 
+    /// Counts one input received inside `POST /jobs` and stored as a blob
+    /// (its bytes count as received blob bytes too).
+    pub fn blob_inline(&self, bytes: u64) {
+        let mut m = lock(&self.inner);
+        m.blob_bytes += bytes;
+        m.blobs_inline += 1;
+    }
+
     /// Counts artifact bytes as they are sent.
     pub fn artifact_bytes_served(&self, bytes: u64) {
         lock(&self.inner).artifact_bytes += bytes;
@@ -349,6 +358,8 @@ impl WorkerMetrics {
         }
         out.family("rayvault_blob_bytes_received_total", Kind::Counter, "Bytes of blob uploads stored.");
         out.sample("rayvault_blob_bytes_received_total", &[], m.blob_bytes as f64);
+        out.family("rayvault_blobs_inline_total", Kind::Counter, "Inputs received inside POST /jobs and stored as blobs, without an upload of their own.");
+        out.sample("rayvault_blobs_inline_total", &[], m.blobs_inline as f64);
         out.family("rayvault_artifact_bytes_served_total", Kind::Counter, "Bytes of artifacts sent to controllers.");
         out.sample("rayvault_artifact_bytes_served_total", &[], m.artifact_bytes as f64);
         out.family("rayvault_auth_refusals_total", Kind::Counter, "Requests refused as unauthenticated, by reason.");

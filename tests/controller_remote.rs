@@ -277,16 +277,23 @@ fn every_listed_input_is_staged_and_mapped_back() {
     w.set_env("RAYVAULT_CONTROLLER__PROBE_TIMEOUT_S", "10");
     let (_w1, p1) = worker(&w, "w1", &[]);
     w.write_nodes(&[("w1", p1, true)]);
+    // 96 KB and 288 KB travel inside the submission (the worker takes up to
+    // 512 KiB that way); 576 KB is uploaded with PUT /blobs first.
     let a = common::make_sine_wav(w.dir.path(), "a.wav", 1.0, 48_000, 1, -16.0);
     let b = common::make_sine_wav(w.dir.path(), "b.wav", 1.5, 48_000, 2, -16.0);
-    // Thresholds the two sines pass, so that the verdict is `passed`.
+    let c = common::make_sine_wav(w.dir.path(), "c.wav", 3.0, 48_000, 2, -16.0);
+    // Thresholds the three sines pass, so that the verdict is `passed`.
     let thresholds = json!({"target_lufs": -20, "lufs_tolerance": 10, "max_true_peak_dbtp": 0});
-    let (code, r, err) = w.submit("stage", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [a, b], "thresholds": thresholds}), &[]);
+    let (code, r, err) = w.submit("stage", "post", "AUDIO_POSTCHECK", json!({"audio_paths": [a, b, c], "thresholds": thresholds}), &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(r["verdict"], "passed", "{r}");
     assert_eq!(r["executed_on"], "w1", "{r}");
-    assert_eq!(err.matches("staging ").count(), 2, "{err}");
-    for (i, local) in [&a, &b].iter().enumerate() {
+    assert_eq!(err.matches("staging ").count(), 3, "{err}");
+    for (local, inline) in [(&a, true), (&b, true), (&c, false)] {
+        let line = err.lines().find(|l| l.contains(&format!("staging {}", local.display()))).unwrap_or_else(|| panic!("no staging line for {}: {err}", local.display()));
+        assert_eq!(line.contains("inside the submission"), inline, "{line}");
+    }
+    for (i, local) in [&a, &b, &c].iter().enumerate() {
         assert!(w.dir.path().join("worker-w1/worker/blobs").join(sha256(local)).is_file());
         assert_eq!(r["result"]["files"][i]["path"], json!(local), "{}", r["result"]);
     }

@@ -109,15 +109,17 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     // Small inputs travel inside the submission when the node allows it
     // (no upload round trip, no commit of its own on the worker); the rest
     // are uploaded first.
-    let inline: Vec<(&str, &[u8])> = match &client {
-        NodeClient::Current(c) if staged.blobs.iter().all(|b| b.bytes.is_some()) && c.takes_inline(staged.blobs.iter().map(|b| b.size)) => {
-            staged.blobs.iter().filter_map(|b| Some((b.sha256.as_str(), b.bytes.as_deref()?))).collect()
-        }
-        _ => Vec::new(),
+    let inline: Vec<&super::staging::Blob> = match &client {
+        NodeClient::Current(c) => pick_inline(&staged.blobs, c.inline_blob_bytes()),
+        NodeClient::Legacy(_) => Vec::new(),
     };
+    for blob in &inline {
+        trace.say(format!("staging {} ({} bytes) to {node_id} inside the submission", blob.original, blob.size));
+    }
+    let inline_bytes: Vec<(&str, &[u8])> = inline.iter().filter_map(|b| Some((b.sha256.as_str(), b.bytes.as_deref()?))).collect();
     match &client {
         NodeClient::Current(c) => {
-            for blob in staged.blobs.iter().filter(|_| inline.is_empty()) {
+            for blob in staged.blobs.iter().filter(|b| !inline.iter().any(|i| i.sha256 == b.sha256)) {
                 trace.say(format!("staging {} ({} bytes) to {node_id}", blob.original, blob.size));
                 match retry(deps, cancel, || c.put_blob(&blob.path)).await {
                     Ok(sha) if sha == blob.sha256 => {}
@@ -148,7 +150,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
         inputs_hash: &inputs_hash,
         label: &spec.key(),
         lease_s: deps.settings.controller.lease_s.max(1),
-        inline: &inline,
+        inline: &inline_bytes,
     };
     let submitted = retry(deps, cancel, || {
         fence.sent();
@@ -171,6 +173,20 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
     record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
     follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began, &fence, &load).await
+}
+
+/// The inputs to send inside the submission: those read while staging
+/// (small files), smallest first, while their total fits `limit` (the
+/// node's `inline_blob_bytes`). The others are uploaded before it.
+fn pick_inline(blobs: &[super::staging::Blob], limit: u64) -> Vec<&super::staging::Blob> {
+    let mut small: Vec<&super::staging::Blob> = blobs.iter().filter(|b| b.bytes.is_some()).collect();
+    small.sort_by_key(|b| b.size);
+    let mut total = 0u64;
+    small.retain(|b| {
+        total = total.saturating_add(b.size);
+        total <= limit
+    });
+    small
 }
 
 /// The fence of a job on this node: the configured lease plus margin for

@@ -52,10 +52,9 @@ impl CurrentClient {
         CurrentClient { inline_blob_bytes: bytes, ..self }
     }
 
-    /// True when the node takes these inputs inside `POST /jobs`: it
-    /// allows inline inputs, and their total fits its limit.
-    pub fn takes_inline(&self, sizes: impl IntoIterator<Item = u64>) -> bool {
-        self.inline_blob_bytes > 0 && sizes.into_iter().try_fold(0u64, |t, s| t.checked_add(s)).is_some_and(|t| t <= self.inline_blob_bytes)
+    /// The most input bytes the node takes inside `POST /jobs` (0: none).
+    pub fn inline_blob_bytes(&self) -> u64 {
+        self.inline_blob_bytes
     }
 
     /// `GET /health` as raw JSON, so that a v0.5 answer can be recognised.

@@ -341,7 +341,7 @@ pub fn store_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol::
             return Err(ApiError::io("storing an inline blob", e));
         }
         tracing::info!(sha256 = %blob.sha256, size = data.len(), "blob stored (inline)");
-        rayvault::metrics::worker().blob_bytes_received(data.len() as u64);
+        rayvault::metrics::worker().blob_inline(data.len() as u64);
     }
     Ok(())
 }

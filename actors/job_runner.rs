@@ -43,6 +43,11 @@ pub struct SubmitJob {
     pub spec: JobSpec,
     /// Re-attach to a job already submitted to a node (daemon restart).
     pub resume: Option<RemoteRef>,
+    /// Picked up again after a restart (of the daemon or of this actor)
+    /// without a remote job id on record: the job may have reached a
+    /// worker in the instant before the restart, so the nodes are asked
+    /// for it (by its label) before it is placed again.
+    pub recovered: bool,
     /// When the job was first submitted (kept across daemon restarts).
     pub submitted_at: SystemTime,
     /// Set when the caller probed every node just before submitting (a
@@ -146,7 +151,12 @@ impl Handler<SubmitJob> for JobRunner {
         let cancel = entry.0.clone();
         let deps = self.deps.clone();
         let (spec, submitted_at) = (msg.spec.clone(), msg.submitted_at);
-        let job = run_job(deps.clone(), msg.spec, msg.resume, msg.submitted_at, cancel, alone, msg.probed_at);
+        let resume = match (msg.resume, msg.recovered) {
+            (Some(r), _) => Resume::Remote(r),
+            (None, true) => Resume::Search,
+            (None, false) => Resume::No,
+        };
+        let job = run_job(deps.clone(), msg.spec, resume, msg.submitted_at, cancel, alone, msg.probed_at);
         // The job's future runs inside this actor's task: a panic in it would
         // take the actor and every other job in flight down. Caught, it
         // fails this job alone, with a receipt that says so.
@@ -270,10 +280,21 @@ impl Ending {
 
 /// The whole life of one job; always ends in a receipt, written to disk
 /// here unless the store keeps it (the daemon then writes the file).
+/// Where a job's run starts.
+pub enum Resume {
+    /// A new job: placed as usual.
+    No,
+    /// Re-attach to this job on its node.
+    Remote(RemoteRef),
+    /// Picked up after a restart with no remote job on record: look for it
+    /// on the nodes first ([`remote::find_submitted`]).
+    Search,
+}
+
 pub async fn run_job(
     deps: JobDeps,
     spec: JobSpec,
-    resume: Option<RemoteRef>,
+    resume: Resume,
     submitted_at: SystemTime,
     cancel: CancellationToken,
     fresh_folder: bool,
@@ -434,7 +455,7 @@ struct Placed {
 async fn execute(
     deps: &JobDeps,
     spec: &JobSpec,
-    resume: Option<RemoteRef>,
+    resume: Resume,
     staged: &staging::Staged,
     dir: &std::path::Path,
     cancel: &CancellationToken,
@@ -446,6 +467,35 @@ async fn execute(
     // This job's own failed attempts, in order: the fallback reason and the
     // error code are built from these and this job's placement only.
     let mut failures: Vec<(String, NodeFailure)> = Vec::new();
+    let resume = match resume {
+        Resume::Remote(r) => Some(r),
+        Resume::No => None,
+        Resume::Search => match remote::find_submitted(deps, spec, staged, trace).await {
+            remote::Found::On(r) => {
+                trace.say(format!("found it on {} as {}: it reached the worker just before the restart", r.node_id, r.remote_job_id));
+                Some(r)
+            }
+            remote::Found::Nowhere => None,
+            remote::Found::Unknown(nodes) => {
+                // A node that may hold the job, under a lease nobody renews
+                // since the restart: it runs nowhere else until that lease
+                // has surely expired.
+                let c = &deps.settings.controller;
+                let fence = crate::client::liveness::Fence::new(std::time::Duration::from_secs(c.lease_s.max(1)), std::time::Duration::from_millis(c.lease_margin_ms));
+                let left = fence.expires_at().saturating_duration_since(Instant::now());
+                trace.say(format!(
+                    "could not ask {} whether the job reached it before the restart; waiting {:.1} s for any lease on it to expire, so that it cannot run twice",
+                    nodes.join(", "),
+                    left.as_secs_f64()
+                ));
+                tokio::select! {
+                    _ = fence.wait() => {}
+                    _ = cancel.cancelled() => {}
+                }
+                None
+            }
+        },
+    };
     if let Some(r) = resume {
         trace.say(format!("re-attaching to {} on {}", r.remote_job_id, r.node_id));
         tried.push(r.node_id.clone());

@@ -52,6 +52,12 @@ impl CurrentClient {
         CurrentClient { inline_blob_bytes: bytes, ..self }
     }
 
+    /// `GET /jobs?run_id=R&job_id=J`: the jobs this worker holds under the
+    /// controller's `run_id`/`job_id`, newest first.
+    pub async fn find(&self, run_id: &str, job_id: &str) -> Result<Vec<JobView>, CallError> {
+        Ok(self.inner.find_jobs(run_id, job_id).await?.jobs)
+    }
+
     /// The most input bytes the node takes inside `POST /jobs` (0: none).
     pub fn inline_blob_bytes(&self) -> u64 {
         self.inline_blob_bytes

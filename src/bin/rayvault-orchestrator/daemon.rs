@@ -319,7 +319,7 @@ async fn resume_unfinished(state: &Data) -> anyhow::Result<()> {
             Some(r) => tracing::info!(job = %job.spec.key(), "resuming a job from the previous run: re-attaching to {} on {}", r.remote_job_id, r.node_id),
             None => tracing::info!(job = %job.spec.key(), "resuming a job from the previous run: it had not reached a worker, so it runs again"),
         }
-        dispatch(state.clone(), job.spec, job.remote, at);
+        dispatch(state.clone(), job.spec, job.remote, true, at);
     }
     Ok(())
 }
@@ -334,14 +334,16 @@ const MAX_RUNNER_RESTARTS: u32 = 3;
 /// file. When the JobRunner is restarted mid-job (which drops the job's
 /// run), the job is picked up again at once, the way a daemon restart
 /// would: re-attached to its remote job if it had one, run again otherwise.
-fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at: SystemTime) {
+/// `recovered`: the job is picked up after a restart (see
+/// `SubmitJob::recovered`).
+fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, recovered: bool, submitted_at: SystemTime) {
     let key = spec.key();
     let notify = state.live.begin(&key);
     actix::spawn(async move {
-        let mut resume = resume;
+        let (mut resume, mut recovered) = (resume, recovered);
         let mut restarts = 0;
         let receipt = loop {
-            let sent = state.controller.runner.send(SubmitJob { spec: spec.clone(), resume: resume.take(), submitted_at, probed_at: None }).await;
+            let sent = state.controller.runner.send(SubmitJob { spec: spec.clone(), resume: resume.take(), recovered, submitted_at, probed_at: None }).await;
             match sent {
                 Ok(receipt) => break receipt,
                 // Restarted in place, the JobRunner keeps its address; a
@@ -361,6 +363,7 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, submitted_at:
                     };
                     tracing::warn!(job = %key, "the job runner restarted mid-job; picking the job up again ({restarts}/{MAX_RUNNER_RESTARTS})");
                     resume = stored.remote;
+                    recovered = true;
                 }
                 Err(_) => {
                     tracing::error!(job = %key, "the job runner stopped before the job ended; it resumes at the next start");
@@ -470,7 +473,7 @@ async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse
     match state.store.insert_unless_in_flight(record).await {
         Ok(true) => {
             let key = spec.key();
-            dispatch(state.clone(), spec, None, UNIX_EPOCH + Duration::from_millis(submitted_ms));
+            dispatch(state.clone(), spec, None, false, UNIX_EPOCH + Duration::from_millis(submitted_ms));
             HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": key, "already_running": false}))
         }
         Ok(false) => HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": spec.key(), "already_running": true})),
@@ -648,7 +651,7 @@ mod tests {
             };
             let submitted_ms = now_ms();
             store.put(&StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: submitted_ms, remote: None, receipt: None }).unwrap();
-            dispatch(state.clone(), spec, None, UNIX_EPOCH + Duration::from_millis(submitted_ms));
+            dispatch(state.clone(), spec, None, false, UNIX_EPOCH + Duration::from_millis(submitted_ms));
             wait_for("the first run to start", 20, || marker.exists()).await;
             controller.runner.send(Stop).await.unwrap();
             let finished = || store.get("r/tts").unwrap().is_some_and(|j| j.phase == Phase::Finished);

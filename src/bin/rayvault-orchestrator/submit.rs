@@ -150,7 +150,7 @@ async fn in_process(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, spec
     progress.line("probing the nodes");
     let probed_at = std::time::Instant::now();
     controller.probe.send(ProbeNow { node_id: None }).await.context("node probe stopped")?;
-    let job = controller.runner.send(SubmitJob { spec, resume: None, submitted_at: submitted, probed_at: Some(probed_at) });
+    let job = controller.runner.send(SubmitJob { spec, resume: None, recovered: false, submitted_at: submitted, probed_at: Some(probed_at) });
     let runner = controller.runner.clone();
     // Ctrl-C (or `cancel` from another terminal, which sends SIGINT) cancels
     // the job, on the worker too, and still prints a receipt.

@@ -84,6 +84,18 @@ type JobsTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 trait Write: Send {
     fn apply(&mut self, table: &mut JobsTable<'_>);
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+    /// Until when the write may wait for another one to share its commit
+    /// (see [`crate::store::next_batch`]).
+    fn patience(&self) -> Option<std::time::Instant>;
+}
+
+impl crate::store::Batched for Box<dyn Write> {
+    fn patience(&self) -> Option<std::time::Instant> {
+        Write::patience(self.as_ref())
+    }
+    fn is_hurry(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Write`] made of a closure that changes the table and answers `R`,
@@ -92,6 +104,7 @@ struct Op<R, F, D> {
     change: Option<F>,
     answer: Option<Result<R, StoreError>>,
     done: D,
+    patience: Option<std::time::Instant>,
 }
 
 impl<R, F, D> Write for Op<R, F, D>
@@ -113,7 +126,15 @@ where
         };
         (self.done)(answer);
     }
+
+    fn patience(&self) -> Option<std::time::Instant> {
+        self.patience
+    }
 }
+
+/// How long a write queued with [`ControllerStore::update_soon`] may wait
+/// for another write to share its commit.
+pub const SOON: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The daemon's store.
 pub struct ControllerStore {
@@ -242,7 +263,18 @@ impl ControllerStore {
         F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send + 'static,
         D: FnOnce(Result<R, StoreError>) + Send + 'static,
     {
-        let op: Box<dyn Write> = Box::new(Op { change: Some(change), answer: None, done });
+        self.enqueue_patient(None, change, done)
+    }
+
+    /// [`ControllerStore::enqueue`] for a write that may wait until
+    /// `patience` for another write to share its commit.
+    fn enqueue_patient<R, F, D>(&self, patience: Option<std::time::Instant>, change: F, done: D)
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send + 'static,
+        D: FnOnce(Result<R, StoreError>) + Send + 'static,
+    {
+        let op: Box<dyn Write> = Box::new(Op { change: Some(change), answer: None, done, patience });
         let refused = match self.queue.lock() {
             Ok(q) => match q.as_ref() {
                 Some(q) => q.send(op).err().map(|e| e.0),
@@ -325,12 +357,14 @@ impl ControllerStore {
     /// Queues a change to a job without waiting for its commit: it is
     /// applied in order with the other writes (any later write of the same
     /// job commits with it or after it, as if it had been awaited), and a
-    /// failure is only logged. It becomes durable exactly as soon as an
-    /// awaited write would; only the caller does not wait for that.
+    /// failure is only logged. It may wait up to [`SOON`] for another write
+    /// to share its commit (a short job's end usually does), so it is
+    /// durable at most that much later than an awaited write would be.
     pub fn update_soon(&self, key: &str, f: impl FnOnce(&mut StoredJob) + Send + 'static) {
         let key = key.to_string();
         let what = key.clone();
-        self.enqueue(
+        self.enqueue_patient(
+            Some(std::time::Instant::now() + SOON),
             move |t| change(t, &key, f).map(|j| j.is_some()),
             move |r: Result<bool, StoreError>| {
                 if let Err(e) = r {

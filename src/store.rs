@@ -46,7 +46,7 @@ mod find;
 pub mod nonces;
 mod paths;
 mod queue;
-pub(crate) use queue::next_batch;
+pub(crate) use queue::{next_batch, Batched};
 
 use queue::Flush;
 

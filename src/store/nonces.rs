@@ -28,6 +28,20 @@ impl Store {
         self.write_async(Flush::Eventual, nonce_op(nonce, expires, now))
     }
 
+    /// [`Store::record_nonce_async`] for a nonce that may wait up to
+    /// `patience` for another write to share its commit (see the commit
+    /// queue's doc in `store/queue.rs`): a long-poll's nonce then commits
+    /// with the end of the job it waits for. Call [`Store::hurry`] when the
+    /// answer is ready before the nonce is recorded.
+    pub fn record_nonce_patient(&self, nonce: &str, expires: u64, now: u64, patience: std::time::Duration) -> impl std::future::Future<Output = Result<bool, StoreError>> {
+        self.writer.write_async_patient(Flush::Eventual, Some(std::time::Instant::now() + patience), nonce_op(nonce, expires, now))
+    }
+
+    /// Commits the patient writes waiting now (no commit when none waits).
+    pub fn hurry(&self) {
+        self.writer.hurry();
+    }
+
     /// Nonces that have not expired, with their expiry.
     pub fn live_nonces(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
         self.run(|db| {

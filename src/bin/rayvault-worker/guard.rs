@@ -112,9 +112,26 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
                 }
                 return answer;
             }
-            let recorded = state.env.store.record_nonce_async(&request_nonce.nonce, request_nonce.expires, now);
+            // The nonce may wait a moment for company: a long-poll's
+            // nonce then shares the commit of the job's end (one sync
+            // instead of two). An answer ready first asks for the commit
+            // at once.
+            let recorded = state.env.store.record_nonce_patient(&request_nonce.nonce, request_nonce.expires, now, NONCE_PATIENCE);
+            let mut recorded = std::pin::pin!(recorded);
             let answer = next.call(req).await;
-            nonce_outcome(recorded.await)?;
+            let done = std::future::poll_fn(|cx| match std::future::Future::poll(recorded.as_mut(), cx) {
+                std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                std::task::Poll::Pending => std::task::Poll::Ready(None),
+            })
+            .await;
+            let outcome = match done {
+                Some(r) => r,
+                None => {
+                    state.env.store.hurry();
+                    recorded.await
+                }
+            };
+            nonce_outcome(outcome)?;
             return answer;
         }
         Ok(Verified::Plain) => {
@@ -146,6 +163,10 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
     req.extensions_mut().insert(Authenticated);
     next.call(req).await
 }
+
+/// How long the nonce of a signed request other than `POST /jobs` may wait
+/// for another write to share its commit, while its handler runs.
+const NONCE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The nonce of an authenticated `POST /jobs`, for its handler to record
 /// in the submission's own write ([`NonceSlot::take`]); one the handler

@@ -94,11 +94,14 @@ fn read_small(path: &std::path::Path) -> std::io::Result<(String, u64, Option<by
     use sha2::Digest;
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
-    if f.metadata()?.len() > crate::protocol::INLINE_BLOB_MAX {
+    let len = f.metadata()?.len();
+    if len > crate::protocol::INLINE_BLOB_MAX {
         let (sha256, size) = crate::artifacts::sha256_file(path)?;
         return Ok((sha256, size, None));
     }
-    let mut data = Vec::new();
+    // Sized to the file (and the byte past it), so that it is read in one
+    // call rather than in a growing series of small ones.
+    let mut data = Vec::with_capacity(len as usize + 1);
     // One byte past the limit tells a file that grew since its metadata.
     f.by_ref().take(crate::protocol::INLINE_BLOB_MAX + 1).read_to_end(&mut data)?;
     if data.len() as u64 > crate::protocol::INLINE_BLOB_MAX {

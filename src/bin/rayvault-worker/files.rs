@@ -308,15 +308,35 @@ pub fn touch(path: &std::path::Path) {
     }
 }
 
-/// Stores the inputs a `POST /jobs` carried inline as blobs, as
-/// `PUT /blobs/{sha256}` would: each is decoded, must hash to its digest
-/// (`DIGEST_MISMATCH` otherwise), and is written to a temporary file,
-/// synced and renamed into place. A blob already stored is only touched.
-/// Blocking: run it on the blocking pool.
-pub fn store_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol::InlineBlob>) -> Result<(), ApiError> {
+/// An input sent inline, checked and written to its temporary file, not
+/// yet synced and renamed into place ([`finish_inline`]). Dropped before
+/// that, its temporary file is removed.
+pub struct PendingBlob {
+    pub sha256: String,
+    file: Option<std::fs::File>,
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    size: u64,
+}
+
+impl Drop for PendingBlob {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The first half of storing the inputs a `POST /jobs` carried inline, as
+/// `PUT /blobs/{sha256}` would: each is decoded and must hash to its digest
+/// (`DIGEST_MISMATCH` otherwise); a blob already stored is only touched,
+/// the others are written to a temporary file (a full disk shows here, as
+/// `DISK_FULL`, before the job is accepted). Blocking.
+pub fn prepare_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol::InlineBlob>) -> Result<Vec<PendingBlob>, ApiError> {
     use base64::Engine;
+    let mut pending = Vec::new();
     for blob in inline {
-        let final_path = paths.blob_path(&blob.sha256);
+        let dest = paths.blob_path(&blob.sha256);
         let data = base64::engine::general_purpose::STANDARD
             .decode(blob.data_b64.as_bytes())
             .map_err(|e| ApiError::bad_request(format!("inline blob {} is not valid base64 (standard alphabet, padded): {e}", blob.sha256)))?;
@@ -324,24 +344,39 @@ pub fn store_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol::
         if got != blob.sha256 {
             return Err(ApiError::new(ApiCode::DigestMismatch, format!("inline blob {} hashes to {got}; the job was not accepted", blob.sha256)));
         }
-        if final_path.is_file() {
-            touch(&final_path);
+        if dest.is_file() {
+            touch(&dest);
             continue;
         }
-        let tmp = temp_path_for(&final_path);
-        let written = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &final_path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ApiError::io("storing an inline blob", e));
+        let tmp = temp_path_for(&dest);
+        let mut p = PendingBlob { sha256: blob.sha256, file: None, tmp, dest, size: data.len() as u64 };
+        let mut f = std::fs::File::create(&p.tmp).map_err(|e| ApiError::io("storing an inline blob", e))?;
+        p.file = Some(f.try_clone().map_err(|e| ApiError::io("storing an inline blob", e))?);
+        f.write_all(&data).map_err(|e| ApiError::io("storing an inline blob", e))?;
+        pending.push(p);
+    }
+    Ok(pending)
+}
+
+/// The second half: syncs each written input and renames it into place
+/// under its digest. The worker runs this while it commits the job that
+/// names them (the two syncs overlap) and starts the job only after both;
+/// an input that could not be stored leaves the job to fail for its
+/// missing input when it runs. Blocking.
+pub fn finish_inline(pending: Vec<PendingBlob>) -> std::io::Result<()> {
+    for mut p in pending {
+        if let Some(f) = p.file.take() {
+            let stored = f.sync_all().and_then(|()| {
+                drop(f);
+                std::fs::rename(&p.tmp, &p.dest)
+            });
+            if let Err(e) = stored {
+                let _ = std::fs::remove_file(&p.tmp);
+                return Err(e);
+            }
+            tracing::info!(sha256 = %p.sha256, size = p.size, "blob stored (inline)");
+            rayvault::metrics::worker().blob_inline(p.size);
         }
-        tracing::info!(sha256 = %blob.sha256, size = data.len(), "blob stored (inline)");
-        rayvault::metrics::worker().blob_inline(data.len() as u64);
     }
     Ok(())
 }

@@ -132,26 +132,27 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
     }
     let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
     check_inline(&inline, &digests, inline_blob_bytes(st.limits.max_body_bytes))?;
-    let (hash, missing) = if digests.is_empty() && body.len() <= INLINE_WORK_BYTES {
+    let (hash, missing, pending) = if digests.is_empty() && body.len() <= INLINE_WORK_BYTES {
         // No file to look at and a small payload to hash: microseconds,
         // done here rather than on the blocking pool.
-        (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new())
+        (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new(), Vec::new())
     } else {
         let digests_in_use = digests.clone();
         let paths = st.env.paths.clone();
         let payload = req.payload.clone();
         let step_name = step.as_str().to_string();
         web::block(move || -> Result<_, ApiError> {
-            // Inputs sent inline are stored (and synced) as blobs before
-            // the job that names them is accepted.
-            crate::files::store_inline(&paths, inline)?;
-            let missing: Vec<String> = digests.into_iter().filter(|d| !paths.blob_path(d).is_file()).collect();
+            // Inputs sent inline are checked and written here; they are
+            // synced and renamed into place while the job is committed.
+            let pending = crate::files::prepare_inline(&paths, inline)?;
+            let inline_digest = |d: &String| pending.iter().any(|p| &p.sha256 == d);
+            let missing: Vec<String> = digests.into_iter().filter(|d| !inline_digest(d) && !paths.blob_path(d).is_file()).collect();
             if missing.is_empty() {
-                for d in &digests_in_use {
+                for d in digests_in_use.iter().filter(|d| !inline_digest(d)) {
                     crate::files::touch(&paths.blob_path(d));
                 }
             }
-            Ok((protocol::inputs_hash(&step_name, &payload), missing))
+            Ok((protocol::inputs_hash(&step_name, &payload), missing, pending))
         })
         .await??
     };
@@ -188,7 +189,18 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
     let slot = actix_web::HttpMessage::extensions(&http).get::<crate::guard::NonceSlot>().cloned();
     let nonce = slot.as_ref().and_then(|s| s.take());
     let started = reservation.as_ref().map(|r| r.job_id.clone());
-    let outcome = match st.env.store.submit_async(new, started, nonce.clone(), now_ms(), max).await {
+    // The inline inputs' sync overlaps the job's commit; the job starts (or
+    // queues) only once both are done.
+    let stored = (!pending.is_empty()).then(|| web::block(move || crate::files::finish_inline(pending)));
+    let committed = st.env.store.submit_async(new, started, nonce.clone(), now_ms(), max).await;
+    if let Some(stored) = stored {
+        match stored.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "an inline input could not be stored; the job that names it fails when it runs"),
+            Err(e) => tracing::error!(error = %e, "storing an inline input stopped; the job that names it fails when it runs"),
+        }
+    }
+    let outcome = match committed {
         Ok(outcome) => outcome,
         Err(e) => {
             if let (Some(s), Some(n)) = (&slot, nonce) {

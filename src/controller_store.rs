@@ -374,6 +374,20 @@ impl ControllerStore {
         );
     }
 
+    /// Queues a change to a job now (in order with the other writes, like
+    /// [`ControllerStore::update_soon`], but committed at once) and calls
+    /// `done` with the changed record once it is durable, `None` if absent,
+    /// on the store's writer thread: keep `done` short.
+    pub fn update_then(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut StoredJob) + Send + 'static,
+        done: impl FnOnce(Result<Option<StoredJob>, StoreError>) + Send + 'static,
+    ) {
+        let key = key.to_string();
+        self.enqueue(move |t| change(t, &key, f), done);
+    }
+
     /// [`ControllerStore::update`] awaited without blocking: the changed
     /// record once it is durable, `None` if absent.
     pub async fn update_async(&self, key: &str, f: impl FnOnce(&mut StoredJob) + Send + 'static) -> Result<Option<StoredJob>, StoreError> {

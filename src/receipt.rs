@@ -356,6 +356,9 @@ pub const RECEIPT_FILE: &str = "job_receipt.json";
 /// `worker.log` inside [`receipt_dir`].
 pub const LOG_FILE: &str = "worker.log";
 
+/// `executed_on` of a job the controller ran itself (LocalRunner).
+pub const LOCAL: &str = "local";
+
 impl Receipt {
     /// The bytes of `job_receipt.json`: pretty JSON and a final newline.
     pub fn file_bytes(&self) -> std::io::Result<Vec<u8>> {

@@ -58,7 +58,9 @@ fn job_on_w1_then_crash(w: &World, key: &str) {
     let (code, _, err) = w.submit(run, job, "TTS_RENDER_CHUNKS", json!({"chunks": [{"id": 1, "text": job}]}), &["--no-wait", "--fallback", "never"]);
     assert_eq!(code, 0, "{err}");
     common::wait_until("the step starts on w1", Duration::from_secs(30), || ledger(w).iter().any(|l| l.kind == "START" && l.node == "w1"));
-    assert_eq!(remote_node(w, key).as_deref(), Some("w1"));
+    // The remote id is recorded soon after the worker's acceptance (it may
+    // wait a moment to share a commit).
+    common::wait_until("the remote id is recorded", Duration::from_secs(10), || remote_node(w, key).as_deref() == Some("w1"));
     daemon.kill();
     let store = open_after_kill(&w.cluster().join("controller.redb"));
     assert!(store

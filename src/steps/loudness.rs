@@ -93,8 +93,15 @@ pub fn analyze_file(
     silence_threshold_dbfs: f64,
     cancel: &CancellationToken,
 ) -> Result<Measurements, StepError> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    analyze_with(path, silence_threshold_dbfs, cancel, cores)
+    analyze_with(path, silence_threshold_dbfs, cancel, cores())
+}
+
+/// The cores a measurement may spread over, asked once: on Linux each ask
+/// reads the cgroup's CPU quota files, a dozen system calls that cost a
+/// short file's whole measurement.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// [`analyze_file`] with an explicit number of threads to spread over.

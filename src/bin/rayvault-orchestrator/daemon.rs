@@ -93,6 +93,9 @@ struct Live {
     /// The ended jobs whose progress lines are still kept, oldest first:
     /// at most [`KEEP_PROGRESS_JOBS`], none older than [`KEEP_PROGRESS`].
     ended: std::sync::Mutex<std::collections::VecDeque<(Instant, String, Arc<Notify>)>>,
+    /// Receipts of jobs that ended on a worker whose end is still being
+    /// committed (see `dispatch`): the API answers from here meanwhile.
+    recording: DashMap<String, Receipt>,
 }
 
 impl Live {
@@ -377,21 +380,53 @@ fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, recovered: bo
         // leaves either the record without the file (written again at
         // start-up, `rewrite_receipts`) or the file without the record
         // (the restart recognises the job as ended from it, `ended_before`).
+        //
+        // A job that ran on a worker is answered once its receipt file is
+        // written, while its end commits: the worker holds the job's
+        // outcome durably, so a daemon that dies before the commit finds
+        // the job ended from the file (`ended_before`), or, when a power
+        // cut lost the unsynced file too, re-attaches to the finished job
+        // on its worker (by its recorded remote id, or by its label,
+        // `remote::find_submitted`); it never runs again. A job that ran
+        // here (or nowhere) is answered only once its end is durable too.
+        fn report(key: &str, saved: Result<Option<StoredJob>, rayvault::controller_store::StoreError>) {
+            if !matches!(saved, Ok(Some(_))) {
+                let why = match saved {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "it is no longer in the store".to_string(),
+                };
+                // The receipt file is then the only record of the end.
+                tracing::error!(job = %key, "could not record the end of the job: {why}");
+            }
+        }
+        let on_worker = receipt.executed_on.as_deref().is_some_and(|on| on != rayvault::receipt::LOCAL);
         let recorded = receipt.clone();
-        let saved = state.store.update_async(&key, |j| {
-            j.phase = Phase::Finished;
-            j.receipt = Some(recorded);
-        });
         let cluster = state.settings.cluster_dir();
-        let file = web::block(move || write_receipt_file(&cluster, &receipt));
-        let (saved, _) = futures_util::future::join(saved, file).await;
-        if !matches!(saved, Ok(Some(_))) {
-            let why = match saved {
-                Err(e) => e.to_string(),
-                Ok(_) => "it is no longer in the store".to_string(),
-            };
-            // The receipt file is then the only record of the end.
-            tracing::error!(job = %key, "could not record the end of the job: {why}");
+        if on_worker {
+            // Queued now, before the answer: a later submission of the same
+            // key is written after it, so it finds this job finished.
+            state.live.recording.insert(key.clone(), receipt.clone());
+            let (live, k, kept) = (state.live.clone(), key.clone(), receipt.clone());
+            state.store.update_then(
+                &key,
+                |j| {
+                    j.phase = Phase::Finished;
+                    j.receipt = Some(recorded);
+                },
+                move |saved| {
+                    report(&k, saved);
+                    live.recording.remove_if(&k, |_, r| r == &kept);
+                },
+            );
+            let _ = web::block(move || write_receipt_file(&cluster, &receipt)).await;
+        } else {
+            let saved = state.store.update_async(&key, |j| {
+                j.phase = Phase::Finished;
+                j.receipt = Some(recorded);
+            });
+            let file = web::block(move || write_receipt_file(&cluster, &receipt));
+            let (saved, _) = futures_util::future::join(saved, file).await;
+            report(&key, saved);
         }
         state.live.end(&key, &notify);
     });
@@ -499,10 +534,13 @@ fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box
     };
     let lines: Vec<String> = state.live.progress.get(key).map(|l| l.iter().skip(from).cloned().collect()).unwrap_or_default();
     // A finished record counts once the job's notify is gone: the receipt
-    // file is written between the two.
-    let ended = job.phase == Phase::Finished && !state.live.waits.contains_key(key);
-    let phase = if job.phase == Phase::Finished && !ended { Phase::Running } else { job.phase };
-    let receipt = if ended { job.receipt } else { None };
+    // file is written between the two. A job whose end is still being
+    // committed is answered from memory.
+    let recording = state.live.recording.get(key).map(|r| r.value().clone());
+    let finished = job.phase == Phase::Finished || recording.is_some();
+    let ended = finished && !state.live.waits.contains_key(key);
+    let phase = if finished && !ended { Phase::Running } else if finished { Phase::Finished } else { job.phase };
+    let receipt = if ended { recording.or(job.receipt) } else { None };
     let view = JobView { key: key.to_string(), phase, remote: job.remote, receipt, progress_next: from + lines.len(), progress: lines };
     Ok((view, ended))
 }

@@ -327,35 +327,68 @@ impl Drop for PendingBlob {
     }
 }
 
+/// Decodes the inputs a `POST /jobs` carried inline and checks that each
+/// hashes to its digest (`DIGEST_MISMATCH` otherwise): digest and bytes.
+pub fn decode_inline(inline: Vec<protocol::InlineBlob>) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    use base64::Engine;
+    inline
+        .into_iter()
+        .map(|blob| {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(blob.data_b64.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("inline blob {} is not valid base64 (standard alphabet, padded): {e}", blob.sha256)))?;
+            let got = hex::encode(Sha256::digest(&data));
+            if got != blob.sha256 {
+                return Err(ApiError::new(ApiCode::DigestMismatch, format!("inline blob {} hashes to {got}; the job was not accepted", blob.sha256)));
+            }
+            Ok((blob.sha256, data))
+        })
+        .collect()
+}
+
 /// The first half of storing the inputs a `POST /jobs` carried inline, as
-/// `PUT /blobs/{sha256}` would: each is decoded and must hash to its digest
-/// (`DIGEST_MISMATCH` otherwise); a blob already stored is only touched,
-/// the others are written to a temporary file (a full disk shows here, as
+/// `PUT /blobs/{sha256}` would: each is decoded and checked
+/// ([`decode_inline`]); a blob already stored is only touched, the others
+/// are written to a temporary file (a full disk shows here, as
 /// `DISK_FULL`, before the job is accepted). Blocking.
 pub fn prepare_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol::InlineBlob>) -> Result<Vec<PendingBlob>, ApiError> {
-    use base64::Engine;
     let mut pending = Vec::new();
-    for blob in inline {
-        let dest = paths.blob_path(&blob.sha256);
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(blob.data_b64.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("inline blob {} is not valid base64 (standard alphabet, padded): {e}", blob.sha256)))?;
-        let got = hex::encode(Sha256::digest(&data));
-        if got != blob.sha256 {
-            return Err(ApiError::new(ApiCode::DigestMismatch, format!("inline blob {} hashes to {got}; the job was not accepted", blob.sha256)));
-        }
+    for (sha256, data) in decode_inline(inline)? {
+        let dest = paths.blob_path(&sha256);
         if dest.is_file() {
             touch(&dest);
             continue;
         }
         let tmp = temp_path_for(&dest);
-        let mut p = PendingBlob { sha256: blob.sha256, file: None, tmp, dest, size: data.len() as u64 };
+        let mut p = PendingBlob { sha256, file: None, tmp, dest, size: data.len() as u64 };
         let mut f = std::fs::File::create(&p.tmp).map_err(|e| ApiError::io("storing an inline blob", e))?;
         p.file = Some(f.try_clone().map_err(|e| ApiError::io("storing an inline blob", e))?);
         f.write_all(&data).map_err(|e| ApiError::io("storing an inline blob", e))?;
         pending.push(p);
     }
     Ok(pending)
+}
+
+/// Stores decoded inline inputs in one go (written, synced, renamed into
+/// place; an existing blob is only touched): for small inputs, whose check
+/// ran on the request's thread, while the job that names them commits.
+/// Blocking.
+pub fn store_decoded(paths: &rayvault::store::WorkerPaths, decoded: Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+    let mut pending = Vec::new();
+    for (sha256, data) in decoded {
+        let dest = paths.blob_path(&sha256);
+        if dest.is_file() {
+            touch(&dest);
+            continue;
+        }
+        let tmp = temp_path_for(&dest);
+        let mut f = std::fs::File::create(&tmp)?;
+        // Dropped on a failed write, it removes the temporary file.
+        let p = PendingBlob { sha256, file: Some(f.try_clone()?), tmp, dest, size: data.len() as u64 };
+        f.write_all(&data)?;
+        pending.push(p);
+    }
+    finish_inline(pending)
 }
 
 /// The second half: syncs each written input and renames it into place

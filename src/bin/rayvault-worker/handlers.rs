@@ -132,9 +132,19 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
     }
     let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
     check_inline(&inline, &digests, inline_blob_bytes(st.limits.max_body_bytes))?;
+    // Small inputs, all of them sent inline: checking them takes
+    // microseconds, done here; storing them is one blocking task that runs
+    // while the job commits.
+    let small_inline = !inline.is_empty()
+        && inline.iter().map(|b| b.data_b64.len()).sum::<usize>() <= INLINE_WORK_BYTES
+        && digests.iter().all(|d| inline.iter().any(|b| &b.sha256 == d));
+    let mut decoded = Vec::new();
     let (hash, missing, pending) = if digests.is_empty() && body.len() <= INLINE_WORK_BYTES {
         // No file to look at and a small payload to hash: microseconds,
         // done here rather than on the blocking pool.
+        (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new(), Vec::new())
+    } else if small_inline {
+        decoded = crate::files::decode_inline(inline)?;
         (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new(), Vec::new())
     } else {
         let digests_in_use = digests.clone();
@@ -191,7 +201,13 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
     let started = reservation.as_ref().map(|r| r.job_id.clone());
     // The inline inputs' sync overlaps the job's commit; the job starts (or
     // queues) only once both are done.
-    let stored = (!pending.is_empty()).then(|| web::block(move || crate::files::finish_inline(pending)));
+    let stored = (!pending.is_empty() || !decoded.is_empty()).then(|| {
+        let paths = st.env.paths.clone();
+        web::block(move || {
+            crate::files::finish_inline(pending)?;
+            crate::files::store_decoded(&paths, decoded)
+        })
+    });
     let committed = st.env.store.submit_async(new, started, nonce.clone(), now_ms(), max).await;
     if let Some(stored) = stored {
         match stored.await {

@@ -133,3 +133,36 @@ async fn a_job_cancelled_the_moment_it_is_accepted_ends_cancelled() {
     wait_until_async("the quick job ends", Duration::from_secs(30), || async { c.job(&quick.job_id, 0).await.unwrap().state.is_terminal() }).await;
     assert_eq!(c.job(&quick.job_id, 0).await.unwrap().state, JobState::Succeeded);
 }
+
+/// `POST /jobs?wait_ms=N`: a job that ends within the wait is answered
+/// ended, log included, so a short job needs no long-poll; a longer one is
+/// answered with its state when the wait is over, and the wait never
+/// exceeds half the job's lease.
+#[actix_rt::test]
+async fn a_submission_may_wait_for_a_short_job_to_end() {
+    let dir = common::tempdir();
+    let w = worker_with(dir.path(), 2);
+    let body = |task: &str, lease: Option<u64>| serde_json::to_vec(&SubmitJob { lease_s: lease, ..openclaw(task) }).unwrap();
+
+    let r = w.signed("POST", "/jobs?wait_ms=2000", &body("quick", None));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let job = &r.json()["job"];
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(job["log"].as_str().is_some_and(|l| l.contains("step OPENCLAW_TASK succeeded")), "the ended job's log comes with it: {job}");
+    // The same submission again: the existing, ended job.
+    let again = w.signed("POST", "/jobs?wait_ms=2000", &body("quick", None));
+    assert_eq!((again.status, again.json()["cached"].as_bool()), (200, Some(true)), "{}", again.text());
+
+    // A slow job: answered running once the wait is over, capped by half
+    // its 1 s lease.
+    let t0 = std::time::Instant::now();
+    let r = w.signed("POST", "/jobs?wait_ms=2000", &body("slow one", Some(1)));
+    let waited = t0.elapsed();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["job"]["state"], "running", "{}", r.text());
+    assert!(waited >= Duration::from_millis(450), "answered after {waited:?}, before the wait");
+    assert!(waited < Duration::from_millis(1900), "waited {waited:?}: longer than half the lease");
+
+    let r = w.signed("POST", "/jobs?wait=5", &body("other", None));
+    assert_eq!(r.status, 400, "an unknown query key is refused: {}", r.text());
+}

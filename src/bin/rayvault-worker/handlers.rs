@@ -113,7 +113,23 @@ pub async fn load_job(st: &AppState, id: &str) -> Result<JobRecord, ApiError> {
 
 /// `POST /jobs`: validates, computes `inputs_hash`, and queues the job
 /// unless the same step + inputs is already queued, running or succeeded.
-pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+/// Query of `POST /jobs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitQuery {
+    /// Answer when the job has ended, if it ends within this many
+    /// milliseconds (capped by [`MAX_SUBMIT_WAIT_MS`] and half the job's
+    /// lease); otherwise with its state then. A short job then needs no
+    /// long-poll of its own.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// The longest `POST /jobs?wait_ms=` wait: a submitter renews its lease
+/// only with its own calls, so the answer must come well within the lease.
+pub const MAX_SUBMIT_WAIT_MS: u64 = 2000;
+
+pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<SubmitQuery>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if st.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::new(ApiCode::ShuttingDown, "the worker is shutting down; submit again after it restarts"));
     }
@@ -240,7 +256,8 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
             }
             st.env.notify();
             tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "job accepted");
-            Ok(HttpResponse::Created().json(Submitted { cached: false, job: rec.view() }))
+            let job = view_after(&st, &rec, q.wait_ms).await?;
+            Ok(HttpResponse::Created().json(Submitted { cached: false, job }))
         }
         Submission::Existing(rec) => {
             // The new submitter now watches the job: its lease is renewed
@@ -251,13 +268,25 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, body: web::Bytes) ->
                 }
             }
             tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "duplicate submission: returning the existing job");
-            Ok(HttpResponse::Ok().json(Submitted { cached: true, job: rec.view() }))
+            let job = view_after(&st, &rec, q.wait_ms).await?;
+            Ok(HttpResponse::Ok().json(Submitted { cached: true, job }))
         }
         Submission::Full => Err(ApiError::new(
             ApiCode::TooManyJobs,
             format!("{max} jobs are already queued or running (worker.max_jobs_in_flight); retry later"),
         )),
     }
+}
+
+/// The submitted job's view: at once, or (`wait_ms`) once it has ended if
+/// it ends within the wait ([`SubmitQuery::wait_ms`]).
+async fn view_after(st: &AppState, rec: &JobRecord, wait_ms: Option<u64>) -> Result<JobView, ApiError> {
+    let lease_cap = rec.lease_s.map_or(u64::MAX, |l| l * 1000 / 2);
+    let wait = wait_ms.unwrap_or(0).min(MAX_SUBMIT_WAIT_MS).min(lease_cap);
+    if wait == 0 || rec.state.is_terminal() {
+        return Ok(rec.view());
+    }
+    wait_for_job(st, &rec.job_id, Duration::from_millis(wait)).await
 }
 
 /// A slot of a step's executor held for a job about to be submitted (see

@@ -116,8 +116,13 @@ pub struct ExecutorEnv {
     pub store: Store,
     pub paths: WorkerPaths,
     pub settings: Arc<crate::config::Settings>,
-    /// Bumped after every job state change; long-polls wait on it.
+    /// Bumped when every long-poll must look again (a shutdown); a job's
+    /// own changes wake only its own waiters ([`ExecutorEnv::notify_job`]).
     pub changes: watch::Sender<u64>,
+    /// One notify per job that someone waits for (long-polls, submissions
+    /// that wait): a change of one job wakes its waiters only, not every
+    /// long-poll of the worker.
+    pub waiters: dashmap::DashMap<String, Arc<tokio::sync::Notify>>,
     /// The submitters' leases on jobs (see [`crate::lease`]).
     pub leases: Arc<crate::lease::LeaseBook>,
     /// The logs of jobs queued or running, from submission until their
@@ -147,6 +152,26 @@ impl ExecutorEnv {
     /// Wakes every long-poll so it re-reads its job.
     pub fn notify(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Wakes the long-polls of one job so they re-read it.
+    pub fn notify_job(&self, job_id: &str) {
+        if let Some(n) = self.waiters.get(job_id) {
+            n.notify_waiters();
+        }
+    }
+
+    /// The notify a waiter of `job_id` listens to; give it back with
+    /// [`ExecutorEnv::stop_waiting`].
+    pub fn wait_on(&self, job_id: &str) -> Arc<tokio::sync::Notify> {
+        self.waiters.entry(job_id.to_string()).or_default().clone()
+    }
+
+    /// A waiter of `job_id` is done: the job's notify is forgotten once no
+    /// one else holds it.
+    pub fn stop_waiting(&self, job_id: &str, notify: Arc<tokio::sync::Notify>) {
+        drop(notify);
+        self.waiters.remove_if(job_id, |_, n| Arc::strong_count(n) == 1);
     }
 }
 
@@ -213,7 +238,7 @@ impl StepExecutor {
     fn spawn_job(&self, addr: &Addr<Self>, job_id: String, started: Option<JobRecord>, token: CancellationToken) {
         let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
         let env = self.env.clone();
-        let slot = Slot { addr: Some(addr.clone()), job_id };
+        let slot = Slot { addr: Some(addr.clone()), job_id: job_id.clone() };
         let fut = run_job(env.clone(), self.step, started, token, slot).instrument(span);
         // A task of its own: a restart of this actor does not drop it.
         // The slot is freed even if the job's own bookkeeping panics
@@ -224,7 +249,7 @@ impl StepExecutor {
             // Long-polls learn of the end only now, after the slot's release
             // is in this actor's mailbox: a submission that their answer
             // prompts is handled after it and finds the slot free.
-            env.notify();
+            env.notify_job(&job_id);
         });
     }
 
@@ -429,7 +454,7 @@ async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Option<JobRecor
             }
         },
     };
-    env.notify();
+    env.notify_job(&rec.job_id);
     tracing::info!(attempt = rec.attempt, "job started");
     // A panic inside the step fails this job only; see the module doc.
     let outcome = match catch("StepExecutor", "running a step", execute(&env, step, &rec, token.clone())).await {

@@ -254,7 +254,7 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
                 (_, Some(addr)) => addr.do_send(Enqueue { job_id: rec.job_id.clone() }),
                 (_, None) => {}
             }
-            st.env.notify();
+            st.env.notify_job(&rec.job_id);
             tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "job accepted");
             let job = view_after(&st, &rec, q.wait_ms).await?;
             Ok(HttpResponse::Created().json(Submitted { cached: false, job }))
@@ -460,17 +460,37 @@ async fn renew_lease(st: &AppState, id: &str) {
 /// Reads the job, and while it is not finished waits for state changes
 /// until `wait` has passed.
 pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<JobView, ApiError> {
+    if wait.is_zero() {
+        return Ok(load_job(st, id).await?.view());
+    }
+    let notify = st.env.wait_on(id);
+    let answer = wait_on_job(st, id, wait, &notify).await;
+    st.env.stop_waiting(id, notify);
+    answer
+}
+
+async fn wait_on_job(st: &AppState, id: &str, wait: Duration, notify: &tokio::sync::Notify) -> Result<JobView, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
-    // Subscribe before reading, so a change between the read and the wait
-    // is not missed.
+    // Listen before reading, so a change between the read and the wait is
+    // not missed: the job's own changes, and a shutdown's wake-up of all.
     let mut changes = st.env.changes.subscribe();
     loop {
+        let job_changed = notify.notified();
+        tokio::pin!(job_changed);
+        job_changed.as_mut().enable();
         let rec = load_job(st, id).await?;
         if rec.state.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(rec.view());
         }
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => {}
+        let woken = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                _ = &mut job_changed => true,
+                r = changes.changed() => r.is_ok(),
+            }
+        })
+        .await;
+        match woken {
+            Ok(true) => {}
             // Deadline reached, or the notifier is gone (shutdown): answer
             // with what the store says now rather than spin.
             _ => return Ok(load_job(st, id).await?.view()),
@@ -486,7 +506,7 @@ pub async fn cancel(st: Data, id: web::Path<String>) -> Result<HttpResponse, Api
         Cancellation::Cancelled(rec) => {
             keep_queued_log(&st, &rec.job_id).await;
             rayvault::metrics::worker().record_job(&rec);
-            st.env.notify();
+            st.env.notify_job(&rec.job_id);
             Ok(HttpResponse::Ok().json(rec.view()))
         }
         Cancellation::Running(rec) => {

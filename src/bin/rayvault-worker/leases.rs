@@ -55,7 +55,7 @@ async fn stop(state: &AppState, job_id: String) {
                 tracing::warn!(job_id = %job_id, "lease expired: queued job abandoned");
                 log_line(state, &job_id, message).await;
                 state.env.leases.release(&job_id);
-                state.env.notify();
+                state.env.notify_job(&job_id);
             }
         }
         JobState::Running => {

@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(s.worker.port, 8787);
         assert_eq!(s.step("FFMPEG_PROBE").concurrency, 4);
         assert_eq!(s.worker.skew_s, 300);
-        assert_eq!((s.controller.http_workers, s.controller.max_blocking_threads), (1, 32));
+        assert_eq!((s.controller.http_workers, s.controller.max_blocking_threads), (1, 8));
     }
 
     #[test]

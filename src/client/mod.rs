@@ -296,24 +296,7 @@ impl WorkerClient {
     /// ends within that many milliseconds (`POST /jobs?wait_ms=N`), with
     /// its state then otherwise.
     pub async fn submit_inline(&self, job: &SubmitJob, inline: &[(&str, &[u8])], wait_ms: u64) -> Result<Submitted, ClientError> {
-        let protocol_err = |e: serde_json::Error| ClientError::Protocol(e.to_string());
-        let body = if inline.is_empty() {
-            serde_json::to_vec(job).map_err(protocol_err)?
-        } else {
-            use base64::Engine;
-            let mut doc = serde_json::to_value(job).map_err(protocol_err)?;
-            let blobs: Vec<crate::protocol::InlineBlob> = inline
-                .iter()
-                .map(|(sha256, data)| crate::protocol::InlineBlob {
-                    sha256: sha256.to_string(),
-                    data_b64: base64::engine::general_purpose::STANDARD.encode(data),
-                })
-                .collect();
-            if let Some(map) = doc.as_object_mut() {
-                map.insert(crate::protocol::INLINE_BLOBS_KEY.into(), serde_json::to_value(blobs).map_err(protocol_err)?);
-            }
-            serde_json::to_vec(&doc).map_err(protocol_err)?
-        };
+        let body = submit_body(job, inline)?;
         let path = if wait_ms > 0 { format!("/jobs?wait_ms={wait_ms}") } else { "/jobs".to_string() };
         self.call(Method::POST, &path, Some(Bytes::from(body)), Duration::from_millis(wait_ms)).await
     }
@@ -425,14 +408,22 @@ impl WorkerClient {
             connect_timeout: pool::CONNECT_TIMEOUT,
             io_timeout: self.timeout,
         };
-        // The download runs on a thread of its own; if this future is
-        // dropped (the caller gave up), the guard shuts its socket down and
-        // the thread ends, keeping what arrived in the .part file.
+        // The download runs on a thread of its own, not one of the blocking
+        // pool's: it holds it for the whole transfer, and the pool is kept
+        // small for short file work. If this future is dropped (the caller
+        // gave up), the guard shuts its socket down and the thread ends,
+        // keeping what arrived in the .part file.
         let cancel = Arc::new(fetch::Cancel::default());
         let _guard = CancelOnDrop(cancel.clone());
-        tokio::task::spawn_blocking(move || job.run(&cancel))
-            .await
-            .map_err(|e| io_err("downloading", e))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let worker_cancel = cancel.clone();
+        std::thread::Builder::new()
+            .name("artifact-download".into())
+            .spawn(move || {
+                let _ = tx.send(job.run(&worker_cancel));
+            })
+            .map_err(|e| io_err("starting the download thread", e))?;
+        rx.await.map_err(|e| io_err("downloading", e))?
     }
 
     /// `PUT /blobs/{sha256}` from bytes in memory.
@@ -528,5 +519,65 @@ fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, Cl
             message: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
             server_time: None,
         }),
+    }
+}
+
+/// The body of `POST /jobs`: the job, with the inputs in `inline` (digest
+/// and bytes) in its `blobs` list ([`crate::protocol::InlineBlob`]).
+fn submit_body(job: &SubmitJob, inline: &[(&str, &[u8])]) -> Result<Vec<u8>, ClientError> {
+    let protocol_err = |e: serde_json::Error| ClientError::Protocol(e.to_string());
+    let mut body = serde_json::to_vec(job).map_err(protocol_err)?;
+    if !inline.is_empty() {
+        // Appended to the job's JSON object in place, each input
+        // base64-encoded straight into the body: one buffer, however
+        // large the inputs (digests are hex and base64 needs no JSON
+        // escaping).
+        use base64::Engine;
+        let encoded: usize = inline.iter().map(|(_, d)| base64::encoded_len(d.len(), true).unwrap_or(0) + 96).sum();
+        body.reserve(encoded + 16);
+        if body.pop() != Some(b'}') {
+            return Err(ClientError::Protocol("the job did not serialise as a JSON object".into()));
+        }
+        body.extend_from_slice(b",\"");
+        body.extend_from_slice(crate::protocol::INLINE_BLOBS_KEY.as_bytes());
+        body.extend_from_slice(b"\":[");
+        for (i, (sha256, data)) in inline.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"{\"sha256\":");
+            serde_json::to_writer(&mut body, sha256).map_err(protocol_err)?;
+            body.extend_from_slice(b",\"data_b64\":\"");
+            let at = body.len();
+            body.resize(at + base64::encoded_len(data.len(), true).unwrap_or(0), 0);
+            base64::engine::general_purpose::STANDARD
+                .encode_slice(data, &mut body[at..])
+                .map_err(|e| ClientError::Protocol(format!("encoding an inline input: {e}")))?;
+            body.extend_from_slice(b"\"}");
+        }
+        body.extend_from_slice(b"]}");
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::submit_body;
+    use crate::protocol::{InlineBlob, SubmitJob};
+    use base64::Engine;
+    use serde_json::json;
+
+    #[test]
+    fn a_submission_carries_its_inline_inputs_as_a_blobs_list() {
+        let job = SubmitJob { step_name: "AUDIO_POSTCHECK".into(), payload: json!({"audio_paths": ["blob:sha256:aa"]}), inputs_hash: None, label: Some("r/j".into()), lease_s: Some(4) };
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&submit_body(&job, &[]).unwrap()).unwrap(), serde_json::to_value(&job).unwrap());
+        let (a, b): (Vec<u8>, Vec<u8>) = ((0..=255).collect(), b"xy".to_vec());
+        let body = submit_body(&job, &[("aa", &a), ("bb", &b)]).unwrap();
+        let mut doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let blobs: Vec<InlineBlob> = serde_json::from_value(doc.as_object_mut().unwrap().remove("blobs").unwrap()).unwrap();
+        assert_eq!(doc, serde_json::to_value(&job).unwrap(), "the job itself is unchanged");
+        let decoded: Vec<(String, Vec<u8>)> =
+            blobs.into_iter().map(|b| (b.sha256, base64::engine::general_purpose::STANDARD.decode(b.data_b64).unwrap())).collect();
+        assert_eq!(decoded, [("aa".to_string(), a), ("bb".to_string(), b)]);
     }
 }

@@ -151,7 +151,11 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
         label: &spec.key(),
         lease_s: deps.settings.controller.lease_s.max(1),
         inline: &inline_bytes,
-        wait_ms: SUBMIT_WAIT_MS,
+        // The answer comes at once: a submission whose answer was held for
+        // the job's end and then lost with the link would leave the job's
+        // id unknown (no fate to ask for, nothing to re-attach to). A job
+        // that had already ended (a duplicate) still comes back ended.
+        wait_ms: 0,
     };
     let submitted = retry(deps, cancel, || {
         fence.sent();
@@ -176,10 +180,6 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     follow(deps, spec, &handle, &client, &remote_job_id, cached, ended, staged, dir, cancel, trace, began, &fence, &load).await
 }
 
-/// How long a worker may hold the answer to a submission for the job to
-/// end: a short job is then submitted and answered in one request, with no
-/// long-poll. Well within any lease (the watchdog starts after it).
-const SUBMIT_WAIT_MS: u64 = 250;
 
 /// Where a job picked up after a restart, without a remote job id on
 /// record, already is.
@@ -438,7 +438,7 @@ async fn follow(
     let mut previous: Option<CallError> = None;
     let mut last_state = None;
     let t0 = Instant::now();
-    // A job that ended within the submission's own wait needs no poll.
+    // A job that had already ended when it was submitted needs no poll.
     let polled = if let Some(p) = ended {
         p
     } else {

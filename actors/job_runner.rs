@@ -278,8 +278,6 @@ impl Ending {
     }
 }
 
-/// The whole life of one job; always ends in a receipt, written to disk
-/// here unless the store keeps it (the daemon then writes the file).
 /// Where a job's run starts.
 pub enum Resume {
     /// A new job: placed as usual.
@@ -291,6 +289,8 @@ pub enum Resume {
     Search,
 }
 
+/// The whole life of one job; always ends in a receipt, written to disk
+/// here unless the store keeps it (the daemon then writes the file).
 pub async fn run_job(
     deps: JobDeps,
     spec: JobSpec,
@@ -477,21 +477,7 @@ async fn execute(
             }
             remote::Found::Nowhere => None,
             remote::Found::Unknown(nodes) => {
-                // A node that may hold the job, under a lease nobody renews
-                // since the restart: it runs nowhere else until that lease
-                // has surely expired.
-                let c = &deps.settings.controller;
-                let fence = crate::client::liveness::Fence::new(std::time::Duration::from_secs(c.lease_s.max(1)), std::time::Duration::from_millis(c.lease_margin_ms));
-                let left = fence.expires_at().saturating_duration_since(Instant::now());
-                trace.say(format!(
-                    "could not ask {} whether the job reached it before the restart; waiting {:.1} s for any lease on it to expire, so that it cannot run twice",
-                    nodes.join(", "),
-                    left.as_secs_f64()
-                ));
-                tokio::select! {
-                    _ = fence.wait() => {}
-                    _ = cancel.cancelled() => {}
-                }
+                remote::wait_out(deps, &nodes, cancel, trace).await;
                 None
             }
         },

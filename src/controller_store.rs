@@ -81,21 +81,9 @@ type JobsTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
 /// One write waiting for the writer thread: it is applied inside the
 /// batch's transaction, then told whether the transaction committed.
-trait Write: Send {
+trait Write: Send + crate::store::Batched {
     fn apply(&mut self, table: &mut JobsTable<'_>);
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
-    /// Until when the write may wait for another one to share its commit
-    /// (see [`crate::store::next_batch`]).
-    fn patience(&self) -> Option<std::time::Instant>;
-}
-
-impl crate::store::Batched for Box<dyn Write> {
-    fn patience(&self) -> Option<std::time::Instant> {
-        Write::patience(self.as_ref())
-    }
-    fn is_hurry(&self) -> bool {
-        false
-    }
 }
 
 /// A [`Write`] made of a closure that changes the table and answers `R`,
@@ -126,7 +114,11 @@ where
         };
         (self.done)(answer);
     }
+}
 
+impl<R, F, D> crate::store::Batched for Op<R, F, D> {
+    /// Until when the write may wait for another one to share its commit
+    /// (see [`crate::store::next_batch`]).
     fn patience(&self) -> Option<std::time::Instant> {
         self.patience
     }

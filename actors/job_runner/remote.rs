@@ -9,7 +9,7 @@ use super::staging::Staged;
 use super::{Ending, JobDeps, NodeFailure, Trace};
 use crate::backoff::Backoff;
 use crate::client::liveness::{self as watch, Fence};
-use crate::client::{Accepted, CallError, CallErrorKind, CurrentClient, NodeClient, Polled, Submission};
+use crate::client::{CallError, CallErrorKind, CurrentClient, NodeClient, Polled, Submission};
 use crate::controller_store::{Phase, RemoteRef};
 use crate::error::ErrorCode;
 use crate::nodes::{Compat, NodeHandle};
@@ -151,18 +151,13 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
         label: &spec.key(),
         lease_s: deps.settings.controller.lease_s.max(1),
         inline: &inline_bytes,
-        // The answer comes at once: a submission whose answer was held for
-        // the job's end and then lost with the link would leave the job's
-        // id unknown (no fate to ask for, nothing to re-attach to). A job
-        // that had already ended (a duplicate) still comes back ended.
-        wait_ms: 0,
     };
     let submitted = retry(deps, cancel, || {
         fence.sent();
         client.submit(&submit)
     })
     .await;
-    let Accepted { job_id: remote_job_id, cached, ended } = match submitted {
+    let (remote_job_id, cached) = match submitted {
         Ok(s) => s,
         Err(e) => {
             let lost = e.is_connection();
@@ -177,9 +172,8 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     };
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
     record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
-    follow(deps, spec, &handle, &client, &remote_job_id, cached, ended, staged, dir, cancel, trace, began, &fence, &load).await
+    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began, &fence, &load).await
 }
-
 
 /// Where a job picked up after a restart, without a remote job id on
 /// record, already is.
@@ -266,10 +260,33 @@ fn pick_inline(blobs: &[super::staging::Blob], limit: u64) -> Vec<&super::stagin
 /// The fence of a job on this node: the configured lease plus margin for
 /// the current contract, none for a v0.5 worker (which knows no lease).
 fn lease_fence(deps: &JobDeps, client: &NodeClient) -> Fence {
-    let c = &deps.settings.controller;
     match client {
-        NodeClient::Current(_) => Fence::new(Duration::from_secs(c.lease_s.max(1)), Duration::from_millis(c.lease_margin_ms)),
+        NodeClient::Current(_) => current_fence(deps),
         NodeClient::Legacy(_) => Fence::none(),
+    }
+}
+
+/// The configured lease plus margin, counted from now.
+fn current_fence(deps: &JobDeps) -> Fence {
+    let c = &deps.settings.controller;
+    Fence::new(Duration::from_secs(c.lease_s.max(1)), Duration::from_millis(c.lease_margin_ms))
+}
+
+/// Waits out a copy of the job that `nodes` (which could not be asked,
+/// [`find_submitted`]) may hold under a lease nobody renews since the
+/// restart: the job runs nowhere else until that lease has surely expired.
+/// A cancellation ends the wait.
+pub async fn wait_out(deps: &JobDeps, nodes: &[String], cancel: &CancellationToken, trace: &Trace) {
+    let fence = current_fence(deps);
+    let left = fence.expires_at().saturating_duration_since(Instant::now());
+    trace.say(format!(
+        "could not ask {} whether the job reached it before the restart; waiting {:.1} s for any lease on it to expire, so that it cannot run twice",
+        nodes.join(", "),
+        left.as_secs_f64()
+    ));
+    tokio::select! {
+        _ = fence.wait() => {}
+        _ = cancel.cancelled() => {}
     }
 }
 
@@ -296,7 +313,7 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
     trace.placement = r.placement.clone();
     // Renewals the previous daemon sent are older than this moment.
     let fence = lease_fence(deps, &client);
-    follow(deps, spec, &handle, &client, &r.remote_job_id, false, None, staged, dir, cancel, trace, began, &fence, &load).await
+    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began, &fence, &load).await
 }
 
 /// Records which remote job the job follows, so that a restarted daemon
@@ -395,7 +412,6 @@ async fn follow(
     client: &NodeClient,
     job_id: &str,
     cached: bool,
-    ended: Option<Polled>,
     staged: &Staged,
     dir: &Path,
     cancel: &CancellationToken,
@@ -438,78 +454,73 @@ async fn follow(
     let mut previous: Option<CallError> = None;
     let mut last_state = None;
     let t0 = Instant::now();
-    // A job that had already ended when it was submitted needs no poll.
-    let polled = if let Some(p) = ended {
-        p
-    } else {
-        loop {
-            let r = tokio::select! {
-                // An answer that arrives together with a watchdog verdict wins
-                // (a job that succeeded must never be run again), and so does a
-                // cancellation.
-                biased;
-                r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s, fence)) => {
-                    r.unwrap_or_else(|_| Err(CallError::new(CallErrorKind::TimedOut, format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
+    let polled = loop {
+        let r = tokio::select! {
+            // An answer that arrives together with a watchdog verdict wins
+            // (a job that succeeded must never be run again), and so does a
+            // cancellation.
+            biased;
+            r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s, fence)) => {
+                r.unwrap_or_else(|_| Err(CallError::new(CallErrorKind::TimedOut, format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
+            }
+            _ = cancel.cancelled() => {
+                trace.say(format!("cancelling {job_id} on {node_id}"));
+                cancel_remote(client, job_id).await;
+                // Wait briefly for the worker to confirm, so the log we fetch
+                // shows the cancellation.
+                let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2, fence)).await;
+                if let Err(e) = client.fetch_log(job_id, None, &dir.join(crate::receipt::LOG_FILE)).await {
+                    tracing::warn!("could not fetch the cancelled job's log: {e}");
                 }
-                _ = cancel.cancelled() => {
-                    trace.say(format!("cancelling {job_id} on {node_id}"));
-                    cancel_remote(client, job_id).await;
-                    // Wait briefly for the worker to confirm, so the log we fetch
-                    // shows the cancellation.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), poll(client, job_id, 2, fence)).await;
-                    if let Err(e) = client.fetch_log(job_id, None, &dir.join(crate::receipt::LOG_FILE)).await {
-                        tracing::warn!("could not fetch the cancelled job's log: {e}");
+                let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", Some(node_id)) };
+                trace.attempt(node_id, Some(job_id.into()), AttemptOutcome::Cancelled, None, began);
+                return Outcome::Done(with_compat(ending, handle.compat));
+            }
+            () = &mut progress => continue,
+            // Last: a cancellation asked for at the same moment is honoured
+            // rather than moving the job elsewhere.
+            reason = &mut watchdog => {
+                wait_for_fence(fence, node_id, job_id, trace).await;
+                return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
+            }
+        };
+        match r {
+            Ok(p) if p.state.is_terminal() => break p,
+            Ok(p) => {
+                failures = 0;
+                previous = None;
+                if Some(p.state) != last_state {
+                    trace.say(format!("{job_id} is {} on {node_id}", p.state.as_str()));
+                    last_state = Some(p.state);
+                }
+            }
+            Err(e) if e.is_transient() => {
+                failures += 1;
+                trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));
+                let backoff = match liveness::after_failure(&e, previous.as_ref(), failures, &policy) {
+                    liveness::AfterFailure::Lost => {
+                        wait_for_fence(fence, node_id, job_id, trace).await;
+                        return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(format!("was lost mid-job: {e}")), trace, began, true);
                     }
-                    let ending = Ending { remote_job_id: Some(job_id.into()), ..Ending::failed(ErrorCode::Cancelled, "the job was cancelled", Some(node_id)) };
-                    trace.attempt(node_id, Some(job_id.into()), AttemptOutcome::Cancelled, None, began);
-                    return Outcome::Done(with_compat(ending, handle.compat));
-                }
-                () = &mut progress => continue,
-                // Last: a cancellation asked for at the same moment is honoured
-                // rather than moving the job elsewhere.
-                reason = &mut watchdog => {
-                    wait_for_fence(fence, node_id, job_id, trace).await;
-                    return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
-                }
-            };
-            match r {
-                Ok(p) if p.state.is_terminal() => break p,
-                Ok(p) => {
-                    failures = 0;
-                    previous = None;
-                    if Some(p.state) != last_state {
-                        trace.say(format!("{job_id} is {} on {node_id}", p.state.as_str()));
-                        last_state = Some(p.state);
-                    }
-                }
-                Err(e) if e.is_transient() => {
-                    failures += 1;
-                    trace.say(format!("{node_id} not answering about {job_id} ({failures}/{max}): {e}"));
-                    let backoff = match liveness::after_failure(&e, previous.as_ref(), failures, &policy) {
-                        liveness::AfterFailure::Lost => {
-                            wait_for_fence(fence, node_id, job_id, trace).await;
-                            return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(format!("was lost mid-job: {e}")), trace, began, true);
-                        }
-                        liveness::AfterFailure::RetryIn(d) => d,
-                    };
-                    previous = Some(e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = cancel.cancelled() => {}
-                        reason = &mut watchdog => {
-                            wait_for_fence(fence, node_id, job_id, trace).await;
-                            return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
-                        }
+                    liveness::AfterFailure::RetryIn(d) => d,
+                };
+                previous = Some(e);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => {}
+                    reason = &mut watchdog => {
+                        wait_for_fence(fence, node_id, job_id, trace).await;
+                        return give_up(deps, node_id, Some(job_id.into()), NodeFailure::Lost(reason), trace, began, true);
                     }
                 }
-                Err(e) => {
-                    wait_for_fence(fence, node_id, job_id, trace).await;
-                    let failure = match call_failure(&e, "while the job ran") {
-                        NodeFailure::Unavailable(r) => NodeFailure::Lost(format!("lost track of job {job_id}: {r}")),
-                        other => other,
-                    };
-                    return give_up(deps, node_id, Some(job_id.into()), failure, trace, began, false);
-                }
+            }
+            Err(e) => {
+                wait_for_fence(fence, node_id, job_id, trace).await;
+                let failure = match call_failure(&e, "while the job ran") {
+                    NodeFailure::Unavailable(r) => NodeFailure::Lost(format!("lost track of job {job_id}: {r}")),
+                    other => other,
+                };
+                return give_up(deps, node_id, Some(job_id.into()), failure, trace, began, false);
             }
         }
     };

@@ -43,7 +43,7 @@ pub mod pool;
 pub mod probe;
 
 pub use error::{auth_reason, skew_reason, CallError, CallErrorKind};
-pub use node::{part_path, Accepted, CurrentClient, NodeClient, Polled, Submission};
+pub use node::{part_path, CurrentClient, NodeClient, Polled, Submission};
 pub use pool::ClientPool;
 
 /// Largest JSON response the client accepts.
@@ -284,21 +284,16 @@ impl WorkerClient {
 
     /// `POST /jobs`: a new job, or the existing one for the same inputs.
     pub async fn submit(&self, job: &SubmitJob) -> Result<Submitted, ClientError> {
-        self.submit_inline(job, &[], 0).await
+        self.submit_inline(job, &[]).await
     }
 
     /// `POST /jobs` carrying the inputs in `inline` (digest and bytes) in
     /// the body's `blobs` list ([`crate::protocol::InlineBlob`]), so that
     /// they need no `PUT /blobs` first. The worker must allow it (its
     /// `/caps` `inline_blob_bytes`).
-    ///
-    /// With `wait_ms` > 0 the worker answers once the job has ended if it
-    /// ends within that many milliseconds (`POST /jobs?wait_ms=N`), with
-    /// its state then otherwise.
-    pub async fn submit_inline(&self, job: &SubmitJob, inline: &[(&str, &[u8])], wait_ms: u64) -> Result<Submitted, ClientError> {
+    pub async fn submit_inline(&self, job: &SubmitJob, inline: &[(&str, &[u8])]) -> Result<Submitted, ClientError> {
         let body = submit_body(job, inline)?;
-        let path = if wait_ms > 0 { format!("/jobs?wait_ms={wait_ms}") } else { "/jobs".to_string() };
-        self.call(Method::POST, &path, Some(Bytes::from(body)), Duration::from_millis(wait_ms)).await
+        self.call(Method::POST, "/jobs", Some(Bytes::from(body)), Duration::ZERO).await
     }
 
     /// `GET /jobs?run_id=R&job_id=J`: the jobs this worker holds for the

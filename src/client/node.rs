@@ -86,11 +86,7 @@ impl CurrentClient {
 
     /// `POST /jobs`, with the inputs in `inline` (digest and bytes) inside
     /// the body.
-    ///
-    /// With `wait_ms` > 0 the answer comes once the job has ended, if it
-    /// ends within that time.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64, inline: &[(&str, &[u8])], wait_ms: u64) -> Result<Submitted, CallError> {
+    pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64, inline: &[(&str, &[u8])]) -> Result<Submitted, CallError> {
         let body = protocol::SubmitJob {
             step_name: step_name.into(),
             payload: payload.clone(),
@@ -98,7 +94,7 @@ impl CurrentClient {
             label: Some(label.into()),
             lease_s: Some(lease_s),
         };
-        Ok(self.inner.submit_inline(&body, inline, wait_ms).await?)
+        Ok(self.inner.submit_inline(&body, inline).await?)
     }
 
     /// `GET /jobs/{id}?wait_s=N`: long-polls until the job ends or N passes.
@@ -156,18 +152,6 @@ pub struct Submission<'a> {
     /// Staged inputs sent inside the submission (digest and bytes) rather
     /// than uploaded before it (the current contract).
     pub inline: &'a [(&'a str, &'a [u8])],
-    /// How long the worker may hold the answer for the job to end (the
-    /// current contract; see `WorkerClient::submit_inline`).
-    pub wait_ms: u64,
-}
-
-/// A submission's answer: the worker's job id, whether it was an existing
-/// job for the same inputs, and the job's end when it had already ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Accepted {
-    pub job_id: String,
-    pub cached: bool,
-    pub ended: Option<Polled>,
 }
 
 /// One poll of a job's state, in either contract's terms.
@@ -221,19 +205,18 @@ impl NodeClient {
         }
     }
 
-    /// Submits the job (see [`Accepted`]).
-    pub async fn submit(&self, job: &Submission<'_>) -> Result<Accepted, CallError> {
+    /// Submits the job; answers the worker's job id and whether it was an
+    /// existing job for the same inputs.
+    pub async fn submit(&self, job: &Submission<'_>) -> Result<(String, bool), CallError> {
         match self {
             NodeClient::Current(c) => {
-                let s = c.submit(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s, job.inline, job.wait_ms).await?;
-                let (job_id, cached) = (s.job.job_id.clone(), s.cached);
-                let ended = s.job.state.is_terminal().then(|| Polled::from(s.job));
-                Ok(Accepted { job_id, cached, ended })
+                let s = c.submit(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s, job.inline).await?;
+                Ok((s.job.job_id, s.cached))
             }
             NodeClient::Legacy(l) => {
                 let step = StepName::parse(job.step_name).map_err(|e| CallError::protocol(e.message))?;
                 let j = l.submit(step.legacy_name(), job.unstaged_payload, job.inputs_hash).await?;
-                Ok(Accepted { job_id: j.job_id, cached: j.cached, ended: None })
+                Ok((j.job_id, j.cached))
             }
         }
     }

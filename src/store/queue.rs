@@ -63,28 +63,12 @@ impl<T> Reply<T> {
 }
 
 /// A write waiting in the queue, with its result type erased.
-trait Pending: Send {
+trait Pending: Send + Batched {
     fn sync(&self) -> Flush;
     /// Applies the write to `tx` and keeps its result until the commit.
     fn apply(&mut self, tx: &WriteTransaction) -> Result<(), StoreError>;
     /// Answers the caller: its kept result, or `failure`.
     fn answer(self: Box<Self>, failure: Option<StoreError>);
-    /// Until when the write may wait for company (None: commit now).
-    fn patience(&self) -> Option<Instant>;
-    /// True for [`Hurry`]: no write, a request to commit the patient
-    /// writes waiting now.
-    fn is_hurry(&self) -> bool {
-        false
-    }
-}
-
-impl Batched for Box<dyn Pending> {
-    fn patience(&self) -> Option<Instant> {
-        Pending::patience(self.as_ref())
-    }
-    fn is_hurry(&self) -> bool {
-        Pending::is_hurry(self.as_ref())
-    }
 }
 
 struct Write<T, F> {
@@ -106,6 +90,9 @@ impl Pending for Hurry {
         Ok(())
     }
     fn answer(self: Box<Self>, _: Option<StoreError>) {}
+}
+
+impl Batched for Hurry {
     fn patience(&self) -> Option<Instant> {
         None
     }
@@ -136,7 +123,9 @@ where
         };
         self.reply.send(r);
     }
+}
 
+impl<T, F> Batched for Write<T, F> {
     fn patience(&self) -> Option<Instant> {
         self.patience
     }
@@ -202,9 +191,7 @@ impl Writer {
             rx.await.unwrap_or_else(|_| Err(StoreError::closed()))
         }
     }
-}
 
-impl Writer {
     /// Commits the patient writes waiting now without waiting for their
     /// deadline: a caller whose answer is ready asks this before it awaits
     /// its patient write. Nothing is committed for it when no write waits.
@@ -235,7 +222,18 @@ pub(crate) trait Batched {
     fn patience(&self) -> Option<Instant>;
     /// True for a request to commit the patient writes waiting now, which
     /// is no write itself (dropped from the batch).
-    fn is_hurry(&self) -> bool;
+    fn is_hurry(&self) -> bool {
+        false
+    }
+}
+
+impl<T: Batched + ?Sized> Batched for Box<T> {
+    fn patience(&self) -> Option<Instant> {
+        (**self).patience()
+    }
+    fn is_hurry(&self) -> bool {
+        (**self).is_hurry()
+    }
 }
 
 /// The next batch of a commit queue: waits for the first write, then takes

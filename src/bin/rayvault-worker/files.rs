@@ -331,7 +331,7 @@ impl Drop for PendingBlob {
 
 /// Decodes the inputs a `POST /jobs` carried inline and checks that each
 /// hashes to its digest (`DIGEST_MISMATCH` otherwise): digest and bytes.
-pub fn decode_inline(inline: Vec<protocol::InlineBlob>) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+fn decode_inline(inline: Vec<protocol::InlineBlob>) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
     use base64::Engine;
     inline
         .into_iter()
@@ -369,28 +369,6 @@ pub fn prepare_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol
         pending.push(p);
     }
     Ok(pending)
-}
-
-/// Stores decoded inline inputs in one go (written, synced, renamed into
-/// place; an existing blob is only touched): for small inputs, whose check
-/// ran on the request's thread, while the job that names them commits.
-/// Blocking.
-pub fn store_decoded(paths: &rayvault::store::WorkerPaths, decoded: Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
-    let mut pending = Vec::new();
-    for (sha256, data) in decoded {
-        let dest = paths.blob_path(&sha256);
-        if dest.is_file() {
-            touch(&dest);
-            continue;
-        }
-        let tmp = temp_path_for(&dest);
-        let mut f = std::fs::File::create(&tmp)?;
-        // Dropped on a failed write, it removes the temporary file.
-        let p = PendingBlob { sha256, file: Some(f.try_clone()?), tmp, dest, size: data.len() as u64 };
-        f.write_all(&data)?;
-        pending.push(p);
-    }
-    finish_inline(pending)
 }
 
 /// The second half: syncs each written input and renames it into place

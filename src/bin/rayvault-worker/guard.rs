@@ -119,12 +119,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             let recorded = state.env.store.record_nonce_patient(&request_nonce.nonce, request_nonce.expires, now, NONCE_PATIENCE);
             let mut recorded = std::pin::pin!(recorded);
             let answer = next.call(req).await;
-            let done = std::future::poll_fn(|cx| match std::future::Future::poll(recorded.as_mut(), cx) {
-                std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
-                std::task::Poll::Pending => std::task::Poll::Ready(None),
-            })
-            .await;
-            let outcome = match done {
+            let outcome = match futures_util::FutureExt::now_or_never(recorded.as_mut()) {
                 Some(r) => r,
                 None => {
                     state.env.store.hurry();

@@ -111,8 +111,6 @@ pub async fn load_job(st: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     st.env.store.get(id)?.ok_or_else(not_found)
 }
 
-/// `POST /jobs`: validates, computes `inputs_hash`, and queues the job
-/// unless the same step + inputs is already queued, running or succeeded.
 /// Query of `POST /jobs`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +127,8 @@ pub struct SubmitQuery {
 /// only with its own calls, so the answer must come well within the lease.
 pub const MAX_SUBMIT_WAIT_MS: u64 = 2000;
 
+/// `POST /jobs`: validates, computes `inputs_hash`, and queues the job
+/// unless the same step + inputs is already queued, running or succeeded.
 pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<SubmitQuery>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if st.shutting_down.load(Ordering::SeqCst) {
         return Err(ApiError::new(ApiCode::ShuttingDown, "the worker is shutting down; submit again after it restarts"));
@@ -148,19 +148,9 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     }
     let digests = protocol::blob_refs(&req.payload).map_err(ApiError::bad_request)?;
     check_inline(&inline, &digests, inline_blob_bytes(st.limits.max_body_bytes))?;
-    // Small inputs, all of them sent inline: checking them takes
-    // microseconds, done here; storing them is one blocking task that runs
-    // while the job commits.
-    let small_inline = !inline.is_empty()
-        && inline.iter().map(|b| b.data_b64.len()).sum::<usize>() <= INLINE_WORK_BYTES
-        && digests.iter().all(|d| inline.iter().any(|b| &b.sha256 == d));
-    let mut decoded = Vec::new();
     let (hash, missing, pending) = if digests.is_empty() && body.len() <= INLINE_WORK_BYTES {
         // No file to look at and a small payload to hash: microseconds,
         // done here rather than on the blocking pool.
-        (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new(), Vec::new())
-    } else if small_inline {
-        decoded = crate::files::decode_inline(inline)?;
         (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new(), Vec::new())
     } else {
         let digests_in_use = digests.clone();
@@ -217,13 +207,7 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     let started = reservation.as_ref().map(|r| r.job_id.clone());
     // The inline inputs' sync overlaps the job's commit; the job starts (or
     // queues) only once both are done.
-    let stored = (!pending.is_empty() || !decoded.is_empty()).then(|| {
-        let paths = st.env.paths.clone();
-        web::block(move || {
-            crate::files::finish_inline(pending)?;
-            crate::files::store_decoded(&paths, decoded)
-        })
-    });
+    let stored = (!pending.is_empty()).then(|| web::block(move || crate::files::finish_inline(pending)));
     let committed = st.env.store.submit_async(new, started, nonce.clone(), now_ms(), max).await;
     if let Some(stored) = stored {
         match stored.await {

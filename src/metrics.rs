@@ -276,6 +276,8 @@ struct WorkerInner {
     durations: BTreeMap<&'static str, Histogram>,
     blob_bytes: u64,
     artifact_bytes: u64,
+    /// Downloads sent with `sendfile` (see the worker's `direct` module).
+    artifact_sendfile: u64,
     auth_refusals: BTreeMap<String, u64>,
     leases_expired: u64,
     blobs_inline: u64,
@@ -340,6 +342,11 @@ impl WorkerMetrics {
         lock(&self.inner).artifact_bytes += bytes;
     }
 
+    /// Counts one artifact download sent by the kernel (`sendfile`).
+    pub fn artifact_sent_by_kernel(&self) {
+        lock(&self.inner).artifact_sendfile += 1;
+    }
+
     /// Counts one refused request; `reason` is a fixed text (an
     /// [`crate::auth::AuthError`] reason or the guard's own).
     pub fn auth_refusal(&self, reason: &str) {
@@ -362,6 +369,8 @@ impl WorkerMetrics {
         out.sample("rayvault_blobs_inline_total", &[], m.blobs_inline as f64);
         out.family("rayvault_artifact_bytes_served_total", Kind::Counter, "Bytes of artifacts sent to controllers.");
         out.sample("rayvault_artifact_bytes_served_total", &[], m.artifact_bytes as f64);
+        out.family("rayvault_artifact_downloads_sendfile_total", Kind::Counter, "Artifact downloads sent by the kernel (sendfile: large, asked with Connection: close, Linux).");
+        out.sample("rayvault_artifact_downloads_sendfile_total", &[], m.artifact_sendfile as f64);
         out.family("rayvault_auth_refusals_total", Kind::Counter, "Requests refused as unauthenticated, by reason.");
         for (reason, n) in &m.auth_refusals {
             out.sample("rayvault_auth_refusals_total", &[("reason", reason)], *n as f64);

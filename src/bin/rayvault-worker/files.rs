@@ -171,6 +171,10 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
         Some((s, e)) => (s, e - s + 1),
         None => (0, size),
     };
+    #[cfg(target_os = "linux")]
+    if let Some(sock) = crate::direct::wanted(&req, len) {
+        return send_direct(&st, &req, sock, range, size, &entry.sha256, file, start, len).await;
+    }
     let mut builder = match range {
         Some((s, e)) => {
             let mut b = HttpResponse::PartialContent();
@@ -186,6 +190,47 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
         .no_chunking(len);
     let body = file_stream(file, start, len).map_err(|e| ApiError::internal("starting the artifact reader", e))?;
     Ok(builder.streaming(body))
+}
+
+/// [`download`] by the kernel (see [`crate::direct`]): the request's nonce
+/// is recorded first (nothing is answered before it is durable), then the
+/// head and the bytes go out on the connection's socket.
+#[cfg(target_os = "linux")]
+#[allow(clippy::too_many_arguments)]
+async fn send_direct(
+    st: &Data,
+    req: &HttpRequest,
+    sock: crate::direct::ConnSocket,
+    range: Option<(u64, u64)>,
+    size: u64,
+    sha256: &str,
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+) -> Result<HttpResponse, ApiError> {
+    use actix_web::HttpMessage;
+    let slot = req.extensions().get::<crate::guard::NonceSlot>().cloned();
+    if let Some(n) = slot.and_then(|s| s.take()) {
+        crate::guard::nonce_outcome(st.env.store.record_nonce_async(&n.nonce, n.expires, n.now).await)?;
+    }
+    let status = match range {
+        Some(_) => "206 Partial Content",
+        None => "200 OK",
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {len}\r\naccept-ranges: bytes\r\ncontent-type: application/octet-stream\r\nx-content-sha256: {sha256}\r\ndate: {}\r\nconnection: close\r\n",
+        header::HttpDate::from(std::time::SystemTime::now())
+    );
+    if let Some((s, e)) = range {
+        head.push_str(&format!("content-range: bytes {s}-{e}/{size}\r\n"));
+    }
+    head.push_str("\r\n");
+    if let Err(e) = crate::direct::send(sock, head.into_bytes(), file, start, len).await {
+        tracing::warn!(error = %e, "an artifact download broke off");
+    }
+    // The answer went out on the socket, whose sending side is now shut:
+    // actix-web cannot write this one and closes the connection.
+    Ok(HttpResponse::Ok().insert_header((header::CONNECTION, "close")).finish())
 }
 
 /// Bytes read from an artifact per `read` call.

@@ -103,7 +103,9 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             // handler did not take it (a refused submission).
             let request_nonce = RequestNonce { nonce, expires: nonce_expires, now };
             req.extensions_mut().insert(Authenticated);
-            if method == "POST" && path == "/jobs" {
+            // A download records its nonce itself too: one sent by the
+            // kernel (`direct`) goes out before the handler returns.
+            if (method == "POST" && path == "/jobs") || is_download(&method, &path) {
                 let slot = NonceSlot::new(request_nonce);
                 req.extensions_mut().insert(slot.clone());
                 let answer = next.call(req).await;
@@ -193,7 +195,7 @@ pub struct Authenticated;
 /// The outcome of recording an accepted nonce in the store, which keeps a
 /// restart (even kill -9) from reopening the replay window. A nonce already
 /// there, or a failure to record it, refuses the request: fail closed.
-fn nonce_outcome(recorded: Result<bool, rayvault::store::StoreError>) -> Result<(), ApiError> {
+pub fn nonce_outcome(recorded: Result<bool, rayvault::store::StoreError>) -> Result<(), ApiError> {
     match recorded {
         Ok(true) => Ok(()),
         Ok(false) => {
@@ -203,6 +205,12 @@ fn nonce_outcome(recorded: Result<bool, rayvault::store::StoreError>) -> Result<
         }
         Err(e) => Err(ApiError::from(e)),
     }
+}
+
+/// `GET /jobs/{id}/artifacts/{name}`.
+fn is_download(method: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    method == "GET" && parts.len() == 5 && parts[1] == "jobs" && parts[3] == "artifacts"
 }
 
 fn check_header_size(req: &ServiceRequest, max: usize) -> Result<(), ApiError> {

@@ -14,6 +14,8 @@
 
 mod apierror;
 mod bind;
+#[cfg(target_os = "linux")]
+mod direct;
 mod drain;
 mod files;
 mod guard;
@@ -315,6 +317,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
             .wrap(from_fn(guard::guard))
             .configure(routes)
     })
+    .on_connect(on_connect)
     .workers(w.http_workers.max(1))
     .worker_max_blocking_threads(w.max_blocking_threads.max(1))
     .disable_signals()
@@ -326,6 +329,13 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
     .run();
     tracing::info!(worker_id = %w.id, addr = %format!("{ip}:{}", w.port), contract = rayvault::protocol::CONTRACT, state_dir = %env.paths.root().display(), "rayvault-worker listening");
     shutdown::run_until_signal(server, state, Duration::from_secs(w.shutdown_grace_s)).await
+}
+
+/// Records what a connection's requests may need of it: its socket, for
+/// downloads the kernel sends (Linux, see `direct`).
+fn on_connect(_conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
+    #[cfg(target_os = "linux")]
+    direct::remember(_conn, _ext);
 }
 
 /// The endpoint table (docs/protocol.md lists the same).

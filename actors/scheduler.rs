@@ -229,6 +229,11 @@ impl NodeBook {
         while self.changes.front().is_some_and(|c| c.0 <= at) {
             self.changes.pop_front();
         }
+        // A burst may have grown the queue to MAX_CHANGES entries; its
+        // memory goes back once the burst is over.
+        if self.changes.capacity() > 64 && self.changes.len() < self.changes.capacity() / 4 {
+            self.changes.shrink_to(self.changes.len() * 2);
+        }
     }
 }
 

@@ -235,7 +235,14 @@ pub struct NonceCache {
     /// Fresh requests (expiring later) are never affected, so a flood of
     /// signed traffic cannot lock honest clients out.
     floor: std::sync::atomic::AtomicU64,
+    /// When (Unix seconds) expired nonces are next swept out, with the
+    /// map's spare capacity: the memory of a burst goes back once its
+    /// nonces expire instead of staying until the cache is full.
+    next_sweep: std::sync::atomic::AtomicU64,
 }
+
+/// Seconds between two sweeps of expired nonces.
+const NONCE_SWEEP_S: u64 = 60;
 
 /// What the nonce cache keeps of a nonce: see [`NonceCache`].
 pub type NonceKey = [u8; 16];
@@ -250,7 +257,7 @@ pub fn nonce_key(nonce: &str) -> NonceKey {
 
 impl NonceCache {
     pub fn new(capacity: usize) -> Self {
-        NonceCache { seen: DashMap::new(), capacity: capacity.max(1), floor: Default::default() }
+        NonceCache { seen: DashMap::new(), capacity: capacity.max(1), floor: Default::default(), next_sweep: Default::default() }
     }
 
     /// Records `nonce` until `expires`; false if it was already there (a
@@ -260,6 +267,11 @@ impl NonceCache {
         use std::sync::atomic::Ordering;
         if expires <= self.floor.load(Ordering::Acquire) {
             return false;
+        }
+        let due = self.next_sweep.load(Ordering::Relaxed);
+        if now >= due && self.next_sweep.compare_exchange(due, now + NONCE_SWEEP_S, Ordering::AcqRel, Ordering::Relaxed).is_ok() && due != 0 {
+            self.seen.retain(|_, exp| *exp > now);
+            self.seen.shrink_to_fit();
         }
         if self.seen.len() >= self.capacity {
             self.seen.retain(|_, exp| *exp > now);
@@ -574,6 +586,21 @@ mod tests {
         assert!(!c.insert("b", 12, 5), "the nonces kept are still replays");
         assert!(c.insert("d", 30, 20), "expired entries are evicted");
         assert!(c.len() <= 2);
+    }
+
+    /// Expired nonces are swept out once a minute, well before the cache is
+    /// full, and the live ones stay replays.
+    #[test]
+    fn expired_nonces_are_swept_out() {
+        let c = NonceCache::new(100_000);
+        for i in 0..500u64 {
+            assert!(c.insert(&format!("old{i}"), 100, 10));
+        }
+        assert!(c.insert("live", 1_000, 30));
+        assert_eq!(c.len(), 501, "no sweep within the first minute");
+        assert!(c.insert("later", 1_000, 101), "a minute on");
+        assert_eq!(c.len(), 2, "the expired ones are gone");
+        assert!(!c.insert("live", 1_000, 102), "a live nonce is still a replay");
     }
 
     /// A flood of fresh signed requests far beyond the capacity never locks

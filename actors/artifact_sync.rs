@@ -68,13 +68,18 @@ impl Handler<SyncArtifacts> for ArtifactSync {
         let sync = async move {
             let keyring = keyring.ok_or_else(|| SyncError::other("no cluster secret is set, so the worker cannot be asked for artifacts"))?;
             let client = NodeClient::new(&msg.node, keyring, timeout);
-            tokio::fs::create_dir_all(&msg.dest)
-                .await
-                .map_err(|e| SyncError { disk_full: crate::error::is_disk_full(&e), message: format!("creating {}: {e}", msg.dest.display()) })?;
             let manifest = match msg.artifacts {
                 Some(m) => m,
                 None => client.manifest(&msg.remote_job_id).await.map_err(|e| SyncError::other(e.to_string()))?,
             };
+            // The folder is made here only for artifacts; the log's write
+            // makes it when it is missing (a short job's end then costs no
+            // trip to a blocking thread of its own).
+            if !manifest.is_empty() {
+                tokio::fs::create_dir_all(&msg.dest)
+                    .await
+                    .map_err(|e| SyncError { disk_full: crate::error::is_disk_full(&e), message: format!("creating {}: {e}", msg.dest.display()) })?;
+            }
             let mut out = Vec::with_capacity(manifest.len());
             for entry in &manifest {
                 let path = sync_one(&client, &msg.remote_job_id, entry, &msg.dest, backoff).await?;

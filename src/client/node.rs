@@ -304,11 +304,17 @@ impl NodeClient {
         };
         let d = dest.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            if let Some(parent) = d.parent() {
-                std::fs::create_dir_all(parent)?;
+            // The worker keeps the job's log; this copy needs no sync. The
+            // folder usually exists (made while the job ran).
+            match crate::artifacts::write_replace_unsynced(&d, &bytes) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(parent) = d.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    crate::artifacts::write_replace_unsynced(&d, &bytes)
+                }
+                other => other,
             }
-            // The worker keeps the job's log; this copy needs no sync.
-            crate::artifacts::write_replace_unsynced(&d, &bytes)
         })
         .await
         .map_err(|e| e.to_string())?

@@ -310,12 +310,7 @@ impl Output {
     /// Appends the blocks in order: in one vectored `O_DIRECT` write when
     /// they all can go that way, else one by one.
     fn write_batch(&mut self, blocks: &[Shared]) -> io::Result<()> {
-        let mut done = 0;
-        #[cfg(target_os = "linux")]
-        if blocks.len() > 1 {
-            done = self.write_direct_vectored(blocks)?;
-        }
-        let mut skip = done;
+        let mut skip = if blocks.len() > 1 { self.write_direct_vectored(blocks)? } else { 0 };
         for b in blocks {
             let bytes = b.bytes();
             if skip >= bytes.len() {
@@ -355,6 +350,11 @@ impl Output {
                 _ => return Err(e),
             }
         }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn write_direct_vectored(&mut self, _blocks: &[Shared]) -> io::Result<usize> {
+        Ok(0)
     }
 
     /// Writes what it can of `bytes` with `O_DIRECT`; returns the bytes

@@ -131,4 +131,24 @@ async fn a_large_download_asked_with_connection_close_is_the_same_answer() {
     }
     let after = served(&w);
     assert_eq!((after.0 - before.0, after.1 - before.1), (2.0 * entry.size as f64, 0.0), "streamed");
+
+    // A request asking to close after others on the same connection is
+    // streamed too: an earlier answer may still be on its way out.
+    let auth = w.sign("GET", &path, "", b"");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert!(rest.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&rest[..rest.len().min(200)]));
+    assert!(rest.ends_with(&expected), "the whole artifact, then the end of the connection");
+    assert_eq!(served(&w).1, after.1, "not sent by the kernel");
+
+    // A path the router decodes (%6A is 'j') is a download the guard does
+    // not recognise: its nonce is recorded after the handler, so the
+    // handler streams its answer instead of sending it itself.
+    let encoded = path.replacen("/jobs/", "/%6Aobs/", 1);
+    let before = served(&w);
+    let r = w.request("GET", &encoded, &[("Authorization", w.sign("GET", &encoded, "", b""))], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == expected);
+    assert_eq!(served(&w).1, before.1, "streamed");
 }

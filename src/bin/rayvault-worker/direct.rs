@@ -10,7 +10,8 @@
 //! actix-web gives a handler no access to its socket, so the server records
 //! each connection's descriptor when it accepts it ([`remember`]). A
 //! download that qualifies ([`wanted`]: a large body, asked for with
-//! `Connection: close`, as the controller's downloader does) is then sent
+//! `Connection: close` as the controller's downloader does, the first
+//! request on its connection) is then sent
 //! whole by a thread of its own on a duplicate of that descriptor: the
 //! answer head, the bytes with `sendfile`, and a shutdown of the sending
 //! side. The handler waits for that thread and returns an empty answer,
@@ -26,6 +27,7 @@
 use actix_web::dev::Extensions;
 use actix_web::HttpRequest;
 use std::any::Any;
+use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -40,23 +42,41 @@ const SEND_AT_ONCE: usize = 8 << 20;
 /// The longest a send waits for room in the socket before it gives up.
 const STALL: Duration = Duration::from_secs(60);
 
-/// The descriptor of an accepted connection's socket, in the connection's
-/// extensions. Valid while the connection's requests are being handled.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnSocket(RawFd);
+/// An accepted connection's socket, in the connection's extensions: its
+/// descriptor (valid while the connection's requests are being handled)
+/// and how many requests arrived on it so far.
+#[derive(Debug)]
+pub struct ConnSocket {
+    fd: RawFd,
+    requests: Cell<u32>,
+}
 
 /// `HttpServer::on_connect`: records the socket of each TCP connection.
 pub fn remember(conn: &dyn Any, ext: &mut Extensions) {
     if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        ext.insert(ConnSocket(stream.as_raw_fd()));
+        ext.insert(ConnSocket { fd: stream.as_raw_fd(), requests: Cell::new(0) });
+    }
+}
+
+/// Counts a request on its connection (the guard calls it for every one).
+pub fn count_request(req: &HttpRequest) {
+    if let Some(c) = req.conn_data::<ConnSocket>() {
+        c.requests.set(c.requests.get().saturating_add(1));
     }
 }
 
 /// The socket to send `len` bytes on directly, when the request qualifies:
 /// HTTP/1.1 asking for `Connection: close`, a body of at least
-/// [`MIN_BYTES`], on a connection [`remember`] recorded.
-pub fn wanted(req: &HttpRequest, len: u64) -> Option<ConnSocket> {
+/// [`MIN_BYTES`], the first request on a connection [`remember`] recorded
+/// (an earlier answer may still be in actix-web's write buffer), and a
+/// request whose nonce, if it has one, the handler records itself (see
+/// `guard::NonceAfterHandler`).
+pub fn wanted(req: &HttpRequest, len: u64) -> Option<RawFd> {
+    use actix_web::HttpMessage;
     if len < MIN_BYTES || req.version() != actix_web::http::Version::HTTP_11 {
+        return None;
+    }
+    if req.extensions().contains::<crate::guard::NonceAfterHandler>() {
         return None;
     }
     let close = req
@@ -68,26 +88,30 @@ pub fn wanted(req: &HttpRequest, len: u64) -> Option<ConnSocket> {
     if !close {
         return None;
     }
-    req.conn_data::<ConnSocket>().copied()
+    req.conn_data::<ConnSocket>().filter(|c| c.requests.get() == 1).map(|c| c.fd)
 }
 
-/// Sends `head` (the answer's status line and headers, ending with the
-/// blank line) and `len` bytes of `file` from `start` on `sock`, then shuts
-/// the sending side. Returns the body bytes sent; an error once the head
-/// may be out (the client then sees a short body, as with any broken
-/// download, and resumes with `Range`).
-pub async fn send(sock: ConnSocket, head: Vec<u8>, file: File, start: u64, len: u64) -> std::io::Result<u64> {
-    // Duplicated now, while the connection certainly owns the descriptor:
-    // the number may name another socket once the connection is gone.
-    // SAFETY: `dup` of a descriptor this process holds open (the
-    // connection being handled owns it); the result is owned below.
-    let fd = unsafe { libc::fcntl(sock.0, libc::F_DUPFD_CLOEXEC, 0) };
+/// A send started by [`start`]: its outcome, once the thread is done.
+pub type Sending = tokio::sync::oneshot::Receiver<std::io::Result<u64>>;
+
+/// Starts sending `head` (the answer's status line and headers, ending with
+/// the blank line) and `len` bytes of `file` from `start` on the socket
+/// `sock`, then shutting its sending side. An error here means nothing was
+/// sent (the caller answers the usual way); once started, the outcome is
+/// the body bytes sent, or an error after which the client sees a short
+/// body, as with any broken download, and resumes with `Range`.
+pub fn start(sock: RawFd, head: Vec<u8>, file: File, start: u64, len: u64) -> std::io::Result<Sending> {
+    // Duplicated now, while the connection certainly owns the descriptor
+    // (this runs inside its handler): the number may name another socket
+    // once the connection is gone.
+    // SAFETY: `dup` of a descriptor this process holds open; the result is
+    // owned below.
+    let fd = unsafe { libc::fcntl(sock, libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    rayvault::metrics::worker().artifact_sent_by_kernel();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("artifact-sender".into()).spawn(move || {
         let sent = send_blocking(&fd, &head, &file, start, len);
@@ -97,7 +121,8 @@ pub async fn send(sock: ConnSocket, head: Vec<u8>, file: File, start: u64, len: 
         }
         let _ = tx.send(sent);
     })?;
-    rx.await.unwrap_or_else(|_| Err(std::io::Error::other("the artifact sender stopped")))
+    rayvault::metrics::worker().artifact_sent_by_kernel();
+    Ok(rx)
 }
 
 fn send_blocking(fd: &OwnedFd, head: &[u8], file: &File, start: u64, len: u64) -> std::io::Result<u64> {

@@ -172,9 +172,14 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
         None => (0, size),
     };
     #[cfg(target_os = "linux")]
-    if let Some(sock) = crate::direct::wanted(&req, len) {
-        return send_direct(&st, &req, sock, range, size, &entry.sha256, file, start, len).await;
-    }
+    let file = match crate::direct::wanted(&req, len) {
+        Some(sock) => match send_direct(&st, &req, sock, range, size, &entry.sha256, file, start, len).await? {
+            Ok(answered) => return Ok(answered),
+            // Nothing went out: the usual answer.
+            Err(file) => file,
+        },
+        None => file,
+    };
     let mut builder = match range {
         Some((s, e)) => {
             let mut b = HttpResponse::PartialContent();
@@ -194,20 +199,21 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
 
 /// [`download`] by the kernel (see [`crate::direct`]): the request's nonce
 /// is recorded first (nothing is answered before it is durable), then the
-/// head and the bytes go out on the connection's socket.
+/// head and the bytes go out on the connection's socket. Gives the file
+/// back when the send could not start (nothing was sent).
 #[cfg(target_os = "linux")]
 #[allow(clippy::too_many_arguments)]
 async fn send_direct(
     st: &Data,
     req: &HttpRequest,
-    sock: crate::direct::ConnSocket,
+    sock: std::os::fd::RawFd,
     range: Option<(u64, u64)>,
     size: u64,
     sha256: &str,
     file: std::fs::File,
     start: u64,
     len: u64,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Result<HttpResponse, std::fs::File>, ApiError> {
     use actix_web::HttpMessage;
     let slot = req.extensions().get::<crate::guard::NonceSlot>().cloned();
     if let Some(n) = slot.and_then(|s| s.take()) {
@@ -225,12 +231,22 @@ async fn send_direct(
         head.push_str(&format!("content-range: bytes {s}-{e}/{size}\r\n"));
     }
     head.push_str("\r\n");
-    if let Err(e) = crate::direct::send(sock, head.into_bytes(), file, start, len).await {
-        tracing::warn!(error = %e, "an artifact download broke off");
+    let reopened = file.try_clone();
+    let sending = match crate::direct::start(sock, head.into_bytes(), file, start, len) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start sending an artifact with sendfile; streaming it");
+            return reopened.map(Err).map_err(|e| ApiError::internal("opening the artifact", e));
+        }
+    };
+    match sending.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "an artifact download broke off"),
+        Err(_) => tracing::warn!("the artifact sender stopped"),
     }
     // The answer went out on the socket, whose sending side is now shut:
     // actix-web cannot write this one and closes the connection.
-    Ok(HttpResponse::Ok().insert_header((header::CONNECTION, "close")).finish())
+    Ok(Ok(HttpResponse::Ok().insert_header((header::CONNECTION, "close")).finish()))
 }
 
 /// Bytes read from an artifact per `read` call.

@@ -31,6 +31,8 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         return Err(ApiError::internal("request setup", "application state missing").into());
     };
+    #[cfg(target_os = "linux")]
+    crate::direct::count_request(req.request());
     check_header_size(&req, state.limits.max_header_bytes)?;
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
@@ -118,6 +120,9 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
             // nonce then shares the commit of the job's end (one sync
             // instead of two). An answer ready first asks for the commit
             // at once.
+            // The handler must not answer on its own (see `direct`): this
+            // nonce is recorded here, after it.
+            req.extensions_mut().insert(NonceAfterHandler);
             let recorded = state.env.store.record_nonce_patient(&request_nonce.nonce, request_nonce.expires, now, NONCE_PATIENCE);
             let mut recorded = std::pin::pin!(recorded);
             let answer = next.call(req).await;
@@ -187,6 +192,11 @@ impl NonceSlot {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
     }
 }
+
+/// Marker of a request whose nonce the guard records after its handler
+/// (not through a [`NonceSlot`]): its handler answers through actix-web.
+#[derive(Debug, Clone, Copy)]
+pub struct NonceAfterHandler;
 
 /// Marker put into a request's extensions once it is authenticated.
 #[derive(Debug, Clone, Copy)]

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod download;
+mod part_file;
 mod fetch;
 pub mod error;
 pub mod legacy_v05;

@@ -125,6 +125,57 @@ pub fn start(sock: RawFd, head: Vec<u8>, file: File, start: u64, len: u64) -> st
     Ok(rx)
 }
 
+/// `files::download` by the kernel: the request's nonce
+/// is recorded first (nothing is answered before it is durable), then the
+/// head and the bytes go out on the connection's socket. Gives the file
+/// back when the send could not start (nothing was sent).
+#[allow(clippy::too_many_arguments)]
+pub async fn send_download(
+    st: &crate::handlers::Data,
+    req: &HttpRequest,
+    sock: std::os::fd::RawFd,
+    range: Option<(u64, u64)>,
+    size: u64,
+    sha256: &str,
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+) -> Result<Result<actix_web::HttpResponse, std::fs::File>, crate::apierror::ApiError> {
+    use actix_web::HttpMessage;
+    let slot = req.extensions().get::<crate::guard::NonceSlot>().cloned();
+    if let Some(n) = slot.and_then(|s| s.take()) {
+        crate::guard::nonce_outcome(st.env.store.record_nonce_async(&n.nonce, n.expires, n.now).await)?;
+    }
+    let status = match range {
+        Some(_) => "206 Partial Content",
+        None => "200 OK",
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {len}\r\naccept-ranges: bytes\r\ncontent-type: application/octet-stream\r\nx-content-sha256: {sha256}\r\ndate: {}\r\nconnection: close\r\n",
+        actix_web::http::header::HttpDate::from(std::time::SystemTime::now())
+    );
+    if let Some((s, e)) = range {
+        head.push_str(&format!("content-range: bytes {s}-{e}/{size}\r\n"));
+    }
+    head.push_str("\r\n");
+    let reopened = file.try_clone();
+    let sending = match self::start(sock, head.into_bytes(), file, start, len) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start sending an artifact with sendfile; streaming it");
+            return reopened.map(Err).map_err(|e| crate::apierror::ApiError::internal("opening the artifact", e));
+        }
+    };
+    match sending.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "an artifact download broke off"),
+        Err(_) => tracing::warn!("the artifact sender stopped"),
+    }
+    // The answer went out on the socket, whose sending side is now shut:
+    // actix-web cannot write this one and closes the connection.
+    Ok(Ok(actix_web::HttpResponse::Ok().insert_header((actix_web::http::header::CONNECTION, "close")).finish()))
+}
+
 fn send_blocking(fd: &OwnedFd, head: &[u8], file: &File, start: u64, len: u64) -> std::io::Result<u64> {
     let mut at = 0;
     while at < head.len() {

@@ -173,7 +173,7 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
     };
     #[cfg(target_os = "linux")]
     let file = match crate::direct::wanted(&req, len) {
-        Some(sock) => match send_direct(&st, &req, sock, range, size, &entry.sha256, file, start, len).await? {
+        Some(sock) => match crate::direct::send_download(&st, &req, sock, range, size, &entry.sha256, file, start, len).await? {
             Ok(answered) => return Ok(answered),
             // Nothing went out: the usual answer.
             Err(file) => file,
@@ -195,58 +195,6 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
         .no_chunking(len);
     let body = file_stream(file, start, len).map_err(|e| ApiError::internal("starting the artifact reader", e))?;
     Ok(builder.streaming(body))
-}
-
-/// [`download`] by the kernel (see [`crate::direct`]): the request's nonce
-/// is recorded first (nothing is answered before it is durable), then the
-/// head and the bytes go out on the connection's socket. Gives the file
-/// back when the send could not start (nothing was sent).
-#[cfg(target_os = "linux")]
-#[allow(clippy::too_many_arguments)]
-async fn send_direct(
-    st: &Data,
-    req: &HttpRequest,
-    sock: std::os::fd::RawFd,
-    range: Option<(u64, u64)>,
-    size: u64,
-    sha256: &str,
-    file: std::fs::File,
-    start: u64,
-    len: u64,
-) -> Result<Result<HttpResponse, std::fs::File>, ApiError> {
-    use actix_web::HttpMessage;
-    let slot = req.extensions().get::<crate::guard::NonceSlot>().cloned();
-    if let Some(n) = slot.and_then(|s| s.take()) {
-        crate::guard::nonce_outcome(st.env.store.record_nonce_async(&n.nonce, n.expires, n.now).await)?;
-    }
-    let status = match range {
-        Some(_) => "206 Partial Content",
-        None => "200 OK",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {len}\r\naccept-ranges: bytes\r\ncontent-type: application/octet-stream\r\nx-content-sha256: {sha256}\r\ndate: {}\r\nconnection: close\r\n",
-        header::HttpDate::from(std::time::SystemTime::now())
-    );
-    if let Some((s, e)) = range {
-        head.push_str(&format!("content-range: bytes {s}-{e}/{size}\r\n"));
-    }
-    head.push_str("\r\n");
-    let reopened = file.try_clone();
-    let sending = match crate::direct::start(sock, head.into_bytes(), file, start, len) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not start sending an artifact with sendfile; streaming it");
-            return reopened.map(Err).map_err(|e| ApiError::internal("opening the artifact", e));
-        }
-    };
-    match sending.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "an artifact download broke off"),
-        Err(_) => tracing::warn!("the artifact sender stopped"),
-    }
-    // The answer went out on the socket, whose sending side is now shut:
-    // actix-web cannot write this one and closes the connection.
-    Ok(Ok(HttpResponse::Ok().insert_header((header::CONNECTION, "close")).finish()))
 }
 
 /// Bytes read from an artifact per `read` call.

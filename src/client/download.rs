@@ -181,6 +181,18 @@ impl Sink {
         Ok(Sink { to_writer: Some(to_writer), to_hasher: Some(to_hasher), free_tx, free_rx, made: 0, writer, hasher })
     }
 
+    /// Makes now the buffers a transfer of `bytes` more can use (at most
+    /// [`BUFFERS`]), instead of one by one as the threads fall behind: the
+    /// memory a download takes then depends on its size only up to that
+    /// bound, not on how the disk and the hasher kept pace this time.
+    pub(super) fn expect(&mut self, bytes: u64) {
+        let blocks = usize::try_from(bytes.div_ceil(BLOCK as u64)).unwrap_or(usize::MAX).saturating_add(1);
+        while self.made < blocks.min(BUFFERS) {
+            self.made += 1;
+            let _ = self.free_tx.send(Buf::new());
+        }
+    }
+
     /// An empty buffer of [`BLOCK`] bytes to read into: a recycled one when
     /// one is free, a new one while fewer than [`BUFFERS`] exist, else the
     /// next one the threads release (waiting for it).
@@ -415,6 +427,12 @@ mod tests {
             sink.send(buf, piece.len()).unwrap();
         }
         assert!(sink.made <= BUFFERS, "{} buffers made", sink.made);
+        let mut other = Sink::start(dir.path().join("u.bin.part"), 0).unwrap();
+        other.expect(2 * BLOCK as u64 + 1);
+        assert_eq!(other.made, 4, "the blocks of the transfer (three, one partial, plus one to read into)");
+        other.expect(100 * BLOCK as u64);
+        assert_eq!(other.made, BUFFERS, "never more than the bound");
+        drop(other.finish());
         let received = sink.finish().unwrap();
         assert_eq!(received.len, whole.len() as u64);
         assert_eq!(settle(received, &part, &dest, &sha(&whole)).unwrap(), Ok(()));

@@ -116,6 +116,7 @@ impl Fetch {
         let head = self.read_head(&mut stream)?;
         let keep = self.check_head(&mut stream, &head)?;
         let mut sink = Sink::start(self.part.clone(), keep)?;
+        sink.expect(self.entry.size.saturating_sub(keep));
         let (transferred, broke) = self.read_body(&mut stream, head.rest, keep, &mut sink, cancel);
         drop(stream);
         // What arrived stays in the .part file for a resume, so the sink is

@@ -24,8 +24,11 @@
 //! thread then fails on its next write and stops. A client that stops
 //! reading is given up after [`STALL`].
 
+use crate::apierror::ApiError;
 use actix_web::dev::Extensions;
-use actix_web::HttpRequest;
+use actix_web::http::header::{HeaderName, HttpDate, CONNECTION};
+use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use std::any::Any;
 use std::cell::Cell;
 use std::fs::File;
@@ -72,7 +75,6 @@ pub fn count_request(req: &HttpRequest) {
 /// request whose nonce, if it has one, the handler records itself (see
 /// `guard::NonceAfterHandler`).
 pub fn wanted(req: &HttpRequest, len: u64) -> Option<RawFd> {
-    use actix_web::HttpMessage;
     if len < MIN_BYTES || req.version() != actix_web::http::Version::HTTP_11 {
         return None;
     }
@@ -81,7 +83,7 @@ pub fn wanted(req: &HttpRequest, len: u64) -> Option<RawFd> {
     }
     let close = req
         .headers()
-        .get_all(actix_web::http::header::CONNECTION)
+        .get_all(CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("close"));
@@ -95,12 +97,12 @@ pub fn wanted(req: &HttpRequest, len: u64) -> Option<RawFd> {
 pub type Sending = tokio::sync::oneshot::Receiver<std::io::Result<u64>>;
 
 /// Starts sending `head` (the answer's status line and headers, ending with
-/// the blank line) and `len` bytes of `file` from `start` on the socket
+/// the blank line) and `len` bytes of `file` from `from` on the socket
 /// `sock`, then shutting its sending side. An error here means nothing was
 /// sent (the caller answers the usual way); once started, the outcome is
 /// the body bytes sent, or an error after which the client sees a short
 /// body, as with any broken download, and resumes with `Range`.
-pub fn start(sock: RawFd, head: Vec<u8>, file: File, start: u64, len: u64) -> std::io::Result<Sending> {
+pub fn start(sock: RawFd, head: Vec<u8>, file: File, from: u64, len: u64) -> std::io::Result<Sending> {
     // Duplicated now, while the connection certainly owns the descriptor
     // (this runs inside its handler): the number may name another socket
     // once the connection is gone.
@@ -114,7 +116,7 @@ pub fn start(sock: RawFd, head: Vec<u8>, file: File, start: u64, len: u64) -> st
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("artifact-sender".into()).spawn(move || {
-        let sent = send_blocking(&fd, &head, &file, start, len);
+        let sent = send_blocking(&fd, &head, &file, from, len);
         // SAFETY: shutting down a socket this thread's descriptor names.
         unsafe {
             libc::shutdown(fd.as_raw_fd(), if sent.is_ok() { libc::SHUT_WR } else { libc::SHUT_RDWR });
@@ -125,45 +127,37 @@ pub fn start(sock: RawFd, head: Vec<u8>, file: File, start: u64, len: u64) -> st
     Ok(rx)
 }
 
-/// `files::download` by the kernel: the request's nonce
-/// is recorded first (nothing is answered before it is durable), then the
-/// head and the bytes go out on the connection's socket. Gives the file
-/// back when the send could not start (nothing was sent).
+/// `files::download` by the kernel: the request's nonce is recorded first
+/// (nothing is answered before it is durable), then the answer, `status`
+/// and `headers` with `Content-Length`, `Date` and `Connection: close`,
+/// goes out on the connection's socket. Gives the file back when the send
+/// could not start (nothing was sent).
 #[allow(clippy::too_many_arguments)]
 pub async fn send_download(
     st: &crate::handlers::Data,
     req: &HttpRequest,
-    sock: std::os::fd::RawFd,
-    range: Option<(u64, u64)>,
-    size: u64,
-    sha256: &str,
-    file: std::fs::File,
-    start: u64,
+    sock: RawFd,
+    status: StatusCode,
+    headers: &[(HeaderName, String)],
+    file: File,
+    from: u64,
     len: u64,
-) -> Result<Result<actix_web::HttpResponse, std::fs::File>, crate::apierror::ApiError> {
-    use actix_web::HttpMessage;
+) -> Result<Result<HttpResponse, File>, ApiError> {
     let slot = req.extensions().get::<crate::guard::NonceSlot>().cloned();
-    if let Some(n) = slot.and_then(|s| s.take()) {
-        crate::guard::nonce_outcome(st.env.store.record_nonce_async(&n.nonce, n.expires, n.now).await)?;
+    if let Some(slot) = slot {
+        slot.record_now(&st.env.store).await?;
     }
-    let status = match range {
-        Some(_) => "206 Partial Content",
-        None => "200 OK",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {len}\r\naccept-ranges: bytes\r\ncontent-type: application/octet-stream\r\nx-content-sha256: {sha256}\r\ndate: {}\r\nconnection: close\r\n",
-        actix_web::http::header::HttpDate::from(std::time::SystemTime::now())
-    );
-    if let Some((s, e)) = range {
-        head.push_str(&format!("content-range: bytes {s}-{e}/{size}\r\n"));
+    let mut head = format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str("\r\n");
+    head.push_str(&format!("content-length: {len}\r\ndate: {}\r\nconnection: close\r\n\r\n", HttpDate::from(std::time::SystemTime::now())));
     let reopened = file.try_clone();
-    let sending = match self::start(sock, head.into_bytes(), file, start, len) {
+    let sending = match start(sock, head.into_bytes(), file, from, len) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "could not start sending an artifact with sendfile; streaming it");
-            return reopened.map(Err).map_err(|e| crate::apierror::ApiError::internal("opening the artifact", e));
+            return reopened.map(Err).map_err(|e| ApiError::internal("opening the artifact", e));
         }
     };
     match sending.await {
@@ -173,7 +167,7 @@ pub async fn send_download(
     }
     // The answer went out on the socket, whose sending side is now shut:
     // actix-web cannot write this one and closes the connection.
-    Ok(Ok(actix_web::HttpResponse::Ok().insert_header((actix_web::http::header::CONNECTION, "close")).finish()))
+    Ok(Ok(HttpResponse::Ok().insert_header((CONNECTION, "close")).finish()))
 }
 
 fn send_blocking(fd: &OwnedFd, head: &[u8], file: &File, start: u64, len: u64) -> std::io::Result<u64> {

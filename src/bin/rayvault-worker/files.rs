@@ -171,28 +171,30 @@ pub async fn download(st: Data, req: HttpRequest, path: web::Path<(String, Strin
         Some((s, e)) => (s, e - s + 1),
         None => (0, size),
     };
+    // One status and header set for both ways of sending the bytes.
+    let status = if range.is_some() { actix_web::http::StatusCode::PARTIAL_CONTENT } else { actix_web::http::StatusCode::OK };
+    let mut headers = vec![
+        (header::ACCEPT_RANGES, "bytes".to_string()),
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::HeaderName::from_static("x-content-sha256"), entry.sha256.clone()),
+    ];
+    if let Some((s, e)) = range {
+        headers.push((header::CONTENT_RANGE, format!("bytes {s}-{e}/{size}")));
+    }
     #[cfg(target_os = "linux")]
     let file = match crate::direct::wanted(&req, len) {
-        Some(sock) => match crate::direct::send_download(&st, &req, sock, range, size, &entry.sha256, file, start, len).await? {
+        Some(sock) => match crate::direct::send_download(&st, &req, sock, status, &headers, file, start, len).await? {
             Ok(answered) => return Ok(answered),
             // Nothing went out: the usual answer.
             Err(file) => file,
         },
         None => file,
     };
-    let mut builder = match range {
-        Some((s, e)) => {
-            let mut b = HttpResponse::PartialContent();
-            b.insert_header((header::CONTENT_RANGE, format!("bytes {s}-{e}/{size}")));
-            b
-        }
-        None => HttpResponse::Ok(),
-    };
-    builder
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
-        .insert_header(("X-Content-SHA256", entry.sha256.clone()))
-        .no_chunking(len);
+    let mut builder = HttpResponse::build(status);
+    for h in headers {
+        builder.insert_header(h);
+    }
+    builder.no_chunking(len);
     let body = file_stream(file, start, len).map_err(|e| ApiError::internal("starting the artifact reader", e))?;
     Ok(builder.streaming(body))
 }

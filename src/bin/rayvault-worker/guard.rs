@@ -111,9 +111,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody>) -> Res
                 let slot = NonceSlot::new(request_nonce);
                 req.extensions_mut().insert(slot.clone());
                 let answer = next.call(req).await;
-                if let Some(n) = slot.take() {
-                    nonce_outcome(state.env.store.record_nonce_async(&n.nonce, n.expires, n.now).await)?;
-                }
+                slot.record_now(&state.env.store).await?;
                 return answer;
             }
             // The nonce may wait a moment for company: a long-poll's
@@ -187,6 +185,16 @@ impl NonceSlot {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Records the nonce now, unless it was taken; refuses the request
+    /// when it was seen before or cannot be recorded (see
+    /// [`nonce_outcome`]).
+    pub async fn record_now(&self, store: &rayvault::store::Store) -> Result<(), ApiError> {
+        match self.take() {
+            Some(n) => nonce_outcome(store.record_nonce_async(&n.nonce, n.expires, n.now).await),
+            None => Ok(()),
+        }
+    }
+
     /// Gives a taken nonce back (its write failed): the guard records it.
     pub fn put_back(&self, n: RequestNonce) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
@@ -205,7 +213,7 @@ pub struct Authenticated;
 /// The outcome of recording an accepted nonce in the store, which keeps a
 /// restart (even kill -9) from reopening the replay window. A nonce already
 /// there, or a failure to record it, refuses the request: fail closed.
-pub fn nonce_outcome(recorded: Result<bool, rayvault::store::StoreError>) -> Result<(), ApiError> {
+fn nonce_outcome(recorded: Result<bool, rayvault::store::StoreError>) -> Result<(), ApiError> {
     match recorded {
         Ok(true) => Ok(()),
         Ok(false) => {

@@ -57,10 +57,12 @@ unsafe impl Send for Buf {}
 // SAFETY: shared access only reads.
 unsafe impl Sync for Buf {}
 
+/// A buffer's alignment: a huge page (2 MiB on x86-64), a multiple of
+/// [`ALIGN`].
 const BUF_ALIGN: usize = 2 << 20;
 
 fn buf_layout() -> std::alloc::Layout {
-    std::alloc::Layout::from_size_align(BLOCK, BUF_ALIGN.max(ALIGN)).expect("a valid layout")
+    std::alloc::Layout::from_size_align(BLOCK, BUF_ALIGN).expect("a valid layout")
 }
 
 impl Buf {

@@ -322,7 +322,9 @@ pub async fn run_job(
             }
         });
     }
-    let staged = {
+    let staged = if staging::is_quick(&spec.step_name, &spec.payload) {
+        Ok(staging::stage(&spec.step_name, &spec.payload))
+    } else {
         let (step, payload) = (spec.step_name.clone(), spec.payload.clone());
         tokio::task::spawn_blocking(move || staging::stage(&step, &payload)).await
     };

@@ -37,7 +37,7 @@ pub struct Staged {
 /// fields and returns the payload with those fields rewritten. Paths that do
 /// not exist here are left alone (they may name a file on the worker), and
 /// so is a payload for an unknown step (it fails with `STEP_UNKNOWN`
-/// later). Reads files: call it from `spawn_blocking`.
+/// later). Reads files: call it from `spawn_blocking` unless [`is_quick`].
 pub fn stage(step_name: &str, payload: &Value) -> std::io::Result<Staged> {
     let mut out = payload.clone();
     let mut blobs = Vec::new();
@@ -63,6 +63,43 @@ pub fn stage(step_name: &str, payload: &Value) -> std::io::Result<Staged> {
     blobs.sort_by(|a, b| a.sha256.cmp(&b.sha256));
     blobs.dedup_by(|a, b| a.sha256 == b.sha256);
     Ok(Staged { payload: out, blobs })
+}
+
+/// Input bytes up to which [`stage`] runs on the calling (async) thread:
+/// reading and hashing 64 KiB takes tens of microseconds, less than handing
+/// the work to a blocking thread and back.
+pub const QUICK_STAGE_BYTES: u64 = 64 * 1024;
+
+/// Whether staging this payload is quick enough to run inline: every input
+/// path names a regular file, a blob reference or nothing here, and the
+/// files hold at most [`QUICK_STAGE_BYTES`] together. Costs one `stat` per
+/// input path; a file that grows before it is read is still read whole.
+pub fn is_quick(step_name: &str, payload: &Value) -> bool {
+    let Ok(step) = StepName::parse(step_name) else { return true };
+    let Value::Object(map) = payload else { return true };
+    let mut total = 0u64;
+    let mut quick = |v: &Value| {
+        let Value::String(s) = v else { return true };
+        if s.starts_with(BLOB_REF_PREFIX) {
+            return true;
+        }
+        match std::fs::metadata(s) {
+            Ok(m) if m.is_file() => {
+                total = total.saturating_add(m.len());
+                total <= QUICK_STAGE_BYTES
+            }
+            // A folder fails staging, quickly; a missing path stays as is.
+            Ok(m) => m.is_dir(),
+            Err(_) => true,
+        }
+    };
+    step.input_file_fields().iter().all(|field| match *field {
+        InputFileField::One(name) => map.get(name).map_or(true, &mut quick),
+        InputFileField::List(name) => match map.get(name) {
+            Some(Value::Array(items)) => items.iter().all(&mut quick),
+            _ => true,
+        },
+    })
 }
 
 fn stage_value(v: &mut Value, blobs: &mut Vec<Blob>) -> std::io::Result<()> {
@@ -187,6 +224,23 @@ mod tests {
         let mut result = json!({"media_path": format!("blob:sha256:{digest}"), "input": format!("/w/blobs/{digest}"), "frames": ["C:\\w\\jobs\\1\\frame_0001.jpg"]});
         map_back(&mut result, &staged.blobs, &[("frame_0001.jpg".into(), "/r/frame_0001.jpg".into())]);
         assert_eq!(result, json!({"media_path": fp, "input": fp, "frames": ["/r/frame_0001.jpg"]}));
+    }
+
+    #[test]
+    fn only_a_few_small_files_are_staged_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.wav");
+        std::fs::write(&small, vec![1u8; 40 * 1024]).unwrap();
+        let big = dir.path().join("big.wav");
+        std::fs::write(&big, vec![2u8; QUICK_STAGE_BYTES as usize + 1]).unwrap();
+        let (s, b) = (small.to_string_lossy().to_string(), big.to_string_lossy().to_string());
+        let blob = format!("blob:sha256:{}", "a".repeat(64));
+        assert!(is_quick("AUDIO_POSTCHECK", &json!({"audio_paths": [s, blob, "/nonexistent/x.wav"]})));
+        assert!(!is_quick("AUDIO_POSTCHECK", &json!({"audio_paths": [b]})), "a large file is hashed on a blocking thread");
+        assert!(!is_quick("AUDIO_POSTCHECK", &json!({"audio_paths": [s, s]})), "so are small ones that are large together");
+        assert!(is_quick("FFMPEG_PROBE", &json!({"media_path": s, "audio_paths": [b]})), "only the step's own fields count");
+        assert!(is_quick("FFMPEG_PROBE", &json!({"media_path": dir.path()})), "a folder fails staging at once");
+        assert!(is_quick("NOT_A_STEP", &json!({"media_path": b})));
     }
 
     #[test]

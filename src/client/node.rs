@@ -302,25 +302,32 @@ impl NodeClient {
             Some(log) => log.into_bytes(),
             None => self.whole_log(job_id).await.map_err(|e| e.to_string())?,
         };
-        let d = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            // The worker keeps the job's log; this copy needs no sync. The
-            // folder usually exists (made while the job ran).
-            match crate::artifacts::write_replace_unsynced(&d, &bytes) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if let Some(parent) = d.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    crate::artifacts::write_replace_unsynced(&d, &bytes)
+        // The worker keeps the job's log; this copy needs no sync. The
+        // folder usually exists (made while the job ran).
+        let write = move |d: &Path, bytes: &[u8]| match crate::artifacts::write_replace_unsynced(d, bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = d.parent() {
+                    std::fs::create_dir_all(parent)?;
                 }
-                other => other,
+                crate::artifacts::write_replace_unsynced(d, bytes)
             }
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("writing {}: {e}", dest.display()))
+            other => other,
+        };
+        let written = if bytes.len() <= QUICK_LOG_BYTES {
+            // A short job's log (a few lines): written here, in less time
+            // than a trip to a blocking thread and back takes.
+            write(dest, &bytes)
+        } else {
+            let d = dest.to_path_buf();
+            tokio::task::spawn_blocking(move || write(&d, &bytes)).await.map_err(|e| e.to_string())?
+        };
+        written.map_err(|e| format!("writing {}: {e}", dest.display()))
     }
 }
+
+/// Log sizes up to which [`NodeClient::fetch_log`] writes the copy on the
+/// calling thread (one small unsynced file: tens of microseconds).
+const QUICK_LOG_BYTES: usize = 64 * 1024;
 
 /// A v0.5 job in the poll's terms.
 fn legacy_polled(j: super::legacy_v05::LegacyJob) -> Polled {

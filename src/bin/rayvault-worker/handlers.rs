@@ -152,25 +152,15 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
         // No file to look at and a small payload to hash: microseconds,
         // done here rather than on the blocking pool.
         (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new(), Vec::new())
+    } else if body.len() <= QUICK_STAGE_BYTES && digests.len() <= QUICK_STAGE_BLOBS {
+        // A few small inputs: one small file written and a few `stat`s,
+        // quicker here than a trip to a blocking thread and back.
+        stage_inputs(&st.env.paths, inline, digests, step.as_str(), &req.payload)?
     } else {
-        let digests_in_use = digests.clone();
         let paths = st.env.paths.clone();
         let payload = req.payload.clone();
         let step_name = step.as_str().to_string();
-        web::block(move || -> Result<_, ApiError> {
-            // Inputs sent inline are checked and written here; they are
-            // synced and renamed into place while the job is committed.
-            let pending = crate::files::prepare_inline(&paths, inline)?;
-            let inline_digest = |d: &String| pending.iter().any(|p| &p.sha256 == d);
-            let missing: Vec<String> = digests.into_iter().filter(|d| !inline_digest(d) && !paths.blob_path(d).is_file()).collect();
-            if missing.is_empty() {
-                for d in digests_in_use.iter().filter(|d| !inline_digest(d)) {
-                    crate::files::touch(&paths.blob_path(d));
-                }
-            }
-            Ok((protocol::inputs_hash(&step_name, &payload), missing, pending))
-        })
-        .await??
+        web::block(move || stage_inputs(&paths, inline, digests, &step_name, &payload)).await??
     };
     if let Some(d) = missing.first() {
         return Err(ApiError::new(ApiCode::BlobNotFound, format!("the payload names blob {d}, which is not staged here; upload it first with PUT /blobs/{d}")));
@@ -260,6 +250,38 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
             format!("{max} jobs are already queued or running (worker.max_jobs_in_flight); retry later"),
         )),
     }
+}
+
+/// Submissions up to this size with at most [`QUICK_STAGE_BLOBS`] blob
+/// references stage their inputs on the request's own thread
+/// ([`stage_inputs`]); larger ones on the blocking pool.
+const QUICK_STAGE_BYTES: usize = 128 * 1024;
+
+/// See [`QUICK_STAGE_BYTES`].
+const QUICK_STAGE_BLOBS: usize = 4;
+
+/// The inputs of a submission that names blobs: those sent inline are
+/// checked and written to temporary files (synced and renamed into place
+/// while the job is committed, [`crate::files::finish_inline`]), the
+/// others must be stored already (and are touched, so that the blob
+/// pruner keeps them). Answers the job's `inputs_hash`, the digests
+/// missing here and the inline inputs pending. Blocking, briefly.
+fn stage_inputs(
+    paths: &rayvault::store::WorkerPaths,
+    inline: Vec<protocol::InlineBlob>,
+    digests: Vec<String>,
+    step_name: &str,
+    payload: &serde_json::Value,
+) -> Result<(String, Vec<String>, Vec<crate::files::PendingBlob>), ApiError> {
+    let pending = crate::files::prepare_inline(paths, inline)?;
+    let inline_digest = |d: &String| pending.iter().any(|p| &p.sha256 == d);
+    let missing: Vec<String> = digests.iter().filter(|d| !inline_digest(d) && !paths.blob_path(d).is_file()).cloned().collect();
+    if missing.is_empty() {
+        for d in digests.iter().filter(|d| !inline_digest(d)) {
+            crate::files::touch(&paths.blob_path(d));
+        }
+    }
+    Ok((protocol::inputs_hash(step_name, payload), missing, pending))
 }
 
 /// The submitted job's view: at once, or (`wait_ms`) once it has ended if

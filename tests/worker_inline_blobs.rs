@@ -71,6 +71,34 @@ async fn a_job_with_its_input_inline_runs_on_exactly_those_bytes() {
     assert!(metrics.lines().any(|l| l == "rayvault_blobs_inline_total 1"), "{metrics}");
 }
 
+/// A small submission's inputs are stored on the request's own thread, a
+/// larger one's on the blocking pool: both check every digest the same way
+/// and run the job on exactly the bytes sent.
+#[actix_rt::test]
+async fn small_and_large_inline_inputs_are_checked_and_stored_alike() {
+    let dir = common::tempdir();
+    let w = Worker::start(Opts::default());
+    // 0.5 s (a 48 KB input, a body under 128 KiB) and 3 s (288 KB).
+    for (name, seconds) in [("short.wav", 0.5), ("long.wav", 3.0)] {
+        let wav = std::fs::read(common::make_sine_wav(dir.path(), name, seconds, 48_000, 1, -20.0)).unwrap();
+        let digest = sha(&wav);
+        let mut tampered = wav.clone();
+        tampered[200] ^= 0xff;
+        let r = w.signed("POST", "/jobs", &postcheck(&digest, json!([{ "sha256": digest, "data_b64": b64(&tampered) }])));
+        assert_eq!((r.status, code(&r).as_str()), (422, "DIGEST_MISMATCH"), "{name}: {}", r.text());
+        assert!(!blob_file(&w, &digest).exists(), "{name}: a mismatching input was stored");
+
+        let r = w.signed("POST", "/jobs", &postcheck(&digest, json!([{ "sha256": digest, "data_b64": b64(&wav) }])));
+        assert_eq!(r.status, 201, "{name}: {}", r.text());
+        assert_eq!(std::fs::read(blob_file(&w, &digest)).unwrap(), wav, "{name}");
+        let id = r.json()["job"]["job_id"].as_str().unwrap().to_string();
+        let done = w.client().job(&id, 30).await.unwrap();
+        assert_eq!(done.state, JobState::Succeeded, "{name}: {done:?}");
+        let duration = done.result.as_ref().and_then(|r| r.pointer("/files/0/duration_s")).and_then(Value::as_f64);
+        assert!(duration.is_some_and(|d| (d - seconds).abs() < 0.05), "{name}: the job ran on other bytes: {:?}", done.result);
+    }
+}
+
 #[actix_rt::test]
 async fn bad_inline_inputs_are_refused_before_anything_is_stored_or_accepted() {
     let dir = common::tempdir();

@@ -10,6 +10,7 @@
 //! they share one sync (group commit); no caller gets its answer before the
 //! commit holding its write returned. Blocking callers wait on the queue;
 //! async callers await it (the `*_async` methods) without holding a thread.
+//! The job writes it runs are built in `changes`.
 //! Reads of a single record take microseconds and run on the caller's
 //! thread.
 //!
@@ -27,8 +28,8 @@
 //! often): redb then refuses every later call with "Previous I/O error
 //! occurred. Please close and re-open the database", so the handle is closed
 //! and opened again by the first call that meets such an error (see
-//! [`Store::run`]); once space is back, the next call succeeds without a
-//! restart of the worker.
+//! [`Store::run`], and `db` for the handle); once space is back, the next
+//! call succeeds without a restart of the worker.
 
 use crate::artifacts::ArtifactEntry;
 use crate::error::{ErrorCode, StepError};
@@ -36,18 +37,23 @@ use crate::protocol::{JobError, JobState, JobView};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
+mod changes;
 pub mod children;
+mod db;
 mod find;
 pub mod nonces;
 mod paths;
 mod queue;
+#[cfg(test)]
+mod tests;
 pub(crate) use queue::{next_batch, Batched};
 
+use changes::{cancel_change, cancellation, changed, finish_change, keep_log_change, start_change, submit_op, update_op};
+use db::{open_database, Db, OpenError};
 use queue::Flush;
 
 pub use paths::WorkerPaths;
@@ -239,9 +245,8 @@ pub struct Recovery {
     pub interrupted: Vec<String>,
 }
 
-/// Free space under which an I/O failure of the store is taken for a full
-/// disk (a redb page write needs a few pages at most).
-const NEARLY_FULL_BYTES: u64 = 1 << 20;
+/// What a step produced: its result and artifacts, or its error.
+pub type Outcome = Result<(Value, Vec<ArtifactEntry>), StepError>;
 
 /// A cheap, cloneable handle on the database.
 #[derive(Clone)]
@@ -252,28 +257,12 @@ pub struct Store {
     writer: Arc<queue::Writer>,
 }
 
-/// The database behind a [`Store`], re-opened after an I/O failure.
-struct Db {
-    path: PathBuf,
-    /// A generation number, bumped at every re-open, and the open database
-    /// (`None` while a re-open failed; the next call tries again).
-    slot: RwLock<(u64, Option<Arc<Database>>)>,
-    /// Held while re-opening, so that concurrent callers re-open once.
-    reopening: Mutex<()>,
-    /// The last call failed with an I/O error and no call has succeeded since.
-    failed: AtomicBool,
-    /// That failure was a full disk.
-    disk_full: AtomicBool,
-    /// Transactions the commit queue ran, and the writes they held.
-    batches: AtomicU64,
-    batched_writes: AtomicU64,
-}
-
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
     }
 }
+
 /// Generates a job id: `j` followed by 32 lower-case hex digits.
 pub fn new_job_id() -> String {
     format!("j{}", uuid::Uuid::new_v4().simple())
@@ -316,15 +305,7 @@ impl Store {
                 Ok(db) => break db,
             }
         };
-        let inner = Arc::new(Db {
-            path: path.to_path_buf(),
-            slot: RwLock::new((0, Some(Arc::new(db)))),
-            reopening: Mutex::new(()),
-            failed: AtomicBool::new(false),
-            disk_full: AtomicBool::new(false),
-            batches: AtomicU64::new(0),
-            batched_writes: AtomicU64::new(0),
-        });
+        let inner = Arc::new(Db::new(path, db));
         Ok(Store { writer: Arc::new(queue::Writer::start(inner.clone())), inner })
     }
 
@@ -380,85 +361,6 @@ impl Store {
     /// cause is a full disk is reported as [`StoreErrorKind::DiskFull`].
     fn run<T>(&self, op: impl FnMut(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.inner.run(op)
-    }
-}
-
-impl Db {
-    /// See [`Store::run`].
-    fn run<T>(&self, mut op: impl FnMut(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let db = self;
-        let mut reopened = false;
-        loop {
-            let (generation, handle) = {
-                let slot = db.slot.read().unwrap_or_else(|p| p.into_inner());
-                (slot.0, slot.1.clone())
-            };
-            let result = match handle {
-                // A panic inside the storage engine (seen on a full disk)
-                // is one more I/O failure of this call: it re-opens the
-                // database like any other, instead of failing the request
-                // with no reason.
-                Some(handle) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&handle))).unwrap_or_else(|p| {
-                    let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                    tracing::error!("the job store's engine panicked: {what}");
-                    Err(StoreError::new(StoreErrorKind::Io, format!("the storage engine failed ({what})")))
-                }),
-                None => Err(StoreError::closed()),
-            };
-            match result {
-                Ok(v) => {
-                    db.failed.store(false, Ordering::Release);
-                    db.disk_full.store(false, Ordering::Release);
-                    return Ok(v);
-                }
-                Err(e) if e.needs_reopen() => {
-                    // Only a fresh error says what the cause was; the closed
-                    // state keeps the cause of the error that closed it.
-                    let fresh = !e.closed;
-                    if fresh {
-                        db.disk_full.store(e.is_disk_full(), Ordering::Release);
-                    }
-                    db.failed.store(true, Ordering::Release);
-                    if reopened {
-                        return Err(self.explain(e));
-                    }
-                    reopened = true;
-                    if let Err(again) = db.reopen(generation) {
-                        if again.is_disk_full() {
-                            db.disk_full.store(true, Ordering::Release);
-                        }
-                        return Err(self.explain(again));
-                    }
-                    if fresh {
-                        return Err(self.explain(e));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Gives an I/O failure its cause and a message that says what to do.
-    fn explain(&self, e: StoreError) -> StoreError {
-        // Not every failure on a full disk carries ENOSPC (the engine can
-        // fail one step later, or panic): an I/O failure while the disk has
-        // almost no room left is the full disk's.
-        let nearly_full = || {
-            let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
-            crate::steps::disk::free_bytes(dir).is_some_and(|free| free < NEARLY_FULL_BYTES)
-        };
-        if e.is_disk_full() || self.disk_full.load(Ordering::Acquire) || (e.kind == StoreErrorKind::Io && nearly_full()) {
-            StoreError::new(
-                StoreErrorKind::DiskFull,
-                format!(
-                    "the disk holding {} is full ({}); free space there, the worker recovers by itself",
-                    self.path.display(),
-                    e.message
-                ),
-            )
-        } else {
-            StoreError::new(e.kind, format!("{} at {}", e.message, self.path.display()))
-        }
     }
 }
 
@@ -686,480 +588,5 @@ impl Store {
             tx.commit()?;
             Ok(removed)
         })
-    }
-}
-
-/// What a step produced: its result and artifacts, or its error.
-pub type Outcome = Result<(Value, Vec<ArtifactEntry>), StepError>;
-
-/// The record, when an update changed it.
-fn changed(out: Option<(JobRecord, bool)>) -> Option<JobRecord> {
-    out.and_then(|(r, changed)| changed.then_some(r))
-}
-
-/// queued -> running.
-fn start_change(now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
-    move |r| {
-        if r.state != JobState::Queued {
-            return false;
-        }
-        r.state = JobState::Running;
-        r.started_at_ms = Some(now_ms);
-        r.attempt += 1;
-        true
-    }
-}
-
-/// running -> the state the outcome says.
-fn finish_change(outcome: Outcome, log: Option<String>, now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
-    move |r| {
-        if r.state != JobState::Running {
-            return false;
-        }
-        r.finished_at_ms = Some(now_ms);
-        r.log = log.clone();
-        match outcome.clone() {
-            Ok((result, artifacts)) => {
-                r.state = JobState::Succeeded;
-                r.result = Some(result);
-                r.artifacts = artifacts;
-            }
-            Err(e) => {
-                r.state = match e.code {
-                    ErrorCode::Cancelled => JobState::Cancelled,
-                    ErrorCode::LeaseExpired => JobState::Abandoned,
-                    _ => JobState::Failed,
-                };
-                if e.code == ErrorCode::LeaseExpired {
-                    // A result made after the lease expired is not kept.
-                    r.result = None;
-                    r.artifacts.clear();
-                }
-                r.error = Some(JobError { code: e.code.as_str().to_string(), message: e.message });
-            }
-        }
-        true
-    }
-}
-
-/// Sets the record's log.
-fn keep_log_change(log: String) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
-    move |r| {
-        r.log = Some(log.clone());
-        true
-    }
-}
-
-/// queued -> cancelled.
-fn cancel_change(now_ms: u64) -> impl FnMut(&mut JobRecord) -> bool + Send + 'static {
-    move |r| {
-        if r.state != JobState::Queued {
-            return false;
-        }
-        r.state = JobState::Cancelled;
-        r.finished_at_ms = Some(now_ms);
-        r.error = Some(JobError { code: ErrorCode::Cancelled.as_str().into(), message: "cancelled before it started".into() });
-        true
-    }
-}
-
-fn cancellation(out: Option<(JobRecord, bool)>) -> Cancellation {
-    match out {
-        None => Cancellation::NotFound,
-        Some((r, true)) => Cancellation::Cancelled(r),
-        Some((r, false)) if r.state == JobState::Running => Cancellation::Running(r),
-        Some((r, false)) => Cancellation::Finished(r),
-    }
-}
-
-/// The write of [`Store::submit`].
-/// `started`: the id of a new job that holds a reserved slot, recorded
-/// `running` from the start (see [`Store::submit_async`]);
-/// `nonce`: the request's nonce, recorded first.
-fn submit_op(
-    new: NewJob,
-    started: Option<String>,
-    nonce: Option<nonces::RequestNonce>,
-    now_ms: u64,
-    max_in_flight: u64,
-) -> impl FnMut(&WriteTransaction) -> Result<Submission, StoreError> + Send + 'static {
-    move |tx| {
-        if let Some(n) = &nonce {
-            n.record(tx)?;
-        }
-        let new = new.clone();
-        let outcome = {
-        let mut jobs = tx.open_table(JOBS)?;
-        let mut idem = tx.open_table(IDEMPOTENCY)?;
-        let mut active = tx.open_table(ACTIVE)?;
-        let mut meta = tx.open_table(META)?;
-        let key = idem_key(&new.step_name, &new.inputs_hash);
-        let existing_id = idem.get(key.as_str())?.map(|g| g.value().to_string());
-        let existing = match existing_id {
-            Some(id) => jobs.get(id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?,
-            None => None,
-        };
-        match existing {
-            // An abandoned job's result is never served: its
-            // submitter gave it up, and may have run it elsewhere.
-            Some(rec) if !matches!(rec.state, JobState::Failed | JobState::Cancelled | JobState::Abandoned) => Submission::Existing(rec),
-            _ if active.len()? >= max_in_flight => Submission::Full,
-            _ => {
-                let seq = meta.get("next_seq")?.map(|g| g.value()).unwrap_or(0);
-                meta.insert("next_seq", seq + 1)?;
-                let rec = JobRecord {
-                    job_id: started.clone().unwrap_or_else(new_job_id),
-                    step_name: new.step_name,
-                    state: if started.is_some() { JobState::Running } else { JobState::Queued },
-                    inputs_hash: new.inputs_hash,
-                    label: new.label,
-                    payload: new.payload,
-                    created_at_ms: now_ms,
-                    started_at_ms: started.as_ref().map(|_| now_ms),
-                    finished_at_ms: None,
-                    attempt: u32::from(started.is_some()),
-                    result: None,
-                    error: None,
-                    artifacts: Vec::new(),
-                    seq,
-                    lease_s: new.lease_s,
-                    log: None,
-                };
-                let bytes = serde_json::to_vec(&rec).map_err(codec)?;
-                jobs.insert(rec.job_id.as_str(), bytes.as_slice())?;
-                idem.insert(key.as_str(), rec.job_id.as_str())?;
-                active.insert(rec.job_id.as_str(), seq)?;
-                Submission::Created(rec)
-            }
-        }
-        };
-        Ok(outcome)
-    }
-}
-
-/// The write of [`Store::update`]: applies `f` to the job and saves it
-/// when `f` returns true.
-fn update_op<F>(job_id: &str, mut f: F) -> impl FnMut(&WriteTransaction) -> Result<Option<(JobRecord, bool)>, StoreError> + Send + 'static
-where
-    F: FnMut(&mut JobRecord) -> bool + Send + 'static,
-{
-    let job_id = job_id.to_string();
-    move |tx| {
-        let mut jobs = tx.open_table(JOBS)?;
-        let mut active = tx.open_table(ACTIVE)?;
-        let current = jobs.get(job_id.as_str())?.map(|g| serde_json::from_slice::<JobRecord>(g.value())).transpose().map_err(codec)?;
-        Ok(match current {
-            None => None,
-            Some(mut rec) => {
-                let changed = f(&mut rec);
-                if changed {
-                    let bytes = serde_json::to_vec(&rec).map_err(codec)?;
-                    jobs.insert(job_id.as_str(), bytes.as_slice())?;
-                    if rec.state.is_terminal() {
-                        active.remove(job_id.as_str())?;
-                    }
-                }
-                Some((rec, changed))
-            }
-        })
-    }
-}
-
-enum OpenError {
-    AlreadyOpen,
-    Store(StoreError),
-}
-
-/// The database's page cache. redb's default (1 GiB) lets the cache grow
-/// with the file, so the worker's memory grew with every job it kept; the
-/// records a worker reads again (jobs in flight, the idempotency index) are
-/// few, and other pages are read back from the operating system's file
-/// cache. 256 KiB (redb keeps a tenth of it for pages being written): a
-/// bigger cache only fills with pages of ended jobs, about 1 MiB that
-/// stayed in memory after a burst of 2,000 jobs at 1 MiB.
-const CACHE_BYTES: usize = 256 << 10;
-
-/// Opens (creating) the database file and its tables.
-fn open_database(path: &Path) -> Result<Database, OpenError> {
-    let db = match redb::Builder::new().set_cache_size(CACHE_BYTES).create(path) {
-        Ok(db) => db,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::AlreadyOpen),
-        Err(e) => return Err(OpenError::Store(e.into())),
-    };
-    let create = || -> Result<(), StoreError> {
-        let tx = db.begin_write()?;
-        {
-            tx.open_table(JOBS)?;
-            tx.open_table(IDEMPOTENCY)?;
-            tx.open_table(ACTIVE)?;
-            tx.open_table(META)?;
-            tx.open_table(nonces::NONCES)?;
-            tx.open_table(children::CHILDREN)?;
-        }
-        tx.commit()?;
-        Ok(())
-    };
-    create().map_err(OpenError::Store)?;
-    Ok(db)
-}
-
-impl Db {
-    /// Closes the database of generation `failed` and opens the file again.
-    /// Does nothing if another caller re-opened it since.
-    fn reopen(&self, failed: u64) -> Result<(), StoreError> {
-        let _one_at_a_time = self.reopening.lock().unwrap_or_else(|p| p.into_inner());
-        let old = {
-            let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
-            if slot.0 != failed {
-                return Ok(());
-            }
-            slot.0 += 1;
-            slot.1.take()
-        };
-        // The file stays locked until the last handle on the old database is
-        // dropped; callers hold one only for the length of one transaction.
-        if let Some(mut old) = old {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => {
-                        drop(db);
-                        break;
-                    }
-                    Err(still_shared) if std::time::Instant::now() < deadline => {
-                        old = still_shared;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => {
-                        return Err(StoreError::new(StoreErrorKind::Io, "the database could not be closed after an I/O error (still in use)"))
-                    }
-                }
-            }
-        }
-        match open_database(&self.path) {
-            Ok(db) => {
-                self.slot.write().unwrap_or_else(|p| p.into_inner()).1 = Some(Arc::new(db));
-                tracing::warn!(path = %self.path.display(), "re-opened the job store after an I/O error");
-                Ok(())
-            }
-            Err(OpenError::AlreadyOpen) => {
-                Err(StoreError::new(StoreErrorKind::Io, "the database could not be re-opened: its file is still locked"))
-            }
-            Err(OpenError::Store(e)) => Err(e),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn new_job(hash: &str) -> NewJob {
-        NewJob { step_name: "FFMPEG_PROBE".into(), inputs_hash: hash.into(), payload: json!({"a": 1}), label: None, lease_s: None }
-    }
-
-    fn created(s: Submission) -> JobRecord {
-        match s {
-            Submission::Created(r) => r,
-            other => panic!("expected Created, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn idempotency_follows_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let a = created(store.submit(new_job("h1"), 1, 10).unwrap());
-        assert!(is_job_id(&a.job_id));
-        assert!(matches!(store.submit(new_job("h1"), 2, 10).unwrap(), Submission::Existing(r) if r.job_id == a.job_id));
-        store.mark_running(&a.job_id, 3).unwrap().unwrap();
-        store.finish(&a.job_id, Err(StepError::new(ErrorCode::FfmpegFailed, "x")), 4).unwrap();
-        // A failed job runs anew on resubmission.
-        let b = created(store.submit(new_job("h1"), 5, 10).unwrap());
-        assert_ne!(a.job_id, b.job_id);
-        store.mark_running(&b.job_id, 6).unwrap().unwrap();
-        let done = store.finish(&b.job_id, Ok((json!({"ok": true}), vec![])), 7).unwrap().unwrap();
-        assert_eq!(done.state, JobState::Succeeded);
-        assert!(matches!(store.submit(new_job("h1"), 8, 10).unwrap(), Submission::Existing(r) if r.job_id == b.job_id));
-        assert_eq!(store.in_flight().unwrap(), 0);
-    }
-
-    #[test]
-    fn in_flight_limit_and_cancel() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let a = created(store.submit(new_job("h1"), 1, 1).unwrap());
-        assert_eq!(store.submit(new_job("h2"), 1, 1).unwrap(), Submission::Full);
-        assert!(matches!(store.cancel(&a.job_id, 2).unwrap(), Cancellation::Cancelled(_)));
-        assert!(store.mark_running(&a.job_id, 3).unwrap().is_none(), "a cancelled job never starts");
-        assert!(matches!(store.cancel(&a.job_id, 2).unwrap(), Cancellation::Finished(_)));
-        assert_eq!(store.cancel("jnope", 2).unwrap(), Cancellation::NotFound);
-        created(store.submit(new_job("h2"), 4, 1).unwrap());
-    }
-
-    #[test]
-    fn recovery_and_prune_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.redb");
-        let (a, b) = {
-            let store = Store::open(&path).unwrap();
-            let a = created(store.submit(new_job("h1"), 1, 10).unwrap());
-            let b = created(store.submit(new_job("h2"), 2, 10).unwrap());
-            store.mark_running(&a.job_id, 3).unwrap().unwrap();
-            (a, b)
-        };
-        let store = Store::open(&path).unwrap();
-        let rec = store.recover(InterruptedPolicy::Fail, 10).unwrap();
-        assert_eq!(rec.interrupted, vec![a.job_id.clone()]);
-        assert_eq!(rec.queued.iter().map(|r| r.job_id.clone()).collect::<Vec<_>>(), vec![b.job_id.clone()]);
-        let a2 = store.get(&a.job_id).unwrap().unwrap();
-        assert_eq!((a2.state, a2.error.unwrap().code.as_str()), (JobState::Failed, "INTERRUPTED"));
-        assert_eq!(store.prune(11).unwrap(), vec![a.job_id.clone()]);
-        assert!(store.get(&a.job_id).unwrap().is_none());
-        assert!(store.get(&b.job_id).unwrap().is_some());
-    }
-
-    #[test]
-    fn rerun_policy_requeues_running_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let a = created(store.submit(new_job("h1"), 1, 10).unwrap());
-        store.mark_running(&a.job_id, 2).unwrap().unwrap();
-        let q = store.recover(InterruptedPolicy::Rerun, 3).unwrap();
-        assert_eq!((q.queued.len(), q.interrupted.len()), (1, 0));
-        let again = store.mark_running(&a.job_id, 4).unwrap().unwrap();
-        assert_eq!(again.attempt, 2);
-    }
-
-    #[test]
-    fn concurrent_duplicates_make_one_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let s = store.clone();
-                std::thread::spawn(move || s.submit(new_job("same"), 1, 100).unwrap())
-            })
-            .collect();
-        let outcomes: Vec<Submission> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let created = outcomes.iter().filter(|o| matches!(o, Submission::Created(_))).count();
-        assert_eq!(created, 1);
-        assert_eq!(store.in_flight().unwrap(), 1);
-    }
-
-    /// Writes queued while the writer waits for the database share one
-    /// transaction: the writer is held up by a write transaction of the
-    /// test's own, 16 submissions queue behind it, and once it is released
-    /// they are committed in at most two transactions (the first write may
-    /// have been taken alone), and all of them are on disk after a re-open.
-    #[test]
-    fn writes_that_arrive_together_share_one_commit() {
-        use futures_util::FutureExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.redb");
-        let store = Store::open(&path).unwrap();
-        let db = store.inner.slot.read().unwrap().1.clone().unwrap();
-        let blocker = db.begin_write().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let ids = rt.block_on(async {
-            let all = (0..16).map(|i| {
-                let s = store.clone();
-                async move { s.submit_async(new_job(&format!("h{i}")), None, None, 1, 100).await }
-            });
-            let mut all = Box::pin(futures_util::future::join_all(all));
-            // One poll queues every write; none can be answered yet.
-            assert!((&mut all).now_or_never().is_none());
-            drop(blocker);
-            all.await.into_iter().map(|o| created(o.unwrap()).job_id).collect::<Vec<_>>()
-        });
-        drop(db);
-        let (batches, writes) = store.commit_stats();
-        assert_eq!(writes, 16);
-        assert!(batches <= 2, "16 queued writes took {batches} transactions");
-        drop(store);
-        let store = Store::open(&path).unwrap();
-        for id in &ids {
-            assert!(store.get(id).unwrap().is_some(), "{id} is on disk");
-        }
-        assert_eq!(store.in_flight().unwrap(), 16);
-    }
-
-    /// One failing write of a batch fails alone: the others of the same
-    /// transaction are committed and answered.
-    #[test]
-    fn a_failing_write_does_not_fail_its_batch() {
-        use futures_util::FutureExt;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let db = store.inner.slot.read().unwrap().1.clone().unwrap();
-        let blocker = db.begin_write().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (good, bad) = rt.block_on(async {
-            let good = store.submit_async(new_job("good"), None, None, 1, 100);
-            let bad = store.write_async(Flush::Immediate, |_tx| -> Result<(), StoreError> {
-                Err(StoreError::new(StoreErrorKind::Other, "this write fails"))
-            });
-            let mut both = Box::pin(async { tokio::join!(good, bad) });
-            assert!((&mut both).now_or_never().is_none());
-            drop(blocker);
-            both.await
-        });
-        drop(db);
-        let good = created(good.unwrap());
-        assert_eq!(bad.unwrap_err().kind(), StoreErrorKind::Other);
-        assert!(store.get(&good.job_id).unwrap().is_some());
-    }
-
-    #[test]
-    fn child_records_are_reaped_and_cleared() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("w.redb")).unwrap();
-        let mut live = crate::process::test_support::sleeper_in_own_group();
-        let group = crate::process::ChildGroup::of(live.id());
-        store.record_child("ja", &group).unwrap();
-        let ended = crate::process::ChildGroup { id: 999_999, started: Some(1), boot_id: None };
-        store.record_child("jb", &ended).unwrap();
-        store.record_child("jb", &crate::process::ChildGroup { id: 999_998, ..ended.clone() }).unwrap();
-        store.forget_child("jb", &crate::process::ChildGroup { id: 999_998, ..ended.clone() }).unwrap();
-        assert_eq!(store.children().unwrap().len(), 2);
-        let report = store.reap_children().unwrap();
-        assert_eq!(report.killed, vec![("ja".to_string(), live.id())]);
-        assert_eq!(report.stale, 1);
-        assert!(store.children().unwrap().is_empty());
-        assert!(live.wait().unwrap().code().is_none(), "killed by a signal");
-    }
-
-    /// A full disk: the write fails with DISK_FULL and the store is in its
-    /// failed state; once space is back the next write succeeds on the same
-    /// handle, without a restart.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_store_recovers_once_space_returns() {
-        let Some(fs) = crate::process::test_support::Tmpfs::mount("4m") else { return };
-        let store = Store::open(&fs.path().join("w.redb")).unwrap();
-        created(store.submit(new_job("before"), 1, 1000).unwrap());
-        let filler = fs.fill();
-        let big = json!({"blob": "x".repeat(256 * 1024)});
-        let mut failure = None;
-        for i in 0..64 {
-            let job = NewJob { payload: big.clone(), ..new_job(&format!("full{i}")) };
-            if let Err(e) = store.submit(job, 2, 1000) {
-                failure = Some(e);
-                break;
-            }
-        }
-        let e = failure.expect("a write on a full disk failed");
-        assert!(e.is_disk_full(), "{e:?}");
-        assert_eq!(e.code(), ErrorCode::DiskFull);
-        assert!(store.is_failed());
-        // Still full: the next call fails the same way, and says why.
-        if let Err(again) = store.submit(NewJob { payload: big.clone(), ..new_job("still") }, 3, 1000) {
-            assert!(again.is_disk_full(), "{again:?}");
-        }
-        std::fs::remove_file(filler).unwrap();
-        let after = created(store.submit(new_job("after"), 4, 1000).unwrap());
-        assert!(!store.is_failed());
-        assert_eq!(store.get(&after.job_id).unwrap().unwrap().job_id, after.job_id);
     }
 }

@@ -44,6 +44,8 @@ const CHANNEL_BLOCKS: usize = 4;
 const BUFFERS: usize = CHANNEL_BLOCKS + 5;
 
 /// The alignment `O_DIRECT` asks of buffers, file offsets and lengths.
+/// Only Linux writes with `O_DIRECT` (`part_file`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(super) const ALIGN: usize = 4096;
 
 /// A buffer of [`BLOCK`] bytes aligned for `O_DIRECT` (and, on Linux, to a

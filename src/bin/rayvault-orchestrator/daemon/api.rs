@@ -1,0 +1,202 @@
+//! The handlers of the daemon's signed API (`health`, `submit`, `job`,
+//! `cancel`, `status`), the signature checks they rely on ([`precheck`]
+//! before the body is read, [`authorize`] over it), and the JSON error
+//! answer they share.
+
+use super::dispatch::dispatch;
+use super::{ApiState, Data, JobView, PROGRESS_LINGER, UNSIGNED_ROUTES};
+use actix_web::{web, HttpRequest, HttpResponse};
+use rayvault::actors::job_runner::CancelJob;
+use rayvault::actors::node_probe::DescribeNodes;
+use rayvault::auth::AuthError;
+use rayvault::controller_store::{Phase, StoredJob};
+use rayvault::protocol;
+use rayvault::protocol::now_ms;
+use rayvault::receipt::JobSpec;
+use serde::Deserialize;
+use std::time::{Duration, UNIX_EPOCH};
+
+fn error(status: u16, code: &str, message: impl Into<String>, server_time: Option<u64>) -> HttpResponse {
+    let body = protocol::ErrorBody { error: message.into(), code: code.into(), server_time };
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)).json(body)
+}
+
+/// The body-free part of [`authorize`]: one Authorization header with a
+/// known key id (see [`Verifier::precheck`](rayvault::auth::Verifier::precheck)).
+pub(super) fn precheck(req: &actix_web::dev::ServiceRequest) -> Result<(), Box<HttpResponse>> {
+    if UNSIGNED_ROUTES.iter().any(|(m, p)| req.method().as_str() == *m && req.path() == *p) {
+        return Ok(());
+    }
+    // The dashboard's pages, data and files answer to a browser session.
+    if crate::dashboard::is_session_path(req.path()) {
+        return Ok(());
+    }
+    let Some(state) = req.app_data::<Data>() else {
+        return Err(Box::new(error(500, "INTERNAL", "the API state is missing", None)));
+    };
+    let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
+    state.verifier.precheck(&auth).map_err(|e| {
+        let why = match e {
+            AuthError::Invalid(why) => why,
+            AuthError::Skew { .. } => protocol::SKEW_MESSAGE,
+        };
+        tracing::warn!("refused an API request: {why}");
+        rayvault::metrics::controller().auth_refusal(why);
+        Box::new(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None))
+    })
+}
+
+/// Checks the request's signature over the raw body.
+fn authorize(state: &ApiState, req: &HttpRequest, body: &[u8]) -> Result<(), Box<HttpResponse>> {
+    let auth: Vec<&[u8]> = req.headers().get_all("authorization").map(|v| v.as_bytes()).collect();
+    let sha = protocol::sha256_hex(body);
+    let query = req.uri().query().unwrap_or("");
+    match state.verifier.verify(&auth, req.method().as_str(), req.uri().path(), query, &sha, rayvault::auth::unix_now()) {
+        Ok(_) => Ok(()),
+        Err(AuthError::Skew { server_time }) => {
+            rayvault::metrics::controller().auth_refusal(protocol::SKEW_MESSAGE);
+            Err(Box::new(error(401, "AUTH_SKEW", protocol::SKEW_MESSAGE, Some(server_time))))
+        }
+        Err(AuthError::Invalid(why)) => {
+            tracing::warn!("refused an API request: {why}");
+            rayvault::metrics::controller().auth_refusal(why);
+            Err(Box::new(error(401, "AUTH_INVALID", protocol::AUTH_INVALID_MESSAGE, None)))
+        }
+    }
+}
+
+pub(super) async fn health(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return *r;
+    }
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "pid": std::process::id()}))
+}
+
+pub(super) async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return *r;
+    }
+    let spec: JobSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return error(400, "BAD_REQUEST", format!("not a job spec: {e}"), None),
+    };
+    if let Err(e) = spec.validate() {
+        return error(400, "BAD_REQUEST", e, None);
+    }
+    // One instant, kept to the millisecond, for the store and the receipt:
+    // a restart compares them to recognise a receipt of this submission.
+    let submitted_ms = now_ms();
+    let record = StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: submitted_ms, remote: None, receipt: None };
+    // One transaction decides whether this is new work or a job in flight;
+    // the answer waits until the record is durable.
+    match state.store.insert_unless_in_flight(record).await {
+        Ok(true) => {
+            let key = spec.key();
+            dispatch(state.clone(), spec, None, false, UNIX_EPOCH + Duration::from_millis(submitted_ms));
+            HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": key, "already_running": false}))
+        }
+        Ok(false) => HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": spec.key(), "already_running": true})),
+        Err(e) => error(500, "INTERNAL", e.to_string(), None),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct WaitQuery {
+    #[serde(default)]
+    wait_s: u64,
+    #[serde(default)]
+    progress_from: usize,
+}
+
+/// A job's view now, and whether it ended (its end recorded and its receipt
+/// file written).
+fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box<HttpResponse>> {
+    let job = match state.store.get(key) {
+        Ok(Some(j)) => j,
+        Ok(None) => return Err(Box::new(error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None))),
+        Err(e) => return Err(Box::new(error(500, "INTERNAL", e.to_string(), None))),
+    };
+    let lines: Vec<String> = state.live.progress.get(key).map(|l| l.iter().skip(from).cloned().collect()).unwrap_or_default();
+    // A finished record counts once the job's notify is gone: the receipt
+    // file is written between the two. A job whose end is still being
+    // committed is answered from memory.
+    let recording = state.live.recording.get(key).map(|r| r.value().clone());
+    let finished = job.phase == Phase::Finished || recording.is_some();
+    let ended = finished && !state.live.waits.contains_key(key);
+    let phase = if finished && !ended { Phase::Running } else if finished { Phase::Finished } else { job.phase };
+    let receipt = if ended { recording.or(job.receipt) } else { None };
+    let view = JobView { key: key.to_string(), phase, remote: job.remote, receipt, progress_next: from + lines.len(), progress: lines };
+    Ok((view, ended))
+}
+
+/// A job's view, answered at once or, with `wait_s`, the moment the job ends
+/// (woken by the job's own notify, see [`Live`](super::live::Live)), or
+/// [`PROGRESS_LINGER`] after new progress lines.
+pub(super) async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>, q: web::Query<WaitQuery>) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return *r;
+    }
+    let key = format!("{}/{}", path.0, path.1);
+    let mut answer_by = tokio::time::Instant::now() + Duration::from_secs(q.wait_s.min(60));
+    let mut lingering = false;
+    loop {
+        // Register interest before reading, so a change in between is not
+        // missed. A job without a notify of its own is about to start (or
+        // is not in flight in this daemon): the next start wakes the poll.
+        let own = state.live.waits.get(&key).map(|n| n.value().clone());
+        let begun = state.live.begun.notified();
+        let own_notified = own.as_ref().map(|n| n.notified());
+        let (now, ended) = match view(&state, &key, q.progress_from) {
+            Ok(v) => v,
+            Err(r) => return *r,
+        };
+        let at = tokio::time::Instant::now();
+        if !now.progress.is_empty() && !lingering {
+            lingering = true;
+            answer_by = answer_by.min(at + PROGRESS_LINGER);
+        }
+        if ended || at >= answer_by {
+            return HttpResponse::Ok().json(now);
+        }
+        // Woken or not, the next turn reads the job again.
+        let _ = match own_notified {
+            Some(n) => tokio::time::timeout_at(answer_by, n).await,
+            None => tokio::time::timeout_at(answer_by, begun).await,
+        };
+    }
+}
+
+pub(super) async fn cancel(state: Data, req: HttpRequest, body: web::Bytes, path: web::Path<(String, String)>) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return *r;
+    }
+    let key = format!("{}/{}", path.0, path.1);
+    match state.controller.runner.send(CancelJob { key: key.clone() }).await {
+        Ok(true) => HttpResponse::Ok().json(serde_json::json!({"key": key, "cancelling": true})),
+        Ok(false) => error(409, "JOB_CONFLICT", format!("{key} is not running in this daemon"), None),
+        Err(e) => error(500, "INTERNAL", e.to_string(), None),
+    }
+}
+
+pub(super) async fn status(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Err(r) = authorize(&state, &req, &body) {
+        return *r;
+    }
+    let store = state.store.clone();
+    let jobs = match web::block(move || store.all()).await {
+        Ok(Ok(j)) => j,
+        Ok(Err(e)) => return error(500, "INTERNAL", e.to_string(), None),
+        Err(e) => return error(500, "INTERNAL", e.to_string(), None),
+    };
+    let mut nodes = match state.controller.probe.send(DescribeNodes).await {
+        Ok(n) => n,
+        Err(e) => return error(500, "INTERNAL", e.to_string(), None),
+    };
+    let jobs: Vec<_> = jobs.iter().map(crate::commands::job_line).collect();
+    crate::nodes_cmd::settle_drains(&mut nodes, &jobs);
+    HttpResponse::Ok().json(serde_json::json!({
+        "daemon": {"pid": std::process::id()},
+        "jobs": jobs,
+        "nodes": nodes,
+    }))
+}

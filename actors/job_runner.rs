@@ -10,8 +10,10 @@
 
 pub mod fallback;
 pub mod liveness;
+mod local;
 pub mod remote;
 pub mod staging;
+mod trace;
 
 use super::crash_guard::{catch, Panicked};
 use super::messages::{
@@ -22,13 +24,12 @@ use crate::config::Settings;
 pub use crate::controller_store::RemoteRef;
 pub use fallback::NodeFailure;
 use fallback::{fallback_class, fallback_reason, misconfiguration, why_nothing_ran};
+use local::run_local;
+pub use trace::{Ending, Trace};
+use trace::build_receipt;
 use crate::controller_store::ControllerStore;
-use crate::error::{ErrorCode, StepError};
-use crate::joblog::{format_utc, JobLog};
-use crate::receipt::{
-    receipt_dir, Attempt, AttemptOutcome, FallbackMode, JobSpec, JobStatus, NodeExplanation, Receipt, ReceiptArtifact, ReceiptError, Timings,
-};
-use crate::steps::StepName;
+use crate::error::ErrorCode;
+use crate::receipt::{receipt_dir, FallbackMode, JobSpec, JobStatus, Receipt, ReceiptError};
 use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -188,92 +189,6 @@ impl Handler<CancelJob> for JobRunner {
                 true
             }
             None => false,
-        }
-    }
-}
-
-/// What a job collects on its way, turned into the receipt at the end.
-pub struct Trace {
-    pub key: String,
-    pub submitted_at: SystemTime,
-    pub started: Instant,
-    pub started_at: Option<SystemTime>,
-    pub run_ms: u64,
-    pub sync_ms: u64,
-    pub attempts: Vec<Attempt>,
-    pub placement: Vec<NodeExplanation>,
-    pub progress: Option<Recipient<JobProgress>>,
-    /// The earlier receipt's `inputs_hash`, when this run replaced it.
-    pub replaced_inputs_hash: Option<String>,
-}
-
-impl Trace {
-    /// A fresh trace for `spec`, started now.
-    fn new(spec: &JobSpec, submitted_at: SystemTime, deps: &JobDeps) -> Trace {
-        Trace {
-            key: spec.key(),
-            submitted_at,
-            started: Instant::now(),
-            started_at: None,
-            run_ms: 0,
-            sync_ms: 0,
-            attempts: Vec::new(),
-            placement: Vec::new(),
-            progress: deps.progress.clone(),
-            replaced_inputs_hash: None,
-        }
-    }
-
-    pub fn say(&self, line: impl Into<String>) {
-        let line = line.into();
-        tracing::info!(job = %self.key, "{line}");
-        if let Some(p) = &self.progress {
-            p.do_send(JobProgress { key: self.key.clone(), line });
-        }
-    }
-
-    pub fn attempt(&mut self, executed_on: &str, remote_job_id: Option<String>, outcome: AttemptOutcome, detail: Option<String>, began: SystemTime) {
-        self.attempts.push(Attempt {
-            executed_on: executed_on.to_string(),
-            remote_job_id,
-            outcome,
-            detail,
-            fate: None,
-            ignored_result_sha256: None,
-            started_at: format_utc(began),
-            ended_at: format_utc(SystemTime::now()),
-        });
-    }
-}
-
-/// The end state of a job before it becomes a receipt.
-pub struct Ending {
-    pub status: JobStatus,
-    /// Where the step ran; None when it ran nowhere.
-    pub executed_on: Option<String>,
-    pub remote_job_id: Option<String>,
-    pub cached: bool,
-    pub compat_mode: Option<String>,
-    pub error: Option<ReceiptError>,
-    pub result: Option<serde_json::Value>,
-    pub artifacts: Vec<ReceiptArtifact>,
-    pub fallback_reason: Option<String>,
-}
-
-impl Ending {
-    /// A failed (or cancelled) ending; `executed_on` is None when the step
-    /// ran nowhere.
-    pub fn failed(code: ErrorCode, message: impl Into<String>, executed_on: Option<&str>) -> Ending {
-        Ending {
-            status: if code == ErrorCode::Cancelled { JobStatus::Cancelled } else { JobStatus::Failed },
-            executed_on: executed_on.map(str::to_string),
-            remote_job_id: None,
-            cached: false,
-            compat_mode: None,
-            error: Some(ReceiptError::new(code, message)),
-            result: None,
-            artifacts: Vec::new(),
-            fallback_reason: None,
         }
     }
 }
@@ -603,129 +518,4 @@ async fn placement(deps: &JobDeps, spec: &JobSpec) -> Result<Placed, String> {
         .map_err(|e| format!("scheduler unavailable: {e}"))?
         .map_err(|e| e.to_string())?;
     Ok(Placed { report, nodes })
-}
-
-/// Runs the job on the controller through the LocalRunner.
-async fn run_local(deps: &JobDeps, spec: &JobSpec, dir: &std::path::Path, cancel: &CancellationToken, trace: &mut Trace) -> Ending {
-    let step = match StepName::parse(&spec.step_name) {
-        Ok(s) => s,
-        Err(e) => return Ending::failed(e.code, e.message, None),
-    };
-    let log_path = dir.join(crate::receipt::LOG_FILE);
-    // The step's `progress` lines (chunk 3/10, ...) go to `submit` too.
-    let sink = {
-        let (progress, key) = (deps.progress.clone(), spec.key());
-        crate::joblog::ProgressSink(Arc::new(move |text: &str| {
-            let line = format!("local: {text}");
-            tracing::info!(job = %key, "{line}");
-            if let Some(p) = &progress {
-                p.do_send(JobProgress { key: key.clone(), line });
-            }
-        }))
-    };
-    let opened = {
-        let p = log_path.clone();
-        // A resubmitted job starts a fresh log, matching its new receipt.
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_file(&p);
-            JobLog::open(&p).map(|l| l.with_progress(sink))
-        })
-        .await
-    };
-    let log = match opened {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return Ending::failed(ErrorCode::IoError, format!("cannot open {}: {e}", log_path.display()), None),
-        Err(e) => return Ending::failed(ErrorCode::Internal, format!("opening the job log failed: {e}"), None),
-    };
-    let began = SystemTime::now();
-    trace.started_at.get_or_insert(began);
-    let t0 = Instant::now();
-    let msg = RunLocal {
-        job_key: spec.key(),
-        step,
-        payload: spec.payload.clone(),
-        out_dir: dir.to_path_buf(),
-        log,
-        cancel: cancel.clone(),
-    };
-    let out = deps
-        .local
-        .send(msg)
-        .await
-        .unwrap_or_else(|e| Err(StepError::new(ErrorCode::Internal, format!("local runner unavailable: {e}"))));
-    trace.run_ms += t0.elapsed().as_millis() as u64;
-    match out {
-        Ok(out) => {
-            trace.attempt("local", None, AttemptOutcome::Succeeded, None, began);
-            let artifacts = out
-                .artifacts
-                .iter()
-                .map(|a| ReceiptArtifact {
-                    name: a.name.clone(),
-                    size: a.size,
-                    sha256: a.sha256.clone(),
-                    path: crate::artifacts::absolute(dir.join(&a.name)),
-                })
-                .collect();
-            Ending {
-                status: JobStatus::Succeeded,
-                executed_on: Some("local".into()),
-                remote_job_id: None,
-                cached: false,
-                compat_mode: None,
-                error: None,
-                result: Some(out.result),
-                artifacts,
-                fallback_reason: None,
-            }
-        }
-        Err(e) => {
-            let outcome = if e.code == ErrorCode::Cancelled { AttemptOutcome::Cancelled } else { AttemptOutcome::Failed };
-            trace.attempt("local", None, outcome, Some(e.to_string()), began);
-            Ending::failed(e.code, e.message, Some("local"))
-        }
-    }
-}
-
-fn build_receipt(spec: &JobSpec, inputs_hash: String, e: Ending, trace: &Trace) -> Receipt {
-    let now = SystemTime::now();
-    let ms = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default().as_millis() as u64;
-    let started = trace.started_at;
-    let (verdict, verdict_failures) = match (&e.result, e.status, StepName::parse(&spec.step_name)) {
-        (Some(result), JobStatus::Succeeded, Ok(StepName::AudioPostcheck)) => match Receipt::verdict_of(result) {
-            Some((v, f)) => (Some(v), f),
-            None => (None, Vec::new()),
-        },
-        _ => (None, Vec::new()),
-    };
-    Receipt {
-        run_id: spec.run_id.clone(),
-        job_id: spec.job_id.clone(),
-        step_name: spec.step_name.clone(),
-        inputs_hash,
-        status: e.status,
-        executed_on: e.executed_on,
-        verdict,
-        verdict_failures,
-        fallback_reason: e.fallback_reason,
-        remote_job_id: e.remote_job_id,
-        cached: e.cached,
-        compat_mode: e.compat_mode,
-        error: e.error,
-        result: e.result,
-        artifacts: e.artifacts,
-        timings: Timings {
-            submitted_at: format_utc(trace.submitted_at),
-            started_at: started.map(format_utc),
-            finished_at: format_utc(now),
-            queue_ms: started.map(|s| ms(trace.submitted_at, s)).unwrap_or(0),
-            run_ms: trace.run_ms,
-            sync_ms: trace.sync_ms,
-            total_ms: ms(trace.submitted_at, now).max(trace.started.elapsed().as_millis() as u64),
-        },
-        attempts: trace.attempts.clone(),
-        placement: trace.placement.clone(),
-        requirements: spec.requirements.clone(),
-        replaced_inputs_hash: trace.replaced_inputs_hash.clone(),
-    }
 }

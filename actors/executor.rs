@@ -3,7 +3,7 @@
 //! in its queue (and, durably, as `queued` in the store).
 //!
 //! A job's life here: [`Enqueue`] -> (slot free) the store marks it running
-//! -> blob references are resolved to local paths -> [`steps::run_step`]
+//! -> blob references are resolved to local paths -> [`steps::run_step`](crate::steps::run_step)
 //! with a cancellation token -> the slot is freed -> the store records the
 //! outcome (so the next job's start shares that commit). A submission that
 //! finds a free slot reserves it ([`Reserve`]) and is recorded running in
@@ -22,18 +22,19 @@
 //! its registry and without dropping the jobs in flight.
 
 use crate::actors::crash_guard::{catch, guard};
-use crate::error::{ErrorCode, StepError};
 use crate::joblog::JobLog;
-use crate::protocol::BLOB_REF_PREFIX;
-use crate::steps::{self, StepContext, StepName};
+use crate::steps::StepName;
 use crate::store::{JobRecord, Store, WorkerPaths};
 use actix::prelude::*;
-use serde_json::Value;
+use job::{run_job, Slot};
+pub use job::resolve_blobs;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+mod job;
 
 /// Queue a job (already recorded as `queued` in the store).
 #[derive(Message, Debug, Clone)]
@@ -396,222 +397,6 @@ impl Handler<Load> for StepExecutor {
     }
 }
 
-use crate::protocol::now_ms;
-
-/// Runs a store operation off the actor's thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::error!(error = %e, "store task panicked");
-            None
-        }
-    }
-}
-
-/// A running job's slot in its executor, freed once (by [`Slot::free`] or
-/// when dropped, so a job whose bookkeeping panicked frees it too).
-struct Slot {
-    addr: Option<Addr<StepExecutor>>,
-    job_id: String,
-}
-
-impl Slot {
-    /// The step has returned: its slot may take the next job while the
-    /// outcome is being recorded.
-    fn free(&mut self) {
-        if let Some(addr) = &self.addr {
-            addr.do_send(StepDone { job_id: self.job_id.clone() });
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(addr) = self.addr.take() {
-            addr.do_send(JobEnded { job_id: self.job_id.clone() });
-        }
-    }
-}
-
-/// One job from `queued` (or, under a reservation, from the `running`
-/// record its submission wrote) to a final state.
-///
-/// The slot is freed as soon as the step has returned, before its outcome
-/// is committed: the next queued job's start then joins the same commit as
-/// this job's outcome (group commit), so a busy slot costs one sync per
-/// job instead of two. Nothing of the step runs any more at that point.
-async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Option<JobRecord>, token: CancellationToken, mut slot: Slot) {
-    let job_id = slot.job_id.clone();
-    let rec = match started {
-        Some(rec) => rec,
-        None => match env.store.mark_running_async(&job_id, now_ms()).await {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return, // Cancelled while it waited.
-            Err(e) => {
-                tracing::error!(error = %e, "cannot mark the job running");
-                return;
-            }
-        },
-    };
-    env.notify_job(&rec.job_id);
-    tracing::info!(attempt = rec.attempt, "job started");
-    // A panic inside the step fails this job only; see the module doc.
-    let outcome = match catch("StepExecutor", "running a step", execute(&env, step, &rec, token.clone())).await {
-        Ok(outcome) => outcome,
-        Err(p) => Err(StepError::new(
-            ErrorCode::Internal,
-            format!(
-                "{step} hit a bug and stopped: {}; the worker keeps serving; retry, and report the bug with the job log",
-                p.message
-            ),
-        )),
-    };
-    let outcome = match outcome {
-        // Whatever the step made, a job whose lease expired is abandoned:
-        // its submitter has given it up and may be running it elsewhere.
-        _ if env.leases.expired(&job_id) => Err(StepError::new(
-            ErrorCode::LeaseExpired,
-            "the controller's lease on this job expired (it stopped renewing: it gave the job up, or the link was cut); the worker stopped the job and discards its result",
-        )),
-        Err(e) if token.is_cancelled() && e.code != ErrorCode::Cancelled => {
-            Err(StepError::new(ErrorCode::Cancelled, format!("cancelled while running ({e})")))
-        }
-        other => other,
-    };
-    match &outcome {
-        Ok(_) => tracing::info!("job succeeded"),
-        Err(e) => tracing::info!(code = %e.code, "job ended: {}", e.message),
-    }
-    let result = outcome.map(|o| (o.result, o.artifacts));
-    // A log still in memory goes into the job's record with the outcome.
-    let log = env.live_log(&job_id).and_then(|l| l.in_memory()).map(|b| String::from_utf8_lossy(&b).into_owned());
-    slot.free();
-    record_outcome(&env, &job_id, result, log).await;
-    env.drop_log(&job_id);
-    env.leases.release(&job_id);
-    // The caller (`StepExecutor::spawn_job`) frees the slot, then notifies.
-}
-
-/// How long the executor keeps trying to record a job's outcome while the
-/// store fails (a full disk): the store re-opens itself once space returns,
-/// and a job must not stay `running` for ever because one write failed.
-const RECORD_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Records a finished job's outcome, retrying with back-off while the store
-/// fails. A job whose outcome could not be recorded in that time stays
-/// `running` in the store and is recovered (INTERRUPTED or re-run) at the
-/// next start.
-async fn record_outcome(
-    env: &Arc<ExecutorEnv>,
-    job_id: &str,
-    result: Result<(Value, Vec<crate::artifacts::ArtifactEntry>), StepError>,
-    log: Option<String>,
-) {
-    let deadline = tokio::time::Instant::now() + RECORD_RETRY_FOR;
-    let mut pause = std::time::Duration::from_millis(250);
-    loop {
-        match env.store.finish_async(job_id, result.clone(), log.clone(), now_ms()).await {
-            Ok(rec) => {
-                if let Some(rec) = rec {
-                    crate::metrics::worker().record_job(&rec);
-                }
-                return;
-            }
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "cannot record the job's outcome yet; retrying in {:?}", pause);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "gave up recording the job's outcome; it is recovered at the next start");
-                return;
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_secs(5));
-    }
-}
-
-/// Opens the log, resolves staged inputs and runs the step.
-async fn execute(
-    env: &Arc<ExecutorEnv>,
-    step: StepName,
-    rec: &JobRecord,
-    cancel: CancellationToken,
-) -> Result<steps::StepOutput, StepError> {
-    let log_path = env.paths.log_path(&rec.job_id);
-    let out_dir = env.paths.artifacts_dir(&rec.job_id);
-    let log = match env.live_log(&rec.job_id) {
-        // The usual case: the log the submission started, still in memory.
-        Some(log) if rec.attempt <= 1 => log,
-        live => {
-            // A re-run after a crash starts from an empty artifact folder, so
-            // no half-written file of the first attempt is ever served; it
-            // appends to the first attempt's log file if there is one.
-            let (attempt, dir) = (rec.attempt, out_dir.clone());
-            let log = blocking(move || -> std::io::Result<Option<JobLog>> {
-                if attempt > 1 && dir.exists() {
-                    std::fs::remove_dir_all(&dir)?;
-                }
-                Ok(match live {
-                    Some(log) => Some(log),
-                    None if log_path.exists() => Some(JobLog::open(&log_path)?),
-                    None => None,
-                })
-            })
-            .await
-            .ok_or_else(|| StepError::new(ErrorCode::Internal, "log task failed"))?
-            .map_err(|e| StepError::io("opening the job log", e))?;
-            match log {
-                Some(log) => {
-                    env.live_logs.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.job_id.clone(), log.clone());
-                    log
-                }
-                None => env.new_log(&rec.job_id),
-            }
-        }
-    }
-    .tracking_children(crate::process::ChildTracker::new(rec.job_id.clone(), Arc::new(env.store.clone())));
-    log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
-    let payload = resolve_blobs(&rec.payload, &env.paths)?;
-    #[cfg(debug_assertions)]
-    test_hook::panic_if_requested(step, &rec.job_id, &payload);
-    let ctx = StepContext { job_id: rec.job_id.clone(), out_dir, log: log.clone(), cancel, settings: env.settings.clone() };
-    let outcome = steps::run_step(step, &payload, &ctx).await;
-    if let Ok(out) = &outcome {
-        if let Some(bad) = out.artifacts.iter().find(|a| !crate::artifacts::is_safe_name(&a.name)) {
-            return Err(StepError::new(ErrorCode::Internal, format!("step produced an unsafe artifact name {:?}", bad.name)));
-        }
-    }
-    match &outcome {
-        Ok(o) => log.line("worker", &format!("job {} succeeded ({} artifact(s))", rec.job_id, o.artifacts.len())),
-        Err(e) => log.line("worker", &format!("job {} failed: {e}", rec.job_id)),
-    }
-    outcome
-}
-
-/// Replaces every `"blob:sha256:<digest>"` string with the staged blob's
-/// local path; a missing blob is `INPUT_NOT_FOUND`.
-pub fn resolve_blobs(payload: &Value, paths: &WorkerPaths) -> Result<Value, StepError> {
-    Ok(match payload {
-        Value::String(s) => match s.strip_prefix(BLOB_REF_PREFIX) {
-            Some(d) if crate::protocol::is_sha256_hex(d) => {
-                let p = paths.blob_path(d);
-                if !p.is_file() {
-                    return Err(StepError::new(ErrorCode::InputNotFound, format!("blob {d} is not staged on this worker; upload it with PUT /blobs/{d}")));
-                }
-                Value::String(p.to_string_lossy().into_owned())
-            }
-            Some(_) => return Err(StepError::invalid(format!("{s:?} is not a valid blob reference"))),
-            None => payload.clone(),
-        },
-        Value::Array(items) => Value::Array(items.iter().map(|i| resolve_blobs(i, paths)).collect::<Result<_, _>>()?),
-        Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), resolve_blobs(v, paths)?))).collect::<Result<_, StepError>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
 /// Starts one supervised executor per step type, each in the current
 /// arbiter.
 pub fn start_all(env: Arc<ExecutorEnv>) -> HashMap<StepName, Addr<StepExecutor>> {
@@ -647,6 +432,7 @@ pub const TEST_EXECUTOR_PANIC_MARKER: &str = "rayvault-test-panic:executor";
 #[cfg(debug_assertions)]
 mod test_hook {
     use super::*;
+    use serde_json::Value;
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
 
@@ -679,26 +465,5 @@ mod test_hook {
         if hit {
             panic!("test panic in the executor requested by RAYVAULT_TEST_PANIC_STEP after job {job_id}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn blob_refs_resolve_to_staged_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = WorkerPaths::new(dir.path());
-        std::fs::create_dir_all(paths.blobs_dir()).unwrap();
-        let d = "ab".repeat(32);
-        std::fs::write(paths.blob_path(&d), b"x").unwrap();
-        let v = json!({"media_path": format!("blob:sha256:{d}"), "n": [1, "plain"]});
-        let r = resolve_blobs(&v, &paths).unwrap();
-        assert_eq!(r["media_path"], json!(paths.blob_path(&d).to_string_lossy()));
-        assert_eq!(r["n"], json!([1, "plain"]));
-        let missing = json!({"a": format!("blob:sha256:{}", "cd".repeat(32))});
-        assert_eq!(resolve_blobs(&missing, &paths).unwrap_err().code, ErrorCode::InputNotFound);
     }
 }

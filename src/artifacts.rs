@@ -11,6 +11,12 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The most bytes of file work (reading and hashing a small input, writing a
+/// small unsynced copy) that code on an async thread does itself: tens of
+/// microseconds, less than the trip to a blocking thread and back costs.
+/// Anything larger goes to the blocking pool.
+pub const INLINE_IO_BYTES: usize = 64 * 1024;
+
 /// One entry of an artifact manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactEntry {

@@ -65,14 +65,9 @@ pub fn stage(step_name: &str, payload: &Value) -> std::io::Result<Staged> {
     Ok(Staged { payload: out, blobs })
 }
 
-/// Input bytes up to which [`stage`] runs on the calling (async) thread:
-/// reading and hashing 64 KiB takes tens of microseconds, less than handing
-/// the work to a blocking thread and back.
-pub const QUICK_STAGE_BYTES: u64 = 64 * 1024;
-
 /// Whether staging this payload is quick enough to run inline: every input
 /// path names a regular file, a blob reference or nothing here, and the
-/// files hold at most [`QUICK_STAGE_BYTES`] together. Costs one `stat` per
+/// files hold at most [`crate::artifacts::INLINE_IO_BYTES`] together. Costs one `stat` per
 /// input path; a file that grows before it is read is still read whole.
 pub fn is_quick(step_name: &str, payload: &Value) -> bool {
     let Ok(step) = StepName::parse(step_name) else { return true };
@@ -86,7 +81,7 @@ pub fn is_quick(step_name: &str, payload: &Value) -> bool {
         match std::fs::metadata(s) {
             Ok(m) if m.is_file() => {
                 total = total.saturating_add(m.len());
-                total <= QUICK_STAGE_BYTES
+                total <= crate::artifacts::INLINE_IO_BYTES as u64
             }
             // A folder fails staging, quickly; a missing path stays as is.
             Ok(m) => m.is_dir(),
@@ -232,7 +227,7 @@ mod tests {
         let small = dir.path().join("small.wav");
         std::fs::write(&small, vec![1u8; 40 * 1024]).unwrap();
         let big = dir.path().join("big.wav");
-        std::fs::write(&big, vec![2u8; QUICK_STAGE_BYTES as usize + 1]).unwrap();
+        std::fs::write(&big, vec![2u8; crate::artifacts::INLINE_IO_BYTES + 1]).unwrap();
         let (s, b) = (small.to_string_lossy().to_string(), big.to_string_lossy().to_string());
         let blob = format!("blob:sha256:{}", "a".repeat(64));
         assert!(is_quick("AUDIO_POSTCHECK", &json!({"audio_paths": [s, blob, "/nonexistent/x.wav"]})));

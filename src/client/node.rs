@@ -313,7 +313,7 @@ impl NodeClient {
             }
             other => other,
         };
-        let written = if bytes.len() <= QUICK_LOG_BYTES {
+        let written = if bytes.len() <= crate::artifacts::INLINE_IO_BYTES {
             // A short job's log (a few lines): written here, in less time
             // than a trip to a blocking thread and back takes.
             write(dest, &bytes)
@@ -324,10 +324,6 @@ impl NodeClient {
         written.map_err(|e| format!("writing {}: {e}", dest.display()))
     }
 }
-
-/// Log sizes up to which [`NodeClient::fetch_log`] writes the copy on the
-/// calling thread (one small unsynced file: tens of microseconds).
-const QUICK_LOG_BYTES: usize = 64 * 1024;
 
 /// A v0.5 job in the poll's terms.
 fn legacy_polled(j: super::legacy_v05::LegacyJob) -> Polled {

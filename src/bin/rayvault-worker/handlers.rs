@@ -20,7 +20,7 @@ pub use rayvault::protocol::now_ms;
 
 /// Bodies up to this size are hashed on the request's own thread; larger
 /// ones on the blocking pool.
-pub const INLINE_WORK_BYTES: usize = 64 * 1024;
+pub const INLINE_WORK_BYTES: usize = rayvault::artifacts::INLINE_IO_BYTES;
 
 /// `GET /health`: liveness without auth; nothing secret. The status is
 /// `degraded`, with the reason, while the disk of the state folder has less
@@ -152,7 +152,7 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
         // No file to look at and a small payload to hash: microseconds,
         // done here rather than on the blocking pool.
         (protocol::inputs_hash(step.as_str(), &req.payload), Vec::new(), Vec::new())
-    } else if body.len() <= QUICK_STAGE_BYTES && digests.len() <= QUICK_STAGE_BLOBS {
+    } else if body.len() <= QUICK_SUBMISSION_BYTES && digests.len() <= QUICK_SUBMISSION_BLOBS {
         // A few small inputs: one small file written and a few `stat`s,
         // quicker here than a trip to a blocking thread and back.
         stage_inputs(&st.env.paths, inline, digests, step.as_str(), &req.payload)?
@@ -252,13 +252,15 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     }
 }
 
-/// Submissions up to this size with at most [`QUICK_STAGE_BLOBS`] blob
+/// Submissions up to this size with at most [`QUICK_SUBMISSION_BLOBS`] blob
 /// references stage their inputs on the request's own thread
-/// ([`stage_inputs`]); larger ones on the blocking pool.
-const QUICK_STAGE_BYTES: usize = 128 * 1024;
+/// ([`stage_inputs`]); larger ones on the blocking pool. Twice
+/// [`rayvault::artifacts::INLINE_IO_BYTES`]: base64 and the JSON around it
+/// make 64 KiB of inputs about 86 KiB of body.
+const QUICK_SUBMISSION_BYTES: usize = 2 * rayvault::artifacts::INLINE_IO_BYTES;
 
-/// See [`QUICK_STAGE_BYTES`].
-const QUICK_STAGE_BLOBS: usize = 4;
+/// See [`QUICK_SUBMISSION_BYTES`].
+const QUICK_SUBMISSION_BLOBS: usize = 4;
 
 /// The inputs of a submission that names blobs: those sent inline are
 /// checked and written to temporary files (synced and renamed into place

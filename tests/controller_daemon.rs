@@ -376,18 +376,80 @@ fn the_daemon_runs_on_the_thread_counts_it_is_configured_with() {
 /// A GET to the daemon's API, signed like `submit` signs it, that waits up
 /// to 70 s for the answer (long-polls).
 fn daemon_get(w: &World, path: &str, query: &str) -> (u16, Value) {
+    daemon_call(w, "GET", path, query, b"")
+}
+
+/// A signed request to the daemon's API that waits up to 70 s for the
+/// answer.
+fn daemon_call(w: &World, method: &str, path: &str, query: &str, body: &[u8]) -> (u16, Value) {
     use std::io::{Read, Write};
     let ring = rayvault::auth::Keyring::from_secrets(SECRET, None).unwrap();
-    let sha = rayvault::protocol::sha256_hex(b"");
-    let auth = ring.authorization(&rayvault::auth::RequestTarget { method: "GET", path, query, worker_id: "controller", body_sha256: &sha });
+    let sha = rayvault::protocol::sha256_hex(body);
+    let auth = ring.authorization(&rayvault::auth::RequestTarget { method, path, query, worker_id: "controller", body_sha256: &sha });
     let mut s = std::net::TcpStream::connect(("127.0.0.1", w.api_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
-    s.write_all(format!("GET {path}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let target = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
     let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_held_submission_answers_when_its_job_ends_and_a_longer_job_is_answered_running() {
+    let mut w = World::new();
+    for (k, v) in ledger_step_env(&w) {
+        w.set_env(&k, &v);
+    }
+    w.set_env("FAULT_NODE", "controller");
+    w.set_env("FAULT_STEP_S", "1.5");
+    let _daemon = w.daemon();
+    let spec = |job: &str| serde_json::to_vec(&json!({"run_id": "held", "job_id": job, "step_name": "TTS_RENDER_CHUNKS", "payload": {"text": format!("held-{job}")}})).unwrap();
+    // Held long enough: one request gives the receipt, and its file is
+    // written by then.
+    let (status, answer) = daemon_call(&w, "POST", "/v1/jobs", "wait_s=30", &spec("short"));
+    let answered = epoch_s();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], true, "{answer}");
+    assert_eq!(answer["already_running"], false, "{answer}");
+    assert_eq!(answer["key"], "held/short", "{answer}");
+    assert_eq!(answer["job"]["phase"], "finished", "{answer}");
+    assert_eq!(answer["job"]["receipt"]["status"], "succeeded", "{answer}");
+    assert_eq!(answer["job"]["receipt"]["executed_on"], "local", "{answer}");
+    assert!(w.receipt_dir("held", "short").join("job_receipt.json").is_file(), "the receipt file exists when the end is answered");
+    let end = ledger(&w).iter().find(|l| l.kind == "END").map(|l| l.at).expect("the step ended");
+    assert!(answered - end < 0.8, "answered {:.3} s after the step ended", answered - end);
+    // Held for less than the job takes: answered with the job running, and
+    // the long-poll of its key picks it up.
+    let (status, answer) = daemon_call(&w, "POST", "/v1/jobs", "wait_s=1", &spec("long"));
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["job"]["receipt"], Value::Null, "{answer}");
+    assert_ne!(answer["job"]["phase"], "finished", "{answer}");
+    let from = answer["job"]["progress_next"].as_u64().expect("the held answer says where its progress lines end");
+    let (status, view) = daemon_get(&w, "/v1/jobs/held/long", &format!("wait_s=30&progress_from={from}"));
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["receipt"]["status"], "succeeded", "{view}");
+    // Without wait_s the answer is as before: no job view.
+    let (status, answer) = daemon_call(&w, "POST", "/v1/jobs", "", &spec("quick"));
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer.get("job").is_none(), "{answer}");
+    // A query it does not know is refused with a stable code, before
+    // anything is recorded.
+    for query in ["wait_s=soon", "wait=5"] {
+        let (status, answer) = daemon_call(&w, "POST", "/v1/jobs", query, &spec("refused"));
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert_eq!(answer["code"], "BAD_REQUEST", "{query}: {answer}");
+        assert!(answer["error"].as_str().unwrap_or("").contains("wait_s"), "{query}: {answer}");
+    }
+    let (status, view) = daemon_get(&w, "/v1/jobs/held/refused", "");
+    assert_eq!(status, 404, "a refused submission records nothing: {view}");
 }
 
 #[test]

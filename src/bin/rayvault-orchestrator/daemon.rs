@@ -8,7 +8,10 @@
 //! `controller`; loopback callers get no exemption), except the routes in
 //! [`UNSIGNED_ROUTES`]:
 //! - `GET /v1/health`
-//! - `POST /v1/jobs` (a job spec) -> accepted
+//! - `POST /v1/jobs?wait_s=N` (a job spec) -> accepted, as soon as the job's
+//!   record is durable; with `wait_s`, also the job's [`JobView`] when it
+//!   ends (as the long-poll below gives it), so that a short job needs one
+//!   request
 //! - `GET /v1/jobs/{run_id}/{job_id}?wait_s=N&progress_from=K` -> [`JobView`]:
 //!   at once, or (with `wait_s`) the moment the job ends, with its receipt
 //!   file written, or [`PROGRESS_LINGER`] after its first new progress line,

@@ -72,10 +72,28 @@ pub(super) async fn health(state: Data, req: HttpRequest, body: web::Bytes) -> H
     HttpResponse::Ok().json(serde_json::json!({"status": "ok", "pid": std::process::id()}))
 }
 
+/// Query of `POST /v1/jobs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubmitQuery {
+    /// Hold the answer until the job ends or `wait_s` (at most 60) passes,
+    /// so that a short job is submitted and answered in one request; the
+    /// answer's `job` is then the job's view with its progress lines so far
+    /// (unlike the long-poll, new progress does not end the wait). The job's key is the caller's own, so an
+    /// answer lost with the connection loses nothing: a long-poll of that
+    /// key, or the same submission again, picks the job up.
+    #[serde(default)]
+    wait_s: u64,
+}
+
 pub(super) async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     if let Err(r) = authorize(&state, &req, &body) {
         return *r;
     }
+    let q = match web::Query::<SubmitQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return error(400, "BAD_REQUEST", format!("bad query: {e}; the only parameter is wait_s (seconds, at most 60)"), None),
+    };
     let spec: JobSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => return error(400, "BAD_REQUEST", format!("not a job spec: {e}"), None),
@@ -87,17 +105,40 @@ pub(super) async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> H
     // a restart compares them to recognise a receipt of this submission.
     let submitted_ms = now_ms();
     let record = StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: submitted_ms, remote: None, receipt: None };
+    let key = spec.key();
     // One transaction decides whether this is new work or a job in flight;
     // the answer waits until the record is durable.
-    match state.store.insert_unless_in_flight(record).await {
+    let already_running = match state.store.insert_unless_in_flight(record).await {
         Ok(true) => {
-            let key = spec.key();
             dispatch(state.clone(), spec, None, false, UNIX_EPOCH + Duration::from_millis(submitted_ms));
-            HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": key, "already_running": false}))
+            false
         }
-        Ok(false) => HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "key": spec.key(), "already_running": true})),
-        Err(e) => error(500, "INTERNAL", e.to_string(), None),
-    }
+        Ok(false) => true,
+        Err(e) => return error(500, "INTERNAL", e.to_string(), None),
+    };
+    let job = if q.wait_s > 0 {
+        match wait_view(&state, &key, q.wait_s, 0, false).await {
+            Ok(view) => Some(view),
+            Err(r) => return *r,
+        }
+    } else {
+        None
+    };
+    HttpResponse::Accepted().json(Accepted { accepted: true, key, already_running, job })
+}
+
+/// The answer of `POST /v1/jobs`.
+#[derive(serde::Serialize)]
+struct Accepted {
+    accepted: bool,
+    key: String,
+    /// The same job (`run_id`/`job_id`) was already in flight: this
+    /// submission joined it rather than starting another.
+    already_running: bool,
+    /// With `wait_s`: the job's view when the answer was sent (its receipt
+    /// once it has ended), as `GET /v1/jobs/{run_id}/{job_id}` gives it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<JobView>,
 }
 
 #[derive(Deserialize)]
@@ -137,26 +178,33 @@ pub(super) async fn job(state: Data, req: HttpRequest, body: web::Bytes, path: w
         return *r;
     }
     let key = format!("{}/{}", path.0, path.1);
-    let mut answer_by = tokio::time::Instant::now() + Duration::from_secs(q.wait_s.min(60));
+    match wait_view(&state, &key, q.wait_s, q.progress_from, true).await {
+        Ok(view) => HttpResponse::Ok().json(view),
+        Err(r) => *r,
+    }
+}
+
+/// The job's view at once or, with `wait_s` (at most 60), the moment it
+/// ends, or (`on_progress`, a long-poll) [`PROGRESS_LINGER`] after new
+/// progress lines.
+async fn wait_view(state: &ApiState, key: &str, wait_s: u64, progress_from: usize, on_progress: bool) -> Result<JobView, Box<HttpResponse>> {
+    let mut answer_by = tokio::time::Instant::now() + Duration::from_secs(wait_s.min(60));
     let mut lingering = false;
     loop {
         // Register interest before reading, so a change in between is not
         // missed. A job without a notify of its own is about to start (or
         // is not in flight in this daemon): the next start wakes the poll.
-        let own = state.live.waits.get(&key).map(|n| n.value().clone());
+        let own = state.live.waits.get(key).map(|n| n.value().clone());
         let begun = state.live.begun.notified();
         let own_notified = own.as_ref().map(|n| n.notified());
-        let (now, ended) = match view(&state, &key, q.progress_from) {
-            Ok(v) => v,
-            Err(r) => return *r,
-        };
+        let (now, ended) = view(state, key, progress_from)?;
         let at = tokio::time::Instant::now();
-        if !now.progress.is_empty() && !lingering {
+        if on_progress && !now.progress.is_empty() && !lingering {
             lingering = true;
             answer_by = answer_by.min(at + PROGRESS_LINGER);
         }
         if ended || at >= answer_by {
-            return HttpResponse::Ok().json(now);
+            return Ok(now);
         }
         // Woken or not, the next turn reads the job again.
         let _ = match own_notified {

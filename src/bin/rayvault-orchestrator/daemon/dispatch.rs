@@ -169,7 +169,10 @@ pub(super) fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, re
             // key is written after it, so it finds this job finished.
             state.live.recording.insert(key.clone(), receipt.clone());
             let (live, k, kept) = (state.live.clone(), key.clone(), receipt.clone());
-            state.store.update_then(
+            // Its commit may wait a moment for company (the next
+            // submission's, under load): nothing waits for it but the
+            // memory copy below, and the job is answered from that.
+            state.store.update_soon_then(
                 &key,
                 |j| {
                     j.phase = Phase::Finished;

@@ -380,21 +380,6 @@ impl ControllerStore {
         self.enqueue(move |t| change(t, &key, f), done);
     }
 
-    /// [`ControllerStore::update_then`] for a change that may wait up to
-    /// [`SOON`] for another write to share its commit (a job's end that
-    /// needs no sync of its own: under load the next submission's commit
-    /// carries it; otherwise it commits [`SOON`] later). `done` runs once
-    /// it is durable.
-    pub fn update_soon_then(
-        &self,
-        key: &str,
-        f: impl FnOnce(&mut StoredJob) + Send + 'static,
-        done: impl FnOnce(Result<Option<StoredJob>, StoreError>) + Send + 'static,
-    ) {
-        let key = key.to_string();
-        self.enqueue_patient(Some(std::time::Instant::now() + SOON), move |t| change(t, &key, f), done);
-    }
-
     /// [`ControllerStore::update`] awaited without blocking: the changed
     /// record once it is durable, `None` if absent.
     pub async fn update_async(&self, key: &str, f: impl FnOnce(&mut StoredJob) + Send + 'static) -> Result<Option<StoredJob>, StoreError> {

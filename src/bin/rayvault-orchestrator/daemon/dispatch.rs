@@ -169,10 +169,7 @@ pub(super) fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, re
             // key is written after it, so it finds this job finished.
             state.live.recording.insert(key.clone(), receipt.clone());
             let (live, k, kept) = (state.live.clone(), key.clone(), receipt.clone());
-            // Its commit may wait a moment for company (the next
-            // submission's, under load): nothing waits for it but the
-            // memory copy below, and the job is answered from that.
-            state.store.update_soon_then(
+            state.store.update_then(
                 &key,
                 |j| {
                     j.phase = Phase::Finished;

@@ -383,6 +383,7 @@ impl Handler<NodeDirectory> for NodeProbe {
             compat: e.caps.as_ref().map_or(Compat::Current, |c| c.compat),
             probed: e.caps.is_some(),
             inline_blob_bytes: e.caps.as_ref().map_or(0, |c| c.inline_blob_bytes),
+            submit_stream: e.caps.as_ref().is_some_and(|c| c.submit_stream),
         })
     }
 }

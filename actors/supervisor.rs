@@ -245,6 +245,7 @@ mod tests {
                 compat: crate::actors::messages::Compat::Current,
                 probed: false,
                 inline_blob_bytes: 0,
+                submit_stream: false,
             };
             let synced = c.sync.send(SyncArtifacts { node, remote_job_id: "x".into(), artifacts: None, dest: dir.path().join("sync"), log: None }).await.unwrap();
             assert!(synced.unwrap_err().message.contains("no cluster secret"));

@@ -66,6 +66,7 @@ fn nodes(n: usize, rng: &mut Rng) -> Vec<NodeSnapshot> {
                 compat: if rng.below(10) == 0 { Compat::LegacyHmacV05 } else { Compat::Current },
                 unavailable: Default::default(),
                 inline_blob_bytes: 0,
+                submit_stream: false,
             };
             NodeSnapshot {
                 node_id: Arc::from(format!("worker-{i:04}")),

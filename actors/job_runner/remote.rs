@@ -13,7 +13,7 @@ use super::staging::Staged;
 use super::{Ending, JobDeps, NodeFailure, Trace};
 use crate::backoff::Backoff;
 use crate::client::liveness::{self as watch, Fence};
-use crate::client::{CallError, CallErrorKind, CurrentClient, NodeClient, Polled, Submission};
+use crate::client::{Accepted, CallError, CallErrorKind, CurrentClient, HeldPoll, NodeClient, Polled, Submission};
 use crate::controller_store::{Phase, RemoteRef};
 use crate::error::ErrorCode;
 use crate::nodes::{Compat, NodeHandle};
@@ -155,13 +155,14 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
         label: &spec.key(),
         lease_s: deps.settings.controller.lease_s.max(1),
         inline: &inline_bytes,
+        hold: SUBMIT_HOLD,
     };
     let submitted = retry(deps, cancel, || {
         fence.sent();
         client.submit(&submit)
     })
     .await;
-    let (remote_job_id, cached) = match submitted {
+    let Accepted { job_id: remote_job_id, cached, held } = match submitted {
         Ok(s) => s,
         Err(e) => {
             let lost = e.is_connection();
@@ -176,8 +177,15 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
     };
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
     record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
-    follow(deps, spec, &handle, &client, &remote_job_id, cached, staged, dir, cancel, trace, began, &fence, &load).await
+    follow(deps, spec, &handle, &client, &remote_job_id, cached, held, staged, dir, cancel, trace, began, &fence, &load).await
 }
+
+/// How long a worker that streams its answer to a submission may hold its
+/// second line for the job to end (it also caps the wait at 2 s and half
+/// the lease). The acceptance, with the job's id, comes first, so a cut
+/// during the wait loses nothing; the second line is awaited as the first
+/// long-poll, beside the watchdog, so a short job needs no poll at all.
+const SUBMIT_HOLD: Duration = Duration::from_secs(2);
 
 /// The inputs to send inside the submission: those read while staging
 /// (small files), smallest first, while their total fits `limit` (the
@@ -231,7 +239,7 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
     trace.placement = r.placement.clone();
     // Renewals the previous daemon sent are older than this moment.
     let fence = lease_fence(deps, &client);
-    follow(deps, spec, &handle, &client, &r.remote_job_id, false, staged, dir, cancel, trace, began, &fence, &load).await
+    follow(deps, spec, &handle, &client, &r.remote_job_id, false, None, staged, dir, cancel, trace, began, &fence, &load).await
 }
 
 /// Records which remote job the job follows, so that a restarted daemon
@@ -330,6 +338,7 @@ async fn follow(
     client: &NodeClient,
     job_id: &str,
     cached: bool,
+    held: Option<HeldPoll>,
     staged: &Staged,
     dir: &Path,
     cancel: &CancellationToken,
@@ -372,13 +381,21 @@ async fn follow(
     let mut previous: Option<CallError> = None;
     let mut last_state = None;
     let t0 = Instant::now();
+    // The second line of a streamed submission is the first poll.
+    let mut held = held;
     let polled = loop {
+        let next = async {
+            match held.take() {
+                Some(h) => h.await,
+                None => poll(client, job_id, wait_s, fence).await,
+            }
+        };
         let r = tokio::select! {
             // An answer that arrives together with a watchdog verdict wins
             // (a job that succeeded must never be run again), and so does a
             // cancellation.
             biased;
-            r = tokio::time::timeout(poll_bound, poll(client, job_id, wait_s, fence)) => {
+            r = tokio::time::timeout(poll_bound, next) => {
                 r.unwrap_or_else(|_| Err(CallError::new(CallErrorKind::TimedOut, format!("no answer to the long-poll within {} s", poll_bound.as_secs()))))
             }
             _ = cancel.cancelled() => {

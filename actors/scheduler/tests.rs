@@ -14,7 +14,7 @@ fn node(id: &str, os: &str, ram: f64, busy: u32) -> NodeSnapshot {
     NodeSnapshot {
         node_id: id.into(),
         health: NodeHealth::Up,
-        caps: Some(NodeCaps { os: os.into(), ram_gb: ram, vram_gb: 0.0, has_gpu: false, steps, compat: Compat::Current, inline_blob_bytes: 0, unavailable: Arc::from(vec![(StepName::TtsRenderChunks, "no TTS engine found".to_string())]) }),
+        caps: Some(NodeCaps { os: os.into(), ram_gb: ram, vram_gb: 0.0, has_gpu: false, steps, compat: Compat::Current, inline_blob_bytes: 0, submit_stream: false, unavailable: Arc::from(vec![(StepName::TtsRenderChunks, "no TTS engine found".to_string())]) }),
         reported: None,
         load: Slots { busy, others: 0, of: 0 },
         probed_at: None,

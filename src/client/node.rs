@@ -27,6 +27,8 @@ pub struct CurrentClient {
     plain: bool,
     /// The node's `inline_blob_bytes` (0: it takes no input inline).
     inline_blob_bytes: u64,
+    /// The node's `submit_stream`: submissions are answered in two lines.
+    submit_stream: bool,
 }
 
 impl CurrentClient {
@@ -38,6 +40,7 @@ impl CurrentClient {
             inner: WorkerClient::new(&base, &worker_id, keyring).with_http(http).with_timeout(timeout),
             plain: false,
             inline_blob_bytes: 0,
+            submit_stream: false,
         }
     }
 
@@ -50,6 +53,11 @@ impl CurrentClient {
     /// node's `/caps` allows).
     pub fn with_inline_blobs(self, bytes: u64) -> Self {
         CurrentClient { inline_blob_bytes: bytes, ..self }
+    }
+
+    /// Submits with a streamed answer (what the node's `/caps` says).
+    pub fn with_submit_stream(self, on: bool) -> Self {
+        CurrentClient { submit_stream: on, ..self }
     }
 
     /// `GET /jobs?run_id=R&job_id=J`: the jobs this worker holds under the
@@ -87,14 +95,25 @@ impl CurrentClient {
     /// `POST /jobs`, with the inputs in `inline` (digest and bytes) inside
     /// the body.
     pub async fn submit(&self, step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64, inline: &[(&str, &[u8])]) -> Result<Submitted, CallError> {
-        let body = protocol::SubmitJob {
-            step_name: step_name.into(),
-            payload: payload.clone(),
-            inputs_hash: Some(inputs_hash.into()),
-            label: Some(label.into()),
-            lease_s: Some(lease_s),
-        };
-        Ok(self.inner.submit_inline(&body, inline).await?)
+        Ok(self.inner.submit_inline(&submit_job(step_name, payload, inputs_hash, label, lease_s), inline).await?)
+    }
+
+    /// `POST /jobs?wait_ms=N&stream=1`: the acceptance, and the job's view
+    /// once it ends or `wait` passes (see [`WorkerClient::submit_streamed`]).
+    pub async fn submit_streamed(
+        &self,
+        step_name: &str,
+        payload: &Value,
+        inputs_hash: &str,
+        label: &str,
+        lease_s: u64,
+        inline: &[(&str, &[u8])],
+        wait: Duration,
+    ) -> Result<(Submitted, HeldPoll), CallError> {
+        let job = submit_job(step_name, payload, inputs_hash, label, lease_s);
+        let (submitted, end) = self.inner.submit_streamed(&job, inline, wait).await?;
+        let end: HeldPoll = Box::pin(async move { Ok(end.await?.into()) });
+        Ok((submitted, end))
     }
 
     /// `GET /jobs/{id}?wait_s=N`: long-polls until the job ends or N passes.
@@ -136,6 +155,30 @@ impl CurrentClient {
     }
 }
 
+fn submit_job(step_name: &str, payload: &Value, inputs_hash: &str, label: &str, lease_s: u64) -> protocol::SubmitJob {
+    protocol::SubmitJob {
+        step_name: step_name.into(),
+        payload: payload.clone(),
+        inputs_hash: Some(inputs_hash.into()),
+        label: Some(label.into()),
+        lease_s: Some(lease_s),
+    }
+}
+
+/// The end of a job submitted with a streamed answer: its view once it
+/// ended, or when the worker's wait passed (then still running), as the
+/// first long-poll would give it.
+pub type HeldPoll = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Polled, CallError>>>>;
+
+/// A job a worker accepted.
+pub struct Accepted {
+    pub job_id: String,
+    /// An existing job for the same inputs.
+    pub cached: bool,
+    /// With a streamed answer: its second line, to await as the first poll.
+    pub held: Option<HeldPoll>,
+}
+
 /// A job to submit, in the terms of both contracts.
 pub struct Submission<'a> {
     pub step_name: &'a str,
@@ -152,6 +195,10 @@ pub struct Submission<'a> {
     /// Staged inputs sent inside the submission (digest and bytes) rather
     /// than uploaded before it (the current contract).
     pub inline: &'a [(&'a str, &'a [u8])],
+    /// How long the worker may hold the answer's second line for the job
+    /// to end, when it streams its answer (the current contract, if its
+    /// `/caps` says `submit_stream`).
+    pub hold: Duration,
 }
 
 /// One poll of a job's state, in either contract's terms.
@@ -189,8 +236,10 @@ impl NodeClient {
             LegacyClient::new(&node.config, http, keyring.clone(), auth, timeout)
         };
         match node.compat {
-            Compat::Current => NodeClient::Current(current().with_inline_blobs(node.inline_blob_bytes)),
-            Compat::CurrentPlainToken => NodeClient::Current(current().plain().with_inline_blobs(node.inline_blob_bytes)),
+            Compat::Current => NodeClient::Current(current().with_inline_blobs(node.inline_blob_bytes).with_submit_stream(node.submit_stream)),
+            Compat::CurrentPlainToken => {
+                NodeClient::Current(current().plain().with_inline_blobs(node.inline_blob_bytes).with_submit_stream(node.submit_stream))
+            }
             Compat::LegacyHmacV05 => NodeClient::Legacy(legacy(LegacyAuth::Hmac)),
             Compat::LegacyPlainToken => NodeClient::Legacy(legacy(LegacyAuth::Plain)),
         }
@@ -205,18 +254,23 @@ impl NodeClient {
         }
     }
 
-    /// Submits the job; answers the worker's job id and whether it was an
-    /// existing job for the same inputs.
-    pub async fn submit(&self, job: &Submission<'_>) -> Result<(String, bool), CallError> {
+    /// Submits the job; answers the worker's job id, whether it was an
+    /// existing job for the same inputs, and, when the node streams its
+    /// answer, the job's end to await as the first poll.
+    pub async fn submit(&self, job: &Submission<'_>) -> Result<Accepted, CallError> {
         match self {
+            NodeClient::Current(c) if c.submit_stream && !job.hold.is_zero() => {
+                let (s, held) = c.submit_streamed(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s, job.inline, job.hold).await?;
+                Ok(Accepted { job_id: s.job.job_id, cached: s.cached, held: Some(held) })
+            }
             NodeClient::Current(c) => {
                 let s = c.submit(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s, job.inline).await?;
-                Ok((s.job.job_id, s.cached))
+                Ok(Accepted { job_id: s.job.job_id, cached: s.cached, held: None })
             }
             NodeClient::Legacy(l) => {
                 let step = StepName::parse(job.step_name).map_err(|e| CallError::protocol(e.message))?;
                 let j = l.submit(step.legacy_name(), job.unstaged_payload, job.inputs_hash).await?;
-                Ok((j.job_id, j.cached))
+                Ok(Accepted { job_id: j.job_id, cached: j.cached, held: None })
             }
         }
     }

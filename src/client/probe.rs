@@ -166,6 +166,7 @@ pub fn node_caps(raw: &Value, compat: Compat) -> NodeCaps {
         .unwrap_or_default();
     NodeCaps {
         inline_blob_bytes: if compat.is_legacy() { 0 } else { raw.get("inline_blob_bytes").and_then(Value::as_u64).unwrap_or(0) },
+        submit_stream: !compat.is_legacy() && raw.get("submit_stream").and_then(Value::as_bool).unwrap_or(false),
         unavailable: unavailable.into(),
         os: raw.get("os").and_then(Value::as_str).unwrap_or("unknown").to_ascii_lowercase(),
         ram_gb: num("ram_gb"),

@@ -49,6 +49,9 @@ pub struct NodeHandle {
     /// The most input bytes the node takes inline in `POST /jobs` (its
     /// `/caps` `inline_blob_bytes`); 0: every input is uploaded first.
     pub inline_blob_bytes: u64,
+    /// The node answers a submission in two lines (its `/caps`
+    /// `submit_stream`): the acceptance, then the job's end.
+    pub submit_stream: bool,
 }
 
 /// A set of steps. Any number of steps fits: the set is ordered by
@@ -81,6 +84,8 @@ pub struct NodeCaps {
     pub unavailable: Arc<[(StepName, String)]>,
     /// `/caps` `inline_blob_bytes` (0 when absent or for a v0.5 worker).
     pub inline_blob_bytes: u64,
+    /// `/caps` `submit_stream` (false when absent or for a v0.5 worker).
+    pub submit_stream: bool,
 }
 
 #[cfg(test)]

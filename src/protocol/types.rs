@@ -86,6 +86,11 @@ pub struct Caps {
     /// input with `PUT /blobs/{sha256}` first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub inline_blob_bytes: u64,
+    /// True when this worker answers `POST /jobs?wait_ms=N&stream=1` in two
+    /// lines: the acceptance at once, the job's view when it ends (see
+    /// docs/protocol.md). Absent: submit, then long-poll.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub submit_stream: bool,
 }
 
 fn is_zero(n: &u64) -> bool {

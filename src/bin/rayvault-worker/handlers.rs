@@ -97,6 +97,7 @@ pub async fn caps(st: Data) -> Result<HttpResponse, ApiError> {
         concurrency: StepName::ALL.iter().map(|s| (s.as_str().to_string(), settings.step(s.as_str()).concurrency)).collect(),
         contract: protocol::CONTRACT.into(),
         inline_blob_bytes: inline_blob_bytes(st.limits.max_body_bytes),
+        submit_stream: true,
     }))
 }
 
@@ -121,6 +122,14 @@ pub struct SubmitQuery {
     /// long-poll of its own.
     #[serde(default)]
     pub wait_ms: Option<u64>,
+    /// `1`: answer in two lines (`application/x-ndjson`): the acceptance
+    /// ([`Submitted`]) as soon as the job is durable, then the job's view
+    /// ([`JobView`]) once it ends or `wait_ms` passes. The submitter learns
+    /// the job's id at once (an answer cut off during the wait loses
+    /// nothing: it follows the job by id) and a short job needs no
+    /// long-poll.
+    #[serde(default)]
+    pub stream: Option<u8>,
 }
 
 /// The longest `POST /jobs?wait_ms=` wait: a submitter renews its lease
@@ -136,6 +145,11 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     if st.drain.is_on() {
         return Err(ApiError::new(ApiCode::Draining, crate::drain::DRAINING_MESSAGE));
     }
+    let stream = match q.stream {
+        None | Some(0) => false,
+        Some(1) => true,
+        Some(n) => return Err(ApiError::bad_request(format!("stream={n}: use stream=1 for a two-line answer, or leave it out"))),
+    };
     let (req, inline) = parse_submission(&body)?;
     let step = StepName::parse(&req.step_name).map_err(|e| ApiError::new(ApiCode::StepUnknown, e.message))?;
     if !req.payload.is_object() {
@@ -230,6 +244,9 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
             }
             st.env.notify_job(&rec.job_id);
             tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "job accepted");
+            if stream {
+                return Ok(streamed(st.clone(), actix_web::http::StatusCode::CREATED, false, rec, q.wait_ms));
+            }
             let job = view_after(&st, &rec, q.wait_ms).await?;
             Ok(HttpResponse::Created().json(Submitted { cached: false, job }))
         }
@@ -242,6 +259,9 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
                 }
             }
             tracing::info!(job_id = %rec.job_id, step = %rec.step_name, "duplicate submission: returning the existing job");
+            if stream {
+                return Ok(streamed(st.clone(), actix_web::http::StatusCode::OK, true, rec, q.wait_ms));
+            }
             let job = view_after(&st, &rec, q.wait_ms).await?;
             Ok(HttpResponse::Ok().json(Submitted { cached: true, job }))
         }
@@ -284,6 +304,35 @@ fn stage_inputs(
         }
     }
     Ok((protocol::inputs_hash(step_name, payload), missing, pending))
+}
+
+/// The answer of `POST /jobs?stream=1` ([`SubmitQuery::stream`]): the
+/// acceptance as the first line, sent at once, and the job's view after
+/// [`view_after`] as the second. If the job cannot be read back for the
+/// second line, the answer ends after the first: the submitter then asks
+/// for the job by its id.
+fn streamed(st: Data, status: actix_web::http::StatusCode, cached: bool, rec: JobRecord, wait_ms: Option<u64>) -> HttpResponse {
+    use futures_util::StreamExt;
+    let first = json_line(&Submitted { cached, job: rec.view() });
+    let second = futures_util::stream::once(async move {
+        match view_after(&st, &rec, wait_ms).await {
+            Ok(view) => json_line(&view),
+            Err(e) => {
+                tracing::warn!(job_id = %rec.job_id, "the second line of a streamed submission could not be read: {e}");
+                None
+            }
+        }
+    })
+    .filter_map(std::future::ready);
+    let body = futures_util::stream::iter(first).chain(second).map(Ok::<_, actix_web::Error>);
+    HttpResponse::build(status).content_type("application/x-ndjson").streaming(body)
+}
+
+/// `value` as one line of JSON (serde_json's compact form has no newline).
+fn json_line<T: serde::Serialize>(value: &T) -> Option<web::Bytes> {
+    let mut line = serde_json::to_vec(value).ok()?;
+    line.push(b'\n');
+    Some(web::Bytes::from(line))
 }
 
 /// The submitted job's view: at once, or (`wait_ms`) once it has ended if

@@ -331,11 +331,16 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
     shutdown::run_until_signal(server, state, Duration::from_secs(w.shutdown_grace_s)).await
 }
 
-/// Records what a connection's requests may need of it: its socket, for
-/// downloads the kernel sends (Linux, see `direct`).
-fn on_connect(_conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
+/// Sets up each new connection: no Nagle delay (a streamed submission
+/// answers in two writes, and the second must not wait for the first's
+/// acknowledgement), and, on Linux, a record of its socket for downloads
+/// the kernel sends (see `direct`).
+fn on_connect(conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
+    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let _ = stream.set_nodelay(true);
+    }
     #[cfg(target_os = "linux")]
-    direct::remember(_conn, _ext);
+    direct::remember(conn, _ext);
 }
 
 /// The endpoint table (docs/protocol.md lists the same).

@@ -99,19 +99,11 @@ impl CurrentClient {
     }
 
     /// `POST /jobs?wait_ms=N&stream=1`: the acceptance, and the job's view
-    /// once it ends or `wait` passes (see [`WorkerClient::submit_streamed`]).
-    pub async fn submit_streamed(
-        &self,
-        step_name: &str,
-        payload: &Value,
-        inputs_hash: &str,
-        label: &str,
-        lease_s: u64,
-        inline: &[(&str, &[u8])],
-        wait: Duration,
-    ) -> Result<(Submitted, HeldPoll), CallError> {
-        let job = submit_job(step_name, payload, inputs_hash, label, lease_s);
-        let (submitted, end) = self.inner.submit_streamed(&job, inline, wait).await?;
+    /// once it ends or `job.hold` passes (see
+    /// [`WorkerClient::submit_streamed`]).
+    pub async fn submit_streamed(&self, job: &Submission<'_>) -> Result<(Submitted, HeldPoll), CallError> {
+        let body = submit_job(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s);
+        let (submitted, end) = self.inner.submit_streamed(&body, job.inline, job.hold).await?;
         let end: HeldPoll = Box::pin(async move { Ok(end.await?.into()) });
         Ok((submitted, end))
     }
@@ -260,7 +252,7 @@ impl NodeClient {
     pub async fn submit(&self, job: &Submission<'_>) -> Result<Accepted, CallError> {
         match self {
             NodeClient::Current(c) if c.submit_stream && !job.hold.is_zero() => {
-                let (s, held) = c.submit_streamed(job.step_name, job.payload, job.inputs_hash, job.label, job.lease_s, job.inline, job.hold).await?;
+                let (s, held) = c.submit_streamed(job).await?;
                 Ok(Accepted { job_id: s.job.job_id, cached: s.cached, held: Some(held) })
             }
             NodeClient::Current(c) => {

@@ -520,9 +520,25 @@ pub async fn wait_for_job(st: &AppState, id: &str, wait: Duration) -> Result<Job
     if wait.is_zero() {
         return Ok(load_job(st, id).await?.view());
     }
-    let notify = st.env.wait_on(id);
+    // Forgets the job's notify however the wait ends, also when the answer
+    // is dropped mid-wait (a streamed submission's reader went away).
+    struct Waiting<'a> {
+        st: &'a AppState,
+        id: &'a str,
+        notify: Option<std::sync::Arc<tokio::sync::Notify>>,
+    }
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            if let Some(n) = self.notify.take() {
+                self.st.env.stop_waiting(self.id, n);
+            }
+        }
+    }
+    let waiting = Waiting { st, id, notify: Some(st.env.wait_on(id)) };
+    let notify = waiting.notify.clone().unwrap_or_default();
     let answer = wait_on_job(st, id, wait, &notify).await;
-    st.env.stop_waiting(id, notify);
+    drop(notify);
+    drop(waiting);
     answer
 }
 

@@ -402,14 +402,21 @@ fn daemon_call(w: &World, method: &str, path: &str, query: &str, body: &[u8]) ->
     (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
 }
 
-#[test]
-fn a_held_submission_answers_when_its_job_ends_and_a_longer_job_is_answered_running() {
+/// A world whose jobs run on the controller, each step taking 1.5 s and
+/// leaving its start and end in the ledger.
+fn slow_local_world() -> World {
     let mut w = World::new();
     for (k, v) in ledger_step_env(&w) {
         w.set_env(&k, &v);
     }
     w.set_env("FAULT_NODE", "controller");
     w.set_env("FAULT_STEP_S", "1.5");
+    w
+}
+
+#[test]
+fn a_held_submission_answers_when_its_job_ends_and_a_longer_job_is_answered_running() {
+    let w = slow_local_world();
     let _daemon = w.daemon();
     let spec = |job: &str| serde_json::to_vec(&json!({"run_id": "held", "job_id": job, "step_name": "TTS_RENDER_CHUNKS", "payload": {"text": format!("held-{job}")}})).unwrap();
     // Held long enough: one request gives the receipt, and its file is
@@ -454,12 +461,7 @@ fn a_held_submission_answers_when_its_job_ends_and_a_longer_job_is_answered_runn
 
 #[test]
 fn a_long_poll_answers_the_moment_its_job_ends_with_the_receipt_file_written() {
-    let mut w = World::new();
-    for (k, v) in ledger_step_env(&w) {
-        w.set_env(&k, &v);
-    }
-    w.set_env("FAULT_NODE", "controller");
-    w.set_env("FAULT_STEP_S", "1.5");
+    let w = slow_local_world();
     let _daemon = w.daemon();
     let (code, _, err) = w.submit("poll", "j", "TTS_RENDER_CHUNKS", json!({"text": "poll-j"}), &["--no-wait"]);
     assert_eq!(code, 0, "{err}");

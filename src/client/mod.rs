@@ -358,7 +358,9 @@ impl WorkerClient {
         let body = Bytes::from(submit_body(job, inline)?);
         let sha = protocol::sha256_hex(&body);
         let path = format!("/jobs?wait_ms={}&stream=1", wait.as_millis());
-        let req = self.request(Method::POST, &path, &sha, Duration::ZERO)?.insert_header((CONTENT_TYPE, "application/json"));
+        // The whole answer, both lines, may take the wait on top of the
+        // usual allowance.
+        let req = self.request(Method::POST, &path, &sha, wait)?.insert_header((CONTENT_TYPE, "application/json"));
         let mut res = req.send_body(body).await.map_err(|e| self.send_failed(e))?;
         let status = res.status();
         if !status.is_success() {

@@ -90,6 +90,10 @@ fn a_daemon_killed_mid_job_resumes_tracking_after_restart() {
     w.write_nodes(&[("slow", ps, true)]);
     let clip = video(&w);
     let mut daemon = w.daemon();
+    // The daemon's first probe settles before the job is placed: on a busy
+    // machine a probe that timed out would send it to the local runner,
+    // and this test is about the restart.
+    common::wait_until("the daemon sees the worker up", Duration::from_secs(30), || node_status(&status(&w), "slow") == "up");
     let (code, _, err) = w.submit("crash", "j", "FFMPEG_PROBE", json!({"media_path": clip}), &["--no-wait"]);
     assert_eq!(code, 0, "{err}");
     let mut remote = Value::Null;

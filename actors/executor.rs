@@ -162,17 +162,34 @@ impl ExecutorEnv {
         }
     }
 
-    /// The notify a waiter of `job_id` listens to; give it back with
-    /// [`ExecutorEnv::stop_waiting`].
-    pub fn wait_on(&self, job_id: &str) -> Arc<tokio::sync::Notify> {
-        self.waiters.entry(job_id.to_string()).or_default().clone()
+    /// The notify a waiter of `job_id` listens to, held while the returned
+    /// guard lives: dropping it (however the wait ends, also when the
+    /// waiting answer is dropped mid-wait) forgets the job's notify once no
+    /// other waiter holds it.
+    pub fn wait_on<'a>(&'a self, job_id: &'a str) -> JobWaiter<'a> {
+        let notify = self.waiters.entry(job_id.to_string()).or_default().clone();
+        JobWaiter { env: self, job_id, notify: Some(notify) }
     }
+}
 
-    /// A waiter of `job_id` is done: the job's notify is forgotten once no
-    /// one else holds it.
-    pub fn stop_waiting(&self, job_id: &str, notify: Arc<tokio::sync::Notify>) {
-        drop(notify);
-        self.waiters.remove_if(job_id, |_, n| Arc::strong_count(n) == 1);
+/// A waiter of one job ([`ExecutorEnv::wait_on`]).
+pub struct JobWaiter<'a> {
+    env: &'a ExecutorEnv,
+    job_id: &'a str,
+    notify: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl std::ops::Deref for JobWaiter<'_> {
+    type Target = tokio::sync::Notify;
+    fn deref(&self) -> &tokio::sync::Notify {
+        self.notify.as_deref().expect("present until dropped")
+    }
+}
+
+impl Drop for JobWaiter<'_> {
+    fn drop(&mut self) {
+        drop(self.notify.take());
+        self.env.waiters.remove_if(self.job_id, |_, n| Arc::strong_count(n) == 1);
     }
 }
 

@@ -338,7 +338,7 @@ async fn follow(
     client: &NodeClient,
     job_id: &str,
     cached: bool,
-    held: Option<HeldPoll>,
+    mut held: Option<HeldPoll>,
     staged: &Staged,
     dir: &Path,
     cancel: &CancellationToken,
@@ -382,7 +382,6 @@ async fn follow(
     let mut last_state = None;
     let t0 = Instant::now();
     // The second line of a streamed submission is the first poll.
-    let mut held = held;
     let polled = loop {
         let next = async {
             match held.take() {

@@ -79,9 +79,10 @@ pub(super) struct SubmitQuery {
     /// Hold the answer until the job ends or `wait_s` (at most 60) passes,
     /// so that a short job is submitted and answered in one request; the
     /// answer's `job` is then the job's view with its progress lines so far
-    /// (unlike the long-poll, new progress does not end the wait). The job's key is the caller's own, so an
-    /// answer lost with the connection loses nothing: a long-poll of that
-    /// key, or the same submission again, picks the job up.
+    /// (unlike the long-poll, new progress does not end the wait). The
+    /// job's key is the caller's own, so an answer lost with the connection
+    /// loses nothing: a long-poll of that key, or the same submission
+    /// again, picks the job up.
     #[serde(default)]
     wait_s: u64,
 }

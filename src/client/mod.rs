@@ -420,6 +420,7 @@ impl WorkerClient {
         std::thread::Builder::new()
             .name("artifact-download".into())
             .spawn(move || {
+                download::bulk_thread();
                 let _ = tx.send(job.run(&worker_cancel));
             })
             .map_err(|e| io_err("starting the download thread", e))?;

@@ -150,9 +150,22 @@ pub(super) struct WaitQuery {
     progress_from: usize,
 }
 
+/// How long a wait for a job that has no notify yet sleeps before it
+/// reads the job again (it is also woken when any job starts).
+const NOT_BEGUN_RECHECK: Duration = Duration::from_millis(250);
+
 /// A job's view now, and whether it ended (its end recorded and its receipt
 /// file written).
 fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box<HttpResponse>> {
+    // `recording` is read before the store. The store's writer thread
+    // drops a job from `recording` right after the commit of its end, so
+    // a job missing there was either never in it or is already finished
+    // in any store read that begins afterwards. The other order lost that
+    // window: a store read just before the commit and a `recording` read
+    // just after it both missed the end, and a waiting caller slept until
+    // its deadline (a held submission answered after 20 s for a job that
+    // took 17 ms).
+    let recording = state.live.recording.get(key).map(|r| r.value().clone());
     let job = match state.store.get(key) {
         Ok(Some(j)) => j,
         Ok(None) => return Err(Box::new(error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None))),
@@ -162,7 +175,6 @@ fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box
     // A finished record counts once the job's notify is gone: the receipt
     // file is written between the two. A job whose end is still being
     // committed is answered from memory.
-    let recording = state.live.recording.get(key).map(|r| r.value().clone());
     let finished = job.phase == Phase::Finished || recording.is_some();
     let ended = finished && !state.live.waits.contains_key(key);
     let phase = if finished && !ended { Phase::Running } else if finished { Phase::Finished } else { job.phase };
@@ -207,10 +219,13 @@ async fn wait_view(state: &ApiState, key: &str, wait_s: u64, progress_from: usiz
         if ended || at >= answer_by {
             return Ok(now);
         }
-        // Woken or not, the next turn reads the job again.
+        // Woken or not, the next turn reads the job again. A job with no
+        // notify has not begun yet (or has just ended): besides the next
+        // start, a short timer makes it read again, so that no missed
+        // moment can hold the answer until its deadline.
         let _ = match own_notified {
             Some(n) => tokio::time::timeout_at(answer_by, n).await,
-            None => tokio::time::timeout_at(answer_by, begun).await,
+            None => tokio::time::timeout_at(answer_by.min(at + NOT_BEGUN_RECHECK), begun).await,
         };
     }
 }

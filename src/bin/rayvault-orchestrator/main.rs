@@ -44,7 +44,7 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     // Before any other thread: see rayvault::memory for why.
-    rayvault::memory::tune_malloc();
+    rayvault::memory::tune_malloc(rayvault::memory::CONTROLLER_ARENAS);
     let cli = parse();
     init_tracing(matches!(cli.command, Command::Daemon), cli.log_file.as_deref());
     if matches!(cli.command, Command::Daemon) {

@@ -95,7 +95,7 @@ enum WorkerCommand {
 
 fn main() -> ExitCode {
     // Before any other thread: see rayvault::memory for why.
-    rayvault::memory::tune_malloc();
+    rayvault::memory::tune_malloc(rayvault::memory::WORKER_ARENAS);
     let mut args = Args::parse();
     match args.command.take() {
         Some(WorkerCommand::Service(service_args)) => return ExitCode::from(service::run(service::Command::Service(service_args))),

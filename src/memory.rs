@@ -73,7 +73,7 @@ pub const CONTROLLER_ARENAS: i32 = 2;
 /// mostly wait on disk and network, and each extra arena is memory kept for
 /// good) and fixes the mmap and trim thresholds (see the module comment).
 /// Call it first thing in `main`, before any other thread exists.
-pub fn tune_malloc(arenas: i32) {
+pub fn tune_malloc(#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(unused_variables))] arenas: i32) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it runs before any
     // other thread starts, and a refusal (0) only leaves glibc's default.

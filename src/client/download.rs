@@ -74,7 +74,6 @@ unsafe impl Sync for Buf {}
 /// [`ALIGN`].
 const BUF_ALIGN: usize = 2 << 20;
 
-#[cfg(not(target_os = "linux"))]
 fn buf_layout() -> std::alloc::Layout {
     std::alloc::Layout::from_size_align(BLOCK, BUF_ALIGN).expect("a valid layout")
 }
@@ -90,7 +89,7 @@ impl Buf {
             libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
         };
         if raw == libc::MAP_FAILED {
-            std::alloc::handle_alloc_error(std::alloc::Layout::from_size_align(BLOCK, BUF_ALIGN).expect("a valid layout"));
+            std::alloc::handle_alloc_error(buf_layout());
         }
         let start = raw as usize;
         let aligned = start.next_multiple_of(BUF_ALIGN);

@@ -45,6 +45,13 @@ impl WorkerPaths {
         self.root.join("blobs")
     }
 
+    /// Empty files the worker makes ahead of time for the inputs that
+    /// submissions carry inline (renamed into [`Self::blobs_dir`] once
+    /// written); none of them is ever a blob.
+    pub fn spares_dir(&self) -> PathBuf {
+        self.root.join("spares")
+    }
+
     /// A staged blob; callers pass only digests that
     /// [`crate::protocol::is_sha256_hex`] accepts.
     pub fn blob_path(&self, sha256: &str) -> PathBuf {

@@ -362,9 +362,14 @@ fn decode_inline(inline: Vec<protocol::InlineBlob>) -> Result<Vec<(String, Vec<u
 /// The first half of storing the inputs a `POST /jobs` carried inline, as
 /// `PUT /blobs/{sha256}` would: each is decoded and checked
 /// ([`decode_inline`]); a blob already stored is only touched, the others
-/// are written to a temporary file (a full disk shows here, as
+/// are written to a temporary file, a spare one made ahead of time when one
+/// is ready ([`crate::spares`]), else a new one (a full disk shows here, as
 /// `DISK_FULL`, before the job is accepted). Blocking.
-pub fn prepare_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol::InlineBlob>) -> Result<Vec<PendingBlob>, ApiError> {
+pub fn prepare_inline(
+    paths: &rayvault::store::WorkerPaths,
+    spares: &std::sync::Arc<crate::spares::Spares>,
+    inline: Vec<protocol::InlineBlob>,
+) -> Result<Vec<PendingBlob>, ApiError> {
     let mut pending = Vec::new();
     for (sha256, data) in decode_inline(inline)? {
         let dest = paths.blob_path(&sha256);
@@ -372,9 +377,15 @@ pub fn prepare_inline(paths: &rayvault::store::WorkerPaths, inline: Vec<protocol
             touch(&dest);
             continue;
         }
-        let tmp = temp_path_for(&dest);
+        let (tmp, mut f) = match spares.take() {
+            Some(s) => (s.path, s.file),
+            None => {
+                let tmp = temp_path_for(&dest);
+                let f = std::fs::File::create(&tmp).map_err(|e| ApiError::io("storing an inline blob", e))?;
+                (tmp, f)
+            }
+        };
         let mut p = PendingBlob { sha256, file: None, tmp, dest, size: data.len() as u64 };
-        let mut f = std::fs::File::create(&p.tmp).map_err(|e| ApiError::io("storing an inline blob", e))?;
         p.file = Some(f.try_clone().map_err(|e| ApiError::io("storing an inline blob", e))?);
         f.write_all(&data).map_err(|e| ApiError::io("storing an inline blob", e))?;
         pending.push(p);

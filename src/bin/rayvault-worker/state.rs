@@ -37,4 +37,7 @@ pub struct AppState {
     /// Set while draining (`POST /drain`): new jobs are refused with 503
     /// `DRAINING`; kept in the state folder across restarts.
     pub drain: Arc<crate::drain::DrainFlag>,
+    /// Empty files made ahead of time for inline inputs
+    /// ([`crate::spares`]).
+    pub spares: Arc<crate::spares::Spares>,
 }

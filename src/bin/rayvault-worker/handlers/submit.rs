@@ -72,12 +72,13 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     } else if body.len() <= QUICK_SUBMISSION_BYTES && digests.len() <= QUICK_SUBMISSION_BLOBS {
         // A few small inputs: one small file written and a few `stat`s,
         // quicker here than a trip to a blocking thread and back.
-        stage_inputs(&st.env.paths, inline, digests, step.as_str(), &req.payload)?
+        stage_inputs(&st.env.paths, &st.spares, inline, digests, step.as_str(), &req.payload)?
     } else {
         let paths = st.env.paths.clone();
+        let spares = st.spares.clone();
         let payload = req.payload.clone();
         let step_name = step.as_str().to_string();
-        web::block(move || stage_inputs(&paths, inline, digests, &step_name, &payload)).await??
+        web::block(move || stage_inputs(&paths, &spares, inline, digests, &step_name, &payload)).await??
     };
     if let Some(d) = missing.first() {
         return Err(ApiError::new(ApiCode::BlobNotFound, format!("the payload names blob {d}, which is not staged here; upload it first with PUT /blobs/{d}")));
@@ -186,19 +187,21 @@ const QUICK_SUBMISSION_BYTES: usize = 2 * rayvault::artifacts::INLINE_IO_BYTES;
 const QUICK_SUBMISSION_BLOBS: usize = 4;
 
 /// The inputs of a submission that names blobs: those sent inline are
-/// checked and written to temporary files (synced and renamed into place
+/// checked and written to temporary files (spare files made ahead where
+/// one is ready, [`crate::spares`]; synced and renamed into place
 /// while the job is committed, [`crate::files::finish_inline`]), the
 /// others must be stored already (and are touched, so that the blob
 /// pruner keeps them). Answers the job's `inputs_hash`, the digests
 /// missing here and the inline inputs pending. Blocking, briefly.
 fn stage_inputs(
     paths: &rayvault::store::WorkerPaths,
+    spares: &std::sync::Arc<crate::spares::Spares>,
     inline: Vec<protocol::InlineBlob>,
     digests: Vec<String>,
     step_name: &str,
     payload: &serde_json::Value,
 ) -> Result<(String, Vec<String>, Vec<crate::files::PendingBlob>), ApiError> {
-    let pending = crate::files::prepare_inline(paths, inline)?;
+    let pending = crate::files::prepare_inline(paths, spares, inline)?;
     let inline_digest = |d: &String| pending.iter().any(|p| &p.sha256 == d);
     let missing: Vec<String> = digests.iter().filter(|d| !inline_digest(d) && !paths.blob_path(d).is_file()).cloned().collect();
     if missing.is_empty() {

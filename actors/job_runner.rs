@@ -32,6 +32,7 @@ use crate::error::ErrorCode;
 use crate::receipt::{receipt_dir, FallbackMode, JobSpec, JobStatus, Receipt, ReceiptError};
 use actix::prelude::*;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -56,7 +57,19 @@ pub struct SubmitJob {
     /// before falling back. None: nodes the cached view says are not up are
     /// probed again first.
     pub probed_at: Option<Instant>,
+    /// Set when the job is handed over while its acceptance is still being
+    /// committed (the daemon): the run stages its inputs meanwhile, then
+    /// waits for `true` before it does anything else (placing it, touching
+    /// its receipt folder, contacting a worker, running it here). `false`
+    /// or a dropped sender (the submission was a duplicate, or the commit
+    /// failed) ends the run there, with nothing done and a receipt that is
+    /// only a placeholder ([`NOT_ADMITTED`]), which the caller discards.
+    pub admission: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
+
+/// The `error.code` of the placeholder receipt of a run whose admission
+/// was refused (see [`SubmitJob::admission`]); never recorded or shown.
+pub const NOT_ADMITTED: &str = "NOT_ADMITTED";
 
 /// Cancels a running job; answers whether it was running here.
 #[derive(Message)]
@@ -90,8 +103,9 @@ pub struct JobRunner {
     deps: JobDeps,
     /// Cancellation handles of the jobs in flight, by `run_id/job_id`, with
     /// how many runs of that key share the handle (a resubmission while the
-    /// first run is in flight shares it, so one cancel reaches both).
-    running: HashMap<String, (CancellationToken, usize)>,
+    /// first run is in flight shares it, so one cancel reaches both) and
+    /// how many of those were admitted (see [`SubmitJob::admission`]).
+    running: HashMap<String, (CancellationToken, usize, Arc<AtomicUsize>)>,
 }
 
 impl JobRunner {
@@ -124,7 +138,7 @@ impl Actor for JobRunner {
 impl actix::Supervised for JobRunner {
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::warn!(jobs_dropped = self.running.len(), "JobRunner restarted");
-        for (token, _) in self.running.values() {
+        for (token, _, _) in self.running.values() {
             token.cancel();
         }
         self.running.clear();
@@ -145,10 +159,12 @@ impl Handler<SubmitJob> for JobRunner {
 
     fn handle(&mut self, msg: SubmitJob, _: &mut Context<Self>) -> Self::Result {
         let key = msg.spec.key();
-        let entry = self.running.entry(key.clone()).or_insert_with(|| (CancellationToken::new(), 0));
+        let entry = self.running.entry(key.clone()).or_insert_with(|| (CancellationToken::new(), 0, Arc::new(AtomicUsize::new(0))));
         entry.1 += 1;
-        // Only a run that is alone with its key may empty the receipt folder.
-        let alone = entry.1 == 1 && msg.resume.is_none();
+        // Only a run that is alone with its key may empty the receipt
+        // folder: counted once admitted, so that a duplicate refused at its
+        // gate never makes the run it duplicated think it is not alone.
+        let runs = Runs { admitted: entry.2.clone(), new: msg.resume.is_none() };
         let cancel = entry.0.clone();
         let deps = self.deps.clone();
         let (spec, submitted_at) = (msg.spec.clone(), msg.submitted_at);
@@ -157,7 +173,7 @@ impl Handler<SubmitJob> for JobRunner {
             (None, true) => Resume::Search,
             (None, false) => Resume::No,
         };
-        let job = run_job(deps.clone(), msg.spec, resume, msg.submitted_at, cancel, alone, msg.probed_at);
+        let job = run_job(deps.clone(), msg.spec, resume, msg.submitted_at, cancel, runs, msg.probed_at, msg.admission);
         // The job's future runs inside this actor's task: a panic in it would
         // take the actor and every other job in flight down. Caught, it
         // fails this job alone, with a receipt that says so.
@@ -184,7 +200,7 @@ impl Handler<CancelJob> for JobRunner {
     type Result = bool;
     fn handle(&mut self, msg: CancelJob, _: &mut Context<Self>) -> bool {
         match self.running.get(&msg.key) {
-            Some((t, _)) => {
+            Some((t, _, _)) => {
                 t.cancel();
                 true
             }
@@ -204,16 +220,52 @@ pub enum Resume {
     Search,
 }
 
+/// The admitted runs of one key (see [`SubmitJob::admission`]).
+pub struct Runs {
+    admitted: Arc<AtomicUsize>,
+    /// A new job rather than one re-attached to its remote job.
+    new: bool,
+}
+
+impl Runs {
+    /// Counts this run as admitted; true when it is the only admitted run
+    /// of its key and a new job (it may then empty the receipt folder).
+    fn admit(&self) -> bool {
+        self.admitted.fetch_add(1, Ordering::AcqRel) == 0 && self.new
+    }
+}
+
+/// Counts an admitted run out when it ends.
+struct AdmittedGuard(Arc<AtomicUsize>);
+
+impl Drop for AdmittedGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The placeholder receipt of a run refused at its gate.
+fn not_admitted(spec: &JobSpec, trace: &Trace) -> Receipt {
+    let ending = Ending::failed(ErrorCode::Internal, "not admitted: the submission was not recorded", None);
+    let mut r = build_receipt(spec, String::new(), ending, trace);
+    if let Some(e) = r.error.as_mut() {
+        e.code = NOT_ADMITTED.to_string();
+    }
+    r
+}
+
 /// The whole life of one job; always ends in a receipt, written to disk
 /// here unless the store keeps it (the daemon then writes the file).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_job(
     deps: JobDeps,
     spec: JobSpec,
     resume: Resume,
     submitted_at: SystemTime,
     cancel: CancellationToken,
-    fresh_folder: bool,
+    runs: Runs,
     probed_at: Option<Instant>,
+    admission: Option<tokio::sync::oneshot::Receiver<bool>>,
 ) -> Receipt {
     let mut trace = Trace::new(&spec, submitted_at, &deps);
     let dir = receipt_dir(&deps.settings.cluster_dir(), &spec.run_id, &spec.job_id);
@@ -243,6 +295,14 @@ pub async fn run_job(
         let (step, payload) = (spec.step_name.clone(), spec.payload.clone());
         tokio::task::spawn_blocking(move || staging::stage(&step, &payload)).await
     };
+    // Staging only read files; nothing else happens before the admission.
+    if let Some(gate) = admission {
+        if !gate.await.unwrap_or(false) {
+            return not_admitted(&spec, &trace);
+        }
+    }
+    let fresh_folder = runs.admit();
+    let _admitted = AdmittedGuard(runs.admitted.clone());
     let (inputs_hash, ending) = match staged {
         Ok(Ok(staged)) => {
             let hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);
@@ -505,7 +565,7 @@ impl Drop for Reservation {
 /// Probes the given nodes again, each bounded by `probe_timeout_s`.
 async fn reprobe(deps: &JobDeps, nodes: &[String]) {
     let bound = std::time::Duration::from_secs(deps.settings.controller.probe_timeout_s.max(1) + 1);
-    let probes = nodes.iter().map(|id| deps.probe_now.send(ProbeNow { node_id: Some(id.clone()) }));
+    let probes = nodes.iter().map(|id| deps.probe_now.send(ProbeNow { node_id: Some(id.clone()), since: None }));
     let _ = tokio::time::timeout(bound, futures_util::future::join_all(probes)).await;
 }
 

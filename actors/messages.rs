@@ -213,6 +213,14 @@ pub struct GetNodes;
 #[rtype(result = "()")]
 pub struct ProbeNow {
     pub node_id: Option<String>,
+    /// A probe of the same node (and configuration) already in flight that
+    /// started at or after this moment answers instead of a new one: a
+    /// one-shot command passes the moment it started its controller, whose
+    /// NodeProbe probes every node at once, and so waits for those probes
+    /// rather than sending each node a second pair of requests. None: a
+    /// new probe, whatever is in flight (after a node failed mid-job, a
+    /// probe started before the failure says nothing about it).
+    pub since: Option<std::time::Instant>,
 }
 
 /// Tells NodeProbe that a node failed mid-job, so it is marked down until

@@ -109,6 +109,16 @@ pub struct NodeProbe {
     file_stamp: Option<(SystemTime, u64)>,
     file_error: Option<String>,
     entries: Vec<NodeEntry>,
+    /// The latest probe started of each node, until it ends: what a
+    /// [`ProbeNow`] with `since` may wait for instead of probing again.
+    probing: std::collections::HashMap<String, Probing>,
+}
+
+/// A probe in flight, and the [`ProbeNow`] requests waiting for it.
+struct Probing {
+    config: NodeConfig,
+    started: Instant,
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// What a look at `nodes.json` found: its stamp and, when it changed, its
@@ -134,7 +144,7 @@ impl NodeProbe {
     /// reported by `health`, `status` and the daemon log.
     pub fn new(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> Self {
         let path = nodes::nodes_path(&settings.cluster_dir());
-        let mut p = NodeProbe { settings, keyring, path, file_stamp: None, file_error: None, entries: Vec::new() };
+        let mut p = NodeProbe { settings, keyring, path, file_stamp: None, file_error: None, entries: Vec::new(), probing: Default::default() };
         if let Some(read) = read_if_changed(&p.path, None) {
             p.apply_file(read);
         }
@@ -260,8 +270,45 @@ impl NodeProbe {
 
     fn probe_all(&mut self, ctx: &mut Context<Self>) {
         for (cfg, fut) in self.probe_futures(None) {
-            ctx.spawn(fut.into_actor(self).map(move |r, act, _| act.apply(&cfg, r)));
+            self.spawn_probe(ctx, cfg, fut);
         }
+    }
+
+    /// Runs one probe on the actor: records it as the node's latest in
+    /// flight, and when it ends applies its result and answers whoever
+    /// waits for it (and for any earlier probe of the node it replaced).
+    fn spawn_probe(&mut self, ctx: &mut Context<Self>, cfg: NodeConfig, fut: ProbeFuture) -> tokio::sync::oneshot::Receiver<()> {
+        let started = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut waiters = vec![tx];
+        if let Some(earlier) = self.probing.remove(&cfg.node_id) {
+            waiters.extend(earlier.waiters);
+        }
+        self.probing.insert(cfg.node_id.clone(), Probing { config: cfg.clone(), started, waiters });
+        ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
+            act.apply(&cfg, r);
+            if act.probing.get(&cfg.node_id).is_some_and(|p| p.started == started) {
+                if let Some(done) = act.probing.remove(&cfg.node_id) {
+                    for w in done.waiters {
+                        let _ = w.send(());
+                    }
+                }
+            }
+        }));
+        rx
+    }
+
+    /// What a probe of `cfg` that started at or after `since` leaves to
+    /// wait for: nothing when one has ended already (its result is
+    /// recorded), the one in flight otherwise; `None` when there is none.
+    fn join_probe(&mut self, cfg: &NodeConfig, since: Instant) -> Option<Option<tokio::sync::oneshot::Receiver<()>>> {
+        if let Some(p) = self.probing.get_mut(&cfg.node_id).filter(|p| p.started >= since && p.config == *cfg) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            p.waiters.push(tx);
+            return Some(Some(rx));
+        }
+        let recorded = self.entries.iter().any(|e| e.config == *cfg && e.probed_at.is_some_and(|at| at >= since));
+        recorded.then_some(None)
     }
 }
 
@@ -292,6 +339,8 @@ impl Actor for NodeProbe {
 impl actix::Supervised for NodeProbe {
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::warn!("NodeProbe restarted");
+        // Their futures are gone: nothing could join them any more.
+        self.probing.clear();
     }
 }
 
@@ -311,20 +360,31 @@ impl Handler<GetNodes> for NodeProbe {
     }
 }
 
-/// Probes now (all nodes or one) and answers when every probe has finished.
+/// Probes now (all nodes or one) and answers when every probe has finished
+/// and its result is recorded. A node whose probe in flight started at or
+/// after `since` is not probed again: the request waits for that probe.
 impl Handler<ProbeNow> for NodeProbe {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, msg: ProbeNow, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.look_at_file().into_actor(self).then(move |read, act, _| {
+        Box::pin(self.look_at_file().into_actor(self).then(move |read, act, ctx| {
             if let Some(r) = read {
                 act.apply_file(r);
             }
-            let (cfgs, futs): (Vec<_>, Vec<_>) = act.probe_futures(msg.node_id.as_deref()).into_iter().unzip();
-            futures_util::future::join_all(futs).into_actor(act).map(move |results, act, _| {
-                for (cfg, r) in cfgs.iter().zip(results) {
-                    act.apply(cfg, r);
+            let mut waits = Vec::new();
+            for (cfg, fut) in act.probe_futures(msg.node_id.as_deref()) {
+                // A future not spawned is dropped unpolled: nothing is sent.
+                match msg.since.and_then(|since| act.join_probe(&cfg, since)) {
+                    Some(Some(wait)) => waits.push(wait),
+                    Some(None) => {}
+                    None => waits.push(act.spawn_probe(ctx, cfg, fut)),
                 }
-            })
+            }
+            // A wait whose probe was dropped (a restart) ends too.
+            let all = futures_util::future::join_all(waits);
+            async move {
+                all.await;
+            }
+            .into_actor(act)
         }))
     }
 }
@@ -453,6 +513,54 @@ impl NodesReport {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A node that answers every request 503 and counts its `/health`
+    /// requests; a probe of it fails at once, after one request.
+    fn counting_node() -> (u16, Arc<AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let health = Arc::new(AtomicUsize::new(0));
+        let count = health.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                if buf[..n].starts_with(b"GET /health") {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        (port, health)
+    }
+
+    #[actix_rt::test]
+    async fn a_probe_now_since_the_start_waits_for_the_start_up_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("RAYVAULT_STATE_DIR".to_string(), dir.path().to_str().unwrap().to_string())];
+        let settings = Arc::new(Settings::load_from(None, &env).unwrap());
+        let (port, health) = counting_node();
+        let cluster = settings.cluster_dir();
+        std::fs::create_dir_all(&cluster).unwrap();
+        let nodes = json!({"nodes": [{"node_id": "n1", "host": "127.0.0.1", "port": port, "enabled": true}]});
+        std::fs::write(nodes::nodes_path(&cluster), nodes.to_string()).unwrap();
+        let since = Instant::now();
+        let keyring = Arc::new(Keyring::from_secrets("probe-test-secret", None).unwrap());
+        let probe = NodeProbe::new(settings, Some(keyring)).start();
+        probe.send(ProbeNow { node_id: None, since: Some(since) }).await.unwrap();
+        assert_eq!(health.load(Ordering::SeqCst), 1, "one probe: the start-up one, waited for");
+        let nodes = probe.send(GetNodes).await.unwrap();
+        assert!(nodes[0].probed_at.is_some_and(|at| at >= since), "its result is recorded before the answer");
+        // Without `since` (after a node failed mid-job), a new probe.
+        probe.send(ProbeNow { node_id: Some("n1".into()), since: None }).await.unwrap();
+        assert_eq!(health.load(Ordering::SeqCst), 2);
+        // With `since` after every probe in flight, a new one too.
+        probe.send(ProbeNow { node_id: None, since: Some(Instant::now()) }).await.unwrap();
+        assert_eq!(health.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn reported_load_reads_health_and_falls_back_to_caps_concurrency() {

@@ -200,7 +200,7 @@ mod tests {
             fallback: None,
             timeout_s: None,
         };
-        SubmitJob { spec, resume: None, recovered: false, submitted_at: SystemTime::now(), probed_at: None }
+        SubmitJob { spec, resume: None, recovered: false, submitted_at: SystemTime::now(), probed_at: None, admission: None }
     }
 
     /// Waits (without blocking the arbiter) until `cond` holds, or panics.

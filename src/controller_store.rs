@@ -292,8 +292,10 @@ impl ControllerStore {
         receive.recv().unwrap_or_else(|_| Err(StoreError("the store's writer thread stopped".into())))
     }
 
-    /// A write, awaited without blocking the caller's thread.
-    async fn write_async<R, F>(&self, change: F) -> Result<R, StoreError>
+    /// A write, awaited without blocking the caller's thread. It is queued
+    /// when this is called, not when the answer is first awaited, so that
+    /// the caller can do other work while it commits.
+    fn write_async<R, F>(&self, change: F) -> impl std::future::Future<Output = Result<R, StoreError>> + 'static
     where
         R: Send + 'static,
         F: FnOnce(&mut JobsTable<'_>) -> Result<R, StoreError> + Send + 'static,
@@ -302,7 +304,7 @@ impl ControllerStore {
         self.enqueue(change, move |r: Result<R, StoreError>| {
             let _ = send.send(r);
         });
-        receive.await.unwrap_or_else(|_| Err(StoreError("the store's writer thread stopped".into())))
+        async move { receive.await.unwrap_or_else(|_| Err(StoreError("the store's writer thread stopped".into()))) }
     }
 
     /// Inserts or replaces a job record; durable when it returns. Blocking.
@@ -315,7 +317,8 @@ impl ControllerStore {
     /// (queued or running): true when recorded (durably), false when a job
     /// of that key is already in flight. One transaction decides, so two
     /// submissions of one key never both start it.
-    pub async fn insert_unless_in_flight(&self, job: StoredJob) -> Result<bool, StoreError> {
+    /// The write is queued when this is called (see `write_async`).
+    pub fn insert_unless_in_flight(&self, job: StoredJob) -> impl std::future::Future<Output = Result<bool, StoreError>> + 'static {
         self.write_async(move |t| {
             let key = job.spec.key();
             let in_flight = match t.get(key.as_str())? {
@@ -328,7 +331,6 @@ impl ControllerStore {
             insert(t, &job)?;
             Ok(true)
         })
-        .await
     }
 
     /// Reads one job by `run_id/job_id`.

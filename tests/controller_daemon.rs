@@ -479,3 +479,54 @@ fn a_long_poll_answers_the_moment_its_job_ends_with_the_receipt_file_written() {
     let end = ledger(&w).iter().find(|l| l.kind == "END").map(|l| l.at).expect("the step ended");
     assert!(answered - end < 0.8, "answered {:.3} s after the step ended", answered - end);
 }
+
+/// The daemon hands a new job to its runner while the job's acceptance is
+/// still committing (the run stages its inputs, then waits for the
+/// record). Submissions of one key that race each other, and those that
+/// come while it runs, must still start it exactly once, and every answer
+/// must say which one started it.
+#[test]
+fn racing_duplicate_submissions_of_one_key_start_it_once() {
+    let w = slow_local_world();
+    let _daemon = w.daemon();
+    let spec = serde_json::to_vec(&json!({"run_id": "dup", "job_id": "j", "step_name": "TTS_RENDER_CHUNKS", "payload": {"text": "dup-j"}})).unwrap();
+    let barrier = std::sync::Barrier::new(8);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    daemon_call(&w, "POST", "/v1/jobs", "", &spec)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|(status, a)| *status == 202 && a["accepted"] == true), "{answers:?}");
+    let started = answers.iter().filter(|(_, a)| a["already_running"] == false).count();
+    assert_eq!(started, 1, "exactly one submission starts the job: {answers:?}");
+    // While it runs, more of the same are answered as already running.
+    let (status, again) = daemon_call(&w, "POST", "/v1/jobs", "", &spec);
+    assert_eq!((status, &again["already_running"]), (202, &Value::Bool(true)), "{again}");
+    // A long-poll also ends at each new progress line: follow them.
+    let mut from = 0;
+    let view = loop {
+        let (status, view) = daemon_get(&w, "/v1/jobs/dup/j", &format!("wait_s=30&progress_from={from}"));
+        assert_eq!(status, 200, "{view}");
+        if !view["receipt"].is_null() {
+            break view;
+        }
+        from = view["progress_next"].as_u64().expect("a view says where its progress lines end");
+    };
+    assert_eq!(view["receipt"]["status"], "succeeded", "{view}");
+    let runs: Vec<_> = ledger(&w).into_iter().filter(|l| l.kind == "START" && l.text == "dup-j").collect();
+    assert_eq!(runs.len(), 1, "the step ran once: {runs:?}");
+    let receipt = receipt(&w, "dup", "j").expect("the receipt file is written");
+    assert_eq!((&receipt["status"], &receipt["executed_on"]), (&json!("succeeded"), &json!("local")), "{receipt}");
+    // Submitted again once it ended, it runs again (a new run of the key).
+    let (status, again) = daemon_call(&w, "POST", "/v1/jobs", "wait_s=30", &spec);
+    assert_eq!((status, &again["already_running"]), (202, &Value::Bool(false)), "{again}");
+    assert_eq!(again["job"]["receipt"]["status"], "succeeded", "{again}");
+    let runs = ledger(&w).into_iter().filter(|l| l.kind == "START" && l.text == "dup-j").count();
+    assert_eq!(runs, 2, "the second submission after the end ran it again");
+}

@@ -65,7 +65,7 @@ async fn connect(deps: &JobDeps, node_id: &str) -> Result<(NodeHandle, NodeClien
     if !handle.probed {
         // Re-attaching right after a restart: learn the node's contract
         // before talking to it.
-        let _ = deps.probe_now.send(ProbeNow { node_id: Some(node_id.to_string()) }).await;
+        let _ = deps.probe_now.send(ProbeNow { node_id: Some(node_id.to_string()), since: None }).await;
         handle = lookup().await.map_err(|e| format!("node directory unavailable: {e}"))?.ok_or("no longer in nodes.json")?;
         if !handle.probed {
             return Err("not reachable for a probe".into());

@@ -140,6 +140,10 @@ async fn in_process(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, spec
     progress.spawn_ticker();
     progress.watch_folder(rayvault::receipt::receipt_dir(&cluster, &spec.run_id, &spec.job_id));
     let sink = ProgressActor(progress.clone()).start();
+    // The new controller's NodeProbe probes every node as it starts: the
+    // probe round below waits for those probes (`since`) instead of
+    // sending each node a second pair of requests.
+    let probed_at = std::time::Instant::now();
     let controller = ControllerSupervisor::start(ControllerOptions {
         settings: settings.clone(),
         keyring,
@@ -148,9 +152,8 @@ async fn in_process(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, spec
     });
     // One probe round first, so the placement sees fresh caps.
     progress.line("probing the nodes");
-    let probed_at = std::time::Instant::now();
-    controller.probe.send(ProbeNow { node_id: None }).await.context("node probe stopped")?;
-    let job = controller.runner.send(SubmitJob { spec, resume: None, recovered: false, submitted_at: submitted, probed_at: Some(probed_at) });
+    controller.probe.send(ProbeNow { node_id: None, since: Some(probed_at) }).await.context("node probe stopped")?;
+    let job = controller.runner.send(SubmitJob { spec, resume: None, recovered: false, submitted_at: submitted, probed_at: Some(probed_at), admission: None });
     let runner = controller.runner.clone();
     // Ctrl-C (or `cancel` from another terminal, which sends SIGINT) cancels
     // the job, on the worker too, and still prints a receipt.

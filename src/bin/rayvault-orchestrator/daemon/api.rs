@@ -3,7 +3,7 @@
 //! before the body is read, [`authorize`] over it), and the JSON error
 //! answer they share.
 
-use super::dispatch::dispatch;
+use super::dispatch::{dispatch, dispatch_gated};
 use super::{ApiState, Data, JobView, PROGRESS_LINGER, UNSIGNED_ROUTES};
 use actix_web::{web, HttpRequest, HttpResponse};
 use rayvault::actors::job_runner::CancelJob;
@@ -107,13 +107,23 @@ pub(super) async fn submit(state: Data, req: HttpRequest, body: web::Bytes) -> H
     let submitted_ms = now_ms();
     let record = StoredJob { spec: spec.clone(), phase: Phase::Queued, submitted_at_ms: submitted_ms, remote: None, receipt: None };
     let key = spec.key();
+    let submitted_at = UNIX_EPOCH + Duration::from_millis(submitted_ms);
     // One transaction decides whether this is new work or a job in flight;
-    // the answer waits until the record is durable.
-    let already_running = match state.store.insert_unless_in_flight(record).await {
+    // the answer waits until the record is durable. While it commits, a
+    // job whose key is not in flight here is handed to the JobRunner
+    // behind a gate: it stages its inputs, and does nothing else until the
+    // record is durable and new (a duplicate's gate closes instead).
+    let committing = state.store.insert_unless_in_flight(record);
+    let gate = (!state.live.waits.contains_key(&key)).then(|| dispatch_gated(state.clone(), spec.clone(), submitted_at));
+    let already_running = match committing.await {
         Ok(true) => {
-            dispatch(state.clone(), spec, None, false, UNIX_EPOCH + Duration::from_millis(submitted_ms));
+            match gate {
+                Some(gate) => gate.admit(),
+                None => dispatch(state.clone(), spec, None, false, submitted_at),
+            }
             false
         }
+        // The gate, dropped, closes.
         Ok(false) => true,
         Err(e) => return error(500, "INTERNAL", e.to_string(), None),
     };

@@ -8,6 +8,7 @@ use actix_web::web;
 use rayvault::actors::job_runner::SubmitJob;
 use rayvault::controller_store::{ControllerStore, Phase, RemoteRef, StoredJob};
 use rayvault::receipt::{JobSpec, Receipt};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The receipt of this submission of `job` if one was written already (its
@@ -102,13 +103,80 @@ const MAX_RUNNER_RESTARTS: u32 = 3;
 /// `recovered`: the job is picked up after a restart (see
 /// `SubmitJob::recovered`).
 pub(super) fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, recovered: bool, submitted_at: SystemTime) {
+    let notify = state.live.begin(&spec.key());
+    actix::spawn(run_to_end(state, spec, resume, recovered, submitted_at, notify, None));
+}
+
+/// A new job handed to the JobRunner while its acceptance commits: the
+/// run stages its inputs meanwhile and waits at its gate (see
+/// `SubmitJob::admission`) until [`Gate::admit`]; a gate dropped without
+/// it (a duplicate, a failed commit) ends the run with nothing done or
+/// recorded. The submission's commit and the run's first steps then
+/// overlap instead of following each other.
+pub(super) struct Gate {
+    state: Data,
+    key: String,
+    admit: tokio::sync::oneshot::Sender<Arc<tokio::sync::Notify>>,
+}
+
+impl Gate {
+    /// The job's record is durable and it is new: the run goes on. Its
+    /// notify exists from here on, before the submission's answer waits on
+    /// it.
+    pub(super) fn admit(self) {
+        let notify = self.state.live.begin(&self.key);
+        let _ = self.admit.send(notify);
+    }
+}
+
+/// Starts `spec`'s run behind a [`Gate`].
+pub(super) fn dispatch_gated(state: Data, spec: JobSpec, submitted_at: SystemTime) -> Gate {
+    let (admit, admitted) = tokio::sync::oneshot::channel::<Arc<tokio::sync::Notify>>();
+    let (open, gate) = tokio::sync::oneshot::channel::<bool>();
     let key = spec.key();
-    let notify = state.live.begin(&key);
+    let runner = state.controller.runner.clone();
+    let first = runner.send(SubmitJob { spec: spec.clone(), resume: None, recovered: false, submitted_at, probed_at: None, admission: Some(gate) });
+    let st = state.clone();
     actix::spawn(async move {
+        let decide = async move {
+            let notify = admitted.await.ok();
+            let _ = open.send(notify.is_some());
+            notify
+        };
+        let (sent, notify) = futures_util::future::join(first, decide).await;
+        if let Some(notify) = notify {
+            run_to_end(st, spec, None, false, submitted_at, notify, Some(sent)).await;
+        }
+    });
+    Gate { state, key, admit }
+}
+
+/// Runs a job to its end (again after a JobRunner restart) and records its
+/// end; `first` is the answer of a run already handed over.
+async fn run_to_end(
+    state: Data,
+    spec: JobSpec,
+    resume: Option<RemoteRef>,
+    recovered: bool,
+    submitted_at: SystemTime,
+    notify: Arc<tokio::sync::Notify>,
+    mut first: Option<Result<rayvault::receipt::Receipt, actix::MailboxError>>,
+) {
+    let key = spec.key();
+    {
         let (mut resume, mut recovered) = (resume, recovered);
         let mut restarts = 0;
         let receipt = loop {
-            let sent = state.controller.runner.send(SubmitJob { spec: spec.clone(), resume: resume.take(), recovered, submitted_at, probed_at: None }).await;
+            let sent = match first.take() {
+                Some(sent) => sent,
+                None => {
+                    state
+                        .controller
+                        .runner
+                        .send(SubmitJob { spec: spec.clone(), resume: resume.take(), recovered, submitted_at, probed_at: None, admission: None })
+                        .await
+                }
+            };
             match sent {
                 Ok(receipt) => break receipt,
                 // Restarted in place, the JobRunner keeps its address; a
@@ -193,5 +261,5 @@ pub(super) fn dispatch(state: Data, spec: JobSpec, resume: Option<RemoteRef>, re
             report(&key, saved);
         }
         state.live.end(&key, &notify);
-    });
+    }
 }

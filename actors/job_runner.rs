@@ -321,9 +321,13 @@ pub async fn run_job(
             // filesystems its allocation is the slowest step of a short
             // job's bookkeeping). A failure here is met again, and reported,
             // where the files are written.
+            // With it, the receipt's file is made ahead (a run alone with
+            // its key only, so that no two runs share it). Awaited before
+            // the receipt is written, so the writer finds the file.
             let early = dir.clone();
-            drop(tokio::task::spawn_blocking(move || std::fs::create_dir_all(early)));
+            let folder = tokio::task::spawn_blocking(move || crate::receipt::prepare_folder(&early, fresh_folder));
             let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace, probed_at).await;
+            let _ = folder.await;
             remote::settle_fates(&deps, &mut trace).await;
             (hash, ending)
         }

@@ -345,6 +345,73 @@ pub fn pending_dirs() -> Vec<PathBuf> {
     PENDING.lock().map(|p| p.iter().map(|(d, _)| d.clone()).collect()).unwrap_or_default()
 }
 
+/// Empty temporary files made ahead of time for receipts, by folder (see
+/// [`prepare_folder`]).
+static PREPARED: std::sync::Mutex<Vec<(PathBuf, PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes a job's receipt folder while the job runs, with (when `file`) an
+/// empty temporary file that the receipt is later written into and renamed
+/// from: creating a file allocates an inode, which on some filesystems is
+/// the slowest step between a short job's end and its answer, and here it
+/// happens while the job runs. The receipt writers take it
+/// ([`Receipt::write`], [`Receipt::write_unsynced`]); when none was made
+/// they create their own. Blocking.
+pub fn prepare_folder(dir: &Path, file: bool) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if file {
+        let tmp = crate::artifacts::temp_path_for(&dir.join(RECEIPT_FILE));
+        let f = std::fs::File::create(&tmp)?;
+        // One per folder: a run of the key dropped before its end (a
+        // JobRunner restart) leaves its file for the run that replaces it.
+        if let Some((old, _)) = take_prepared(dir) {
+            let _ = std::fs::remove_file(old);
+        }
+        if let Ok(mut prepared) = PREPARED.lock() {
+            prepared.push((dir.to_path_buf(), tmp, f));
+        }
+    }
+    Ok(())
+}
+
+/// The temporary file made for `dir`'s receipt, if there is one.
+fn take_prepared(dir: &Path) -> Option<(PathBuf, std::fs::File)> {
+    let mut prepared = PREPARED.lock().ok()?;
+    let at = prepared.iter().position(|(d, _, _)| d == dir)?;
+    let (_, tmp, f) = prepared.swap_remove(at);
+    Some((tmp, f))
+}
+
+/// Writes `bytes` into the file made ahead for `dir`'s receipt (synced when
+/// `sync`) and renames it to `path`; `None` when there is no such file.
+fn write_prepared(dir: &Path, path: &Path, bytes: &[u8], sync: bool) -> Option<std::io::Result<()>> {
+    use std::io::Write;
+    let (tmp, mut f) = take_prepared(dir)?;
+    let written = f.write_all(bytes).and_then(|()| if sync { f.sync_all() } else { Ok(()) }).and_then(|()| {
+        drop(f);
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Some(written)
+}
+
+/// Deletes the files made ahead for receipts in `dir` that no writer here
+/// will take: those a process killed mid-job left behind. Called where a
+/// receipt is written without one, so that a resumed job's folder ends up
+/// clean.
+fn remove_stale_prepared(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{RECEIPT_FILE}.");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".part") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The receipt folder of a job.
 pub fn receipt_dir(cluster_dir: &Path, run_id: &str, job_id: &str) -> PathBuf {
     cluster_dir.join("receipts").join(run_id).join(job_id)
@@ -370,9 +437,14 @@ impl Receipt {
     /// Writes the receipt atomically into `dir` (temporary file, sync to
     /// disk, rename).
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(dir)?;
         let path = dir.join(RECEIPT_FILE);
-        crate::artifacts::write_atomic(&path, &self.file_bytes()?)?;
+        let bytes = self.file_bytes()?;
+        if let Some(Ok(())) = write_prepared(dir, &path, &bytes, true) {
+            return Ok(path);
+        }
+        remove_stale_prepared(dir);
+        std::fs::create_dir_all(dir)?;
+        crate::artifacts::write_atomic(&path, &bytes)?;
         Ok(path)
     }
 
@@ -383,6 +455,12 @@ impl Receipt {
     pub fn write_unsynced(&self, dir: &Path) -> std::io::Result<PathBuf> {
         let path = dir.join(RECEIPT_FILE);
         let bytes = self.file_bytes()?;
+        // Into the file made ahead and renamed: a reader never sees half a
+        // receipt. Any failure there is met again just below.
+        if let Some(Ok(())) = write_prepared(dir, &path, &bytes, false) {
+            return Ok(path);
+        }
+        remove_stale_prepared(dir);
         let written = match std::fs::write(&path, &bytes) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, &bytes)),
             other => other,
@@ -472,6 +550,40 @@ mod tests {
         let err = JobRequirements::parse(r#"{"os":"windows"}"#).unwrap_err();
         assert!(err.contains("unknown field `os`"), "{err}");
         assert!(JobRequirements::parse(r#"{"min_ram_gb":-1}"#).is_err());
+    }
+
+    #[test]
+    fn a_receipt_goes_into_the_file_made_ahead_and_is_renamed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("receipts/r/j");
+        let names = |d: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            n.sort();
+            n
+        };
+        prepare_folder(&dir, true).unwrap();
+        // Made again (a run that replaced one dropped mid-way): one file.
+        prepare_folder(&dir, true).unwrap();
+        let made = names(&dir);
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert!(made[0].starts_with(".job_receipt.json.") && made[0].ends_with(".part"), "{made:?}");
+        let path = dir.join(RECEIPT_FILE);
+        assert!(write_prepared(&dir, &path, b"{\"a\": 1}\n", false).unwrap().is_ok());
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": 1}\n");
+        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string()], "nothing else is left in the folder");
+        // Taken once: the next write has none and makes its own.
+        assert!(write_prepared(&dir, &path, b"{}", true).is_none());
+        // A file a killed process made ahead is removed where a receipt is
+        // written without one.
+        std::fs::write(dir.join(".job_receipt.json.0123456789ab.part"), b"").unwrap();
+        remove_stale_prepared(&dir);
+        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string()]);
+        // A folder made without the file, and one that cannot be made.
+        let other = root.path().join("receipts/r/k");
+        prepare_folder(&other, false).unwrap();
+        assert!(names(&other).is_empty());
+        std::fs::write(root.path().join("blocker"), b"").unwrap();
+        assert!(prepare_folder(&root.path().join("blocker/j"), true).is_err());
     }
 
     #[test]

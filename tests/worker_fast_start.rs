@@ -116,6 +116,33 @@ async fn without_a_free_slot_a_job_queues_and_a_duplicate_gives_its_slot_back() 
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
 }
 
+/// Submissions refused while they are checked (a wrong `inputs_hash`, a
+/// blob that is not here, a bad lease) hold no slot afterwards: the next
+/// job on a worker with one slot starts at once.
+#[actix_rt::test]
+async fn a_refused_submission_gives_its_slot_back() {
+    let dir = common::tempdir();
+    let w = worker(dir.path());
+    let c = w.client();
+    let missing = format!("blob:sha256:{}", "ab".repeat(32));
+    for i in 0..3 {
+        let wrong_hash = SubmitJob { inputs_hash: Some("0".repeat(64)), ..openclaw(&format!("refused {i}")) };
+        let r = w.signed("POST", "/jobs", &serde_json::to_vec(&wrong_hash).unwrap());
+        assert_eq!((r.status, r.code()), (422, "INPUTS_HASH_MISMATCH".to_string()), "{}", r.text());
+        let no_blob = SubmitJob { step_name: "FFMPEG_PROBE".into(), payload: json!({ "media_path": missing }), ..openclaw("x") };
+        let r = w.signed("POST", "/jobs", &serde_json::to_vec(&no_blob).unwrap());
+        assert_eq!(r.code(), "BLOB_NOT_FOUND", "{}", r.text());
+        let bad_lease = SubmitJob { lease_s: Some(0), ..openclaw(&format!("bad lease {i}")) };
+        let r = w.signed("POST", "/jobs", &serde_json::to_vec(&bad_lease).unwrap());
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    // Concurrency 1: the next job starts at once only if every slot came back.
+    let next = c.submit(&openclaw("after the refusals")).await.unwrap().job;
+    assert_eq!(next.state, JobState::Running, "the slot was given back: {next:?}");
+    let done = c.job(&next.job_id, 30).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+}
+
 #[actix_rt::test]
 async fn a_job_cancelled_the_moment_it_is_accepted_ends_cancelled() {
     let dir = common::tempdir();

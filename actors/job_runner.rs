@@ -62,14 +62,10 @@ pub struct SubmitJob {
     /// waits for `true` before it does anything else (placing it, touching
     /// its receipt folder, contacting a worker, running it here). `false`
     /// or a dropped sender (the submission was a duplicate, or the commit
-    /// failed) ends the run there, with nothing done and a receipt that is
-    /// only a placeholder ([`NOT_ADMITTED`]), which the caller discards.
+    /// failed) ends the run there, with nothing done and a placeholder
+    /// receipt, which the caller discards.
     pub admission: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
-
-/// The `error.code` of the placeholder receipt of a run whose admission
-/// was refused (see [`SubmitJob::admission`]); never recorded or shown.
-pub const NOT_ADMITTED: &str = "NOT_ADMITTED";
 
 /// Cancels a running job; answers whether it was running here.
 #[derive(Message)]
@@ -228,10 +224,12 @@ pub struct Runs {
 }
 
 impl Runs {
-    /// Counts this run as admitted; true when it is the only admitted run
-    /// of its key and a new job (it may then empty the receipt folder).
-    fn admit(&self) -> bool {
-        self.admitted.fetch_add(1, Ordering::AcqRel) == 0 && self.new
+    /// Counts this run as admitted until the guard is dropped; true when
+    /// it is the only admitted run of its key and a new job (it may then
+    /// empty the receipt folder).
+    fn admit(self) -> (bool, AdmittedGuard) {
+        let alone = self.admitted.fetch_add(1, Ordering::AcqRel) == 0 && self.new;
+        (alone, AdmittedGuard(self.admitted))
     }
 }
 
@@ -242,16 +240,6 @@ impl Drop for AdmittedGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// The placeholder receipt of a run refused at its gate.
-fn not_admitted(spec: &JobSpec, trace: &Trace) -> Receipt {
-    let ending = Ending::failed(ErrorCode::Internal, "not admitted: the submission was not recorded", None);
-    let mut r = build_receipt(spec, String::new(), ending, trace);
-    if let Some(e) = r.error.as_mut() {
-        e.code = NOT_ADMITTED.to_string();
-    }
-    r
 }
 
 /// The whole life of one job; always ends in a receipt, written to disk
@@ -298,11 +286,12 @@ pub async fn run_job(
     // Staging only read files; nothing else happens before the admission.
     if let Some(gate) = admission {
         if !gate.await.unwrap_or(false) {
-            return not_admitted(&spec, &trace);
+            // A placeholder, never recorded, written or counted.
+            let ending = Ending::failed(ErrorCode::Internal, "not admitted: the submission was not recorded", None);
+            return build_receipt(&spec, String::new(), ending, &trace);
         }
     }
-    let fresh_folder = runs.admit();
-    let _admitted = AdmittedGuard(runs.admitted.clone());
+    let (fresh_folder, _admitted) = runs.admit();
     let (inputs_hash, ending) = match staged {
         Ok(Ok(staged)) => {
             let hash = crate::protocol::inputs_hash(&spec.step_name, &staged.payload);

@@ -287,11 +287,11 @@ impl NodeProbe {
         self.probing.insert(cfg.node_id.clone(), Probing { config: cfg.clone(), started, waiters });
         ctx.spawn(fut.into_actor(self).map(move |r, act, _| {
             act.apply(&cfg, r);
+            // Unless a later probe of the node replaced this one (it took
+            // over the waiters).
             if act.probing.get(&cfg.node_id).is_some_and(|p| p.started == started) {
-                if let Some(done) = act.probing.remove(&cfg.node_id) {
-                    for w in done.waiters {
-                        let _ = w.send(());
-                    }
+                for w in act.probing.remove(&cfg.node_id).into_iter().flat_map(|p| p.waiters) {
+                    let _ = w.send(());
                 }
             }
         }));

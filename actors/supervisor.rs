@@ -62,6 +62,10 @@ pub struct Controller {
     pub local: Addr<LocalRunner>,
     pub sync: Addr<ArtifactSync>,
     pub runner: Addr<JobRunner>,
+    /// When the actors were started. The NodeProbe probes every node as it
+    /// starts, so a one-shot command's `ProbeNow { since: Some(started) }`
+    /// waits for those probes instead of probing each node again.
+    pub started: std::time::Instant,
 }
 
 /// What the controller needs from its caller.
@@ -88,6 +92,7 @@ impl ControllerSupervisor {
     /// Must be called inside a running actix system.
     pub fn start(opts: ControllerOptions) -> Controller {
         let ControllerOptions { settings, keyring, store, progress } = opts;
+        let started = std::time::Instant::now();
         let c = &settings.controller;
         let probe = {
             let (s, k) = (settings.clone(), keyring.clone());
@@ -125,7 +130,7 @@ impl ControllerSupervisor {
         };
         let runner = actix::Supervisor::start(move |_| JobRunner::new(deps.clone()));
         let supervisor = ControllerSupervisor.start();
-        Controller { supervisor, probe, scheduler, local, sync, runner }
+        Controller { supervisor, probe, scheduler, local, sync, runner, started }
     }
 }
 

@@ -48,15 +48,20 @@ pub fn temp_path_for(final_path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_path_for(path);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
+    let file = std::fs::File::create(&tmp);
+    file.and_then(|f| finish_temp(&tmp, f, path, bytes, true))
+}
+
+/// Writes `bytes` into `file`, open on the temporary file `tmp`, syncs it
+/// when `sync`, and renames it to `path`. On any failure the temporary file
+/// is removed, so nothing half-written stays under either name.
+pub fn finish_temp(tmp: &Path, mut file: std::fs::File, path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    let result = file.write_all(bytes).and_then(|()| if sync { file.sync_all() } else { Ok(()) }).and_then(|()| {
+        drop(file);
+        std::fs::rename(tmp, path)
+    });
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     result
 }
@@ -69,11 +74,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// keeps), where a sync on every job's path would cost more than it saves.
 pub fn write_replace_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_path_for(path);
-    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let file = std::fs::File::create(&tmp);
+    file.and_then(|f| finish_temp(&tmp, f, path, bytes, false))
 }
 
 /// Moves a finished temporary file to its final name after an fsync.

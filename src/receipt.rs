@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+mod files;
+pub use files::{pending_dirs, prepare_folder, write_pending};
+
 /// Placement requirements, as given by `--requirements-json`. Every field is
 /// optional; none means any node fits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -320,98 +323,6 @@ pub mod exit {
     pub const VERDICT_FAILED: i32 = 3;
 }
 
-/// Receipts that could not be written because the disk was full, with
-/// their folders, oldest first. A controller keeps them for as long as it
-/// runs and writes them when space returns ([`write_pending`]): the daemon
-/// tries every few seconds, a one-shot `submit` before it exits.
-static PENDING: std::sync::Mutex<Vec<(PathBuf, Receipt)>> = std::sync::Mutex::new(Vec::new());
-
-/// Tries to write every kept receipt again; answers how many are still
-/// waiting for space. Does file I/O: call it from a blocking context.
-pub fn write_pending() -> usize {
-    let Ok(mut pending) = PENDING.lock() else { return 0 };
-    pending.retain(|(dir, receipt)| match receipt.write(dir) {
-        Ok(path) => {
-            tracing::info!(path = %path.display(), "wrote a receipt kept while the disk was full");
-            false
-        }
-        Err(_) => true,
-    });
-    pending.len()
-}
-
-/// The folders of the receipts still waiting for space.
-pub fn pending_dirs() -> Vec<PathBuf> {
-    PENDING.lock().map(|p| p.iter().map(|(d, _)| d.clone()).collect()).unwrap_or_default()
-}
-
-/// Empty temporary files made ahead of time for receipts, by folder (see
-/// [`prepare_folder`]).
-static PREPARED: std::sync::Mutex<Vec<(PathBuf, PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
-
-/// Makes a job's receipt folder while the job runs, with (when `file`) an
-/// empty temporary file that the receipt is later written into and renamed
-/// from: creating a file allocates an inode, which on some filesystems is
-/// the slowest step between a short job's end and its answer, and here it
-/// happens while the job runs. The receipt writers take it
-/// ([`Receipt::write`], [`Receipt::write_unsynced`]); when none was made
-/// they create their own. Blocking.
-pub fn prepare_folder(dir: &Path, file: bool) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    if file {
-        let tmp = crate::artifacts::temp_path_for(&dir.join(RECEIPT_FILE));
-        let f = std::fs::File::create(&tmp)?;
-        // One per folder: a run of the key dropped before its end (a
-        // JobRunner restart) leaves its file for the run that replaces it.
-        if let Some((old, _)) = take_prepared(dir) {
-            let _ = std::fs::remove_file(old);
-        }
-        if let Ok(mut prepared) = PREPARED.lock() {
-            prepared.push((dir.to_path_buf(), tmp, f));
-        }
-    }
-    Ok(())
-}
-
-/// The temporary file made for `dir`'s receipt, if there is one.
-fn take_prepared(dir: &Path) -> Option<(PathBuf, std::fs::File)> {
-    let mut prepared = PREPARED.lock().ok()?;
-    let at = prepared.iter().position(|(d, _, _)| d == dir)?;
-    let (_, tmp, f) = prepared.swap_remove(at);
-    Some((tmp, f))
-}
-
-/// Writes `bytes` into the file made ahead for `dir`'s receipt (synced when
-/// `sync`) and renames it to `path`; `None` when there is no such file.
-fn write_prepared(dir: &Path, path: &Path, bytes: &[u8], sync: bool) -> Option<std::io::Result<()>> {
-    use std::io::Write;
-    let (tmp, mut f) = take_prepared(dir)?;
-    let written = f.write_all(bytes).and_then(|()| if sync { f.sync_all() } else { Ok(()) }).and_then(|()| {
-        drop(f);
-        std::fs::rename(&tmp, path)
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Some(written)
-}
-
-/// Deletes the files made ahead for receipts in `dir` that no writer here
-/// will take: those a process killed mid-job left behind. Called where a
-/// receipt is written without one, so that a resumed job's folder ends up
-/// clean.
-fn remove_stale_prepared(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let prefix = format!(".{RECEIPT_FILE}.");
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(".part") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// The receipt folder of a job.
 pub fn receipt_dir(cluster_dir: &Path, run_id: &str, job_id: &str) -> PathBuf {
     cluster_dir.join("receipts").join(run_id).join(job_id)
@@ -427,84 +338,6 @@ pub const LOG_FILE: &str = "worker.log";
 pub const LOCAL: &str = "local";
 
 impl Receipt {
-    /// The bytes of `job_receipt.json`: pretty JSON and a final newline.
-    pub fn file_bytes(&self) -> std::io::Result<Vec<u8>> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        Ok(bytes)
-    }
-
-    /// Writes the receipt atomically into `dir` (temporary file, sync to
-    /// disk, rename).
-    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        let path = dir.join(RECEIPT_FILE);
-        let bytes = self.file_bytes()?;
-        if let Some(Ok(())) = write_prepared(dir, &path, &bytes, true) {
-            return Ok(path);
-        }
-        remove_stale_prepared(dir);
-        std::fs::create_dir_all(dir)?;
-        crate::artifacts::write_atomic(&path, &bytes)?;
-        Ok(path)
-    }
-
-    /// Writes the receipt into `dir` with one write and no sync to disk,
-    /// creating the folders only when they are missing. For a writer that
-    /// holds the durable copy elsewhere (the daemon's store) and writes the
-    /// file again when it is missing or differs.
-    pub fn write_unsynced(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        let path = dir.join(RECEIPT_FILE);
-        let bytes = self.file_bytes()?;
-        // Into the file made ahead and renamed: a reader never sees half a
-        // receipt. Any failure there is met again just below.
-        if let Some(Ok(())) = write_prepared(dir, &path, &bytes, false) {
-            return Ok(path);
-        }
-        remove_stale_prepared(dir);
-        let written = match std::fs::write(&path, &bytes) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, &bytes)),
-            other => other,
-        };
-        if let Err(e) = written {
-            // No partial receipt stays behind (a full disk, say).
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        Ok(path)
-    }
-
-    /// Writes the receipt like [`Receipt::write`]; when that fails because
-    /// the disk is full, keeps it in memory (see [`write_pending`]) so that
-    /// it is written once space returns, and still reports the error.
-    pub fn write_or_keep(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        self.keep_if_disk_full(dir, self.write(dir))
-    }
-
-    /// [`Receipt::write_unsynced`], keeping the receipt in memory when the
-    /// disk is full like [`Receipt::write_or_keep`].
-    pub fn write_unsynced_or_keep(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        self.keep_if_disk_full(dir, self.write_unsynced(dir))
-    }
-
-    fn keep_if_disk_full(&self, dir: &Path, written: std::io::Result<PathBuf>) -> std::io::Result<PathBuf> {
-        match written {
-            Err(e) if crate::error::is_disk_full(&e) => {
-                if let Ok(mut pending) = PENDING.lock() {
-                    pending.retain(|(d, _)| d != dir);
-                    pending.push((dir.to_path_buf(), self.clone()));
-                }
-                Err(e)
-            }
-            other => other,
-        }
-    }
-
-    /// Reads a receipt written by [`Receipt::write`].
-    pub fn read(dir: &Path) -> std::io::Result<Receipt> {
-        let bytes = std::fs::read(dir.join(RECEIPT_FILE))?;
-        serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    }
-
     /// The process exit code for this receipt: 0 succeeded, 3 succeeded
     /// with a failed verdict, 2 failed on a configuration error (nothing
     /// ran), 1 otherwise.
@@ -550,40 +383,6 @@ mod tests {
         let err = JobRequirements::parse(r#"{"os":"windows"}"#).unwrap_err();
         assert!(err.contains("unknown field `os`"), "{err}");
         assert!(JobRequirements::parse(r#"{"min_ram_gb":-1}"#).is_err());
-    }
-
-    #[test]
-    fn a_receipt_goes_into_the_file_made_ahead_and_is_renamed() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("receipts/r/j");
-        let names = |d: &Path| {
-            let mut n: Vec<String> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-            n.sort();
-            n
-        };
-        prepare_folder(&dir, true).unwrap();
-        // Made again (a run that replaced one dropped mid-way): one file.
-        prepare_folder(&dir, true).unwrap();
-        let made = names(&dir);
-        assert_eq!(made.len(), 1, "{made:?}");
-        assert!(made[0].starts_with(".job_receipt.json.") && made[0].ends_with(".part"), "{made:?}");
-        let path = dir.join(RECEIPT_FILE);
-        assert!(write_prepared(&dir, &path, b"{\"a\": 1}\n", false).unwrap().is_ok());
-        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": 1}\n");
-        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string()], "nothing else is left in the folder");
-        // Taken once: the next write has none and makes its own.
-        assert!(write_prepared(&dir, &path, b"{}", true).is_none());
-        // A file a killed process made ahead is removed where a receipt is
-        // written without one.
-        std::fs::write(dir.join(".job_receipt.json.0123456789ab.part"), b"").unwrap();
-        remove_stale_prepared(&dir);
-        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string()]);
-        // A folder made without the file, and one that cannot be made.
-        let other = root.path().join("receipts/r/k");
-        prepare_folder(&other, false).unwrap();
-        assert!(names(&other).is_empty());
-        std::fs::write(root.path().join("blocker"), b"").unwrap();
-        assert!(prepare_folder(&root.path().join("blocker/j"), true).is_err());
     }
 
     #[test]

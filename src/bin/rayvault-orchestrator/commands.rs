@@ -23,11 +23,8 @@ fn start(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> Controller {
 
 /// Probes every node once and describes them.
 async fn probe_all(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>) -> anyhow::Result<NodesReport> {
-    // The new NodeProbe probes every node as it starts; waiting for those
-    // probes (`since`) sends each node one pair of requests, not two.
-    let since = std::time::Instant::now();
     let c = start(settings, keyring);
-    c.probe.send(ProbeNow { node_id: None, since: Some(since) }).await.context("node probe stopped")?;
+    c.probe.send(ProbeNow { node_id: None, since: Some(c.started) }).await.context("node probe stopped")?;
     c.probe.send(DescribeNodes).await.context("node probe stopped")
 }
 
@@ -239,9 +236,8 @@ pub fn sync_artifacts(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, ar
     let timeout = std::time::Duration::from_secs(settings.controller.probe_timeout_s.max(1) * 3);
     let (run_id, job_id) = (args.run_id, args.job_id);
     System::new().block_on(async move {
-        let since = std::time::Instant::now();
         let c = start(settings, Some(keyring.clone()));
-        c.probe.send(ProbeNow { node_id: Some(node_id.clone()), since: Some(since) }).await?;
+        c.probe.send(ProbeNow { node_id: Some(node_id.clone()), since: Some(c.started) }).await?;
         let handle = c.probe.send(NodeDirectory { node_id: node_id.clone() }).await?.ok_or_else(|| anyhow!("{node_id} is not in nodes.json"))?;
         let mut receipt = match local {
             Some(r) => r,

@@ -140,18 +140,16 @@ async fn in_process(settings: Arc<Settings>, keyring: Option<Arc<Keyring>>, spec
     progress.spawn_ticker();
     progress.watch_folder(rayvault::receipt::receipt_dir(&cluster, &spec.run_id, &spec.job_id));
     let sink = ProgressActor(progress.clone()).start();
-    // The new controller's NodeProbe probes every node as it starts: the
-    // probe round below waits for those probes (`since`) instead of
-    // sending each node a second pair of requests.
-    let probed_at = std::time::Instant::now();
     let controller = ControllerSupervisor::start(ControllerOptions {
         settings: settings.clone(),
         keyring,
         store: Some(store.clone()),
         progress: Some(sink.recipient()),
     });
-    // One probe round first, so the placement sees fresh caps.
+    // One probe round first, so the placement sees fresh caps: the one the
+    // new NodeProbe starts with, waited for (`since`).
     progress.line("probing the nodes");
+    let probed_at = controller.started;
     controller.probe.send(ProbeNow { node_id: None, since: Some(probed_at) }).await.context("node probe stopped")?;
     let job = controller.runner.send(SubmitJob { spec, resume: None, recovered: false, submitted_at: submitted, probed_at: Some(probed_at), admission: None });
     let runner = controller.runner.clone();

@@ -1,5 +1,5 @@
-//! Empty files made ahead of time in the blob folder, for the inputs that a
-//! `POST /jobs` carries inline.
+//! Empty files made ahead of time in the state folder's `spares/`, for the
+//! inputs that a `POST /jobs` carries inline.
 //!
 //! Creating a file allocates an inode, and on some filesystems that is the
 //! slowest step of accepting a short job: on the benchmark VM's ext4 (no
@@ -60,8 +60,11 @@ impl Spares {
     /// pool either way (at most one such task at a time). Call it on a
     /// Tokio runtime.
     pub fn take(self: &Arc<Self>) -> Option<Spare> {
-        let spare = self.lock().pop();
-        if self.lock().len() < READY && !self.refilling.swap(true, Ordering::AcqRel) {
+        let (spare, low) = {
+            let mut ready = self.lock();
+            (ready.pop(), ready.len() < READY)
+        };
+        if low && !self.refilling.swap(true, Ordering::AcqRel) {
             let me = self.clone();
             drop(actix_web::rt::task::spawn_blocking(move || {
                 me.refill();

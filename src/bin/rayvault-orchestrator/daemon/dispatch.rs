@@ -156,110 +156,107 @@ pub(super) fn dispatch_gated(state: Data, spec: JobSpec, submitted_at: SystemTim
 async fn run_to_end(
     state: Data,
     spec: JobSpec,
-    resume: Option<RemoteRef>,
-    recovered: bool,
+    mut resume: Option<RemoteRef>,
+    mut recovered: bool,
     submitted_at: SystemTime,
     notify: Arc<tokio::sync::Notify>,
     mut first: Option<Result<rayvault::receipt::Receipt, actix::MailboxError>>,
 ) {
     let key = spec.key();
-    {
-        let (mut resume, mut recovered) = (resume, recovered);
-        let mut restarts = 0;
-        let receipt = loop {
-            let sent = match first.take() {
-                Some(sent) => sent,
-                None => {
-                    state
-                        .controller
-                        .runner
-                        .send(SubmitJob { spec: spec.clone(), resume: resume.take(), recovered, submitted_at, probed_at: None, admission: None })
-                        .await
-                }
-            };
-            match sent {
-                Ok(receipt) => break receipt,
-                // Restarted in place, the JobRunner keeps its address; a
-                // closed one means the daemon is shutting down.
-                Err(_) if restarts < MAX_RUNNER_RESTARTS && state.controller.runner.connected() => {
-                    restarts += 1;
-                    let stored = match state.store.get(&key) {
-                        Ok(Some(j)) => j,
-                        other => {
-                            let why = match other {
-                                Err(e) => e.to_string(),
-                                Ok(_) => "it is no longer in the store".to_string(),
-                            };
-                            tracing::error!(job = %key, "the job runner restarted mid-job and the job cannot be read back ({why}); it resumes at the next start");
-                            return;
-                        }
-                    };
-                    tracing::warn!(job = %key, "the job runner restarted mid-job; picking the job up again ({restarts}/{MAX_RUNNER_RESTARTS})");
-                    resume = stored.remote;
-                    recovered = true;
-                }
-                Err(_) => {
-                    tracing::error!(job = %key, "the job runner stopped before the job ended; it resumes at the next start");
-                    return;
-                }
+    let mut restarts = 0;
+    let receipt = loop {
+        let sent = match first.take() {
+            Some(sent) => sent,
+            None => {
+                state
+                    .controller
+                    .runner
+                    .send(SubmitJob { spec: spec.clone(), resume: resume.take(), recovered, submitted_at, probed_at: None, admission: None })
+                    .await
             }
         };
-        // The end's record and the receipt file are written at once (the
-        // commit's sync and the file's creation overlap), and the job's
-        // long-polls are woken once both are done. A crash between the two
-        // leaves either the record without the file (written again at
-        // start-up, `rewrite_receipts`) or the file without the record
-        // (the restart recognises the job as ended from it, `ended_before`).
-        //
-        // A job that ran on a worker is answered once its receipt file is
-        // written, while its end commits: the worker holds the job's
-        // outcome durably, so a daemon that dies before the commit finds
-        // the job ended from the file (`ended_before`), or, when a power
-        // cut lost the unsynced file too, re-attaches to the finished job
-        // on its worker (by its recorded remote id, or by its label,
-        // `remote::find_submitted`); it never runs again. A job that ran
-        // here (or nowhere) is answered only once its end is durable too.
-        fn report(key: &str, saved: Result<Option<StoredJob>, rayvault::controller_store::StoreError>) {
-            if !matches!(saved, Ok(Some(_))) {
-                let why = match saved {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "it is no longer in the store".to_string(),
+        match sent {
+            Ok(receipt) => break receipt,
+            // Restarted in place, the JobRunner keeps its address; a
+            // closed one means the daemon is shutting down.
+            Err(_) if restarts < MAX_RUNNER_RESTARTS && state.controller.runner.connected() => {
+                restarts += 1;
+                let stored = match state.store.get(&key) {
+                    Ok(Some(j)) => j,
+                    other => {
+                        let why = match other {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "it is no longer in the store".to_string(),
+                        };
+                        tracing::error!(job = %key, "the job runner restarted mid-job and the job cannot be read back ({why}); it resumes at the next start");
+                        return;
+                    }
                 };
-                // The receipt file is then the only record of the end.
-                tracing::error!(job = %key, "could not record the end of the job: {why}");
+                tracing::warn!(job = %key, "the job runner restarted mid-job; picking the job up again ({restarts}/{MAX_RUNNER_RESTARTS})");
+                resume = stored.remote;
+                recovered = true;
+            }
+            Err(_) => {
+                tracing::error!(job = %key, "the job runner stopped before the job ended; it resumes at the next start");
+                return;
             }
         }
-        let on_worker = receipt.executed_on.as_deref().is_some_and(|on| on != rayvault::receipt::LOCAL);
-        let recorded = receipt.clone();
-        let cluster = state.settings.cluster_dir();
-        if on_worker {
-            // Queued now, before the answer: a later submission of the same
-            // key is written after it, so it finds this job finished.
-            state.live.recording.insert(key.clone(), receipt.clone());
-            let (live, k, kept) = (state.live.clone(), key.clone(), receipt.clone());
-            state.store.update_then(
-                &key,
-                |j| {
-                    j.phase = Phase::Finished;
-                    j.receipt = Some(recorded);
-                },
-                move |saved| {
-                    report(&k, saved);
-                    live.recording.remove_if(&k, |_, r| r == &kept);
-                },
-            );
-            // One small unsynced file: written here, in less time than a
-            // trip to a blocking thread and back takes.
-            write_receipt_file(&cluster, &receipt);
-        } else {
-            let saved = state.store.update_async(&key, |j| {
+    };
+    // The end's record and the receipt file are written at once (the
+    // commit's sync and the file's creation overlap), and the job's
+    // long-polls are woken once both are done. A crash between the two
+    // leaves either the record without the file (written again at
+    // start-up, `rewrite_receipts`) or the file without the record
+    // (the restart recognises the job as ended from it, `ended_before`).
+    //
+    // A job that ran on a worker is answered once its receipt file is
+    // written, while its end commits: the worker holds the job's
+    // outcome durably, so a daemon that dies before the commit finds
+    // the job ended from the file (`ended_before`), or, when a power
+    // cut lost the unsynced file too, re-attaches to the finished job
+    // on its worker (by its recorded remote id, or by its label,
+    // `remote::find_submitted`); it never runs again. A job that ran
+    // here (or nowhere) is answered only once its end is durable too.
+    fn report(key: &str, saved: Result<Option<StoredJob>, rayvault::controller_store::StoreError>) {
+        if !matches!(saved, Ok(Some(_))) {
+            let why = match saved {
+                Err(e) => e.to_string(),
+                Ok(_) => "it is no longer in the store".to_string(),
+            };
+            // The receipt file is then the only record of the end.
+            tracing::error!(job = %key, "could not record the end of the job: {why}");
+        }
+    }
+    let on_worker = receipt.executed_on.as_deref().is_some_and(|on| on != rayvault::receipt::LOCAL);
+    let recorded = receipt.clone();
+    let cluster = state.settings.cluster_dir();
+    if on_worker {
+        // Queued now, before the answer: a later submission of the same
+        // key is written after it, so it finds this job finished.
+        state.live.recording.insert(key.clone(), receipt.clone());
+        let (live, k, kept) = (state.live.clone(), key.clone(), receipt.clone());
+        state.store.update_then(
+            &key,
+            |j| {
                 j.phase = Phase::Finished;
                 j.receipt = Some(recorded);
-            });
-            let file = web::block(move || write_receipt_file(&cluster, &receipt));
-            let (saved, _) = futures_util::future::join(saved, file).await;
-            report(&key, saved);
-        }
-        state.live.end(&key, &notify);
+            },
+            move |saved| {
+                report(&k, saved);
+                live.recording.remove_if(&k, |_, r| r == &kept);
+            },
+        );
+        // One small unsynced file: written here, in less time than a
+        // trip to a blocking thread and back takes.
+        write_receipt_file(&cluster, &receipt);
+    } else {
+        let saved = state.store.update_async(&key, |j| {
+            j.phase = Phase::Finished;
+            j.receipt = Some(recorded);
+        });
+        let file = web::block(move || write_receipt_file(&cluster, &receipt));
+        let (saved, _) = futures_util::future::join(saved, file).await;
+        report(&key, saved);
     }
+    state.live.end(&key, &notify);
 }

@@ -212,8 +212,18 @@ pub(super) struct Sink {
     free_rx: Receiver<Buf>,
     /// Buffers allocated so far (at most [`BUFFERS`]).
     made: usize,
-    writer: JoinHandle<io::Result<(File, u64)>>,
-    hasher: JoinHandle<io::Result<Sha256>>,
+    /// Where the two threads learn how many bytes of the file to keep
+    /// ([`Sink::begin`]); `None` once told.
+    begin: Option<(SyncSender<u64>, SyncSender<u64>)>,
+    /// Both `Some` until [`Sink::finish`] (or the drop) joins them.
+    writer: Option<JoinHandle<io::Result<(File, u64)>>>,
+    hasher: Option<JoinHandle<io::Result<Sha256>>>,
+}
+
+/// The writer's and the hasher's answer when the download never began:
+/// no [`Sink::begin`] came before the sink was dropped.
+fn not_begun() -> io::Error {
+    io::Error::other("the download did not begin")
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> ClientError {
@@ -231,24 +241,61 @@ pub(super) fn local_io(what: &str, e: io::Error) -> ClientError {
 }
 
 impl Sink {
-    /// Starts the writer and the hasher on `part`. With `keep` > 0 the
-    /// file's first `keep` bytes are kept and hashed first (a resumed
-    /// download: the worker sends the rest); with 0 the file is created or
-    /// truncated.
+    /// Starts the writer and the hasher on `part` and tells them at once
+    /// how much of it to keep ([`Sink::open`], then [`Sink::begin`]).
     pub(super) fn start(part: PathBuf, keep: u64) -> Result<Sink, ClientError> {
+        let mut sink = Sink::open(part)?;
+        sink.begin(keep);
+        Ok(sink)
+    }
+
+    /// Starts the writer and the hasher on `part` before anything is known
+    /// of the answer: the writer opens the file (creating it, truncating
+    /// nothing) and both wait for [`Sink::begin`]. Called before the
+    /// request goes out, so that opening the file and starting the threads
+    /// overlap the request's round trip instead of delaying the first
+    /// write: measured inside 1 GiB syncs, the writer began writing 10-23
+    /// ms after the first bytes arrived when it was started after the
+    /// answer's head, and the disk, busy for nearly the whole transfer, never
+    /// caught up. A sink dropped without `begin` joins its threads, and a
+    /// file the writer created stays only if it holds something.
+    pub(super) fn open(part: PathBuf) -> Result<Sink, ClientError> {
         let (to_writer, writer_rx) = mpsc::sync_channel(CHANNEL_BLOCKS);
         let (to_hasher, hasher_rx) = mpsc::sync_channel(CHANNEL_BLOCKS);
+        let (begin_writer, writer_begin) = mpsc::sync_channel(1);
+        let (begin_hasher, hasher_begin) = mpsc::sync_channel(1);
         let (free_tx, free_rx) = mpsc::channel();
         let part2 = part.clone();
         let writer = std::thread::Builder::new()
             .name("download-writer".into())
-            .spawn(move || write_blocks(&part, keep, writer_rx))
+            .spawn(move || write_blocks(&part, writer_begin, writer_rx))
             .map_err(|e| io_err("starting the download writer", e))?;
         let hasher = std::thread::Builder::new()
             .name("download-hasher".into())
-            .spawn(move || hash_blocks(&part2, keep, hasher_rx))
+            .spawn(move || hash_blocks(&part2, hasher_begin, hasher_rx))
             .map_err(|e| io_err("starting the download hasher", e))?;
-        Ok(Sink { to_writer: Some(to_writer), to_hasher: Some(to_hasher), free_tx, free_rx, made: 0, writer, hasher })
+        Ok(Sink {
+            to_writer: Some(to_writer),
+            to_hasher: Some(to_hasher),
+            free_tx,
+            free_rx,
+            made: 0,
+            begin: Some((begin_writer, begin_hasher)),
+            writer: Some(writer),
+            hasher: Some(hasher),
+        })
+    }
+
+    /// Tells both threads to go: with `keep` > 0 the file's first `keep`
+    /// bytes are kept and hashed first (a resumed download: the worker sends
+    /// the rest); with 0 the file is emptied. Only the first call counts.
+    pub(super) fn begin(&mut self, keep: u64) {
+        if let Some((writer, hasher)) = self.begin.take() {
+            // A thread that already stopped (the file could not be opened)
+            // reports why in `finish`.
+            let _ = writer.send(keep);
+            let _ = hasher.send(keep);
+        }
     }
 
     /// Makes now the buffers a transfer of `bytes` more can use (at most
@@ -303,47 +350,80 @@ impl Sink {
     pub(super) fn finish(mut self) -> Result<Received, ClientError> {
         self.to_writer = None;
         self.to_hasher = None;
-        let written = self.writer.join().map_err(|_| ClientError::Io("the download writer panicked".into()))?;
-        let hashed = self.hasher.join().map_err(|_| ClientError::Io("the download hasher panicked".into()))?;
+        self.begin = None;
+        let (Some(writer), Some(hasher)) = (self.writer.take(), self.hasher.take()) else {
+            return Err(ClientError::Io("the download was already finished".into()));
+        };
+        let written = writer.join().map_err(|_| ClientError::Io("the download writer panicked".into()))?;
+        let hashed = hasher.join().map_err(|_| ClientError::Io("the download hasher panicked".into()))?;
         let (file, len) = written.map_err(|e| local_io("writing the download", e))?;
         let hasher = hashed.map_err(|e| local_io("hashing the download", e))?;
         Ok(Received { file, hasher, len })
     }
 }
 
-/// The writer: keeps the first `keep` bytes of `part`, then appends every
-/// block until the channel closes. Returns the file and its length.
+impl Drop for Sink {
+    /// Closes the channels and waits for both threads, so that nothing of
+    /// this download touches the file after the sink is gone (a retry may
+    /// open it next).
+    fn drop(&mut self) {
+        self.to_writer = None;
+        self.to_hasher = None;
+        self.begin = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The writer: opens `part` (creating it), waits for how many of its bytes
+/// to keep, keeps them, then appends every block until the channel closes.
+/// Returns the file and its length.
 ///
 /// When the disk fills up, what was written stays for a resume, but an
 /// empty `.part` file is deleted: it holds nothing to resume and would only
-/// look like a download in progress.
-fn write_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<(File, u64)> {
-    let result = append_blocks(part, keep, rx);
+/// look like a download in progress. The same goes for a file created here
+/// for a download that never began.
+fn write_blocks(part: &Path, begin: Receiver<u64>, rx: Receiver<Shared>) -> io::Result<(File, u64)> {
+    bulk_thread();
+    let existed = part.exists();
+    let file = OpenOptions::new().create(true).write(true).truncate(false).open(part)?;
+    let direct = direct_handle(part);
+    let empty = |part: &Path| std::fs::metadata(part).is_ok_and(|m| m.len() == 0);
+    let Ok(keep) = begin.recv() else {
+        drop((file, direct));
+        if !existed && empty(part) {
+            let _ = std::fs::remove_file(part);
+        }
+        return Err(not_begun());
+    };
+    let result = append_blocks(file, direct, keep, rx);
     if let Err(e) = &result {
-        if crate::error::is_disk_full(e) && std::fs::metadata(part).is_ok_and(|m| m.len() == 0) {
+        if crate::error::is_disk_full(e) && empty(part) {
             let _ = std::fs::remove_file(part);
         }
     }
     result
 }
 
-fn append_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<(File, u64)> {
-    bulk_thread();
-    let mut file = OpenOptions::new().create(true).write(true).truncate(keep == 0).open(part)?;
-    if keep > 0 {
-        let have = file.metadata()?.len();
-        if have < keep {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("the partial download shrank to {have} of the {keep} bytes it had"),
-            ));
-        }
-        // Whatever lies past the prefix (there should be nothing) is
-        // replaced by what the worker sends from byte `keep` on.
-        file.set_len(keep)?;
-        file.seek(SeekFrom::Start(keep))?;
+fn append_blocks(mut file: File, direct: Option<File>, keep: u64, rx: Receiver<Shared>) -> io::Result<(File, u64)> {
+    let have = file.metadata()?.len();
+    if have < keep {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the partial download shrank to {have} of the {keep} bytes it had"),
+        ));
     }
-    let mut out = Output { direct: direct_handle(part), file, len: keep, flushed: keep };
+    // Whatever lies past the prefix (all of it for a fresh download) is
+    // replaced by what the worker sends from byte `keep` on.
+    if have > keep {
+        file.set_len(keep)?;
+    }
+    file.seek(SeekFrom::Start(keep))?;
+    let mut out = Output { direct, file, len: keep, flushed: keep };
     // Blocks that queued up while the disk was busy go out together, in
     // one system call (fewer, larger writes keep the disk busier).
     while let Ok(block) = rx.recv() {
@@ -359,9 +439,10 @@ fn append_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<(Fi
     Ok((out.file, out.len))
 }
 
-/// The hasher: hashes the first `keep` bytes of `part` (read back once),
-/// then every block until the channel closes.
-fn hash_blocks(part: &Path, keep: u64, rx: Receiver<Shared>) -> io::Result<Sha256> {
+/// The hasher: waits for how many bytes of `part` are kept, hashes them
+/// (read back once), then every block until the channel closes.
+fn hash_blocks(part: &Path, begin: Receiver<u64>, rx: Receiver<Shared>) -> io::Result<Sha256> {
+    let keep = begin.recv().map_err(|_| not_begun())?;
     let mut hasher = Sha256::new();
     if keep > 0 {
         // Opened here, for reading only: the writer never changes the first
@@ -573,5 +654,31 @@ mod tests {
         assert!(err.to_string().starts_with("DISK_FULL"), "{err}");
         assert!(!part.exists(), "an empty .part file was left behind");
         drop(filler);
+    }
+
+    #[test]
+    fn a_sink_dropped_before_it_began_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file the sink created for a download that never began goes.
+        let fresh = dir.path().join("f.bin.part");
+        let sink = Sink::open(fresh.clone()).unwrap();
+        drop(sink);
+        assert!(!fresh.exists(), "an empty .part file was left for a download that never began");
+        // A partial file from an earlier attempt stays whole: nothing is
+        // truncated before the answer says how much of it to keep.
+        let partial = dir.path().join("p.bin.part");
+        std::fs::write(&partial, body(5000)).unwrap();
+        let sink = Sink::open(partial.clone()).unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read(&partial).unwrap(), body(5000));
+        // An answer that sends everything again empties it on `begin`.
+        let mut sink = Sink::open(partial.clone()).unwrap();
+        sink.begin(0);
+        let whole = body(BLOCK + 10);
+        feed(&mut sink, &whole).unwrap();
+        let got = sink.finish().unwrap();
+        assert_eq!(got.len, whole.len() as u64);
+        assert_eq!(hex::encode(got.hasher.finalize()), sha(&whole));
+        assert_eq!(std::fs::read(&partial).unwrap(), whole);
     }
 }

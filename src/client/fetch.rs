@@ -109,13 +109,18 @@ impl Fetch {
 
     /// Runs the download; returns the bytes transferred this time.
     pub(super) fn run(&self, cancel: &Cancel) -> Result<u64, ClientError> {
+        // The file is opened and the writer and hasher started while the
+        // request makes its round trip; they learn from the answer how much
+        // of the file to keep. A failure before that drops the sink, which
+        // removes a file it created for nothing.
+        let mut sink = Sink::open(self.part.clone())?;
         let mut stream = self.connect()?;
         cancel.watch(&stream);
         let request = self.request();
         stream.write_all(request.as_bytes()).map_err(|e| self.io_failed("sending the download request", &e))?;
         let head = self.read_head(&mut stream)?;
         let keep = self.check_head(&mut stream, &head)?;
-        let mut sink = Sink::start(self.part.clone(), keep)?;
+        sink.begin(keep);
         sink.expect(self.entry.size.saturating_sub(keep));
         let (transferred, broke) = self.read_body(&mut stream, head.rest, keep, &mut sink, cancel);
         drop(stream);

@@ -87,6 +87,22 @@ pub fn commit_temp(tmp: &Path, final_path: &Path) -> std::io::Result<()> {
     std::fs::rename(tmp, final_path)
 }
 
+/// Makes the names in `dir` durable: after a rename into it, the new name
+/// survives a power cut only once the folder itself is synced (the file's
+/// own sync covers its bytes, not the entry that names it).
+///
+/// On Windows this is a no-op: NTFS journals the rename itself, and the
+/// standard library cannot open a folder to flush it.
+#[cfg(unix)]
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+pub fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// SHA-256 (lower-case hex) and size of a file, streamed in blocks of at
 /// most 1 MiB (no bigger than the file: a small input costs no 1 MiB
 /// buffer to zero).
@@ -124,6 +140,15 @@ pub fn entry_for(dir: &Path, name: &str) -> Result<ArtifactEntry, StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_is_synced_and_a_missing_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_dir(dir.path()).unwrap();
+        if cfg!(unix) {
+            assert!(sync_dir(&dir.path().join("missing")).is_err());
+        }
+    }
 
     #[test]
     fn safe_names() {

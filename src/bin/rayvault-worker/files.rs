@@ -393,12 +393,14 @@ pub fn prepare_inline(
     Ok(pending)
 }
 
-/// The second half: syncs each written input and renames it into place
-/// under its digest. The worker runs this while it commits the job that
-/// names them (the two syncs overlap) and starts the job only after both;
+/// The second half: syncs each written input, renames it into place
+/// under its digest and syncs the blobs folder once, so that the names too
+/// survive a power cut. The worker runs this while it commits the job that
+/// names them (the syncs overlap) and starts the job only after both;
 /// an input that could not be stored leaves the job to fail for its
 /// missing input when it runs. Blocking.
 pub fn finish_inline(pending: Vec<PendingBlob>) -> std::io::Result<()> {
+    let mut folder = None;
     for mut p in pending {
         if let Some(f) = p.file.take() {
             let stored = f.sync_all().and_then(|()| {
@@ -411,9 +413,13 @@ pub fn finish_inline(pending: Vec<PendingBlob>) -> std::io::Result<()> {
             }
             tracing::info!(sha256 = %p.sha256, size = p.size, "blob stored (inline)");
             rayvault::metrics::worker().blob_inline(p.size);
+            folder = p.dest.parent().map(std::path::Path::to_path_buf);
         }
     }
-    Ok(())
+    match folder {
+        Some(dir) => rayvault::artifacts::sync_dir(&dir),
+        None => Ok(()),
+    }
 }
 
 /// `PUT /blobs/{sha256}`: stores the body under its digest once. The bytes
@@ -484,7 +490,9 @@ pub async fn put_blob(st: Data, req: HttpRequest, digest: web::Path<String>, mut
                 web::block(move || -> std::io::Result<()> {
                     f.sync_all()?;
                     drop(f);
-                    std::fs::rename(&t, &fp)
+                    std::fs::rename(&t, &fp)?;
+                    // The new name, too, must survive a power cut.
+                    fp.parent().map_or(Ok(()), rayvault::artifacts::sync_dir)
                 })
                 .await?
                 .map_err(|e| ApiError::io("storing the blob", e))

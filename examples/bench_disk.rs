@@ -20,6 +20,7 @@
 //! file system refuses `O_DIRECT` (or off Linux) the blocks go through the
 //! page cache and `o_direct` is false.
 
+use rayvault::memory::HugePages;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::process::ExitCode;
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let blocks = mib / 2;
-    let bufs: Vec<&'static mut [u8]> = (0..BATCH).map(|i| block(i as u64)).collect();
+    let bufs: Vec<HugePages> = (0..BATCH).map(|i| block(i as u64)).collect();
     let t0 = Instant::now();
     let result = write_all(path, blocks, &bufs);
     let secs = t0.elapsed().as_secs_f64();
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
 
 /// Writes `blocks` blocks to a new file at `path` and syncs it; says
 /// whether the writes went with `O_DIRECT`.
-fn write_all(path: &str, blocks: usize, bufs: &[&'static mut [u8]]) -> std::io::Result<bool> {
+fn write_all(path: &str, blocks: usize, bufs: &[HugePages]) -> std::io::Result<bool> {
     let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
     let mut direct = direct_handle(path);
     let mut done = 0;
@@ -81,9 +82,10 @@ fn write_all(path: &str, blocks: usize, bufs: &[&'static mut [u8]]) -> std::io::
     Ok(direct.is_some())
 }
 
-/// One block of incompressible bytes (a xorshift stream seeded by `seed`).
-fn block(seed: u64) -> &'static mut [u8] {
-    let buf = huge_block();
+/// One block of incompressible bytes (a xorshift stream seeded by `seed`)
+/// in huge pages, as the download's buffers are.
+fn block(seed: u64) -> HugePages {
+    let mut buf = HugePages::new(BLOCK);
     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (seed + 1);
     for chunk in buf.chunks_mut(8) {
         x ^= x << 13;
@@ -92,27 +94,6 @@ fn block(seed: u64) -> &'static mut [u8] {
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     buf
-}
-
-/// A block in its own mapping, aligned and advised into a huge page as the
-/// download's buffers are.
-#[cfg(target_os = "linux")]
-fn huge_block() -> &'static mut [u8] {
-    let len = 2 * BLOCK;
-    // SAFETY: a fresh private anonymous mapping, never unmapped (the
-    // process ends after the measurement); the slice lies inside it.
-    unsafe {
-        let raw = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-        assert!(raw != libc::MAP_FAILED, "mmap of {len} bytes failed");
-        let aligned = (raw as usize).next_multiple_of(BLOCK) as *mut u8;
-        libc::madvise(aligned.cast(), BLOCK, libc::MADV_HUGEPAGE);
-        std::slice::from_raw_parts_mut(aligned, BLOCK)
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn huge_block() -> &'static mut [u8] {
-    vec![0u8; BLOCK].leak()
 }
 
 #[cfg(target_os = "linux")]

@@ -40,6 +40,7 @@
 //! `per_cpu` is each CPU's fastest stream pass, `cached_cpu_mb_per_s` the
 //! fastest cached pass on any.
 
+use rayvault::memory::HugePages;
 use sha2::{Digest, Sha256};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -56,7 +57,10 @@ fn main() -> ExitCode {
         eprintln!("usage: bench_sha256 MIB REPEATS");
         return ExitCode::from(2);
     };
-    let (buf, huge_pages) = buffer(mib << 20);
+    // Memory of the kind the download hashes (huge pages on Linux).
+    let mut mem = HugePages::new(mib << 20);
+    let huge_pages = mem.advised();
+    let buf: &mut [u8] = &mut mem;
     // Not zeros: nothing in SHA-256 is faster on them, but the buffer must
     // be really mapped, not the shared zero page.
     for (i, b) in buf.iter_mut().enumerate() {
@@ -124,27 +128,6 @@ fn hash_rate(bytes: &[u8], times: usize) -> (f64, Option<f64>, String) {
         _ => None,
     };
     (mb / s, cpu, digest)
-}
-
-/// `len` bytes of memory, advised into huge pages where the download's
-/// buffers are; says whether the advice was taken.
-#[cfg(target_os = "linux")]
-fn buffer(len: usize) -> (&'static mut [u8], bool) {
-    let map = len + BLOCK;
-    // SAFETY: a fresh private anonymous mapping, never unmapped (the
-    // process ends after the measurement); the slice lies inside it.
-    unsafe {
-        let raw = libc::mmap(std::ptr::null_mut(), map, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
-        assert!(raw != libc::MAP_FAILED, "mmap of {map} bytes failed");
-        let aligned = (raw as usize).next_multiple_of(BLOCK) as *mut u8;
-        let huge = libc::madvise(aligned.cast(), len, libc::MADV_HUGEPAGE) == 0;
-        (std::slice::from_raw_parts_mut(aligned, len), huge)
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn buffer(len: usize) -> (&'static mut [u8], bool) {
-    (vec![0u8; len].leak(), false)
 }
 
 /// The CPUs this process may run on (Linux), each to be measured on its

@@ -36,6 +36,9 @@
 //!
 //! Elsewhere (musl, Windows, macOS) these are no-ops.
 
+mod huge;
+pub use huge::{HugePages, HUGE_PAGE};
+
 use std::time::Duration;
 
 /// The longest the trimmer waits between two trims, busy or not.

@@ -29,7 +29,6 @@ use super::ClientError;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
@@ -54,101 +53,15 @@ const BUFFERS: usize = CHANNEL_BLOCKS + 5;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(super) const ALIGN: usize = 4096;
 
-/// A buffer of [`BLOCK`] bytes aligned for `O_DIRECT`. On Linux it is
-/// its own anonymous mapping, aligned to a huge page and advised
-/// `MADV_HUGEPAGE` before anything touches it: the kernel hands it over
-/// zeroed, in one 2 MiB page where it can (one fault and one TLB entry
-/// for a block the network, the hasher and the disk each go through),
-/// and nothing here writes zeros first. Elsewhere it is an ordinary
-/// zeroed allocation.
-pub(super) struct Buf {
-    ptr: std::ptr::NonNull<u8>,
-}
+/// A buffer of [`BLOCK`] bytes, aligned for `O_DIRECT` and in huge pages
+/// where the kernel can ([`crate::memory::HugePages`]): one fault and one
+/// TLB entry for a block the network, the hasher and the disk each go
+/// through, and a 2 MiB `O_DIRECT` write from 4 KiB pages is 512
+/// segments, more than one request of a disk that takes 254.
+pub(super) type Buf = crate::memory::HugePages;
 
-// SAFETY: the buffer is plain memory owned by this value.
-unsafe impl Send for Buf {}
-// SAFETY: shared access only reads.
-unsafe impl Sync for Buf {}
-
-/// A buffer's alignment: a huge page (2 MiB on x86-64), a multiple of
-/// [`ALIGN`].
-const BUF_ALIGN: usize = 2 << 20;
-
-fn buf_layout() -> std::alloc::Layout {
-    std::alloc::Layout::from_size_align(BLOCK, BUF_ALIGN).expect("a valid layout")
-}
-
-impl Buf {
-    #[cfg(target_os = "linux")]
-    fn new() -> Buf {
-        // Mapped with room to spare, then trimmed to an aligned BLOCK.
-        let len = BLOCK + BUF_ALIGN;
-        // SAFETY: a fresh private anonymous mapping; no memory of ours is
-        // involved.
-        let raw = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-        };
-        if raw == libc::MAP_FAILED {
-            std::alloc::handle_alloc_error(buf_layout());
-        }
-        let start = raw as usize;
-        let aligned = start.next_multiple_of(BUF_ALIGN);
-        // SAFETY: both ranges lie inside the mapping made above and are
-        // never used: the head before the aligned start, the tail after
-        // the aligned BLOCK. `aligned` is a multiple of the page size.
-        unsafe {
-            if aligned > start {
-                libc::munmap(raw, aligned - start);
-            }
-            let end = aligned + BLOCK;
-            if start + len > end {
-                libc::munmap(end as *mut libc::c_void, start + len - end);
-            }
-            libc::madvise(aligned as *mut libc::c_void, BLOCK, libc::MADV_HUGEPAGE);
-        }
-        Buf { ptr: std::ptr::NonNull::new(aligned as *mut u8).expect("mmap never maps page 0") }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn new() -> Buf {
-        let layout = buf_layout();
-        // SAFETY: a non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
-        Buf { ptr }
-    }
-}
-
-impl Drop for Buf {
-    #[cfg(target_os = "linux")]
-    fn drop(&mut self) {
-        // SAFETY: the aligned BLOCK that `new` kept of its mapping.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), BLOCK);
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), buf_layout()) }
-    }
-}
-
-impl Deref for Buf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: BLOCK initialised bytes owned by this value (the kernel
-        // zeroes a fresh mapping; `alloc_zeroed` elsewhere).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), BLOCK) }
-    }
-}
-
-impl DerefMut for Buf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), BLOCK) }
-    }
+fn new_buf() -> Buf {
+    Buf::new(BLOCK)
 }
 
 /// A filled buffer on its way to the hasher and the writer. Dropped by the
@@ -306,7 +219,7 @@ impl Sink {
         let blocks = usize::try_from(bytes.div_ceil(BLOCK as u64)).unwrap_or(usize::MAX).saturating_add(1);
         while self.made < blocks.min(BUFFERS) {
             self.made += 1;
-            let _ = self.free_tx.send(Buf::new());
+            let _ = self.free_tx.send(new_buf());
         }
     }
 
@@ -319,11 +232,11 @@ impl Sink {
         }
         if self.made < BUFFERS {
             self.made += 1;
-            return Buf::new();
+            return new_buf();
         }
         // `free_tx` lives in `self`, so the channel never disconnects; a
         // thread that stopped dropped its queue, which released its blocks.
-        self.free_rx.recv().unwrap_or_else(|_| Buf::new())
+        self.free_rx.recv().unwrap_or_else(|_| new_buf())
     }
 
     /// Hands the first `len` bytes of `buf` (from [`Sink::buffer`]) to both
@@ -345,12 +258,18 @@ impl Sink {
         Ok(())
     }
 
-    /// Waits for both threads: every byte handed over is then in the file
-    /// (synced or not) and hashed.
-    pub(super) fn finish(mut self) -> Result<Received, ClientError> {
+    /// Closes the channels to both threads, which then finish what they
+    /// hold and stop (or, not yet begun, stop at once).
+    fn close(&mut self) {
         self.to_writer = None;
         self.to_hasher = None;
         self.begin = None;
+    }
+
+    /// Waits for both threads: every byte handed over is then in the file
+    /// (synced or not) and hashed.
+    pub(super) fn finish(mut self) -> Result<Received, ClientError> {
+        self.close();
         let (Some(writer), Some(hasher)) = (self.writer.take(), self.hasher.take()) else {
             return Err(ClientError::Io("the download was already finished".into()));
         };
@@ -367,9 +286,7 @@ impl Drop for Sink {
     /// this download touches the file after the sink is gone (a retry may
     /// open it next).
     fn drop(&mut self) {
-        self.to_writer = None;
-        self.to_hasher = None;
-        self.begin = None;
+        self.close();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }

@@ -45,10 +45,10 @@ impl WorkerPaths {
         self.root.join("blobs")
     }
 
-    /// Empty files the worker makes ahead of time for the inputs that
-    /// submissions carry inline (renamed into [`Self::blobs_dir`] once
-    /// written); none of them is ever a blob.
-    pub fn spares_dir(&self) -> PathBuf {
+    /// Where earlier versions made their spare files (empty files for the
+    /// inputs that submissions carry inline); they are made in
+    /// [`Self::blobs_dir`] now, and this folder is removed at start.
+    pub fn old_spares_dir(&self) -> PathBuf {
         self.root.join("spares")
     }
 

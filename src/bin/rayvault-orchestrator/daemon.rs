@@ -35,6 +35,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context as _};
 use api::{cancel, health, job, precheck, status, submit};
 use dispatch::resume_unfinished;
+pub use live::Recording;
 use live::{Live, ProgressSink};
 use rayvault::actors::supervisor::{Controller, ControllerOptions, ControllerSupervisor, Shutdown};
 use rayvault::auth::{Keyring, Verifier};
@@ -114,7 +115,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
             store: Some(store.clone()),
             progress: Some(sink.recipient()),
         });
-        let scrape = web::Data::new(crate::daemon_metrics::Scrape { settings: settings.clone(), keyring: Some(keyring), probe: controller.probe.clone(), store: store.clone() });
+        let scrape = web::Data::new(crate::daemon_metrics::Scrape { settings: settings.clone(), keyring: Some(keyring), probe: controller.probe.clone(), store: store.clone(), recording: live.recording.clone() });
         let state = web::Data::new(ApiState {
             settings: settings.clone(),
             verifier: Verifier::new(verifier_keys, DAEMON_ID.into(), settings.worker.skew_s, false),
@@ -123,7 +124,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<u8> {
             live,
         });
         resume_unfinished(&state).await?;
-        let dashboard = web::Data::new(crate::dashboard::Dashboard::new(settings.clone(), store.clone(), controller.clone(), state.live.progress.clone())?);
+        let dashboard = web::Data::new(crate::dashboard::Dashboard::new(settings.clone(), store.clone(), controller.clone(), state.live.progress.clone(), state.live.recording.clone())?);
         let st = state.clone();
         let server = HttpServer::new(move || {
             App::new()

@@ -31,6 +31,8 @@ pub struct Scrape {
     pub keyring: Option<Arc<Keyring>>,
     pub probe: Addr<NodeProbe>,
     pub store: Arc<ControllerStore>,
+    /// Ends not yet committed to the store: those jobs are no longer in flight.
+    pub recording: Arc<crate::daemon::Recording>,
 }
 
 /// Registers `GET /metrics` with its state.
@@ -40,10 +42,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, scrape: web::Data<Scrape>) {
 
 async fn metrics(s: web::Data<Scrape>) -> HttpResponse {
     let nodes = s.probe.send(GetNodes).await.unwrap_or_default();
-    let store = s.store.clone();
+    let (store, ending) = (s.store.clone(), s.recording.snapshot());
     let mut in_flight: HashMap<String, u64> = HashMap::new();
     if let Ok(Ok(jobs)) = web::block(move || store.unfinished()).await {
-        for r in jobs.iter().filter_map(|j| j.remote.as_ref()) {
+        for r in jobs.iter().filter(|j| !ending.contains_key(&j.spec.key())).filter_map(|j| j.remote.as_ref()) {
             *in_flight.entry(r.node_id.clone()).or_default() += 1;
         }
     }

@@ -85,6 +85,9 @@ pub struct Dashboard {
     controller: Controller,
     /// The daemon's progress lines per job, for the latest line of a job.
     progress: Arc<DashMap<String, Vec<String>>>,
+    /// The daemon's ends not yet committed to the store: a job there has
+    /// finished.
+    recording: Arc<crate::daemon::Recording>,
     /// Checks the signed login-token request (its own nonce cache: a
     /// signature covers method and path, so no other route's request can be
     /// replayed here anyway).
@@ -95,7 +98,7 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
-    pub fn new(settings: Arc<Settings>, store: Arc<ControllerStore>, controller: Controller, progress: Arc<DashMap<String, Vec<String>>>) -> anyhow::Result<Dashboard> {
+    pub fn new(settings: Arc<Settings>, store: Arc<ControllerStore>, controller: Controller, progress: Arc<DashMap<String, Vec<String>>>, recording: Arc<crate::daemon::Recording>) -> anyhow::Result<Dashboard> {
         let keyring = Keyring::from_env().map_err(|e| anyhow!("the dashboard's login needs the cluster secret: {e}"))?;
         let verifier = Verifier::new(Keyring::from_env()?, DAEMON_ID.into(), settings.worker.skew_s, false);
         Ok(Dashboard {
@@ -103,6 +106,7 @@ impl Dashboard {
             store,
             controller,
             progress,
+            recording,
             verifier,
             keyring: Arc::new(keyring),
             sessions: Sessions::new(sessions::LOGIN_TOKEN_TTL, sessions::SESSION_IDLE),
@@ -352,12 +356,13 @@ async fn state(dash: Data, req: HttpRequest) -> HttpResponse {
     if let Err(r) = dash.session(&req) {
         return r.response();
     }
-    let store = dash.store.clone();
+    let (store, ending) = (dash.store.clone(), dash.recording.snapshot());
     let mut jobs = match web::block(move || store.all()).await {
         Ok(Ok(j)) => j,
         Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
     };
+    crate::daemon::Recording::apply_all(&mut jobs, ending);
     let mut report = match dash.controller.probe.send(DescribeNodes).await {
         Ok(r) => r,
         Err(e) => return internal(e),
@@ -410,8 +415,12 @@ use rayvault::protocol::now_ms;
 /// Reads a stored job (off the arbiter); a 404 when the daemon has none.
 async fn stored_job(dash: &Dashboard, run_id: &str, job_id: &str) -> Result<StoredJob, HttpResponse> {
     let (store, key) = (dash.store.clone(), format!("{run_id}/{job_id}"));
+    let ending = dash.recording.get(&key);
     match web::block(move || store.get(&key)).await {
-        Ok(Ok(Some(j))) => Ok(j),
+        Ok(Ok(Some(mut j))) => {
+            crate::daemon::Recording::apply(&mut j, ending);
+            Ok(j)
+        }
         Ok(Ok(None)) => Err(error(404, "JOB_NOT_FOUND", format!("no job {run_id}/{job_id} in this daemon"))),
         Ok(Err(e)) => Err(internal(e)),
         Err(e) => Err(internal(e)),

@@ -274,7 +274,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
     let seen = web::block(move || store_for_nonces.live_nonces(now)).await.context("loading nonces")??;
     verifier.preload_nonces(seen, now);
     let leases = Arc::new(rayvault::lease::LeaseBook::new());
-    let spares = spares::Spares::new(&paths.spares_dir());
+    let spares = spares::Spares::new(&paths.blobs_dir(), &paths.old_spares_dir());
     let env = Arc::new(ExecutorEnv { store, paths, settings: Arc::new(settings), changes: tokio::sync::watch::channel(0).0, waiters: Default::default(), leases: leases.clone(), live_logs: Default::default() });
     let executors = executor::start_all(env.clone());
     for rec in recovery.queued {

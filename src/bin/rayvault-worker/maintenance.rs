@@ -55,7 +55,8 @@ async fn prune(state: &web::Data<AppState>) {
         }
         let mut blobs = 0;
         if let Ok(entries) = std::fs::read_dir(paths.blobs_dir()) {
-            for e in entries.flatten() {
+            // Spare files (made ahead for inline inputs) are not blobs.
+            for e in entries.flatten().filter(|e| !crate::spares::is_spare(&e.file_name())) {
                 let old = e.metadata().and_then(|m| m.modified()).map(|t| t < cutoff).unwrap_or(false);
                 if old && std::fs::remove_file(e.path()).is_ok() {
                     blobs += 1;

@@ -175,7 +175,7 @@ fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box
     // just after it both missed the end, and a waiting caller slept until
     // its deadline (a held submission answered after 20 s for a job that
     // took 17 ms).
-    let recording = state.live.recording.get(key).map(|r| r.value().clone());
+    let recording = state.live.recording.get(key);
     let job = match state.store.get(key) {
         Ok(Some(j)) => j,
         Ok(None) => return Err(Box::new(error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None))),
@@ -256,8 +256,8 @@ pub(super) async fn status(state: Data, req: HttpRequest, body: web::Bytes) -> H
     if let Err(r) = authorize(&state, &req, &body) {
         return *r;
     }
-    let store = state.store.clone();
-    let jobs = match web::block(move || store.all()).await {
+    let (store, ending) = (state.store.clone(), state.live.recording.snapshot());
+    let mut jobs = match web::block(move || store.all()).await {
         Ok(Ok(j)) => j,
         Ok(Err(e)) => return error(500, "INTERNAL", e.to_string(), None),
         Err(e) => return error(500, "INTERNAL", e.to_string(), None),
@@ -266,6 +266,7 @@ pub(super) async fn status(state: Data, req: HttpRequest, body: web::Bytes) -> H
         Ok(n) => n,
         Err(e) => return error(500, "INTERNAL", e.to_string(), None),
     };
+    super::Recording::apply_all(&mut jobs, ending);
     let jobs: Vec<_> = jobs.iter().map(crate::commands::job_line).collect();
     crate::nodes_cmd::settle_drains(&mut nodes, &jobs);
     HttpResponse::Ok().json(serde_json::json!({

@@ -210,7 +210,8 @@ async fn run_to_end(
     // (the restart recognises the job as ended from it, `ended_before`).
     //
     // A job that ran on a worker is answered once its receipt file is
-    // written, while its end commits: the worker holds the job's
+    // written, while its end commits (within `controller_store::SOON`,
+    // sharing the next write's sync when one comes sooner): the worker holds the job's
     // outcome durably, so a daemon that dies before the commit finds
     // the job ended from the file (`ended_before`), or, when a power
     // cut lost the unsynced file too, re-attaches to the finished job
@@ -243,7 +244,7 @@ async fn run_to_end(
             },
             move |saved| {
                 report(&k, saved);
-                live.recording.remove_if(&k, |_, r| r == &kept);
+                live.recording.committed(&k, &kept);
             },
         );
         // One small unsynced file: written here, in less time than a

@@ -5,6 +5,7 @@
 use actix::{Actor, Context, Handler};
 use dashmap::DashMap;
 use rayvault::actors::messages::JobProgress;
+use rayvault::controller_store::{Phase, StoredJob};
 use rayvault::receipt::Receipt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +35,62 @@ pub(super) struct Live {
     ended: std::sync::Mutex<std::collections::VecDeque<(Instant, String, Arc<Notify>)>>,
     /// Receipts of jobs that ended on a worker whose end is still being
     /// committed (see `dispatch`): the API answers from here meanwhile.
-    pub(super) recording: DashMap<String, Receipt>,
+    pub(super) recording: Arc<Recording>,
+}
+
+/// The ends of jobs that are queued in the store but not yet committed: a
+/// job's end is committed up to `controller_store::SOON` later, with the
+/// next write, and everything that reads jobs from the store (status, the
+/// dashboard, metrics) reports it as finished from the moment it ended.
+///
+/// Read it *before* the store: the store's writer drops an end from here
+/// right after committing it, so an end missing here was either never here
+/// or is already in any store read that begins afterwards.
+#[derive(Default)]
+pub struct Recording(DashMap<String, Receipt>);
+
+impl Recording {
+    pub(super) fn insert(&self, key: String, receipt: Receipt) {
+        self.0.insert(key, receipt);
+    }
+
+    /// The end of `key` is committed: forgets it unless a newer end of the
+    /// same key replaced it meanwhile.
+    pub(super) fn committed(&self, key: &str, receipt: &Receipt) {
+        self.0.remove_if(key, |_, r| r == receipt);
+    }
+
+    /// The receipt of `key` if its end is still being committed.
+    pub fn get(&self, key: &str) -> Option<Receipt> {
+        self.0.get(key).map(|r| r.value().clone())
+    }
+
+    /// Every end still being committed, by job key.
+    pub fn snapshot(&self) -> std::collections::HashMap<String, Receipt> {
+        self.0.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+
+    /// Reports `job` as it stands once its queued end is committed.
+    pub fn apply(job: &mut StoredJob, ending: Option<Receipt>) {
+        if let Some(r) = ending {
+            if job.phase != Phase::Finished {
+                job.phase = Phase::Finished;
+                job.receipt = Some(r);
+            }
+        }
+    }
+
+    /// [`Recording::apply`] to every job in `jobs`, from a `snapshot` taken
+    /// before they were read.
+    pub fn apply_all(jobs: &mut [StoredJob], mut snapshot: std::collections::HashMap<String, Receipt>) {
+        if snapshot.is_empty() {
+            return;
+        }
+        for j in jobs {
+            let ending = snapshot.remove(&j.spec.key());
+            Self::apply(j, ending);
+        }
+    }
 }
 
 impl Live {

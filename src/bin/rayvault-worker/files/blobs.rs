@@ -32,6 +32,10 @@ pub struct PendingBlob {
     tmp: std::path::PathBuf,
     dest: std::path::PathBuf,
     size: u64,
+    /// The temporary file's name is already durable (a spare made ahead
+    /// of time, see [`crate::spares`]), so the rename needs no sync of the
+    /// folder before the job is acknowledged.
+    named: bool,
 }
 
 impl Drop for PendingBlob {
@@ -79,15 +83,15 @@ pub fn prepare_inline(
             touch(&dest);
             continue;
         }
-        let (tmp, mut f) = match spares.take() {
-            Some(s) => (s.path, s.file),
+        let (tmp, mut f, named) = match spares.take() {
+            Some(s) => (s.path, s.file, s.named),
             None => {
                 let tmp = temp_path_for(&dest);
                 let f = std::fs::File::create(&tmp).map_err(|e| ApiError::io("storing an inline blob", e))?;
-                (tmp, f)
+                (tmp, f, false)
             }
         };
-        let mut p = PendingBlob { sha256, file: None, tmp, dest, size: data.len() as u64 };
+        let mut p = PendingBlob { sha256, file: None, tmp, dest, size: data.len() as u64, named };
         p.file = Some(f.try_clone().map_err(|e| ApiError::io("storing an inline blob", e))?);
         f.write_all(&data).map_err(|e| ApiError::io("storing an inline blob", e))?;
         pending.push(p);
@@ -95,12 +99,15 @@ pub fn prepare_inline(
     Ok(pending)
 }
 
-/// The second half: syncs each written input, renames it into place
-/// under its digest and syncs the blobs folder once, so that the names too
-/// survive a power cut. The worker runs this while it commits the job that
-/// names them (the syncs overlap) and starts the job only after both;
-/// an input that could not be stored leaves the job to fail for its
-/// missing input when it runs. Blocking.
+/// The second half: syncs each written input and renames it into place
+/// under its digest, so that it survives a power cut. An input written
+/// into a spare file, whose name was made durable ahead of time, needs
+/// nothing more: a rename lost to a power cut is redone at the next start
+/// from that name ([`crate::spares::recover_leftovers`]). Otherwise the
+/// blobs folder is synced once after the renames. The worker runs this
+/// while it commits the job that names them (the syncs overlap) and
+/// starts the job only after both; an input that could not be stored
+/// leaves the job to fail for its missing input when it runs. Blocking.
 pub fn finish_inline(pending: Vec<PendingBlob>) -> std::io::Result<()> {
     let mut folder = None;
     for mut p in pending {
@@ -115,7 +122,9 @@ pub fn finish_inline(pending: Vec<PendingBlob>) -> std::io::Result<()> {
             }
             tracing::info!(sha256 = %p.sha256, size = p.size, "blob stored (inline)");
             rayvault::metrics::worker().blob_inline(p.size);
-            folder = p.dest.parent().map(std::path::Path::to_path_buf);
+            if !p.named {
+                folder = p.dest.parent().map(std::path::Path::to_path_buf);
+            }
         }
     }
     match folder {

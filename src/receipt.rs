@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 mod files;
-pub use files::{pending_dirs, prepare_folder, write_pending};
+pub use files::{pending_dirs, prepare_folder, write_log_unsynced, write_pending};
 
 /// Placement requirements, as given by `--requirements-json`. Every field is
 /// optional; none means any node fits.

@@ -54,6 +54,12 @@ fn submit_through_the_daemon_then_status_and_cancel() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("handed to the daemon"), "{err}");
     assert_eq!(r["executed_on"], "w1");
+    // The receipt and the worker's log were written into the files made
+    // ahead for them while the job ran: no temporary file is left.
+    let mut names: Vec<String> = std::fs::read_dir(w.receipt_dir("d", "probe")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert!(names.contains(&"job_receipt.json".to_string()) && names.contains(&"worker.log".to_string()), "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
     let s = status(&w);
     assert!(s["daemon"]["pid"].is_u64(), "{s}");
     assert_eq!(job_in(&s, "d/probe").unwrap()["phase"], "finished");

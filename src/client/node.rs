@@ -350,12 +350,12 @@ impl NodeClient {
         };
         // The worker keeps the job's log; this copy needs no sync. The
         // folder usually exists (made while the job ran).
-        let write = move |d: &Path, bytes: &[u8]| match crate::artifacts::write_replace_unsynced(d, bytes) {
+        let write = move |d: &Path, bytes: &[u8]| match crate::receipt::write_log_unsynced(d, bytes) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(parent) = d.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                crate::artifacts::write_replace_unsynced(d, bytes)
+                crate::receipt::write_log_unsynced(d, bytes)
             }
             other => other,
         };

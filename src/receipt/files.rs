@@ -3,7 +3,7 @@
 //! runs ([`prepare_folder`]), and kept in memory while the disk is full
 //! ([`write_pending`]).
 
-use super::{Receipt, RECEIPT_FILE};
+use super::{Receipt, LOG_FILE, RECEIPT_FILE};
 use std::path::{Path, PathBuf};
 
 /// Receipts that could not be written because the disk was full, with
@@ -31,47 +31,74 @@ pub fn pending_dirs() -> Vec<PathBuf> {
     PENDING.lock().map(|p| p.iter().map(|(d, _)| d.clone()).collect()).unwrap_or_default()
 }
 
-/// Empty temporary files made ahead of time for receipts, by folder (see
-/// [`prepare_folder`]).
-static PREPARED: std::sync::Mutex<Vec<(PathBuf, PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+/// Empty temporary files made ahead of time for receipts and logs, by
+/// folder and final name (see [`prepare_folder`]).
+static PREPARED: std::sync::Mutex<Vec<(PathBuf, &'static str, PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
 
-/// Makes a job's receipt folder while the job runs, with (when `file`) an
-/// empty temporary file that the receipt is later written into and renamed
-/// from: creating a file allocates an inode, which on some filesystems is
-/// the slowest step between a short job's end and its answer, and here it
-/// happens while the job runs. The receipt writers take it
-/// ([`Receipt::write`], [`Receipt::write_unsynced`]); when none was made
+/// The files [`prepare_folder`] makes ahead: the receipt and the worker's
+/// log, both written after the job ends.
+const MADE_AHEAD: [&str; 2] = [RECEIPT_FILE, LOG_FILE];
+
+/// Makes a job's receipt folder while the job runs, with (when `file`)
+/// empty temporary files that the receipt and the worker's log are later
+/// written into and renamed from: creating a file allocates an inode,
+/// which on some filesystems is the slowest step between a short job's end
+/// and its answer (ext4 without a journal, for one, checks each candidate
+/// inode against the ones deleted in the last minutes), and here it happens
+/// while the job runs. The writers take them ([`Receipt::write`],
+/// [`Receipt::write_unsynced`], [`write_log_unsynced`]); when none was made
 /// they create their own. Blocking.
 pub fn prepare_folder(dir: &Path, file: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     if file {
-        let tmp = crate::artifacts::temp_path_for(&dir.join(RECEIPT_FILE));
-        let f = std::fs::File::create(&tmp)?;
-        // One per folder: a run of the key dropped before its end (a
-        // JobRunner restart) leaves its file for the run that replaces it.
-        if let Some((old, _)) = take_prepared(dir) {
-            let _ = std::fs::remove_file(old);
-        }
-        if let Ok(mut prepared) = PREPARED.lock() {
-            prepared.push((dir.to_path_buf(), tmp, f));
+        for name in MADE_AHEAD {
+            let tmp = crate::artifacts::temp_path_for(&dir.join(name));
+            let f = std::fs::File::create(&tmp)?;
+            // One per folder and name: a run of the key dropped before its
+            // end (a JobRunner restart) leaves its file for the run that
+            // replaces it.
+            if let Some((old, _)) = take_prepared(dir, name) {
+                let _ = std::fs::remove_file(old);
+            }
+            if let Ok(mut prepared) = PREPARED.lock() {
+                prepared.push((dir.to_path_buf(), name, tmp, f));
+            }
         }
     }
     Ok(())
 }
 
-/// The temporary file made for `dir`'s receipt, if there is one.
-fn take_prepared(dir: &Path) -> Option<(PathBuf, std::fs::File)> {
+/// The temporary file made for `name` in `dir`, if there is one.
+fn take_prepared(dir: &Path, name: &str) -> Option<(PathBuf, std::fs::File)> {
     let mut prepared = PREPARED.lock().ok()?;
-    let at = prepared.iter().position(|(d, _, _)| d == dir)?;
-    let (_, tmp, f) = prepared.swap_remove(at);
+    let at = prepared.iter().position(|(d, n, _, _)| d == dir && *n == name)?;
+    let (_, _, tmp, f) = prepared.swap_remove(at);
     Some((tmp, f))
 }
 
 /// Writes `bytes` into the file made ahead for `dir`'s receipt (synced when
 /// `sync`) and renames it to `path`; `None` when there is no such file.
+/// The log's file made ahead is of no more use once the receipt is
+/// written (a log is written before its receipt): it is removed.
 fn write_prepared(dir: &Path, path: &Path, bytes: &[u8], sync: bool) -> Option<std::io::Result<()>> {
-    let (tmp, f) = take_prepared(dir)?;
+    if let Some((unused, _)) = take_prepared(dir, LOG_FILE) {
+        let _ = std::fs::remove_file(unused);
+    }
+    let (tmp, f) = take_prepared(dir, RECEIPT_FILE)?;
     Some(crate::artifacts::finish_temp(&tmp, f, path, bytes, sync))
+}
+
+/// Writes a job's log, `path` (`worker.log` in a receipt folder), without
+/// a sync: into the file made ahead for it while the job ran when there is
+/// one (then no inode is allocated between the job's end and its answer),
+/// else into a new temporary file; renamed into place either way, so a
+/// reader never sees half a log. Blocking.
+pub fn write_log_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let made = path.parent().filter(|_| path.file_name().is_some_and(|n| n == LOG_FILE)).and_then(|dir| take_prepared(dir, LOG_FILE));
+    match made {
+        Some((tmp, f)) => crate::artifacts::finish_temp(&tmp, f, path, bytes, false),
+        None => crate::artifacts::write_replace_unsynced(path, bytes),
+    }
 }
 
 /// Deletes the files made ahead for receipts in `dir` that no writer here
@@ -80,11 +107,11 @@ fn write_prepared(dir: &Path, path: &Path, bytes: &[u8], sync: bool) -> Option<s
 /// clean.
 fn remove_stale_prepared(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let prefix = format!(".{RECEIPT_FILE}.");
+    let prefixes = MADE_AHEAD.map(|n| format!(".{n}."));
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(".part") {
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) && name.ends_with(".part") {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -185,22 +212,37 @@ mod tests {
             n
         };
         prepare_folder(&dir, true).unwrap();
-        // Made again (a run that replaced one dropped mid-way): one file.
+        // Made again (a run that replaced one dropped mid-way): one file
+        // for the receipt and one for the log.
         prepare_folder(&dir, true).unwrap();
         let made = names(&dir);
-        assert_eq!(made.len(), 1, "{made:?}");
+        assert_eq!(made.len(), 2, "{made:?}");
         assert!(made[0].starts_with(".job_receipt.json.") && made[0].ends_with(".part"), "{made:?}");
+        assert!(made[1].starts_with(".worker.log.") && made[1].ends_with(".part"), "{made:?}");
+        // The log goes into its file, then the receipt into its own.
+        write_log_unsynced(&dir.join(LOG_FILE), b"line\n").unwrap();
+        assert_eq!(names(&dir).len(), 2, "the log's file was renamed, no other made: {:?}", names(&dir));
         let path = dir.join(RECEIPT_FILE);
         assert!(write_prepared(&dir, &path, b"{\"a\": 1}\n", false).unwrap().is_ok());
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": 1}\n");
-        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string()], "nothing else is left in the folder");
+        assert_eq!(std::fs::read(dir.join(LOG_FILE)).unwrap(), b"line\n");
+        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string(), LOG_FILE.to_string()], "nothing else is left in the folder");
         // Taken once: the next write has none and makes its own.
         assert!(write_prepared(&dir, &path, b"{}", true).is_none());
-        // A file a killed process made ahead is removed where a receipt is
+        write_log_unsynced(&dir.join(LOG_FILE), b"again\n").unwrap();
+        assert_eq!(std::fs::read(dir.join(LOG_FILE)).unwrap(), b"again\n");
+        // A job whose log was not fetched (it ran locally, say): the log's
+        // file made ahead goes when the receipt is written.
+        let local = root.path().join("receipts/r/local");
+        prepare_folder(&local, true).unwrap();
+        assert!(write_prepared(&local, &local.join(RECEIPT_FILE), b"{}", false).unwrap().is_ok());
+        assert_eq!(names(&local), vec![RECEIPT_FILE.to_string()]);
+        // Files a killed process made ahead are removed where a receipt is
         // written without one.
         std::fs::write(dir.join(".job_receipt.json.0123456789ab.part"), b"").unwrap();
+        std::fs::write(dir.join(".worker.log.0123456789ab.part"), b"").unwrap();
         remove_stale_prepared(&dir);
-        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string()]);
+        assert_eq!(names(&dir), vec![RECEIPT_FILE.to_string(), LOG_FILE.to_string()]);
         // A folder made without the file, and one that cannot be made.
         let other = root.path().join("receipts/r/k");
         prepare_folder(&other, false).unwrap();

@@ -101,6 +101,18 @@ pub fn write_log_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// Makes a receipt's name durable: syncs its folder `dir`, and (best
+/// effort) the run's folder and `receipts/` above it, which a new job's
+/// folder may just have been made in. A no-op on Windows, where NTFS
+/// journals names itself.
+fn sync_names(dir: &Path) -> std::io::Result<()> {
+    crate::artifacts::sync_dir(dir)?;
+    for up in dir.ancestors().skip(1).take(2) {
+        let _ = crate::artifacts::sync_dir(up);
+    }
+    Ok(())
+}
+
 /// Deletes the files made ahead for receipts in `dir` that no writer here
 /// will take: those a process killed mid-job left behind. Called where a
 /// receipt is written without one, so that a resumed job's folder ends up
@@ -125,17 +137,22 @@ impl Receipt {
         Ok(bytes)
     }
 
-    /// Writes the receipt atomically into `dir` (temporary file, sync to
-    /// disk, rename).
+    /// Writes the receipt atomically and durably into `dir` (temporary
+    /// file, sync to disk, rename, then the folders that name it synced:
+    /// where no store holds the receipt, as in a one-shot `submit`, the
+    /// file is the job's only record, and a rename reaches the disk only
+    /// with its folder).
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
         let path = dir.join(RECEIPT_FILE);
         let bytes = self.file_bytes()?;
         if let Some(Ok(())) = write_prepared(dir, &path, &bytes, true) {
+            sync_names(dir)?;
             return Ok(path);
         }
         remove_stale_prepared(dir);
         std::fs::create_dir_all(dir)?;
         crate::artifacts::write_atomic(&path, &bytes)?;
+        sync_names(dir)?;
         Ok(path)
     }
 

@@ -150,10 +150,9 @@ impl Spares {
 /// it is renamed to the digest of what it holds, unless that blob is
 /// there already (then it is removed). A blob is named by its content, so
 /// keeping a never-used one is harmless; retention removes it in time.
-/// Returns how many were kept as blobs.
-pub fn recover_leftovers(dir: &Path) -> usize {
+pub fn recover_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return;
     };
     let mut kept = 0;
     for e in entries.flatten() {
@@ -184,7 +183,6 @@ pub fn recover_leftovers(dir: &Path) -> usize {
             tracing::warn!(error = %e, "could not sync the blob folder after recovering inputs");
         }
     }
-    kept
 }
 
 #[cfg(test)]

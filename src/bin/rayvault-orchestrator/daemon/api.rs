@@ -175,8 +175,8 @@ fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box
     // just after it both missed the end, and a waiting caller slept until
     // its deadline (a held submission answered after 20 s for a job that
     // took 17 ms).
-    let recording = state.live.recording.get(key);
-    let job = match state.store.get(key) {
+    let ending = state.live.recording.get(key);
+    let mut job = match state.store.get(key) {
         Ok(Some(j)) => j,
         Ok(None) => return Err(Box::new(error(404, "JOB_NOT_FOUND", format!("no job {key} in this daemon"), None))),
         Err(e) => return Err(Box::new(error(500, "INTERNAL", e.to_string(), None))),
@@ -185,10 +185,11 @@ fn view(state: &ApiState, key: &str, from: usize) -> Result<(JobView, bool), Box
     // A finished record counts once the job's notify is gone: the receipt
     // file is written between the two. A job whose end is still being
     // committed is answered from memory.
-    let finished = job.phase == Phase::Finished || recording.is_some();
+    super::Recording::apply(&mut job, ending);
+    let finished = job.phase == Phase::Finished;
     let ended = finished && !state.live.waits.contains_key(key);
-    let phase = if finished && !ended { Phase::Running } else if finished { Phase::Finished } else { job.phase };
-    let receipt = if ended { recording.or(job.receipt) } else { None };
+    let phase = if finished && !ended { Phase::Running } else { job.phase };
+    let receipt = if ended { job.receipt } else { None };
     let view = JobView { key: key.to_string(), phase, remote: job.remote, receipt, progress_next: from + lines.len(), progress: lines };
     Ok((view, ended))
 }

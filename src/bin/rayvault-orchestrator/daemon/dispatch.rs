@@ -211,11 +211,11 @@ async fn run_to_end(
     //
     // A job that ran on a worker is answered once its receipt file is
     // written, while its end commits (within `controller_store::SOON`,
-    // sharing the next write's sync when one comes sooner): the worker holds the job's
-    // outcome durably, so a daemon that dies before the commit finds
-    // the job ended from the file (`ended_before`), or, when a power
-    // cut lost the unsynced file too, re-attaches to the finished job
-    // on its worker (by its recorded remote id, or by its label,
+    // sharing the next write's sync when one comes sooner): the worker
+    // holds the job's outcome durably, so a daemon that dies before the
+    // commit finds the job ended from the file (`ended_before`), or, when
+    // a power cut lost the unsynced file too, re-attaches to the finished
+    // job on its worker (by its recorded remote id, or by its label,
     // `remote::find_submitted`); it never runs again. A job that ran
     // here (or nowhere) is answered only once its end is durable too.
     fn report(key: &str, saved: Result<Option<StoredJob>, rayvault::controller_store::StoreError>) {

@@ -70,13 +70,13 @@ impl Recording {
         self.0.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
     }
 
-    /// Reports `job` as it stands once its queued end is committed.
+    /// Reports `job` as it stands once its queued end is committed (an end
+    /// here is always the newest: it leaves only when that very receipt
+    /// is committed).
     pub fn apply(job: &mut StoredJob, ending: Option<Receipt>) {
         if let Some(r) = ending {
-            if job.phase != Phase::Finished {
-                job.phase = Phase::Finished;
-                job.receipt = Some(r);
-            }
+            job.phase = Phase::Finished;
+            job.receipt = Some(r);
         }
     }
 

@@ -313,9 +313,17 @@ pub async fn run_job(
             // With it, the receipt's file is made ahead (a run alone with
             // its key only, so that no two runs share it). Awaited before
             // the receipt is written, so the writer finds the file.
+            // It starts once a worker has acknowledged the job
+            // (`Trace::underway`), or when the run is over.
             let early = dir.clone();
-            let folder = tokio::task::spawn_blocking(move || crate::receipt::prepare_folder(&early, fresh_folder));
+            let (go, underway) = tokio::sync::oneshot::channel::<()>();
+            trace.folder_go = Some(go);
+            let folder = actix::spawn(async move {
+                let _ = underway.await;
+                tokio::task::spawn_blocking(move || crate::receipt::prepare_folder(&early, fresh_folder)).await
+            });
             let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace, probed_at).await;
+            trace.underway();
             let _ = folder.await;
             remote::settle_fates(&deps, &mut trace).await;
             (hash, ending)

@@ -176,6 +176,7 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
         }
     };
     trace.say(format!("{} job {remote_job_id} on {node_id}", if cached { "worker returned existing" } else { "submitted" }));
+    trace.underway();
     record_remote(deps, spec, node_id, &remote_job_id, &trace.placement).await;
     follow(deps, spec, &handle, &client, &remote_job_id, cached, held, staged, dir, cancel, trace, began, &fence, &load).await
 }

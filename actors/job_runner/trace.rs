@@ -23,6 +23,8 @@ pub struct Trace {
     pub progress: Option<Recipient<JobProgress>>,
     /// The earlier receipt's `inputs_hash`, when this run replaced it.
     pub replaced_inputs_hash: Option<String>,
+    /// Starts making the receipt's folder and files (see [`Trace::underway`]).
+    pub(super) folder_go: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Trace {
@@ -39,6 +41,17 @@ impl Trace {
             placement: Vec::new(),
             progress: deps.progress.clone(),
             replaced_inputs_hash: None,
+            folder_go: None,
+        }
+    }
+
+    /// The job is underway (a worker acknowledged it), or its run is over:
+    /// the receipt's folder and files are made now, while it runs, rather
+    /// than beside the submission, whose building and sending they slowed
+    /// on a machine with few cores. Once only.
+    pub fn underway(&mut self) {
+        if let Some(go) = self.folder_go.take() {
+            let _ = go.send(());
         }
     }
 

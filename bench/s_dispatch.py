@@ -74,24 +74,60 @@ def celery(cfg, durable=False):
         redis.stop()
 
 
+def _merge(acc, r, counts=False):
+    """Folds one repeat's result `r` into `acc`: summaries are re-made from
+    their figures together, lists are joined, the job counts of
+    `executed_on` added, and any other value is kept from the last
+    repeat."""
+    if acc is None:
+        return r
+    out = dict(acc)
+    for k, v in r.items():
+        a = acc.get(k)
+        if isinstance(v, dict) and isinstance(a, dict) and "all" in v and "all" in a:
+            out[k] = summary(a["all"] + v["all"])
+        elif isinstance(v, dict) and isinstance(a, dict):
+            out[k] = _merge(a, v, counts=k == "executed_on")
+        elif isinstance(v, list) and isinstance(a, list):
+            out[k] = a + v
+        elif counts and isinstance(v, int) and isinstance(a, int):
+            out[k] = a + v
+        else:
+            out[k] = v
+    return out
+
+
 def measure(cfg):
     rows = []
     details = {}
     results = {}
-    for name, fn in (("floor", floor), ("celery", celery), ("celery_durable", lambda c: celery(c, durable=True)),
-                     ("ours", lambda c: ours.dispatch(c, via_daemon=True)),
-                     ("worker_api", lambda c: ours.dispatch(c, via_daemon=False))):
-        log(f"scenario 1: {name}")
-        try:
-            results[name] = fn(cfg)
-        except NotMeasured as e:
-            results[name] = None
-            details[f"{name}_not_measured"] = str(e)
-            log(f"scenario 1: {name} not measured: {e}")
-        except Exception as e:
-            results[name] = None
-            details[f"{name}_not_measured"] = f"failed: {e}"
-            log(f"scenario 1: {name} failed: {e}")
+    sides = [("floor", floor), ("celery", celery), ("celery_durable", lambda c: celery(c, durable=True)),
+             ("ours", lambda c: ours.dispatch(c, via_daemon=True)),
+             ("worker_api", lambda c: ours.dispatch(c, via_daemon=False))]
+    # The repeats are interleaved: each round measures every side once,
+    # the order turned round every other round, so that a change in the
+    # machine's speed during the run (this VM's moved Celery's own figure
+    # by 2x between runs minutes apart) reaches every side alike instead of
+    # whichever ran in that stretch.
+    one = {**cfg, "repeats": 1}
+    failed = set()
+    for r in range(cfg["repeats"]):
+        for name, fn in (sides if r % 2 == 0 else list(reversed(sides))):
+            if name in failed:
+                continue
+            log(f"scenario 1: {name}, round {r + 1} of {cfg['repeats']}")
+            try:
+                results[name] = _merge(results.get(name), fn(one))
+            except NotMeasured as e:
+                failed.add(name)
+                results[name] = None
+                details[f"{name}_not_measured"] = str(e)
+                log(f"scenario 1: {name} not measured: {e}")
+            except Exception as e:
+                failed.add(name)
+                results[name] = None
+                details[f"{name}_not_measured"] = f"failed: {e}"
+                log(f"scenario 1: {name} failed: {e}")
     o, f, c, w = results.get("ours"), results.get("floor"), results.get("celery"), results.get("worker_api")
     cd = results.get("celery_durable")
     why = details.get("ours_not_measured")

@@ -314,16 +314,19 @@ pub async fn run_job(
             // its key only, so that no two runs share it). Awaited before
             // the receipt is written, so the writer finds the file.
             // It starts once a worker has acknowledged the job
-            // (`Trace::underway`), or when the run is over.
+            // (`Trace::underway`). A run that ends without that (a local
+            // run, a job no worker took) makes nothing ahead: its writers
+            // create what they need when they write, which is no later.
             let early = dir.clone();
             let (go, underway) = tokio::sync::oneshot::channel::<()>();
             trace.folder_go = Some(go);
             let folder = actix::spawn(async move {
-                let _ = underway.await;
-                tokio::task::spawn_blocking(move || crate::receipt::prepare_folder(&early, fresh_folder)).await
+                if underway.await.is_ok() {
+                    let _ = tokio::task::spawn_blocking(move || crate::receipt::prepare_folder(&early, fresh_folder)).await;
+                }
             });
             let ending = execute(&deps, &spec, resume, &staged, &dir, &cancel, &mut trace, probed_at).await;
-            trace.underway();
+            drop(trace.folder_go.take());
             let _ = folder.await;
             remote::settle_fates(&deps, &mut trace).await;
             (hash, ending)

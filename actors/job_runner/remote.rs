@@ -238,6 +238,7 @@ pub async fn resume(deps: &JobDeps, spec: &JobSpec, r: &RemoteRef, staged: &Stag
     let began = SystemTime::now();
     trace.started_at.get_or_insert(began);
     trace.placement = r.placement.clone();
+    trace.underway();
     // Renewals the previous daemon sent are older than this moment.
     let fence = lease_fence(deps, &client);
     follow(deps, spec, &handle, &client, &r.remote_job_id, false, None, staged, dir, cancel, trace, began, &fence, &load).await

@@ -45,10 +45,10 @@ impl Trace {
         }
     }
 
-    /// The job is underway (a worker acknowledged it), or its run is over:
-    /// the receipt's folder and files are made now, while it runs, rather
-    /// than beside the submission, whose building and sending they slowed
-    /// on a machine with few cores. Once only.
+    /// The job is underway on a worker (it acknowledged the job): the
+    /// receipt's folder and files are made now, while it runs, rather than
+    /// beside the submission, whose building and sending they slowed on a
+    /// machine with few cores. Once only.
     pub fn underway(&mut self) {
         if let Some(go) = self.folder_go.take() {
             let _ = go.send(());

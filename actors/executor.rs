@@ -26,7 +26,7 @@ use crate::joblog::JobLog;
 use crate::steps::StepName;
 use crate::store::{JobRecord, Store, WorkerPaths};
 use actix::prelude::*;
-use job::{run_job, Slot};
+use job::{run_job, Slot, Start};
 pub use job::resolve_blobs;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -69,6 +69,27 @@ pub struct Reserve {
 #[rtype(result = "()")]
 pub struct StartReserved {
     pub record: JobRecord,
+}
+
+/// Run a job under a reservation *before* the commit that accepts it is
+/// durable, for a step that allows it
+/// ([`StepName::starts_before_acceptance`]): the step runs while the
+/// worker makes the job and its inline inputs durable, and its outcome is
+/// recorded (and so reported) only once `accepted` brings the job's
+/// record. If `accepted` brings `None` or is dropped (the job was not
+/// created: a duplicate, a full worker, a store error), the run is
+/// discarded: nothing of it is recorded and its folder is removed.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StartEarly {
+    /// The record as the accepting commit writes it (`running`, attempt 1).
+    pub record: JobRecord,
+    /// Inline inputs not yet in place under their digest: the digest and
+    /// the temporary file the step reads instead. The submission links
+    /// (not renames) each into place, and the job removes these names
+    /// once its step is done and the job is accepted.
+    pub inputs: Vec<(String, std::path::PathBuf)>,
+    pub accepted: tokio::sync::oneshot::Receiver<Option<JobRecord>>,
 }
 
 /// Give a reservation back: the submission did not create the job.
@@ -240,7 +261,7 @@ impl StepExecutor {
             }
             let token = CancellationToken::new();
             self.running.insert(job_id.clone(), token.clone());
-            self.spawn_job(addr, job_id, None, token);
+            self.spawn_job(addr, job_id, Start::Queued, token);
         }
         self.publish_count();
     }
@@ -252,8 +273,9 @@ impl StepExecutor {
     }
 
     /// Runs one job in a task of its own: from `queued` (marking it running
-    /// first), or from the record a reservation already wrote `running`.
-    fn spawn_job(&self, addr: &Addr<Self>, job_id: String, started: Option<JobRecord>, token: CancellationToken) {
+    /// first), from the record a reservation already wrote `running`, or
+    /// ahead of that record ([`StartEarly`]).
+    fn spawn_job(&self, addr: &Addr<Self>, job_id: String, started: Start, token: CancellationToken) {
         let span = tracing::info_span!("job", step = %self.step, job_id = %job_id);
         let env = self.env.clone();
         let slot = Slot { addr: Some(addr.clone()), job_id: job_id.clone() };
@@ -330,7 +352,20 @@ impl Handler<StartReserved> for StepExecutor {
         let token = self.running.entry(job_id.clone()).or_default().clone();
         self.publish_count();
         let addr = ctx.address();
-        let _ = guard("StepExecutor", "starting a reserved job", ctx, || self.spawn_job(&addr, job_id, Some(msg.record), token));
+        let _ = guard("StepExecutor", "starting a reserved job", ctx, || self.spawn_job(&addr, job_id, Start::Reserved(msg.record), token));
+    }
+}
+
+/// Starts the job a reservation was made for, ahead of its acceptance.
+impl Handler<StartEarly> for StepExecutor {
+    type Result = ();
+    fn handle(&mut self, msg: StartEarly, ctx: &mut Context<Self>) {
+        let job_id = msg.record.job_id.clone();
+        let token = self.running.entry(job_id.clone()).or_default().clone();
+        self.publish_count();
+        let addr = ctx.address();
+        let start = Start::Early { record: msg.record, inputs: msg.inputs, accepted: msg.accepted };
+        let _ = guard("StepExecutor", "starting a job early", ctx, || self.spawn_job(&addr, job_id, start, token));
     }
 }
 

@@ -375,6 +375,14 @@ impl Store {
         })
     }
 
+    /// Whether a job of `step_name` with `inputs_hash` was ever accepted
+    /// here (in whatever state): a submission of it is then answered from
+    /// that job, or replaces a failed one, through the usual commit.
+    pub fn knows_inputs(&self, step_name: &str, inputs_hash: &str) -> Result<bool, StoreError> {
+        let key = idem_key(step_name, inputs_hash);
+        self.run(|db| Ok(db.begin_read()?.open_table(IDEMPOTENCY)?.get(key.as_str())?.is_some()))
+    }
+
     /// Number of jobs queued or running.
     pub fn in_flight(&self) -> Result<u64, StoreError> {
         self.run(|db| Ok(db.begin_read()?.open_table(ACTIVE)?.len()?))

@@ -53,19 +53,41 @@ impl Drop for Slot {
     }
 }
 
+/// Where a job's task starts from.
+pub(super) enum Start {
+    /// Queued in the store: marked running first.
+    Queued,
+    /// Recorded `running` by the commit that accepted it (a reservation).
+    Reserved(JobRecord),
+    /// Under a reservation, while the commit that accepts it is still
+    /// being made durable (see `StartEarly`): `record` is the record that
+    /// commit writes, `inputs` the inline inputs' temporary files, and
+    /// `accepted` brings the job's record once it is durable, or `None`.
+    Early {
+        record: JobRecord,
+        inputs: Vec<(String, std::path::PathBuf)>,
+        accepted: tokio::sync::oneshot::Receiver<Option<JobRecord>>,
+    },
+}
+
 /// One job from `queued` (or, under a reservation, from the `running`
-/// record its submission wrote) to a final state.
+/// record its submission wrote, or ahead of it) to a final state.
 ///
 /// The slot is freed as soon as the step has returned, before its outcome
 /// is committed: the next queued job's start then joins the same commit as
 /// this job's outcome (group commit), so a busy slot costs one sync per
 /// job instead of two. Nothing of the step runs any more at that point.
-pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Option<JobRecord>, token: CancellationToken, mut slot: Slot) {
+///
+/// A job started early records nothing before its acceptance is durable:
+/// its outcome waits for it, so the store never holds an end without the
+/// acceptance before it, and a job that was not accepted is discarded.
+pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Start, token: CancellationToken, mut slot: Slot) {
     let job_id = slot.job_id.clone();
-    let rec = match started {
-        Some(rec) => rec,
-        None => match env.store.mark_running_async(&job_id, now_ms()).await {
-            Ok(Some(rec)) => rec,
+    let (rec, early) = match started {
+        Start::Reserved(rec) => (rec, None),
+        Start::Early { record, inputs, accepted } => (record, Some((inputs, accepted))),
+        Start::Queued => match env.store.mark_running_async(&job_id, now_ms()).await {
+            Ok(Some(rec)) => (rec, None),
             Ok(None) => return, // Cancelled while it waited.
             Err(e) => {
                 tracing::error!(error = %e, "cannot mark the job running");
@@ -73,10 +95,13 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Opti
             }
         },
     };
-    env.notify_job(&rec.job_id);
-    tracing::info!(attempt = rec.attempt, "job started");
+    if early.is_none() {
+        env.notify_job(&rec.job_id);
+    }
+    tracing::info!(attempt = rec.attempt, early = early.is_some(), "job started");
+    let inline: &[(String, std::path::PathBuf)] = early.as_ref().map_or(&[], |(inputs, _)| inputs.as_slice());
     // A panic inside the step fails this job only; see the module doc.
-    let outcome = match catch("StepExecutor", "running a step", execute(&env, step, &rec, token.clone())).await {
+    let outcome = match catch("StepExecutor", "running a step", execute(&env, step, &rec, token.clone(), inline)).await {
         Ok(outcome) => outcome,
         Err(p) => Err(StepError::new(
             ErrorCode::Internal,
@@ -86,6 +111,26 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Opti
             ),
         )),
     };
+    // The inputs of a job started early are in place under their digests
+    // once it is accepted (linked there beside the commit); their
+    // temporary names go once its outcome is recorded, so that a re-run
+    // after a power cut finds its input under one name or the other.
+    let mut temp_names = Vec::new();
+    // The paths the step was given, as the job's inputs are named once in
+    // place: what its result, error and log say of them.
+    let mut staged_names = Vec::new();
+    if let Some((inputs, accepted)) = early {
+        for (digest, tmp) in inputs {
+            staged_names.push((tmp.to_string_lossy().into_owned(), env.paths.blob_path(&digest).to_string_lossy().into_owned()));
+            temp_names.push(tmp);
+        }
+        if accepted.await.ok().flatten().is_none() {
+            remove_names(&temp_names);
+            discard(&env, &job_id).await;
+            return;
+        }
+        env.notify_job(&job_id);
+    }
     let outcome = match outcome {
         // Whatever the step made, a job whose lease expired is abandoned:
         // its submitter has given it up and may be running it elsewhere.
@@ -102,14 +147,76 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Opti
         Ok(_) => tracing::info!("job succeeded"),
         Err(e) => tracing::info!(code = %e.code, "job ended: {}", e.message),
     }
-    let result = outcome.map(|o| (o.result, o.artifacts));
+    let result = match outcome {
+        Ok(mut o) => {
+            as_staged_value(&mut o.result, &staged_names);
+            Ok((o.result, o.artifacts))
+        }
+        Err(mut e) => {
+            e.message = as_staged(&e.message, &staged_names);
+            Err(e)
+        }
+    };
     // A log still in memory goes into the job's record with the outcome.
-    let log = env.live_log(&job_id).and_then(|l| l.in_memory()).map(|b| String::from_utf8_lossy(&b).into_owned());
+    let log = env.live_log(&job_id).and_then(|l| l.in_memory()).map(|b| as_staged(&String::from_utf8_lossy(&b), &staged_names));
     slot.free();
     record_outcome(&env, &job_id, result, log).await;
+    remove_names(&temp_names);
     env.drop_log(&job_id);
     env.leases.release(&job_id);
     // The caller (`StepExecutor::spawn_job`) frees the slot, then notifies.
+}
+
+/// `text` with each temporary input path an early start's step was given
+/// replaced by the path of its blob (`names`: pairs of the two), so that
+/// the job's result, error and log name its inputs as a job started after
+/// its acceptance would, where the controller maps them back to the
+/// submitter's own paths. A log too large to be held in memory keeps, in
+/// its file, the temporary paths the step wrote.
+fn as_staged(text: &str, names: &[(String, String)]) -> String {
+    names.iter().fold(text.to_string(), |t, (tmp, blob)| if t.contains(tmp.as_str()) { t.replace(tmp.as_str(), blob) } else { t })
+}
+
+/// [`as_staged`] for every string in a JSON value.
+fn as_staged_value(value: &mut Value, names: &[(String, String)]) {
+    if names.is_empty() {
+        return;
+    }
+    match value {
+        Value::String(s) => {
+            if names.iter().any(|(tmp, _)| s.contains(tmp.as_str())) {
+                *s = as_staged(s, names);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| as_staged_value(v, names)),
+        Value::Object(map) => map.values_mut().for_each(|v| as_staged_value(v, names)),
+        _ => {}
+    }
+}
+
+/// Removes the temporary names of an early start's inputs (a name or two,
+/// microseconds: done in place).
+fn remove_names(names: &[std::path::PathBuf]) {
+    for n in names {
+        let _ = std::fs::remove_file(n);
+    }
+}
+
+/// Forgets a job started early that was not accepted: its log and the
+/// folder its step may have written. Nothing of it was recorded, and its
+/// submitter was told it failed (or was given the existing job).
+async fn discard(env: &Arc<ExecutorEnv>, job_id: &str) {
+    env.drop_log(job_id);
+    let dir = env.paths.job_dir(job_id);
+    let removed = blocking(move || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    })
+    .await;
+    if let Some(Err(e)) = removed {
+        tracing::warn!(error = %e, "could not remove the folder of a job that was not accepted; the next start removes it");
+    }
+    tracing::info!("the job was not accepted; the run started ahead of its acceptance is discarded");
 }
 
 /// How long the executor keeps trying to record a job's outcome while the
@@ -156,6 +263,7 @@ async fn execute(
     step: StepName,
     rec: &JobRecord,
     cancel: CancellationToken,
+    inline: &[(String, std::path::PathBuf)],
 ) -> Result<steps::StepOutput, StepError> {
     let log_path = env.paths.log_path(&rec.job_id);
     let out_dir = env.paths.artifacts_dir(&rec.job_id);
@@ -191,7 +299,7 @@ async fn execute(
     }
     .tracking_children(crate::process::ChildTracker::new(rec.job_id.clone(), Arc::new(env.store.clone())));
     log.line("worker", &format!("job {} started (attempt {})", rec.job_id, rec.attempt));
-    let payload = resolve_blobs(&rec.payload, &env.paths)?;
+    let payload = resolve_blobs_with(&rec.payload, &env.paths, inline)?;
     #[cfg(debug_assertions)]
     test_hook::panic_if_requested(step, &rec.job_id, &payload);
     let ctx = StepContext { job_id: rec.job_id.clone(), out_dir, log: log.clone(), cancel, settings: env.settings.clone() };
@@ -211,10 +319,16 @@ async fn execute(
 /// Replaces every `"blob:sha256:<digest>"` string with the staged blob's
 /// local path; a missing blob is `INPUT_NOT_FOUND`.
 pub fn resolve_blobs(payload: &Value, paths: &WorkerPaths) -> Result<Value, StepError> {
+    resolve_blobs_with(payload, paths, &[])
+}
+
+/// [`resolve_blobs`], where the digests in `inline` resolve to the given
+/// temporary files (an early start's inputs, not yet in place).
+fn resolve_blobs_with(payload: &Value, paths: &WorkerPaths, inline: &[(String, std::path::PathBuf)]) -> Result<Value, StepError> {
     Ok(match payload {
         Value::String(s) => match s.strip_prefix(BLOB_REF_PREFIX) {
             Some(d) if crate::protocol::is_sha256_hex(d) => {
-                let p = paths.blob_path(d);
+                let p = inline.iter().find(|(digest, _)| digest == d).map_or_else(|| paths.blob_path(d), |(_, tmp)| tmp.clone());
                 if !p.is_file() {
                     return Err(StepError::new(ErrorCode::InputNotFound, format!("blob {d} is not staged on this worker; upload it with PUT /blobs/{d}")));
                 }
@@ -223,9 +337,9 @@ pub fn resolve_blobs(payload: &Value, paths: &WorkerPaths) -> Result<Value, Step
             Some(_) => return Err(StepError::invalid(format!("{s:?} is not a valid blob reference"))),
             None => payload.clone(),
         },
-        Value::Array(items) => Value::Array(items.iter().map(|i| resolve_blobs(i, paths)).collect::<Result<_, _>>()?),
+        Value::Array(items) => Value::Array(items.iter().map(|i| resolve_blobs_with(i, paths, inline)).collect::<Result<_, _>>()?),
         Value::Object(map) => Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), resolve_blobs(v, paths)?))).collect::<Result<_, StepError>>()?,
+            map.iter().map(|(k, v)| Ok((k.clone(), resolve_blobs_with(v, paths, inline)?))).collect::<Result<_, StepError>>()?,
         ),
         other => other.clone(),
     })
@@ -235,6 +349,19 @@ pub fn resolve_blobs(payload: &Value, paths: &WorkerPaths) -> Result<Value, Step
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_early_start_names_its_inputs_by_their_blob_paths() {
+        let names = vec![("/w/blobs/.spare.1a2b".to_string(), "/w/blobs/abcd".to_string())];
+        let mut result = json!({"files": [{"path": "/w/blobs/.spare.1a2b", "n": 3}], "note": "read /w/blobs/.spare.1a2b twice"});
+        as_staged_value(&mut result, &names);
+        assert_eq!(result, json!({"files": [{"path": "/w/blobs/abcd", "n": 3}], "note": "read /w/blobs/abcd twice"}));
+        assert_eq!(as_staged("cannot decode /w/blobs/.spare.1a2b: bad header", &names), "cannot decode /w/blobs/abcd: bad header");
+        assert_eq!(as_staged("nothing to change", &names), "nothing to change");
+        let mut untouched = json!({"path": "/elsewhere"});
+        as_staged_value(&mut untouched, &[]);
+        assert_eq!(untouched, json!({"path": "/elsewhere"}));
+    }
 
     #[test]
     fn blob_refs_resolve_to_staged_paths() {

@@ -97,6 +97,19 @@ impl StepName {
         }
     }
 
+    /// Whether a job of this step may start while the commit that accepts
+    /// it is still being made durable on the worker, instead of after it.
+    /// True for the steps that only read their inputs and write nothing
+    /// but files in their own job folder (no engine or task of the user's
+    /// that could act on the world): if the job then turns out not to be
+    /// accepted (the commit failed, or it was a duplicate) or the worker
+    /// dies before the commit, nothing of that run is reported, recorded
+    /// or kept, and nothing outside the worker saw it. A short check then
+    /// costs its submitter one sync less in time.
+    pub fn starts_before_acceptance(self) -> bool {
+        matches!(self, StepName::AudioPostcheck | StepName::FfmpegProbe | StepName::FrameSampling)
+    }
+
     pub fn parse(name: &str) -> Result<StepName, StepError> {
         StepName::ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(|| {
             StepError::new(

@@ -243,6 +243,11 @@ fn prepare(args: Args) -> anyhow::Result<Ready> {
         Ok(n) => tracing::warn!(removed = n, "removed the partial files of blob uploads interrupted by the last stop"),
         Err(e) => tracing::warn!(error = %e, "could not clean the blob folder of interrupted uploads"),
     }
+    match remove_unaccepted_job_folders(&paths, &store) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(removed = n, "removed the folders of jobs that were never accepted (started ahead of their acceptance when the worker stopped)"),
+        Err(e) => tracing::warn!(error = %e, "could not check the job folders for jobs that were never accepted"),
+    }
     let policy = match settings.worker.on_interrupted {
         OnInterrupted::Rerun => InterruptedPolicy::Rerun,
         OnInterrupted::Fail => InterruptedPolicy::Fail,
@@ -262,6 +267,28 @@ fn prepare(args: Args) -> anyhow::Result<Ready> {
         );
     }
     Ok(Ready { settings, keyring, ip, store, paths, recovery })
+}
+
+/// Removes the folders of jobs the store does not know: a job whose step
+/// may start before its acceptance is durable
+/// (`StepName::starts_before_acceptance`) leaves one when the worker dies
+/// before that commit. Nothing reported that job, and its submitter
+/// submits it again. Answers how many were removed.
+fn remove_unaccepted_job_folders(paths: &WorkerPaths, store: &Store) -> anyhow::Result<usize> {
+    let entries = match std::fs::read_dir(paths.jobs_dir()) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().filter(|id| rayvault::store::is_job_id(id)) else { continue };
+        if store.get(id)?.is_none() && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Starts the executors and the HTTP server, and runs until a signal.
@@ -305,6 +332,7 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
         host_caps: tokio::sync::watch::channel(None).0,
         shutting_down: Arc::new(AtomicBool::new(false)),
         drain: drain::DrainFlag::load(env.paths.root()),
+        early: Default::default(),
     });
     maintenance::spawn(state.clone());
     leases::spawn_monitor(state.clone());

@@ -40,4 +40,8 @@ pub struct AppState {
     /// Empty files made ahead of time for inline inputs
     /// ([`crate::spares`]).
     pub spares: Arc<crate::spares::Spares>,
+    /// The step and inputs of the jobs started ahead of their acceptance
+    /// whose commit has not returned yet: a second submission of the same
+    /// job meanwhile is not started early, so two copies never run at once.
+    pub early: dashmap::DashSet<(StepName, String)>,
 }

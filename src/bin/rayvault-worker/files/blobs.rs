@@ -38,6 +38,13 @@ pub struct PendingBlob {
     named: bool,
 }
 
+impl PendingBlob {
+    /// The temporary file the input was written to.
+    pub fn temp_path(&self) -> &std::path::Path {
+        &self.tmp
+    }
+}
+
 impl Drop for PendingBlob {
     fn drop(&mut self) {
         if self.file.take().is_some() {
@@ -106,15 +113,30 @@ pub fn prepare_inline(
 /// from that name ([`crate::spares::recover_leftovers`]). Otherwise the
 /// blobs folder is synced once after the renames. The worker runs this
 /// while it commits the job that names them (the syncs overlap) and
-/// starts the job only after both; an input that could not be stored
+/// starts the job only after both (or, for a job started early, reads
+/// the temporary files meanwhile); an input that could not be stored
 /// leaves the job to fail for its missing input when it runs. Blocking.
-pub fn finish_inline(pending: Vec<PendingBlob>) -> std::io::Result<()> {
+///
+/// `keep_temp`: a job started before its acceptance reads the temporary
+/// files while this runs, so each is hard-linked into place rather than
+/// renamed, and the job removes the temporary name once its step is done
+/// (a name left by a crash is removed at the next start, as its blob is
+/// there already).
+pub fn finish_inline(pending: Vec<PendingBlob>, keep_temp: bool) -> std::io::Result<()> {
     let mut folder = None;
     for mut p in pending {
         if let Some(f) = p.file.take() {
             let stored = f.sync_all().and_then(|()| {
                 drop(f);
-                std::fs::rename(&p.tmp, &p.dest)
+                if keep_temp {
+                    match std::fs::hard_link(&p.tmp, &p.dest) {
+                        // Stored meanwhile by another submission: the same bytes.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                        other => other,
+                    }
+                } else {
+                    std::fs::rename(&p.tmp, &p.dest)
+                }
             });
             if let Err(e) = stored {
                 let _ = std::fs::remove_file(&p.tmp);

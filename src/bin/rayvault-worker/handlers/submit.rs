@@ -7,7 +7,7 @@ use crate::apierror::ApiError;
 use crate::state::AppState;
 use actix::Addr;
 use actix_web::{web, HttpResponse};
-use rayvault::actors::executor::{Enqueue, Reserve, StartReserved, StepExecutor, Unreserve};
+use rayvault::actors::executor::{Enqueue, Reserve, StartEarly, StartReserved, StepExecutor, Unreserve};
 use rayvault::protocol::{self, ApiCode, InlineBlob, JobView, JsonRefusal, SubmitJob, Submitted};
 use rayvault::steps::StepName;
 use rayvault::store::{JobRecord, NewJob, Submission};
@@ -98,13 +98,14 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
         other => other,
     };
     let new = NewJob { step_name: step.as_str().to_string(), inputs_hash: hash, payload: req.payload, label: req.label, lease_s };
+    let now = now_ms();
     let max = st.limits.max_jobs_in_flight;
     // When the step's executor has a free slot (and nothing waits), the job
     // is accepted and marked running in one commit, so it starts without a
     // second sync; otherwise it is queued. Answered once the record is
     // durable (the store's group commit).
     let executor = st.executors.get(&step).cloned();
-    let reservation = match &executor {
+    let mut reservation = match &executor {
         Some(addr) => Reservation::take(addr).await,
         None => None,
     };
@@ -113,17 +114,63 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     let slot = actix_web::HttpMessage::extensions(&http).get::<crate::guard::NonceSlot>().cloned();
     let nonce = slot.as_ref().and_then(|s| s.take());
     let started = reservation.as_ref().map(|r| r.job_id.clone());
-    // The inline inputs' sync overlaps the job's commit; the job starts (or
-    // queues) only once both are done.
-    let stored = (!pending.is_empty()).then(|| web::block(move || crate::files::finish_inline(pending)));
-    let committed = st.env.store.submit_async(new, started, nonce.clone(), now_ms(), max).await;
-    if let Some(stored) = stored {
-        match stored.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "an inline input could not be stored; the job that names it fails when it runs"),
-            Err(e) => tracing::error!(error = %e, "storing an inline input stopped; the job that names it fails when it runs"),
+    // A step that allows it starts now, while the job and its inline
+    // inputs are made durable (see `StepName::starts_before_acceptance`);
+    // it reads its inline inputs from their temporary files, and its end
+    // is recorded only after the acceptance. Not when this worker knows
+    // the job already (a duplicate is answered from the existing job) or
+    // is starting it early for another submission right now: two copies
+    // of a job never run at once. Otherwise the job starts (or queues)
+    // once both are done.
+    let early_key = (step, new.inputs_hash.clone());
+    let early = match reservation.take() {
+        Some(r)
+            if step.starts_before_acceptance()
+                && !st.env.store.knows_inputs(step.as_str(), &new.inputs_hash).unwrap_or(true)
+                && st.early.insert(early_key.clone()) =>
+        {
+            Some(r.start_early(&st, &new, now, &pending))
         }
-    }
+        other => {
+            reservation = other;
+            None
+        }
+    };
+    // The inline inputs' sync overlaps the job's commit.
+    let keep_temp = early.is_some();
+    let stored = (!pending.is_empty()).then(|| web::block(move || crate::files::finish_inline(pending, keep_temp)));
+    let store = st.env.store.clone();
+    let (accepting_nonce, accepting_id, accepting_st) = (nonce.clone(), started.clone(), st.clone());
+    let accept = async move {
+        let committed = store.submit_async(new, started, accepting_nonce, now, max).await;
+        if let Some(stored) = stored {
+            match stored.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "an inline input could not be stored; the job that names it fails when it runs"),
+                Err(e) => tracing::error!(error = %e, "storing an inline input stopped; the job that names it fails when it runs"),
+            }
+        }
+        if let Some(tx) = early {
+            let accepted = match &committed {
+                Ok(Submission::Created(rec)) if Some(&rec.job_id) == accepting_id.as_ref() => Some(rec.clone()),
+                _ => None,
+            };
+            let _ = tx.send(accepted);
+            // The store answers for the job from now on.
+            accepting_st.early.remove(&early_key);
+        }
+        committed
+    };
+    // A job started early learns of its acceptance from a task of its own,
+    // so that it is told even if this request is dropped meanwhile.
+    let committed = if keep_temp {
+        match actix_web::rt::spawn(accept).await {
+            Ok(committed) => committed,
+            Err(e) => return Err(ApiError::internal("accepting the job", e.to_string())),
+        }
+    } else {
+        accept.await
+    };
     let outcome = match committed {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -139,9 +186,14 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
                 st.env.leases.grant(&rec.job_id, Duration::from_secs(l));
             }
             // The log starts in memory: no file or folder for a short job.
-            let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
-            st.env.new_log(&rec.job_id).line("worker", &line);
+            // A job started early has it already.
+            if !keep_temp {
+                let line = format!("job {} queued: step {} inputs_hash {}", rec.job_id, rec.step_name, rec.inputs_hash);
+                st.env.new_log(&rec.job_id).line("worker", &line);
+            }
             match (reservation, &executor) {
+                // Running since before its commit.
+                _ if keep_temp => {}
                 (Some(r), _) if r.job_id == rec.job_id => r.start(rec.clone()),
                 (_, Some(addr)) => addr.do_send(Enqueue { job_id: rec.job_id.clone() }),
                 (_, None) => {}
@@ -275,6 +327,41 @@ impl Reservation {
         if let Some(addr) = self.addr.take() {
             addr.do_send(StartReserved { record });
         }
+    }
+
+    /// Hands the job to its executor before the commit that accepts it
+    /// (`executor::StartEarly`), with the record that commit writes and
+    /// the temporary files of its inline inputs; its log starts here. The
+    /// answer is the sender of the acceptance: the job's record once it
+    /// is durable, or `None` (then the run is discarded). The slot is the
+    /// job's from now on, accepted or not, until its run ends.
+    fn start_early(mut self, st: &AppState, new: &NewJob, now: u64, pending: &[crate::files::PendingBlob]) -> tokio::sync::oneshot::Sender<Option<JobRecord>> {
+        let (tx, accepted) = tokio::sync::oneshot::channel();
+        let record = JobRecord {
+            job_id: self.job_id.clone(),
+            step_name: new.step_name.clone(),
+            state: protocol::JobState::Running,
+            inputs_hash: new.inputs_hash.clone(),
+            label: new.label.clone(),
+            payload: new.payload.clone(),
+            created_at_ms: now,
+            started_at_ms: Some(now),
+            finished_at_ms: None,
+            attempt: 1,
+            result: None,
+            error: None,
+            artifacts: Vec::new(),
+            seq: 0,
+            lease_s: new.lease_s,
+            log: None,
+        };
+        let line = format!("job {} queued: step {} inputs_hash {}; started while its acceptance is made durable", record.job_id, record.step_name, record.inputs_hash);
+        st.env.new_log(&record.job_id).line("worker", &line);
+        let inputs = pending.iter().map(|p| (p.sha256.clone(), p.temp_path().to_path_buf())).collect();
+        if let Some(addr) = self.addr.take() {
+            addr.do_send(StartEarly { record, inputs, accepted });
+        }
+        tx
     }
 }
 

@@ -313,10 +313,10 @@ pub async fn run_job(
             // With it, the receipt's file is made ahead (a run alone with
             // its key only, so that no two runs share it). Awaited before
             // the receipt is written, so the writer finds the file.
-            // It starts once a worker has acknowledged the job
+            // It starts once the job is submitted to a worker
             // (`Trace::underway`). A run that ends without that (a local
-            // run, a job no worker took) makes nothing ahead: its writers
-            // create what they need when they write, which is no later.
+            // run) makes nothing ahead: its writers create what they need
+            // when they write, which is no later.
             let early = dir.clone();
             let (go, underway) = tokio::sync::oneshot::channel::<()>();
             trace.folder_go = Some(go);

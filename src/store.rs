@@ -414,6 +414,27 @@ impl Store {
         self.write_async(Flush::Immediate, submit_op(new, started, nonce, now_ms, max_in_flight)).await
     }
 
+    /// [`Store::submit_async`] for a job started ahead of its acceptance
+    /// (under a reservation, `started`): the write is queued when this is
+    /// called, not when the future is first polled, so that anything the
+    /// job writes afterwards (its end) comes after it in the queue; and it
+    /// is *patient* until `patience`: it waits that long for another write
+    /// to share its commit, so that a step ending within it has its end
+    /// recorded in the same transaction and sync as its acceptance
+    /// ([`queue`]: an end queued before any record exists changes nothing,
+    /// so a job that was not created stays unrecorded).
+    pub fn submit_started_early(
+        &self,
+        new: NewJob,
+        started: String,
+        nonce: Option<nonces::RequestNonce>,
+        now_ms: u64,
+        max_in_flight: u64,
+        patience: std::time::Instant,
+    ) -> impl std::future::Future<Output = Result<Submission, StoreError>> {
+        self.writer.write_async_patient(Flush::Immediate, Some(patience), submit_op(new, Some(started), nonce, now_ms, max_in_flight))
+    }
+
     /// Applies `f` to a job inside one write transaction and saves the
     /// result; `f` returns false to leave the job unchanged.
     fn update<F>(&self, job_id: &str, f: F) -> Result<Option<(JobRecord, bool)>, StoreError>

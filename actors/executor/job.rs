@@ -119,17 +119,13 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Star
     // The paths the step was given, as the job's inputs are named once in
     // place: what its result, error and log say of them.
     let mut staged_names = Vec::new();
+    let mut acceptance = None;
     if let Some((inputs, accepted)) = early {
         for (digest, tmp) in inputs {
             staged_names.push((tmp.to_string_lossy().into_owned(), env.paths.blob_path(&digest).to_string_lossy().into_owned()));
             temp_names.push(tmp);
         }
-        if accepted.await.ok().flatten().is_none() {
-            remove_names(&temp_names);
-            discard(&env, &job_id).await;
-            return;
-        }
-        env.notify_job(&job_id);
+        acceptance = Some(accepted);
     }
     let outcome = match outcome {
         // Whatever the step made, a job whose lease expired is abandoned:
@@ -160,7 +156,24 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Star
     // A log still in memory goes into the job's record with the outcome.
     let log = env.live_log(&job_id).and_then(|l| l.in_memory()).map(|b| as_staged(&String::from_utf8_lossy(&b), &staged_names));
     slot.free();
-    record_outcome(&env, &job_id, result, log).await;
+    match acceptance {
+        // Started early: the end is queued now, behind the acceptance
+        // (which may still wait for it, to share its commit), and counts
+        // only if the job was accepted.
+        Some(accepted) => {
+            let (accepted, finished) = tokio::join!(accepted, env.store.finish_async(&job_id, result.clone(), log.clone(), now_ms()));
+            if accepted.ok().flatten().is_none() {
+                remove_names(&temp_names);
+                discard(&env, &job_id).await;
+                return;
+            }
+            match finished {
+                Ok(Some(rec)) => crate::metrics::worker().record_job(&rec),
+                _ => record_outcome(&env, &job_id, result, log).await,
+            }
+        }
+        None => record_outcome(&env, &job_id, result, log).await,
+    }
     remove_names(&temp_names);
     env.drop_log(&job_id);
     env.leases.release(&job_id);
@@ -183,11 +196,7 @@ fn as_staged_value(value: &mut Value, names: &[(String, String)]) {
         return;
     }
     match value {
-        Value::String(s) => {
-            if names.iter().any(|(tmp, _)| s.contains(tmp.as_str())) {
-                *s = as_staged(s, names);
-            }
-        }
+        Value::String(s) if names.iter().any(|(tmp, _)| s.contains(tmp.as_str())) => *s = as_staged(s, names),
         Value::Array(items) => items.iter_mut().for_each(|v| as_staged_value(v, names)),
         Value::Object(map) => map.values_mut().for_each(|v| as_staged_value(v, names)),
         _ => {}

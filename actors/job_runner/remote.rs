@@ -157,6 +157,9 @@ pub async fn run_on(deps: &JobDeps, spec: &JobSpec, node_id: &str, reserved: boo
         inline: &inline_bytes,
         hold: SUBMIT_HOLD,
     };
+    // The receipt's folder is made while the worker accepts and runs the
+    // job (see `Trace::underway`).
+    trace.underway();
     let submitted = retry(deps, cancel, || {
         fence.sent();
         client.submit(&submit)

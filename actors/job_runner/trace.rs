@@ -45,10 +45,12 @@ impl Trace {
         }
     }
 
-    /// The job is underway on a worker (it acknowledged the job): the
-    /// receipt's folder and files are made now, while it runs, rather than
-    /// beside the submission, whose building and sending they slowed on a
-    /// machine with few cores. Once only.
+    /// The job is underway on a worker: its submission is being sent, or
+    /// (re-attached after a restart) the worker holds it. The receipt's
+    /// folder and files are made now, while the worker accepts and runs
+    /// the job, rather than between its end and its answer: a worker that
+    /// records a short check's end with its acceptance answers both at
+    /// once, leaving no time between the two. Once only.
     pub fn underway(&mut self) {
         if let Some(go) = self.folder_go.take() {
             let _ = go.send(());

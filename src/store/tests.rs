@@ -213,3 +213,39 @@ fn the_store_recovers_once_space_returns() {
     assert!(!store.is_failed());
     assert_eq!(store.get(&after.job_id).unwrap().unwrap().job_id, after.job_id);
 }
+
+/// A job started ahead of its acceptance: its acceptance waits for the
+/// job's end to share its commit, one transaction and one sync for both;
+/// an end queued for a job the acceptance did not create changes nothing.
+#[actix_rt::test]
+async fn an_early_acceptance_shares_its_commit_with_the_jobs_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("w.redb")).unwrap();
+    let (commits, writes) = store.commit_stats();
+    let id = new_job_id();
+    let far = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let accepting = store.submit_started_early(new_job("early"), id.clone(), None, 1, 10, far);
+    // Queued when called: the end queued now comes after it.
+    let ended = store.finish_async(&id, Ok((json!({"ok": true}), vec![])), Some("log".into()), 2);
+    let (accepted, ended) = tokio::join!(accepting, ended);
+    let rec = created(accepted.unwrap());
+    assert_eq!((rec.job_id.as_str(), rec.state), (id.as_str(), JobState::Running));
+    let done = ended.unwrap().expect("the end found the record its acceptance wrote");
+    assert_eq!((done.state, done.log.as_deref()), (JobState::Succeeded, Some("log")));
+    assert_eq!(store.commit_stats(), (commits + 1, writes + 2), "acceptance and end in one commit");
+    assert_eq!(store.in_flight().unwrap(), 0);
+
+    // A full store: the acceptance creates nothing, and the end queued
+    // behind it records nothing either.
+    created(store.submit(new_job("holder"), 3, 1).unwrap());
+    let refused = new_job_id();
+    let soon = std::time::Instant::now() + std::time::Duration::from_millis(5);
+    let accepting = store.submit_started_early(new_job("refused"), refused.clone(), None, 4, 1, soon);
+    let ended = store.finish_async(&refused, Ok((json!({}), vec![])), None, 5);
+    let (accepted, ended) = tokio::join!(accepting, ended);
+    assert_eq!(accepted.unwrap(), Submission::Full);
+    assert_eq!(ended.unwrap(), None);
+    assert!(store.get(&refused).unwrap().is_none());
+    assert!(!store.knows_inputs("FFMPEG_PROBE", "refused").unwrap());
+    assert!(store.knows_inputs("FFMPEG_PROBE", "early").unwrap());
+}

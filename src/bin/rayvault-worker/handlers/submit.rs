@@ -11,6 +11,7 @@ use rayvault::actors::executor::{Enqueue, Reserve, StartEarly, StartReserved, St
 use rayvault::protocol::{self, ApiCode, InlineBlob, JobView, JsonRefusal, SubmitJob, Submitted};
 use rayvault::steps::StepName;
 use rayvault::store::{JobRecord, NewJob, Submission};
+use futures_util::future::Either;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -34,6 +35,13 @@ pub struct SubmitQuery {
     #[serde(default)]
     pub stream: Option<u8>,
 }
+
+/// How long the acceptance of a job started early waits for the job's end
+/// to share its commit (see `submit`): a short check (a fraction of a
+/// millisecond) is then accepted and recorded ended with one sync instead
+/// of two; a longer one is accepted alone when this passes, so its
+/// submitter learns of the acceptance at most this much later.
+const EARLY_PATIENCE: Duration = Duration::from_millis(2);
 
 /// The longest `POST /jobs?wait_ms=` wait: a submitter renews its lease
 /// only with its own calls, so the answer must come well within the lease.
@@ -122,43 +130,53 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     // is starting it early for another submission right now: two copies
     // of a job never run at once. Otherwise the job starts (or queues)
     // once both are done.
+    //
+    // The acceptance of a job started early is queued before the job
+    // starts, so that its end is queued after it, and waits up to
+    // EARLY_PATIENCE for company: a step that ends by then has its end
+    // recorded in the same commit and sync as its acceptance.
     let early_key = (step, new.inputs_hash.clone());
-    let early = match reservation.take() {
+    let (early, commit) = match reservation.take() {
         Some(r)
             if step.starts_before_acceptance()
                 && !st.env.store.knows_inputs(step.as_str(), &new.inputs_hash).unwrap_or(true)
                 && st.early.insert(early_key.clone()) =>
         {
-            Some(r.start_early(&st, &new, now, &pending))
+            let record = r.record_for(&new, now);
+            let patience = std::time::Instant::now() + EARLY_PATIENCE;
+            let commit = st.env.store.submit_started_early(new, r.job_id.clone(), nonce.clone(), now, max, patience);
+            (Some(r.start_early(&st, record, &pending)), Either::Left(commit))
         }
         other => {
             reservation = other;
-            None
+            let store = st.env.store.clone();
+            let nonce = nonce.clone();
+            let started = started.clone();
+            (None, Either::Right(async move { store.submit_async(new, started, nonce, now, max).await }))
         }
     };
     // The inline inputs' sync overlaps the job's commit.
     let keep_temp = early.is_some();
     let stored = (!pending.is_empty()).then(|| web::block(move || crate::files::finish_inline(pending, keep_temp)));
-    let store = st.env.store.clone();
-    let (accepting_nonce, accepting_id, accepting_st) = (nonce.clone(), started.clone(), st.clone());
+    let (accepting_id, accepting_st) = (started.clone(), st.clone());
     let accept = async move {
-        let committed = store.submit_async(new, started, accepting_nonce, now, max).await;
-        if let Some(stored) = stored {
-            match stored.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "an inline input could not be stored; the job that names it fails when it runs"),
-                Err(e) => tracing::error!(error = %e, "storing an inline input stopped; the job that names it fails when it runs"),
-            }
-        }
-        if let Some(tx) = early {
-            let accepted = match &committed {
-                Ok(Submission::Created(rec)) if Some(&rec.job_id) == accepting_id.as_ref() => Some(rec.clone()),
-                _ => None,
-            };
-            let _ = tx.send(accepted);
-            // The store answers for the job from now on.
-            accepting_st.early.remove(&early_key);
-        }
+        let committed = commit.await;
+        let Some(tx) = early else {
+            wait_stored(stored).await;
+            return committed;
+        };
+        let accepted = match &committed {
+            Ok(Submission::Created(rec)) if Some(&rec.job_id) == accepting_id.as_ref() => Some(rec.clone()),
+            _ => None,
+        };
+        // The store answers for the job from now on.
+        accepting_st.early.remove(&early_key);
+        // The job learns of its acceptance once its inputs are in place
+        // (it then removes their temporary names), and the answer waits
+        // for them too: an input sent inline is stored before its job is
+        // acknowledged, so that a later job may name it by digest alone.
+        wait_stored(stored).await;
+        let _ = tx.send(accepted);
         committed
     };
     // A job started early learns of its acceptance from a task of its own,
@@ -225,6 +243,19 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
             ApiCode::TooManyJobs,
             format!("{max} jobs are already queued or running (worker.max_jobs_in_flight); retry later"),
         )),
+    }
+}
+
+/// Waits for a submission's inline inputs to be synced and in place (see
+/// `files::finish_inline`); a failure is logged: the job that names them
+/// fails for its missing input if it runs again.
+async fn wait_stored(stored: Option<impl std::future::Future<Output = Result<std::io::Result<()>, actix_web::error::BlockingError>>>) {
+    if let Some(stored) = stored {
+        match stored.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "an inline input could not be stored; the job that names it fails when it runs"),
+            Err(e) => tracing::error!(error = %e, "storing an inline input stopped; the job that names it fails when it runs"),
+        }
     }
 }
 
@@ -329,15 +360,9 @@ impl Reservation {
         }
     }
 
-    /// Hands the job to its executor before the commit that accepts it
-    /// (`executor::StartEarly`), with the record that commit writes and
-    /// the temporary files of its inline inputs; its log starts here. The
-    /// answer is the sender of the acceptance: the job's record once it
-    /// is durable, or `None` (then the run is discarded). The slot is the
-    /// job's from now on, accepted or not, until its run ends.
-    fn start_early(mut self, st: &AppState, new: &NewJob, now: u64, pending: &[crate::files::PendingBlob]) -> tokio::sync::oneshot::Sender<Option<JobRecord>> {
-        let (tx, accepted) = tokio::sync::oneshot::channel();
-        let record = JobRecord {
+    /// The record the commit that accepts the reserved job writes.
+    fn record_for(&self, new: &NewJob, now: u64) -> JobRecord {
+        JobRecord {
             job_id: self.job_id.clone(),
             step_name: new.step_name.clone(),
             state: protocol::JobState::Running,
@@ -354,7 +379,18 @@ impl Reservation {
             seq: 0,
             lease_s: new.lease_s,
             log: None,
-        };
+        }
+    }
+
+    /// Hands the job to its executor before the commit that accepts it
+    /// (`executor::StartEarly`), with the record that commit writes
+    /// ([`Reservation::record_for`]) and the temporary files of its
+    /// inline inputs; its log starts here. The answer is the sender of the
+    /// acceptance: the job's record once it is durable, or `None` (then
+    /// the run is discarded). The slot is the job's from now on, accepted
+    /// or not, until its run ends.
+    fn start_early(mut self, st: &AppState, record: JobRecord, pending: &[crate::files::PendingBlob]) -> tokio::sync::oneshot::Sender<Option<JobRecord>> {
+        let (tx, accepted) = tokio::sync::oneshot::channel();
         let line = format!("job {} queued: step {} inputs_hash {}; started while its acceptance is made durable", record.job_id, record.step_name, record.inputs_hash);
         st.env.new_log(&record.job_id).line("worker", &line);
         let inputs = pending.iter().map(|p| (p.sha256.clone(), p.temp_path().to_path_buf())).collect();

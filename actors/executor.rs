@@ -293,6 +293,15 @@ impl StepExecutor {
         });
     }
 
+    /// Runs a job in the slot its reservation holds (the token a cancel
+    /// may already have reached).
+    fn start_held(&mut self, ctx: &mut Context<Self>, job_id: String, start: Start, work: &'static str) {
+        let token = self.running.entry(job_id.clone()).or_default().clone();
+        self.publish_count();
+        let addr = ctx.address();
+        let _ = guard("StepExecutor", work, ctx, || self.spawn_job(&addr, job_id, start, token));
+    }
+
     /// Runs [`Self::pump`] so that a panic in it stops the actor, which
     /// `actix::Supervisor` then restarts, instead of killing it for good.
     fn pump_guarded(&mut self, ctx: &mut Context<Self>) {
@@ -349,10 +358,7 @@ impl Handler<StartReserved> for StepExecutor {
     type Result = ();
     fn handle(&mut self, msg: StartReserved, ctx: &mut Context<Self>) {
         let job_id = msg.record.job_id.clone();
-        let token = self.running.entry(job_id.clone()).or_default().clone();
-        self.publish_count();
-        let addr = ctx.address();
-        let _ = guard("StepExecutor", "starting a reserved job", ctx, || self.spawn_job(&addr, job_id, Start::Reserved(msg.record), token));
+        self.start_held(ctx, job_id, Start::Reserved(msg.record), "starting a reserved job");
     }
 }
 
@@ -361,11 +367,7 @@ impl Handler<StartEarly> for StepExecutor {
     type Result = ();
     fn handle(&mut self, msg: StartEarly, ctx: &mut Context<Self>) {
         let job_id = msg.record.job_id.clone();
-        let token = self.running.entry(job_id.clone()).or_default().clone();
-        self.publish_count();
-        let addr = ctx.address();
-        let start = Start::Early { record: msg.record, inputs: msg.inputs, accepted: msg.accepted };
-        let _ = guard("StepExecutor", "starting a job early", ctx, || self.spawn_job(&addr, job_id, start, token));
+        self.start_held(ctx, job_id, Start::Early { record: msg.record, inputs: msg.inputs, accepted: msg.accepted }, "starting a job early");
     }
 }
 

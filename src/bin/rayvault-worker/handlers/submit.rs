@@ -171,6 +171,11 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
         };
         // The store answers for the job from now on.
         accepting_st.early.remove(&early_key);
+        // Its lease starts before the job learns of its acceptance: the job
+        // may have ended already, and releases the lease once recorded.
+        if let Some((id, Some(l))) = accepted.as_ref().map(|rec| (&rec.job_id, rec.lease_s)) {
+            accepting_st.env.leases.grant(id, Duration::from_secs(l));
+        }
         // The job learns of its acceptance once its inputs are in place
         // (it then removes their temporary names), and the answer waits
         // for them too: an input sent inline is stored before its job is
@@ -200,7 +205,8 @@ pub async fn submit(st: Data, http: actix_web::HttpRequest, q: web::Query<Submit
     };
     match outcome {
         Submission::Created(rec) => {
-            if let Some(l) = rec.lease_s {
+            // A job started early has its lease already.
+            if let (Some(l), false) = (rec.lease_s, keep_temp) {
                 st.env.leases.grant(&rec.job_id, Duration::from_secs(l));
             }
             // The log starts in memory: no file or folder for a short job.

@@ -74,11 +74,12 @@ pub struct StartReserved {
 /// Run a job under a reservation *before* the commit that accepts it is
 /// durable, for a step that allows it
 /// ([`StepName::starts_before_acceptance`]): the step runs while the
-/// worker makes the job and its inline inputs durable, and its outcome is
-/// recorded (and so reported) only once `accepted` brings the job's
-/// record. If `accepted` brings `None` or is dropped (the job was not
-/// created: a duplicate, a full worker, a store error), the run is
-/// discarded: nothing of it is recorded and its folder is removed.
+/// worker makes the job and its inline inputs durable. Its end is queued
+/// behind the acceptance's write (so it changes nothing unless that write
+/// created the job), and counts once `accepted` brings the job's record.
+/// If `accepted` brings `None` or is dropped (the job was not created: a
+/// full worker, a store error), the run is discarded: nothing of it is
+/// recorded and its folder is removed.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct StartEarly {
@@ -87,7 +88,7 @@ pub struct StartEarly {
     /// Inline inputs not yet in place under their digest: the digest and
     /// the temporary file the step reads instead. The submission links
     /// (not renames) each into place, and the job removes these names
-    /// once its step is done and the job is accepted.
+    /// once its end is recorded.
     pub inputs: Vec<(String, std::path::PathBuf)>,
     pub accepted: tokio::sync::oneshot::Receiver<Option<JobRecord>>,
 }

@@ -78,16 +78,19 @@ pub(super) enum Start {
 /// this job's outcome (group commit), so a busy slot costs one sync per
 /// job instead of two. Nothing of the step runs any more at that point.
 ///
-/// A job started early records nothing before its acceptance is durable:
-/// its outcome waits for it, so the store never holds an end without the
-/// acceptance before it, and a job that was not accepted is discarded.
+/// A job started early records nothing ahead of its acceptance: its end
+/// is queued behind the acceptance's write (in the same commit or a later
+/// one), so the store never holds an end without the acceptance before
+/// it, and a job that was not accepted is discarded.
 pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Start, token: CancellationToken, mut slot: Slot) {
     let job_id = slot.job_id.clone();
-    let (rec, early) = match started {
-        Start::Reserved(rec) => (rec, None),
-        Start::Early { record, inputs, accepted } => (record, Some((inputs, accepted))),
+    // An early start's inline inputs (digest, temporary file) and its
+    // acceptance; none for the others.
+    let (rec, inputs, acceptance) = match started {
+        Start::Reserved(rec) => (rec, Vec::new(), None),
+        Start::Early { record, inputs, accepted } => (record, inputs, Some(accepted)),
         Start::Queued => match env.store.mark_running_async(&job_id, now_ms()).await {
-            Ok(Some(rec)) => (rec, None),
+            Ok(Some(rec)) => (rec, Vec::new(), None),
             Ok(None) => return, // Cancelled while it waited.
             Err(e) => {
                 tracing::error!(error = %e, "cannot mark the job running");
@@ -95,13 +98,12 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Star
             }
         },
     };
-    if early.is_none() {
+    if acceptance.is_none() {
         env.notify_job(&rec.job_id);
     }
-    tracing::info!(attempt = rec.attempt, early = early.is_some(), "job started");
-    let inline: &[(String, std::path::PathBuf)] = early.as_ref().map_or(&[], |(inputs, _)| inputs.as_slice());
+    tracing::info!(attempt = rec.attempt, early = acceptance.is_some(), "job started");
     // A panic inside the step fails this job only; see the module doc.
-    let outcome = match catch("StepExecutor", "running a step", execute(&env, step, &rec, token.clone(), inline)).await {
+    let outcome = match catch("StepExecutor", "running a step", execute(&env, step, &rec, token.clone(), &inputs)).await {
         Ok(outcome) => outcome,
         Err(p) => Err(StepError::new(
             ErrorCode::Internal,
@@ -111,22 +113,12 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Star
             ),
         )),
     };
-    // The inputs of a job started early are in place under their digests
-    // once it is accepted (linked there beside the commit); their
-    // temporary names go once its outcome is recorded, so that a re-run
-    // after a power cut finds its input under one name or the other.
-    let mut temp_names = Vec::new();
     // The paths the step was given, as the job's inputs are named once in
     // place: what its result, error and log say of them.
-    let mut staged_names = Vec::new();
-    let mut acceptance = None;
-    if let Some((inputs, accepted)) = early {
-        for (digest, tmp) in inputs {
-            staged_names.push((tmp.to_string_lossy().into_owned(), env.paths.blob_path(&digest).to_string_lossy().into_owned()));
-            temp_names.push(tmp);
-        }
-        acceptance = Some(accepted);
-    }
+    let staged_names: Vec<(String, String)> = inputs
+        .iter()
+        .map(|(digest, tmp)| (tmp.to_string_lossy().into_owned(), env.paths.blob_path(digest).to_string_lossy().into_owned()))
+        .collect();
     let outcome = match outcome {
         // Whatever the step made, a job whose lease expired is abandoned:
         // its submitter has given it up and may be running it elsewhere.
@@ -163,7 +155,7 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Star
         Some(accepted) => {
             let (accepted, finished) = tokio::join!(accepted, env.store.finish_async(&job_id, result.clone(), log.clone(), now_ms()));
             if accepted.ok().flatten().is_none() {
-                remove_names(&temp_names);
+                remove_temp_names(&inputs);
                 discard(&env, &job_id).await;
                 return;
             }
@@ -174,7 +166,11 @@ pub(super) async fn run_job(env: Arc<ExecutorEnv>, step: StepName, started: Star
         }
         None => record_outcome(&env, &job_id, result, log).await,
     }
-    remove_names(&temp_names);
+    // The inputs of a job started early are in place under their digests
+    // once it is accepted (linked there beside the commit); their
+    // temporary names go once its outcome is recorded, so that a re-run
+    // after a power cut finds its input under one name or the other.
+    remove_temp_names(&inputs);
     env.drop_log(&job_id);
     env.leases.release(&job_id);
     // The caller (`StepExecutor::spawn_job`) frees the slot, then notifies.
@@ -205,9 +201,9 @@ fn as_staged_value(value: &mut Value, names: &[(String, String)]) {
 
 /// Removes the temporary names of an early start's inputs (a name or two,
 /// microseconds: done in place).
-fn remove_names(names: &[std::path::PathBuf]) {
-    for n in names {
-        let _ = std::fs::remove_file(n);
+fn remove_temp_names(inputs: &[(String, std::path::PathBuf)]) {
+    for (_, tmp) in inputs {
+        let _ = std::fs::remove_file(tmp);
     }
 }
 

@@ -73,6 +73,65 @@ fn check_with(ip: IpAddr, allow_any: bool, holder_of: impl Fn(IpAddr) -> Result<
     ))
 }
 
+/// Opens the worker's listening socket on `ip:port`, as actix-web's own
+/// `bind` does (address reuse outside Windows, a backlog of 1,024), and, on
+/// Linux for a loopback address, with an unpaced congestion control
+/// ([`UNPACED`]) that every connection accepted from it inherits.
+///
+/// Many Linux systems run BBR (`net.ipv4.tcp_congestion_control = bbr`),
+/// which paces what a socket sends: without the `fq` queueing discipline
+/// the kernel arms a high-resolution timer for each segment's send time.
+/// Pacing spares the queues of a real network; a worker bound to loopback
+/// talks only to this machine, which has none, and there the timers cost
+/// interrupts on every core. On the 2-core test machine an artifact
+/// download of 1 GiB raised 7,000-10,000 timer interrupts per core per
+/// second, and the controller's SHA-256, which sets the pace of a verified
+/// download, hashed at 1,355-1,565 MB/s of its CPU time against 1,690
+/// without them (docs/benchmarks.md). The congestion control has to be set
+/// on the listening socket: BBR marks each socket it starts on as paced, and
+/// switching an accepted socket to another algorithm does not take the mark
+/// away (tried: the timers stayed). A worker bound to a Tailscale address
+/// keeps the system's choice, made for the real network it is on. A
+/// refusal leaves the system's choice too.
+pub fn listener(ip: IpAddr, port: u16) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = std::net::SocketAddr::new(ip, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(not(windows))]
+    socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if ip.is_loopback() {
+        unpaced(&socket);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// The congestion control of a worker bound to loopback: Reno, which does
+/// not pace, and which Linux lets any user choose
+/// (`net.ipv4.tcp_allowed_congestion_control` always lists it).
+#[cfg(target_os = "linux")]
+pub const UNPACED: &[u8] = b"reno";
+
+#[cfg(target_os = "linux")]
+fn unpaced(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sets an option on an open socket from a live byte slice.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            UNPACED.as_ptr().cast(),
+            UNPACED.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not choose an unpaced congestion control for the loopback listener");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +185,27 @@ mod tests {
         for host in ["100.64.0.1", "100.101.102.103", "100.127.255.254", "fd7a:115c:a1e0::1"] {
             assert!(is_tailnet(parse_host(host).unwrap()), "{host}");
         }
+    }
+
+    /// A connection accepted on a loopback listener sends unpaced: it
+    /// inherits the listener's congestion control, whatever the system's.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn loopback_connections_send_unpaced() {
+        use std::os::fd::AsRawFd;
+        let congestion = |fd: i32| {
+            let mut name = [0u8; 16];
+            let mut len = name.len() as libc::socklen_t;
+            // SAFETY: reads an option of an open socket into a live buffer
+            // of the given length.
+            let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &mut len) };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            String::from_utf8_lossy(&name[..len as usize]).trim_end_matches('\0').to_string()
+        };
+        let listener = listener(IpAddr::V4(Ipv4Addr::LOCALHOST), 0).unwrap();
+        assert_eq!(congestion(listener.as_raw_fd()), "reno");
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(congestion(accepted.as_raw_fd()), "reno");
     }
 }

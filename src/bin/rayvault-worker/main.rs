@@ -355,8 +355,10 @@ async fn serve(ready: Ready) -> anyhow::Result<()> {
     .shutdown_timeout(5)
     .client_request_timeout(Duration::from_secs(10))
     .max_connections(1024)
-    .bind((ip, w.port))
-    .with_context(|| format!("cannot listen on {ip}:{} (is it an address of this host, and is the port free?)", w.port))?
+    .listen(
+        bind::listener(ip, w.port)
+            .with_context(|| format!("cannot listen on {ip}:{} (is it an address of this host, and is the port free?)", w.port))?,
+    )?
     .run();
     tracing::info!(worker_id = %w.id, addr = %format!("{ip}:{}", w.port), contract = rayvault::protocol::CONTRACT, state_dir = %env.paths.root().display(), "rayvault-worker listening");
     shutdown::run_until_signal(server, state, Duration::from_secs(w.shutdown_grace_s)).await

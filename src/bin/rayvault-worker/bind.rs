@@ -112,7 +112,7 @@ pub fn listener(ip: IpAddr, port: u16) -> std::io::Result<std::net::TcpListener>
 /// not pace, and which Linux lets any user choose
 /// (`net.ipv4.tcp_allowed_congestion_control` always lists it).
 #[cfg(target_os = "linux")]
-pub const UNPACED: &[u8] = b"reno";
+const UNPACED: &[u8] = b"reno";
 
 #[cfg(target_os = "linux")]
 fn unpaced(socket: &socket2::Socket) {
@@ -128,7 +128,10 @@ fn unpaced(socket: &socket2::Socket) {
         )
     };
     if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not choose an unpaced congestion control for the loopback listener");
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not choose the unpaced congestion control (reno) for the loopback listener; the system's stays, and large downloads may be slower"
+        );
     }
 }
 

@@ -47,12 +47,9 @@ pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// How often the trimmer looks at the heap's figures.
 pub const TRIM_TICK: Duration = Duration::from_millis(200);
 
-/// Free heap bytes gained since the last trim that make a trim worth it
-/// once the heap is quiet.
-pub const TRIM_FREED_BYTES: usize = 512 * 1024;
-
-/// The heap counts as quiet when its bytes in use moved by at most this
-/// much over one [`TRIM_TICK`].
+/// The heap counts as quiet over one [`TRIM_TICK`] when neither its bytes
+/// in use nor its free bytes moved by more than this; a tick where either
+/// moved more counts as activity.
 pub const QUIET_BYTES: usize = 64 * 1024;
 
 /// Allocations of this size or more get pages of their own (mmap), which go
@@ -96,20 +93,28 @@ pub struct HeapSample {
     pub free: usize,
 }
 
-/// Whether the trimmer trims now. `prev` is the sample one tick ago,
-/// `free_after_trim` the free bytes right after the last trim and
-/// `since_trim` the time since it. A trim is due when [`TRIM_EVERY`] has
-/// passed, or when at least [`TRIM_FREED_BYTES`] more are free than after
-/// the last trim and the heap is quiet (a burst has ended): trimming in the
-/// middle of a burst would only hand back pages the next job faults in
-/// again.
-pub fn trim_due(prev: HeapSample, now: HeapSample, free_after_trim: usize, since_trim: Duration) -> bool {
-    if since_trim >= TRIM_EVERY {
-        return true;
-    }
-    let freed = now.free.saturating_sub(free_after_trim) >= TRIM_FREED_BYTES;
-    let quiet = now.in_use.abs_diff(prev.in_use) <= QUIET_BYTES;
-    freed && quiet
+/// Whether the heap moved between two samples one [`TRIM_TICK`] apart
+/// (allocating or freeing more than [`QUIET_BYTES`]).
+pub fn heap_moved(prev: HeapSample, now: HeapSample) -> bool {
+    now.in_use.abs_diff(prev.in_use) > QUIET_BYTES || now.free.abs_diff(prev.free) > QUIET_BYTES
+}
+
+/// Whether the trimmer trims now. `prev` and `now` are the last two
+/// samples, `active` whether the heap moved in any tick since the last
+/// trim, and `since_trim` the time since it. A trim is due when
+/// [`TRIM_EVERY`] has passed, or as soon as the heap is quiet again after
+/// activity (a burst has ended): trimming in the middle of a burst would
+/// only hand back pages the next job faults in again.
+///
+/// The free-bytes figure alone cannot say whether a trim is worth it:
+/// glibc keeps a trimmed free block in its lists (only its pages go back),
+/// so a burst that reuses the trimmed blocks and frees them again leaves
+/// the free figure where the last trim left it while the pages are
+/// resident once more. A trimmer that waited for the free figure to rise
+/// kept such a burst's pages until the periodic trim, up to ten seconds
+/// (1.5 MiB in the controller after 1,000 jobs).
+pub fn trim_due(prev: HeapSample, now: HeapSample, active: bool, since_trim: Duration) -> bool {
+    since_trim >= TRIM_EVERY || (active && !heap_moved(prev, now))
 }
 
 /// The current heap figures from glibc (`mallinfo2`), summed over all
@@ -149,16 +154,22 @@ pub fn spawn_trimmer() {
     }
     let started = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| {
         let mut prev = heap_sample().unwrap_or_default();
-        let mut free_after_trim = prev.free;
+        let mut active = false;
         let mut last_trim = std::time::Instant::now();
         loop {
             std::thread::sleep(TRIM_TICK);
             let now = heap_sample().unwrap_or_default();
-            if trim_due(prev, now, free_after_trim, last_trim.elapsed()) {
+            if trim_due(prev, now, active, last_trim.elapsed()) {
                 trim();
                 last_trim = std::time::Instant::now();
-                free_after_trim = heap_sample().unwrap_or_default().free;
+                active = false;
+                // The trim itself moves the free figure (the top of a heap
+                // goes back): the next tick compares with the heap as the
+                // trim left it, so that is not taken for activity.
+                prev = heap_sample().unwrap_or_default();
+                continue;
             }
+            active |= heap_moved(prev, now);
             prev = now;
         }
     });
@@ -178,20 +189,38 @@ mod tests {
         let busy = HeapSample { in_use: 6 * MIB, free: MIB };
         let ended = HeapSample { in_use: 2 * MIB, free: 5 * MIB };
         let quiet = HeapSample { in_use: 2 * MIB + 1024, free: 5 * MIB };
+        assert!(heap_moved(busy, ended));
         // The tick where the burst's memory is freed is not quiet yet.
-        assert!(!trim_due(busy, ended, MIB, Duration::from_secs(1)));
+        assert!(!trim_due(busy, ended, true, Duration::from_secs(1)));
         // One quiet tick later the trim is due.
-        assert!(trim_due(ended, quiet, MIB, Duration::from_secs(1)));
+        assert!(trim_due(ended, quiet, true, Duration::from_secs(1)));
     }
 
     #[test]
-    fn no_trim_in_a_busy_heap_or_for_little_freed() {
+    fn a_burst_that_leaves_the_free_figure_unchanged_is_still_trimmed() {
+        // Before the burst and after it the figures are the same (the
+        // burst reused blocks an earlier trim had emptied, then freed them
+        // again), but the heap moved in between: its pages are resident
+        // again and the trim is due once it is quiet.
+        let rest = HeapSample { in_use: 2 * MIB, free: 5 * MIB };
+        let during = HeapSample { in_use: 6 * MIB, free: MIB };
+        let mut active = heap_moved(rest, during);
+        active |= heap_moved(during, rest);
+        assert!(active);
+        assert!(trim_due(rest, rest, active, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn no_trim_in_a_busy_heap_or_without_activity() {
         let a = HeapSample { in_use: 4 * MIB, free: 3 * MIB };
         let b = HeapSample { in_use: 5 * MIB, free: 3 * MIB };
-        assert!(!trim_due(a, b, MIB, Duration::from_secs(1)), "in use moved by 1 MiB: busy");
-        let c = HeapSample { in_use: 4 * MIB, free: MIB + TRIM_FREED_BYTES - 1 };
-        assert!(!trim_due(c, c, MIB, Duration::from_secs(1)), "too little freed since the last trim");
-        assert!(trim_due(c, c, MIB, TRIM_EVERY), "the periodic trim happens regardless");
+        assert!(!trim_due(a, b, true, Duration::from_secs(1)), "in use moved by 1 MiB: busy");
+        let c = HeapSample { in_use: 4 * MIB, free: 3 * MIB + MIB };
+        assert!(!trim_due(a, c, true, Duration::from_secs(1)), "free moved by 1 MiB: busy");
+        let d = HeapSample { in_use: 4 * MIB + 1024, free: 3 * MIB + 1024 };
+        assert!(!heap_moved(a, d));
+        assert!(!trim_due(a, d, false, Duration::from_secs(1)), "a quiet heap with no activity since the last trim");
+        assert!(trim_due(a, d, false, TRIM_EVERY), "the periodic trim happens regardless");
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

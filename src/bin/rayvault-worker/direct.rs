@@ -23,6 +23,13 @@
 //! actix-web drops the connection meanwhile (the client went away): the
 //! thread then fails on its next write and stops. A client that stops
 //! reading is given up after [`STALL`].
+//!
+//! While the thread sends, the connection's own event loop is told to stop
+//! watching the socket for room to write ([`QuietWrites`]): every time the
+//! client reads, the kernel frees room in the socket and wakes each epoll
+//! that watches it for that, and the loop's thread woke for nothing about
+//! 500 times per GiB, each time taking the CPU from whatever ran there (on
+//! a machine that also receives the download, often its hasher).
 
 use crate::apierror::ApiError;
 use actix_web::dev::Extensions;
@@ -153,6 +160,7 @@ pub async fn send_download(
     }
     head.push_str(&format!("content-length: {len}\r\ndate: {}\r\nconnection: close\r\n\r\n", HttpDate::from(std::time::SystemTime::now())));
     let reopened = file.try_clone();
+    let quiet = QuietWrites::new(sock);
     let sending = match start(sock, head.into_bytes(), file, from, len) {
         Ok(s) => s,
         Err(e) => {
@@ -165,6 +173,7 @@ pub async fn send_download(
         Ok(Err(e)) => tracing::warn!(error = %e, "an artifact download broke off"),
         Err(_) => tracing::warn!("the artifact sender stopped"),
     }
+    drop(quiet);
     // The answer went out on the socket, whose sending side is now shut:
     // actix-web cannot write this one and closes the connection.
     Ok(Ok(HttpResponse::Ok().insert_header((CONNECTION, "close")).finish()))
@@ -222,5 +231,176 @@ fn wait_or_fail(fd: &OwnedFd) -> std::io::Result<()> {
             Ok(())
         }
         _ => Err(e),
+    }
+}
+
+/// The connection's epoll registrations of a socket with "room to write"
+/// (`EPOLLOUT`) taken out, while another thread sends on the socket; the
+/// drop puts them back as they were.
+///
+/// actix-web's event loop (tokio, over mio) registers each connection's
+/// socket with its epoll for reading and writing, edge-triggered. The
+/// epoll and the token it uses are mio's and out of reach from a handler,
+/// so they are found the way the kernel lists them: each epoll descriptor's
+/// `/proc/self/fdinfo` entry has a line `tfd: <fd> events: <hex> data:
+/// <hex>` per watched descriptor. Only registrations of this very socket
+/// (same descriptor number, and the entry's device and inode being this
+/// socket's) are changed, with `EPOLL_CTL_MOD` and the same token, so mio
+/// sees nothing but fewer wake-ups. Anything unexpected (no procfs, a
+/// format not understood, a refused change) leaves the registrations as
+/// they are: the send works the same, only with the extra wake-ups.
+pub struct QuietWrites {
+    sock: RawFd,
+    changed: Vec<(OwnedFd, libc::epoll_event)>,
+}
+
+impl QuietWrites {
+    pub fn new(sock: RawFd) -> QuietWrites {
+        let mut quiet = QuietWrites { sock, changed: Vec::new() };
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return quiet;
+        };
+        for entry in entries.flatten() {
+            let Some(epfd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
+                continue;
+            };
+            let is_epoll = std::fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[eventpoll]");
+            if !is_epoll {
+                continue;
+            }
+            let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epfd}")) else {
+                continue;
+            };
+            for (events, data) in watched(&info, sock) {
+                if events & libc::EPOLLOUT as u32 == 0 {
+                    continue;
+                }
+                // Our own descriptor of the epoll: the number read above
+                // could be closed and reused while we hold it otherwise.
+                // SAFETY: duplicating a descriptor number; a failure is -1.
+                let own = unsafe { libc::fcntl(epfd, libc::F_DUPFD_CLOEXEC, 0) };
+                if own < 0 {
+                    continue;
+                }
+                // SAFETY: `own` is a fresh descriptor nobody else owns.
+                let own = unsafe { OwnedFd::from_raw_fd(own) };
+                let mut ev = libc::epoll_event { events: events & !(libc::EPOLLOUT as u32), u64: data };
+                // SAFETY: a valid epoll descriptor, socket and event.
+                if unsafe { libc::epoll_ctl(own.as_raw_fd(), libc::EPOLL_CTL_MOD, sock, &mut ev) } == 0 {
+                    quiet.changed.push((own, libc::epoll_event { events, u64: data }));
+                }
+            }
+        }
+        quiet
+    }
+}
+
+impl Drop for QuietWrites {
+    fn drop(&mut self) {
+        for (epfd, ev) in &mut self.changed {
+            // SAFETY: as in `new`; the socket may be gone already, which
+            // the kernel refuses harmlessly.
+            unsafe {
+                libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_MOD, self.sock, ev);
+            }
+        }
+    }
+}
+
+/// The `(events, data)` of each registration of descriptor `fd` in an
+/// epoll's fdinfo text: lines `tfd: <fd> events: <hex> data: <hex> ...`.
+fn watched(info: &str, fd: RawFd) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("tfd:") || words.next().and_then(|n| n.parse::<RawFd>().ok()) != Some(fd) {
+            continue;
+        }
+        let (mut events, mut data) = (None, None);
+        while let Some(w) = words.next() {
+            match w {
+                "events:" => events = words.next().and_then(|v| u32::from_str_radix(v, 16).ok()),
+                "data:" => data = words.next().and_then(|v| u64::from_str_radix(v, 16).ok()),
+                _ => {}
+            }
+        }
+        if let (Some(e), Some(d)) = (events, data) {
+            out.push((e, d));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn fdinfo_lines_are_read_for_the_descriptor_asked() {
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
+                    tfd:       12 events: 8000201d data:     7f3a00000010  pos:0 ino:2a3f sdev:8\n\
+                    tfd:        9 events:       19 data:                1  pos:0 ino:2a40 sdev:8\n";
+        assert_eq!(watched(info, 12), vec![(0x8000_201d, 0x7f3a_0000_0010)]);
+        assert_eq!(watched(info, 9), vec![(0x19, 1)]);
+        assert!(watched(info, 1).is_empty());
+        assert!(watched("tfd: 12 events: zz data: 1\n", 12).is_empty());
+    }
+
+    /// An epoll watching a socket edge-triggered for reading and writing,
+    /// as mio does: with the writes quieted, a socket that gains room to
+    /// write does not wake it; afterwards it does again.
+    #[test]
+    fn quieted_writes_do_not_wake_the_loop_and_come_back_after() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        // SAFETY: plain epoll calls on descriptors this test owns.
+        let ep = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+        let fd = server.as_raw_fd();
+        let interest = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        let mut ev = libc::epoll_event { events: interest, u64: 77 };
+        assert_eq!(unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }, 0);
+        let wait = || {
+            let mut got = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: a valid epoll and a buffer of four events.
+            let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), got.as_mut_ptr(), 4, 0) };
+            got[..n.max(0) as usize].iter().map(|e| (e.events, e.u64)).collect::<Vec<_>>()
+        };
+        // The first readiness edge (writable from the start).
+        assert!(!wait().is_empty());
+        let fill_then_drain = || {
+            // Fill the socket until it refuses, then let the client read
+            // everything: room to write comes back.
+            let chunk = vec![7u8; 1 << 16];
+            let mut queued = 0usize;
+            loop {
+                // SAFETY: writing from a live buffer to an open socket.
+                let n = unsafe { libc::send(fd, chunk.as_ptr().cast(), chunk.len(), libc::MSG_NOSIGNAL) };
+                if n <= 0 {
+                    break;
+                }
+                queued += n as usize;
+            }
+            let mut c = &client;
+            let mut buf = vec![0u8; 1 << 16];
+            while queued > 0 {
+                queued -= std::io::Read::read(&mut c, &mut buf).unwrap();
+            }
+            // Room to write is back once poll says so (at most 5 s).
+            let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+            // SAFETY: one valid pollfd.
+            assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "the socket has room to write again");
+        };
+        {
+            let quiet = QuietWrites::new(fd);
+            assert_eq!(quiet.changed.len(), 1, "the test's epoll is found in /proc/self/fdinfo");
+            fill_then_drain();
+            assert!(wait().iter().all(|(e, _)| e & libc::EPOLLOUT as u32 == 0), "no wake-up for room to write");
+        }
+        fill_then_drain();
+        let after = wait();
+        assert!(after.iter().any(|&(e, d)| e & libc::EPOLLOUT as u32 != 0 && d == 77), "{after:?}");
     }
 }

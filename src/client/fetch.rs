@@ -122,6 +122,9 @@ impl Fetch {
         let keep = self.check_head(&mut stream, &head)?;
         sink.begin(keep);
         sink.expect(self.entry.size.saturating_sub(keep));
+        // Only for the body: the head's read asks for up to 64 KiB and
+        // would wait for that much of a short answer.
+        read_in_large_pieces(&stream);
         let (transferred, broke) = self.read_body(&mut stream, head.rest, keep, &mut sink, cancel);
         drop(stream);
         // What arrived stays in the .part file for a resume, so the sink is
@@ -347,6 +350,40 @@ impl Fetch {
     }
 }
 
+/// Bytes a blocking `read` of the body waits for before it returns
+/// ([`read_in_large_pieces`]).
+#[cfg(target_os = "linux")]
+const READ_AT_LEAST: libc::c_int = 256 * 1024;
+
+/// Asks the kernel to wake the network thread only once [`READ_AT_LEAST`]
+/// bytes (or all that was asked for) have arrived (`SO_RCVLOWAT`), instead
+/// of at every segment: on loopback a 1 GiB download read about 380 KiB per
+/// call, woken at every one. A `read` still returns what arrived when the
+/// socket's timeout expires, the connection ends or fails, so a slow link
+/// only gets fewer, larger reads. On the 2-core test machine (two A/B runs
+/// of 1 GiB syncs, alternating, six and seven per variant) the median rose
+/// by 4.6 % and 3.5 %, within this machine's noise but the same way twice.
+/// Elsewhere, and where the kernel refuses, reads return as before.
+fn read_in_large_pieces(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sets an integer option on a socket this thread owns; the
+        // value is read during the call.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&READ_AT_LEAST as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
+}
+
 /// Parses an answer head; `None` while it is incomplete.
 fn parse_head(bytes: &[u8]) -> Result<Option<Head>, ClientError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -408,6 +445,58 @@ mod tests {
         let head = parse_head(raw).unwrap().unwrap();
         assert_eq!((head.status, head.content_length, head.range_first), (206, Some(10), Some(5)));
         assert_eq!(head.rest, b"abc");
+    }
+
+    /// A body that arrives in small pieces over a connection the worker
+    /// keeps open completes as soon as its last byte is in: waiting for
+    /// large reads (`SO_RCVLOWAT`) never waits past the body's end, and a
+    /// short answer head is read at once.
+    #[test]
+    fn a_trickled_body_on_an_open_connection_completes_without_waiting_for_the_timeout() {
+        use sha2::{Digest, Sha256};
+        let body: Vec<u8> = (0..300 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+        let sha = hex::encode(Sha256::digest(&body));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = body.clone();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut b).unwrap();
+                assert!(n > 0, "the client closed before its request was complete");
+                req.extend_from_slice(&b[..n]);
+            }
+            conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", served.len()).as_bytes()).unwrap();
+            for piece in served.chunks(100 * 1024) {
+                conn.write_all(piece).unwrap();
+                conn.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The connection stays open until the client is done with it.
+            let _ = conn.read(&mut b);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let entry = ArtifactEntry { name: "a.bin".into(), size: body.len() as u64, sha256: sha };
+        let dest = dir.path().join("a.bin");
+        let fetch = Fetch {
+            base: format!("http://127.0.0.1:{port}"),
+            path: "/jobs/x/artifacts/a.bin".into(),
+            authorization: "test".into(),
+            part: part_of(&dest, &entry),
+            entry,
+            dest: dest.clone(),
+            have: 0,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(60),
+        };
+        let started = std::time::Instant::now();
+        let got = fetch.run(&Cancel::default()).unwrap();
+        assert_eq!(got, body.len() as u64);
+        assert!(started.elapsed() < Duration::from_secs(30), "the download waited for the read timeout: {:?}", started.elapsed());
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        server.join().unwrap();
     }
 
     #[test]

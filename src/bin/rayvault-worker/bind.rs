@@ -116,20 +116,9 @@ const UNPACED: &[u8] = b"reno";
 
 #[cfg(target_os = "linux")]
 fn unpaced(socket: &socket2::Socket) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sets an option on an open socket from a live byte slice.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            UNPACED.as_ptr().cast(),
-            UNPACED.len() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
+    if let Err(error) = socket.set_tcp_congestion(UNPACED) {
         tracing::warn!(
-            error = %std::io::Error::last_os_error(),
+            %error,
             "could not choose the unpaced congestion control (reno) for the loopback listener; the system's stays, and large downloads may be slower"
         );
     }

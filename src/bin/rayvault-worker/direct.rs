@@ -244,9 +244,10 @@ fn wait_or_fail(fd: &OwnedFd) -> std::io::Result<()> {
 /// so they are found the way the kernel lists them: each epoll descriptor's
 /// `/proc/self/fdinfo` entry has a line `tfd: <fd> events: <hex> data:
 /// <hex>` per watched descriptor. Only registrations of this very socket
-/// (same descriptor number, and the entry's device and inode being this
-/// socket's) are changed, with `EPOLL_CTL_MOD` and the same token, so mio
-/// sees nothing but fewer wake-ups. Anything unexpected (no procfs, a
+/// are changed: `EPOLL_CTL_MOD` finds a registration by the descriptor
+/// number *and* the open file behind it, so a stale line left by an
+/// earlier socket with the same number matches nothing. The token stays
+/// the same, so mio sees nothing but fewer wake-ups. Anything unexpected (no procfs, a
 /// format not understood, a refused change) leaves the registrations as
 /// they are: the send works the same, only with the extra wake-ups.
 pub struct QuietWrites {
